@@ -1,0 +1,120 @@
+"""Token budgets: exact-budget planning and retention -> settings calibration (docs/budget.md).
+
+Retention is always measured against the backbone's unreduced count: frames x pooled tokens per
+frame (196 for LLaVA-OneVision, 169 for LLaVA-Video), newline tokens excluded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .clips import Clip
+
+
+@dataclass
+class ExactPlan:
+    """budget: total tokens; survivors: (F,) pooled tokens kept per frame after the intra phase;
+    keep: (F,) tokens each later frame keeps in the temporal phase (0 for keyframes)."""
+
+    budget: int
+    survivors: torch.Tensor
+    keep: torch.Tensor
+
+
+def exact_budget(retention: float, frames: int, pooled_per_frame: int) -> int:
+    """``floor(retention * frames * pooled_per_frame + 0.5)`` (round half up), at least 1."""
+    return max(1, math.floor(retention * frames * pooled_per_frame + 0.5))
+
+
+def spread(total: int, slots: int) -> list[int]:
+    """``total`` split over ``slots`` as evenly as possible, the earlier slots taking the extra."""
+    base, extra = divmod(total, slots)
+    return [base + (i < extra) for i in range(slots)]
+
+
+def plan_exact_budget(retention: float, frames: int, pooled_per_frame: int, clips: list[Clip],
+                      keep_ratio: float = 0.3) -> ExactPlan:
+    """How many tokens each frame contributes so that the video gets exactly the budget.
+
+    Without a temporal phase (``clips == []``) the budget B is spread over the frames.
+    With clips, a clip of L >= 2 frames emits its keyframe's s survivors twice (as-is and as
+    merged anchors) plus the kept tokens of its L - 1 later frames; a one-frame clip emits its s
+    survivors once. With A = sum of those keyframe multiplicities and C = number of later frames:
+
+    * s = round(B / (A + keep_ratio * C)), the count at which later frames keep ``keep_ratio``
+      of their survivors, clamped to the feasible range ceil(B / (A + C)) .. floor(B / A) and to
+      the pooled grid;
+    * the remaining R = B - s * A tokens are spread evenly over the later frames.
+
+    When no s is feasible (tiny budgets), keyframes get floor(B / A) and later frames enough
+    survivors to hold R.
+
+    Returns:
+        :class:`ExactPlan`; ``sum`` of emitted tokens equals the budget.
+    """
+    budget = exact_budget(retention, frames, pooled_per_frame)
+    survivors = torch.zeros(frames, dtype=torch.long)
+    keep = torch.zeros(frames, dtype=torch.long)
+    multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
+    if not multi:
+        survivors[:] = torch.tensor(spread(budget, frames))
+        return ExactPlan(budget, survivors, keep)
+
+    later = [f for start, stop in multi for f in range(start + 1, stop)]
+    weight = sum(2 if stop - start >= 2 else 1 for start, stop in clips)
+    low = math.ceil(budget / (weight + len(later)))
+    high = min(budget // weight, pooled_per_frame)
+    if low <= high:
+        ideal = budget / (weight + keep_ratio * len(later))
+        key_count = min(max(round(ideal), low), high)
+        later_count = key_count
+    else:
+        key_count = high
+        later_count = min(math.ceil((budget - key_count * weight) / len(later)), pooled_per_frame)
+    survivors[:] = key_count
+    survivors[later] = later_count
+    keep[later] = torch.tensor(spread(budget - key_count * weight, len(later)))
+    return ExactPlan(budget, survivors, keep)
+
+
+
+# Smallest V that still gives every one of the 9 windows a local anchor (int(V/2) // 9 >= 1).
+MIN_ANCHORS = 18
+
+# Pooled survivors per frame / pooled tokens per frame, divided by V / patches: measured by
+# scripts/calibrate_retention.py on synthetic videos (V = 54..486). Average pooling drops the
+# last row and column, where anchors are rarer, so its share comes out higher.
+SURVIVOR_SHARE = {"ov": 0.99, "video": 1.12}
+
+
+def settings_for_retention(retention: float, backbone: str, frames: int = 32,
+                           patches: int = 729, keep_ratio: float = 0.3) -> dict:
+    """AOTConfig fields (anchors_per_frame, keep_ratio) aimed at ``retention``.
+
+    Model: the pooled mask lets through about the same share of pooled tokens as the share of
+    patches that are anchors, times a pooling factor c (:data:`SURVIVOR_SHARE`, measured on
+    synthetic videos by ``scripts/calibrate_retention.py``): survivors share ~= c * V / patches.
+
+    * ``"video"`` (temporal phase off): retention ~= c * V / patches.
+    * ``"ov"`` (temporal phase on, clips of L = ceil(frames / 8)): a clip emits its keyframe's
+      survivors twice and ``keep_ratio`` of every later frame's, so retention ~=
+      c * (V / patches) * (2 + (L - 1) * keep_ratio) / L. V is solved with the released keep
+      ratio 0.3; where V would leave [18, patches], V is clamped and the keep ratio solved.
+
+    Returns:
+        dict of AOTConfig fields.
+    """
+    patches_eff = patches / SURVIVOR_SHARE[backbone]
+    length = max(1, math.ceil(frames / 8))
+    if backbone == "video" or length == 1:  # no temporal phase
+        return {"anchors_per_frame": min(max(round(retention * patches_eff), MIN_ANCHORS), patches)}
+    per_frame = retention * length  # survivors share times (2 + (L - 1) * rho) must equal this
+    anchors = round(patches_eff * per_frame / (2 + (length - 1) * keep_ratio))
+    if MIN_ANCHORS <= anchors <= patches:
+        return {"anchors_per_frame": anchors, "keep_ratio": keep_ratio}
+    anchors = min(max(anchors, MIN_ANCHORS), patches)
+    rho = (per_frame * patches_eff / anchors - 2) / (length - 1)
+    return {"anchors_per_frame": anchors, "keep_ratio": min(max(rho, 0.0), 1.0)}

@@ -1,0 +1,253 @@
+"""The entry point: ``reduce_video(features, shallow_attention, deep_attention, config)``.
+
+It is the composition of two stages, which the LLaVA model code calls at its own hook points:
+
+* :func:`intra_stage` (in ``encode_images``): anchors + intra-frame OT on the full patch grid;
+* :func:`inter_stage` (in ``prepare_inputs_labels_for_multimodal``): pooling with the anchor mask,
+  clips, temporal OT, and the output sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .anchors import select_anchors
+from .budget import ExactPlan, plan_exact_budget
+from .clips import Clip, split_clips
+from .config import AOTConfig
+from .intra import intra_merge
+from .pooling import pool_grid, pooled_side
+from .temporal import KIND_ANCHOR, KIND_KEPT, temporal_merge
+
+
+@dataclass
+class IntraOutput:
+    """Result of :func:`intra_stage`.
+
+    features: (F, T, D) all patch features, anchors replaced by their aggregates.
+    local_anchors, global_anchors: (F, T) bool.
+    deep_attention: (F, T) float32, kept to rank pooled tokens in exact-budget mode.
+    grid: side of the patch grid (T = grid * grid).
+    """
+
+    features: torch.Tensor
+    local_anchors: torch.Tensor
+    global_anchors: torch.Tensor
+    deep_attention: torch.Tensor
+    grid: int
+
+    @property
+    def anchors(self) -> torch.Tensor:
+        return self.local_anchors | self.global_anchors
+
+
+@dataclass
+class AOTResult:
+    """What AOT feeds the LLM for one video, and everything needed to inspect it.
+
+    tokens: (T_out, D) the visual token sequence (no newline tokens), in the released order.
+    token_frame: (T_out,) frame each token comes from (a merged anchor counts for its keyframe).
+    token_position: (T_out,) index of the token on its frame's pooled grid (row-major).
+    token_kind: (T_out,) int8, 0 = survivor emitted as is, 1 = kept by the temporal phase,
+        2 = merged temporal anchor (``aot.temporal.KIND_*``).
+    local_anchors, global_anchors: (F, grid, grid) bool anchor masks on the patch grid.
+    survivors: (F, side, side) bool, pooled tokens that survived the anchor mask.
+    temporal_kept, temporal_merged: (F, side, side) bool, survivors of later frames that the
+        temporal phase kept / merged into the anchors (all False with the phase off).
+    clips: (start, stop) frame ranges of the temporal phase ([] with it off).
+    grid, pooled_grid: sides of the patch grid and of the pooled grid.
+    """
+
+    tokens: torch.Tensor
+    token_frame: torch.Tensor
+    token_position: torch.Tensor
+    token_kind: torch.Tensor
+    local_anchors: torch.Tensor
+    global_anchors: torch.Tensor
+    survivors: torch.Tensor
+    temporal_kept: torch.Tensor
+    temporal_merged: torch.Tensor
+    clips: list[Clip]
+    grid: int
+    pooled_grid: int
+
+    @property
+    def num_frames(self) -> int:
+        return self.survivors.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def denominator(self) -> int:
+        """Tokens of the unreduced video: frames x pooled tokens per frame (newlines excluded)."""
+        return self.num_frames * self.pooled_grid ** 2
+
+    @property
+    def retention(self) -> float:
+        return self.num_tokens / self.denominator
+
+    def tokens_per_frame(self) -> torch.Tensor:
+        """(F,) output tokens attributed to each frame (merged anchors to their keyframe)."""
+        return torch.bincount(self.token_frame.cpu(), minlength=self.num_frames)
+
+    def frame_table(self) -> str:
+        """A plain-text table: per frame anchors, survivors, kept/merged and emitted tokens."""
+        per_frame = self.tokens_per_frame()
+        kinds = self.token_kind.cpu()
+        frames = self.token_frame.cpu()
+        anchors_out = torch.bincount(frames[kinds == KIND_ANCHOR], minlength=self.num_frames)
+        lines = [f"{'frame':>5} {'clip':>5} {'local':>5} {'global':>6} {'pooled':>6} "
+                 f"{'surv':>5} {'kept':>5} {'merged':>6} {'emitted':>7}"]
+        clip_of = {f: i for i, (s, e) in enumerate(self.clips) for f in range(s, e)}
+        for f in range(self.num_frames):
+            lines.append(
+                f"{f:>5} {clip_of.get(f, '-'):>5} {int(self.local_anchors[f].sum()):>5} "
+                f"{int(self.global_anchors[f].sum()):>6} {self.pooled_grid ** 2:>6} "
+                f"{int(self.survivors[f].sum()):>5} {int(self.temporal_kept[f].sum()):>5} "
+                f"{int(self.temporal_merged[f].sum()):>6} {int(per_frame[f]):>7}"
+                + (f"  (incl. {int(anchors_out[f])} merged anchors)" if anchors_out[f] else ""))
+        lines.append(f"total {self.num_tokens} tokens of {self.denominator} "
+                     f"= retention {self.retention:.4f}")
+        return "\n".join(lines)
+
+
+def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
+                 deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
+                 frame_features: torch.Tensor | None = None) -> AOTResult:
+    """Reduce one video's visual tokens with AOT.
+
+    Args:
+        features: (F, T, D) projected patch features, T = grid * grid (27 * 27 for SigLIP-384).
+        shallow_attention: (F, T) attention each token receives at the shallow layer.
+        deep_attention: (F, T) attention each token receives at the deep layer.
+        config: an :class:`AOTConfig` (default: the ``paper-ov-mvbench`` preset).
+        frame_features: (F, D') per-frame global features for dynamic clips (default: the mean
+            of each frame's features).
+    Returns:
+        :class:`AOTResult`; ``result.tokens`` is what the LLM receives (newlines excluded).
+    """
+    config = config or AOTConfig()
+    grid = check_inputs(features, shallow_attention, deep_attention, config)
+    return inter_stage(intra_stage(features, shallow_attention, deep_attention, config, grid=grid),
+                       config, frame_features=frame_features)
+
+
+def intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
+                deep_attention: torch.Tensor, config: AOTConfig, *,
+                grid: int | None = None) -> IntraOutput:
+    """Anchors and intra-frame aggregation on the full patch grid (shapes as reduce_video)."""
+    if grid is None:
+        grid = check_inputs(features, shallow_attention, deep_attention, config)
+    frames, tokens, _ = features.shape
+    if not config.intra:
+        none = torch.zeros(frames, tokens, dtype=torch.bool, device=features.device)
+        return IntraOutput(features, none, none.clone(), deep_attention.float(), grid)
+    local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
+    merged = intra_merge(features, local | global_, grid, config)
+    return IntraOutput(merged, local, global_, deep_attention.float(), grid)
+
+
+def inter_stage(intra: IntraOutput, config: AOTConfig, *,
+                frame_features: torch.Tensor | None = None) -> AOTResult:
+    """Pooling with the anchor mask, then the temporal phase (or plain concatenation)."""
+    features, grid = intra.features, intra.grid
+    frames = features.shape[0]
+    side = pooled_side(grid, config.pooling)
+    pooled = pool_grid(features, grid, config.pooling)
+    if config.intra:
+        mask_value = pool_grid(intra.anchors.float(), grid, config.pooling)
+    else:
+        mask_value = torch.ones(frames, side * side, device=features.device)
+
+    clips: list[Clip] = []
+    if config.inter and frames >= 2:
+        if frame_features is None and config.dynamic_clips:
+            frame_features = features.float().mean(1)
+        clips = split_clips(frames, config, frame_features)
+
+    plan: ExactPlan | None = None
+    if config.exact_retention is not None:
+        plan = plan_exact_budget(config.exact_retention, frames, side * side,
+                                 clips if config.inter else [])
+        priority = pool_grid(intra.deep_attention, grid, config.pooling)
+        survivors = _top_survivors(mask_value, priority, plan.survivors)
+    else:
+        survivors = mask_value >= 0.5
+
+    if clips:
+        out = temporal_merge(pooled, survivors, clips, config,
+                             keep_counts=plan.keep if plan is not None else None)
+        tokens, token_frame, token_position, token_kind = (
+            out.tokens, out.token_frame, out.token_position, out.token_kind)
+        kept, merged = out.kept, out.merged
+    else:
+        frame_ids, token_position = torch.nonzero(survivors, as_tuple=True)
+        tokens = pooled[frame_ids, token_position]
+        token_frame = frame_ids
+        token_kind = torch.zeros_like(frame_ids, dtype=torch.int8)
+        kept = torch.zeros_like(survivors)
+        merged = torch.zeros_like(survivors)
+
+    square = (frames, grid, grid)
+    pooled_square = (frames, side, side)
+    return AOTResult(
+        tokens=tokens, token_frame=token_frame, token_position=token_position,
+        token_kind=token_kind, local_anchors=intra.local_anchors.reshape(square),
+        global_anchors=intra.global_anchors.reshape(square),
+        survivors=survivors.reshape(pooled_square), temporal_kept=kept.reshape(pooled_square),
+        temporal_merged=merged.reshape(pooled_square), clips=clips, grid=grid, pooled_grid=side)
+
+
+def _top_survivors(mask_value: torch.Tensor, priority: torch.Tensor,
+                   counts: torch.Tensor) -> torch.Tensor:
+    """(F, P) bool: per frame the counts[f] pooled tokens ranked first by anchor coverage, then
+    by pooled deep attention, then by lower index (two stable sorts)."""
+    by_priority = torch.sort(priority, dim=1, descending=True, stable=True).indices
+    coverage = torch.gather(mask_value, 1, by_priority)
+    order = torch.gather(by_priority, 1,
+                         torch.sort(coverage, dim=1, descending=True, stable=True).indices)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank < counts.to(order.device)[:, None]
+
+
+def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig) -> int:
+    """Validate reduce_video's inputs; returns the grid side. Errors name the offending value."""
+    if not isinstance(config, AOTConfig):
+        raise TypeError(f"config must be an AOTConfig, got {type(config).__name__}")
+    for name, x in (("features", features), ("shallow_attention", shallow_attention),
+                    ("deep_attention", deep_attention)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    if features.dim() != 3:
+        raise ValueError(f"features must be (frames, tokens, dim); got shape {tuple(features.shape)}")
+    frames, tokens, dim = features.shape
+    if frames < 1 or dim < 1:
+        raise ValueError(f"features {tuple(features.shape)}: need at least one frame and one channel")
+    grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        raise ValueError(f"features hold {tokens} tokens per frame, not a square grid "
+                         f"(27*27 = 729 for SigLIP-384); strip [CLS]/newline tokens first")
+    for name, x in (("shallow_attention", shallow_attention), ("deep_attention", deep_attention)):
+        if tuple(x.shape) != (frames, tokens):
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (frames, tokens) = "
+                             f"({frames}, {tokens}) to match features {tuple(features.shape)}")
+        if x.device != features.device:
+            raise ValueError(f"{name} is on {x.device} but features are on {features.device}")
+    for name, x in (("features", features), ("shallow_attention", shallow_attention),
+                    ("deep_attention", deep_attention)):
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            frame = int(torch.nonzero(bad.reshape(frames, -1).any(1))[0])
+            raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
+    if config.intra and config.anchors_per_frame > tokens:
+        raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
+                         f"tokens of a {grid}x{grid} frame")
+    return grid

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create .venv and install the project. Usage: bash setup.sh [--eval] [--gpu]
+#   (no flag)  core + test dependencies (CPU torch 2.13.0 pinned)
+#   --eval     lmms-eval 0.7.3 and a video decoder (see docs/reproduce.md)
+#   --gpu      flash-attn and deepspeed (need CUDA; optional)
+set -euo pipefail
+cd "$(dirname "$0")"
+want_eval=0; want_gpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --eval) want_eval=1 ;;
+    --gpu) want_gpu=1 ;;
+    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (expected --eval or --gpu)" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+echo "[setup] installing torch==2.13.0 first (pinned; an unpinned torch pulls a CUDA build)"
+python -m pip install -q "torch==2.13.0"
+echo "[setup] installing the project and test dependencies"
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e .
+if [ "$want_eval" = 1 ]; then
+  echo "[setup] installing lmms-eval (torch held at the installed version)"
+  constraints=$(mktemp)
+  python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > "$constraints"
+  decoder=decord
+  [ "$(uname -m)" = x86_64 ] || decoder=decord2
+  python -m pip install -q -c "$constraints" "lmms-eval==0.7.3" "$decoder"
+  rm -f "$constraints"
+  if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    # PyPI's torchvision is a CUDA build that fails to import beside a CPU torch and breaks
+    # lmms-eval's imports; without it transformers uses its PIL image processors.
+    python -m pip uninstall -q -y torchvision || true
+  fi
+fi
+if [ "$want_gpu" = 1 ]; then
+  echo "[setup] installing flash-attn and deepspeed (needs CUDA)"
+  python -m pip install -q deepspeed
+  python -m pip install -q --no-build-isolation flash-attn || echo "[setup] flash-attn did not build; sdpa attention will be used"
+fi
+echo "[setup] done: activate with '. .venv/bin/activate'"
