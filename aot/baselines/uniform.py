@@ -1,0 +1,120 @@
+"""``uniform``: every frame's pooled grid average-pooled down to its share of the budget.
+
+The honest floor of any reducer comparison: no attention, no similarity, only spatial averaging.
+A count k that is not a square still gets exactly k tokens: the grid is cut into
+``h = ceil(sqrt(k))`` bands of rows, band i holds ``w_i`` tokens (k spread over the bands, earlier
+bands taking the extra one, so ``w_i`` is ``ceil(k / h)`` or one less), and each token averages
+its band's rows over an adaptive-pooling column range. Square k gives plain
+``adaptive_avg_pool2d`` to ``sqrt(k) x sqrt(k)``; k = side^2 is the identity.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..config import AOTConfig
+from ..pooling import pool_grid
+from ..reduce import AOTResult
+from ..temporal import KIND_FRAME
+from .common import (flatten_slots, frame_counts, make_result, resolve_budget, validate,
+                     work_dtype)
+
+
+def _bounds(index: torch.Tensor, parts: torch.Tensor, size: int):
+    """Adaptive-pooling range of output ``index`` of ``parts`` over ``size`` inputs (as torch's
+    adaptive pooling): ``[floor(i * size / parts), ceil((i + 1) * size / parts))``."""
+    start = torch.div(index * size, parts, rounding_mode="floor")
+    stop = torch.div((index + 1) * size + parts - 1, parts, rounding_mode="floor")
+    return start, stop
+
+
+@functools.lru_cache(maxsize=512)
+def pooling_matrix(side: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights that average a ``side x side`` grid into exactly ``count`` region tokens.
+
+    Args:
+        side: side of the pooled grid (14 for LLaVA-OV, 13 for LLaVA-Video).
+        count: tokens wanted, 1 <= count <= side * side.
+    Returns:
+        weights (count, side*side) float32, each row a uniform average over a rectangle (rows sum
+        to 1), and centres (count,) long: the row-major grid index of each rectangle's centre
+        cell (distinct, ascending), used as the token's position.
+    """
+    if not 1 <= count <= side * side:
+        raise ValueError(f"pooling_matrix: count={count} outside [1, {side * side}]")
+    bands = math.isqrt(count - 1) + 1  # ceil(sqrt(count)) without float error
+    widths = torch.tensor([count // bands + (i < count % bands) for i in range(bands)])
+    band = torch.repeat_interleave(torch.arange(bands), widths)  # (count,) band of each token
+    offsets = torch.cumsum(widths, 0) - widths
+    column = torch.arange(count) - offsets[band]
+    row_start, row_stop = _bounds(band, torch.tensor(bands), side)
+    col_start, col_stop = _bounds(column, widths[band], side)
+    cells = torch.arange(side)
+    rows = (cells[None] >= row_start[:, None]) & (cells[None] < row_stop[:, None])
+    cols = (cells[None] >= col_start[:, None]) & (cells[None] < col_stop[:, None])
+    weights = (rows[:, :, None] & cols[:, None, :]).reshape(count, side * side).float()
+    weights = weights / weights.sum(1, keepdim=True)
+    centres = ((row_start + row_stop - 1) // 2) * side + (col_start + col_stop - 1) // 2
+    return weights, centres
+
+
+def pool_to_counts(pooled: torch.Tensor, side: int, counts: torch.Tensor):
+    """Average-pool each frame's grid to its own token count.
+
+    Args:
+        pooled: (F, side*side, D) pooled features.
+        side: side of the pooled grid.
+        counts: (F,) long, tokens per frame (0 allowed); at most two distinct values in practice.
+    Returns:
+        tokens (F, S, D), positions (F, S) long, valid (F, S) bool with S = max(counts).
+    """
+    frames, _, dim = pooled.shape
+    width = int(counts.max()) if frames else 0
+    tokens = pooled.new_zeros(frames, width, dim)
+    positions = torch.zeros(frames, width, dtype=torch.long, device=pooled.device)
+    # One batched matmul per distinct count (a budget spread over frames has at most two).
+    for count in torch.unique(counts).tolist():
+        if count == 0:
+            continue
+        ids = torch.nonzero(counts == count).flatten()
+        weights, centres = pooling_matrix(side, count)
+        weights = weights.to(device=pooled.device, dtype=pooled.dtype)
+        tokens[ids, :count] = weights @ pooled[ids]
+        positions[ids, :count] = centres.to(pooled.device)
+    valid = torch.arange(width, device=pooled.device)[None, :] < counts[:, None]
+    return tokens, positions, valid
+
+
+def reduce_uniform(features: torch.Tensor, shallow_attention: torch.Tensor,
+                   deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
+                   budget: int | None = None, frame_features: torch.Tensor | None = None
+                   ) -> AOTResult:
+    """Uniform spatial pooling of every frame to its share of the budget.
+
+    Args:
+        features: (F, T, D) projected patch features, T = grid * grid.
+        shallow_attention, deep_attention: (F, T); only validated (uniform ignores attention).
+        config: uses ``pooling`` and ``exact_retention`` (default :class:`AOTConfig`).
+        budget: exact token count; overrides ``config.exact_retention``.
+        frame_features: ignored (accepted for AOT's signature).
+    Returns:
+        :class:`AOTResult` with exactly the budget's tokens, frame-major; frame f gets
+        ``spread(budget, F)[f]`` tokens. ``token_position`` / ``survivors`` mark the centre
+        cell of each pooled region.
+    """
+    config = config or AOTConfig()
+    grid, side = validate(features, shallow_attention, deep_attention, config)
+    frames = features.shape[0]
+    total = resolve_budget(config, frames, side * side, budget, reducer="uniform")
+    counts = frame_counts(total, frames, features.device)
+    pooled = pool_grid(features.to(work_dtype(features)), grid, config.pooling)
+    tokens, positions, valid = pool_to_counts(pooled, side, counts)
+    kinds = torch.full_like(positions, KIND_FRAME)
+    out, frame_ids, token_position, token_kind = flatten_slots(tokens, positions, kinds, valid)
+    survivors = torch.zeros(frames, side * side, dtype=torch.bool, device=features.device)
+    survivors[frame_ids, token_position] = True
+    return make_result(out.to(features.dtype), frame_ids, token_position, token_kind,
+                       frames=frames, grid=grid, side=side, survivors=survivors)
