@@ -1,0 +1,385 @@
+"""lmms-eval model classes: LLaVA-OneVision and LLaVA-Video with AOT (or another reducer).
+
+Registered as ``llava_onevision_aot`` and ``llava_vid_aot`` (see :mod:`aot_eval.manifests`).
+They rebuild the requests exactly as the stock ``llava_onevision`` / ``llava_vid`` wrappers do
+(frame sampling, ``<image>`` placement, ``qwen_1_5`` conversation, stopping criterion, generation
+arguments) and call ``model.generate(input_ids, images=[video], modalities=["video"], ...)`` of the
+project's :mod:`llava` package, loaded with the AOT configuration from ``--model_args``.
+
+Every run records the retention each video actually got (:mod:`aot_eval.recording`).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+
+import torch
+from loguru import logger as eval_logger
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from . import prompts, recording
+from .model_args import ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
+from .video import load_visual
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+VIDEO_ERROR_MODES = ("answer", "raise")
+
+
+def build_question(context: str, backbone: str, n_videos: int = 1,
+                   time_instruction: Optional[str] = None) -> str:
+    """The user turn the stock wrapper builds from the task's context.
+
+    OV (``llava_onevision``): ``"<image>\\n" + context`` unless the context already holds
+    ``<image>``. Video (``llava_vid``): optional time instruction line, then
+    ``"<image>" * n_videos + "\\n" + context``.
+    """
+    from llava.constants import DEFAULT_IMAGE_TOKEN
+
+    if backbone == "ov":
+        return context if DEFAULT_IMAGE_TOKEN in context else DEFAULT_IMAGE_TOKEN + "\n" + context
+    question = context if time_instruction is None else f"{time_instruction}\n{context}"
+    return DEFAULT_IMAGE_TOKEN * n_videos + "\n" + question
+
+
+def build_prompt(question: str, conv_template: str):
+    """(prompt text, conversation) with the question as user turn and an open assistant turn."""
+    import copy
+
+    from llava.conversation import conv_templates
+
+    if conv_template not in conv_templates:
+        raise ValueError(f"conv_template={conv_template!r}: expected one of {sorted(conv_templates)}")
+    conv = (copy.deepcopy(conv_templates[conv_template]) if "llama_3" in conv_template
+            else conv_templates[conv_template].copy())
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt(), conv
+
+
+def time_instruction(frames) -> str:
+    """The optional LLaVA-Video time instruction (stock wording, ``add_time_instruction=true``)."""
+    return (f"The video lasts for {frames.duration:.2f} seconds, and {len(frames.frames)} frames "
+            f"are uniformly sampled from it. These frames are located at {frames.time_string()}."
+            f"Please answer the following questions related to this video.")
+
+
+def generation_kwargs(gen_kwargs: dict, backbone: str) -> dict:
+    """Generation arguments as the stock wrapper passes them to ``generate``."""
+    gk = dict(gen_kwargs)
+    gk.pop("until", None)
+    gk.pop("image_aspect_ratio", None)
+    if backbone == "video":
+        temperature = gk.get("temperature", 0) or 0
+        out = {"do_sample": temperature > 0, "num_beams": gk.get("num_beams", 1),
+               "max_new_tokens": gk.get("max_new_tokens", 1024)}
+        if temperature > 0:
+            out.update(temperature=temperature, top_p=gk.get("top_p"))
+        return out
+    gk.setdefault("max_new_tokens", 1024)
+    if not gk.get("do_sample", False):
+        for key in ("temperature", "top_p", "top_k"):
+            gk.pop(key, None)
+    return gk
+
+
+class LlavaAOTBase(lmms):
+    """Shared implementation; subclasses fix the backbone and the ids."""
+
+    BACKBONE = "ov"
+    MODEL_ID = "llava_onevision_aot"
+    DEFAULTS: dict = {}
+
+    def __init__(self, pretrained: str, model_name: Optional[str] = None,
+                 conv_template: str = "qwen_1_5", attn_implementation: str = "sdpa",
+                 torch_dtype: str = "float16", device: Optional[str] = None,
+                 device_map: Optional[str] = None, batch_size=1, max_frames_num=None,
+                 mm_spatial_pool_stride=2, mm_spatial_pool_mode: Optional[str] = None,
+                 use_cache=True, prompt_as: str = "stock", retention_log: Optional[str] = None,
+                 on_video_error: str = "answer", **kwargs) -> None:
+        super().__init__()
+        aot_kwargs, rest = split_aot_kwargs(kwargs)
+        self.extra = self._take_backbone_args(rest)
+        self.spec: ReducerSpec = parse_reducer(aot_kwargs, self.BACKBONE)
+        if to_int(batch_size, "batch_size") != 1:
+            raise ValueError(f"{self.MODEL_ID}: batch_size={batch_size}; only 1 is supported "
+                             "(the paper's protocol)")
+        if prompt_as not in ("stock", "own"):
+            raise ValueError(f"prompt_as={prompt_as!r}: expected 'stock' or 'own'")
+        if on_video_error not in VIDEO_ERROR_MODES:
+            raise ValueError(f"on_video_error={on_video_error!r}: expected {VIDEO_ERROR_MODES}")
+        if str(torch_dtype) not in DTYPES:
+            raise ValueError(f"torch_dtype={torch_dtype!r}: expected one of {sorted(DTYPES)}")
+        self.prompt_as, self.on_video_error = prompt_as, on_video_error
+        self.conv_template, self.torch_dtype = conv_template, str(torch_dtype)
+        self.max_frames_num = to_int(max_frames_num or self.DEFAULTS["max_frames_num"],
+                                     "max_frames_num")
+        self.pool_stride = to_int(mm_spatial_pool_stride, "mm_spatial_pool_stride")
+        self.pool_mode = mm_spatial_pool_mode or self.DEFAULTS["mm_spatial_pool_mode"]
+        self.use_cache = to_bool(use_cache, "use_cache")
+        self.retention_log = retention_log
+        self.pretrained = pretrained
+        self._setup_devices(device, device_map)
+        self._load(pretrained, model_name, attn_implementation)
+        self._records: list = []
+        self._stamp = time.strftime("%Y%m%d-%H%M%S")
+        eval_logger.info(f"{self.MODEL_ID}: reducer={self.spec.name} ({self.spec.source}), "
+                         f"{self.max_frames_num} frames, {self.per_frame} tokens/frame unreduced")
+
+    # ---------------------------------------------------------------- construction
+    def _take_backbone_args(self, rest: dict) -> dict:
+        """Backbone-specific keys (see ``DEFAULTS``); anything else is an error."""
+        allowed = set(self.DEFAULTS) - {"max_frames_num", "mm_spatial_pool_mode"}
+        unknown = sorted(set(rest) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{self.MODEL_ID}: unknown model_args {unknown}. Model keys: pretrained, "
+                f"model_name, conv_template, attn_implementation, torch_dtype, device_map, "
+                f"max_frames_num, mm_spatial_pool_stride, mm_spatial_pool_mode, use_cache, "
+                f"prompt_as, retention_log, on_video_error{', ' if allowed else ''}"
+                f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
+                f"ablation and any AOTConfig field")
+        return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
+
+    def _setup_devices(self, device: Optional[str], device_map: Optional[str]) -> None:
+        from accelerate import Accelerator, InitProcessGroupKwargs
+
+        self.accelerator = Accelerator(
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+        cuda = torch.cuda.is_available()
+        if self.accelerator.num_processes > 1:
+            device = f"cuda:{self.accelerator.local_process_index}" if cuda else "cpu"
+        elif device is None or (str(device).startswith("cuda") and not cuda):
+            if device is not None:
+                eval_logger.warning(f"{self.MODEL_ID}: device={device} but CUDA is unavailable; "
+                                    "using cpu")
+            device = "cuda:0" if cuda else "cpu"
+        self._device = torch.device(device)
+        self.device_map = device_map or str(self._device)
+        self._rank = self.accelerator.process_index
+        self._world_size = self.accelerator.num_processes
+
+    def overwrite_config(self) -> dict:
+        """The ``overwrite_config`` the stock wrapper passes to ``load_pretrained_model``."""
+        return {"mm_spatial_pool_stride": self.pool_stride, "mm_spatial_pool_mode": self.pool_mode}
+
+    def _load(self, pretrained: str, model_name: Optional[str], attn_implementation: str) -> None:
+        import inspect
+
+        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.mm_utils import get_model_name_from_path
+        from llava.model.builder import load_pretrained_model
+
+        kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
+                      torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config())
+        accepted = inspect.signature(load_pretrained_model).parameters
+        if "aot" in accepted:
+            kwargs["aot"] = self.spec.config
+        elif self.spec.name != "none":
+            raise RuntimeError("llava.model.builder.load_pretrained_model takes no aot= argument; "
+                               "this llava package cannot run AOT")
+        if self.spec.name not in ("aot", "none", "random"):
+            if "reducer" not in accepted:
+                raise NotImplementedError(f"reducer={self.spec.name} is not supported by this "
+                                          "llava package (load_pretrained_model has no reducer=)")
+            kwargs["reducer"] = self.spec.name
+            if "retention" in accepted:
+                kwargs["retention"] = self.spec.retention
+        name = model_name or get_model_name_from_path(pretrained)
+        tokenizer, model, image_processor, max_length = load_pretrained_model(
+            pretrained, None, name, **kwargs)
+        model.eval()
+        self._tokenizer, self._model, self._image_processor = tokenizer, model, image_processor
+        self._max_length = max_length
+        self._config = model.config
+        self.per_frame = recording.pooled_per_frame(vision_grid(model), self.pool_mode,
+                                                    self.pool_stride)
+        self.counter = recording.TokenCounter(model, IMAGE_TOKEN_INDEX, image_newline(model))
+
+    # ---------------------------------------------------------------- lmms API
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def batch_size(self):
+        return 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.torch_dtype]
+
+    def loglikelihood(self, requests: list[Instance]):
+        raise NotImplementedError(f"{self.MODEL_ID} implements generate_until only (the video "
+                                  "benchmarks of the paper are generation tasks)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError(f"{self.MODEL_ID}: multi-round generation is not supported")
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """Answer every request (batch size 1, in request order) and record retention."""
+        from tqdm import tqdm
+
+        if self.prompt_as == "stock":
+            prompts.require_stock_prompts(self.MODEL_ID)
+        answers = []
+        for request in tqdm(requests, disable=self.rank != 0, desc=self.MODEL_ID):
+            answers.append(self._answer(*request.args))
+        self._finish()
+        return answers
+
+    # ---------------------------------------------------------------- one request
+    def frame_mode(self) -> str:
+        return "uniform"
+
+    def _frames(self, visual):
+        return load_visual(visual, self.max_frames_num, self.frame_mode())
+
+    def _answer(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> str:
+        doc = self.task_dict[task][split][doc_id]
+        visual = doc_to_visual(doc)
+        try:
+            frames = self._frames(visual)
+        except Exception as error:
+            if self.on_video_error == "raise":
+                raise
+            eval_logger.error(f"{self.MODEL_ID}: {task} doc {doc_id}: cannot load {visual}: {error}")
+            self._records.append(recording.sample_record(task, split, doc_id, 0, self.per_frame,
+                                                         None, error=str(error)))
+            return f"Video {visual} can not load, check the source"
+        pixels = self._image_processor.preprocess(list(frames.frames), return_tensors="pt")
+        video = pixels["pixel_values"].to(self.device, self.dtype)
+        question = self.question(context, frames)
+        prompt, conv = build_prompt(question, self.conv_template)
+        text = self._generate(prompt, conv, video, gen_kwargs)
+        self._records.append(recording.sample_record(task, split, doc_id, video.shape[0],
+                                                     self.per_frame, self.counter.last))
+        return text
+
+    def question(self, context: str, frames) -> str:
+        return build_question(context, self.BACKBONE)
+
+    def _generate(self, prompt: str, conv, video: torch.Tensor, gen_kwargs: dict) -> str:
+        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.conversation import SeparatorStyle
+        from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+
+        tok = self.tokenizer
+        input_ids = tokenizer_image_token(prompt, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        input_ids = input_ids.unsqueeze(0).to(self.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        stop = conv.sep if conv.sep_style != SeparatorStyle.TWO else conv.sep2
+        stopping = KeywordsStoppingCriteria([stop], tok, input_ids)
+        self.counter.reset()
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids, attention_mask=input_ids.ne(pad), pad_token_id=pad, images=[video],
+                modalities=["video"], use_cache=self.use_cache, stopping_criteria=[stopping],
+                **generation_kwargs(gen_kwargs, self.BACKBONE))
+        return tok.batch_decode(output, skip_special_tokens=True)[0].strip()
+
+    # ---------------------------------------------------------------- retention record
+    def metadata(self) -> dict:
+        """Run description stored with the per-sample retention."""
+        return {"model": self.MODEL_ID, "prompt_model": prompts.PROMPT_IDS[self.MODEL_ID]
+                if self.prompt_as == "stock" else self.MODEL_ID, "backbone": self.BACKBONE,
+                "pretrained": str(self.pretrained), "max_frames_num": self.max_frames_num,
+                "pool_mode": self.pool_mode, "tokens_per_frame_unreduced": self.per_frame,
+                "torch_dtype": self.torch_dtype, "world_size": self.world_size,
+                **self.spec.describe()}
+
+    def _finish(self) -> None:
+        records = recording.gather_records(self._records, self.world_size)
+        if self.rank != 0:
+            return
+        document = recording.build_document(records, self.metadata())
+        recording.FINISHED.append(document)
+        overall = document["summary"]["overall"]
+        if overall.get("measured"):
+            eval_logger.info(f"{self.MODEL_ID}: measured retention mean {overall['mean']:.4f} "
+                             f"(min {overall['min']:.4f}, max {overall['max']:.4f}) over "
+                             f"{overall['measured']} videos")
+        if self.retention_log:
+            path = Path(self.retention_log) / f"aot_retention_{self.MODEL_ID}_{self._stamp}.json"
+            recording.write_document(document, path)
+            eval_logger.info(f"{self.MODEL_ID}: retention record written to {path}")
+
+
+class LlavaOneVisionAOT(LlavaAOTBase):
+    """LLaVA-OneVision-7B with AOT; same requests as lmms-eval's stock ``llava_onevision``."""
+
+    BACKBONE = "ov"
+    MODEL_ID = "llava_onevision_aot"
+    DEFAULTS = {"max_frames_num": 32, "mm_spatial_pool_mode": "bilinear"}
+
+
+class LlavaVidAOT(LlavaAOTBase):
+    """LLaVA-Video-7B-Qwen2 with AOT; same requests as lmms-eval's stock ``llava_vid``.
+
+    Stock ``llava_vid`` defaults differ from the paper's protocol in two places, which the
+    scripts set explicitly: ``conv_template=qwen_1_5`` (stock: vicuna_v1) and
+    ``max_frames_num=64`` (stock: 20). 1 fps sampling as stock.
+    """
+
+    BACKBONE = "video"
+    MODEL_ID = "llava_vid_aot"
+    DEFAULTS = {"max_frames_num": 64, "mm_spatial_pool_mode": "average", "video_fps": 1,
+                "force_sample": False, "add_time_instruction": False,
+                "mm_newline_position": "grid", "mm_resampler_location": "before"}
+
+    def overwrite_config(self) -> dict:
+        return {**super().overwrite_config(),
+                "mm_newline_position": self.extra["mm_newline_position"],
+                "mm_resampler_location": self.extra["mm_resampler_location"]}
+
+    def frame_mode(self) -> str:
+        return "fps"
+
+    def _frames(self, visual):
+        return load_visual(visual, self.max_frames_num, "fps",
+                           video_fps=float(self.extra["video_fps"]),
+                           force_sample=to_bool(self.extra["force_sample"], "force_sample"))
+
+    def question(self, context: str, frames) -> str:
+        extra = (time_instruction(frames)
+                 if to_bool(self.extra["add_time_instruction"], "add_time_instruction") else None)
+        return build_question(context, "video", 1, extra)
+
+
+def vision_grid(model) -> int:
+    """Patches per side of the vision tower (27 for SigLIP so400m-patch14-384)."""
+    candidates = []
+    tower = getattr(model, "get_vision_tower", None)
+    if callable(tower):
+        candidates.append(getattr(tower(), "config", None))
+    candidates.append(getattr(model.config, "vision_config", None))
+    for cfg in candidates:
+        if cfg is None:
+            continue
+        get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+        size, patch = get("image_size"), get("patch_size")
+        if size and patch:
+            return int(size) // int(patch)
+    return 27
+
+
+def image_newline(model) -> Optional[torch.Tensor]:
+    """The learned newline embedding (``model.image_newline``), if the model has one."""
+    for owner in (model, getattr(model, "model", None),
+                  model.get_model() if hasattr(model, "get_model") else None):
+        value = getattr(owner, "image_newline", None) if owner is not None else None
+        if torch.is_tensor(value):
+            return value
+    return None

@@ -1,0 +1,183 @@
+"""Measure and record the retention each video actually got.
+
+The count is taken where it matters: the input embeddings handed to the LLM. The recorder wraps
+``prepare_inputs_labels_for_multimodal`` on the model *instance* (no class is patched) and, for
+each call that carries visual tokens, counts
+
+* visual positions = sequence length - text tokens (ids other than ``IMAGE_TOKEN_INDEX``),
+* newline positions = visual rows equal to the model's ``image_newline`` vector,
+* retention = (visual - newline) / (frames x pooled tokens per frame of the unreduced model).
+
+This is reducer-agnostic: the unreduced model measures exactly 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+RECORD_VERSION = 1
+
+
+def pooled_per_frame(grid: int, pool_mode: str, stride: int = 2) -> int:
+    """Tokens per frame after the backbone's native pooling of a ``grid`` x ``grid`` patch map.
+
+    ``bilinear`` (LLaVA-OneVision) resizes to ``ceil(grid / stride)``; ``average`` (LLaVA-Video)
+    pools with stride ``stride`` and drops the remainder, ``floor(grid / stride)``.
+    """
+    if pool_mode == "bilinear":
+        side = math.ceil(grid / stride)
+    elif pool_mode in ("average", "max"):
+        side = grid // stride
+    else:
+        raise ValueError(f"mm_spatial_pool_mode={pool_mode!r}: expected bilinear or average")
+    return side * side
+
+
+def _embeds_of(output) -> Optional[torch.Tensor]:
+    """The (B, L, D) input embeddings inside the tuple ``prepare_inputs_labels_for_multimodal``
+    returns (LLaVA order: ids, position_ids, attention_mask, past, inputs_embeds, labels)."""
+    if isinstance(output, (tuple, list)):
+        if len(output) >= 5 and torch.is_tensor(output[4]) and output[4].dim() == 3:
+            return output[4]
+        for item in output:
+            if torch.is_tensor(item) and item.dim() == 3 and item.is_floating_point():
+                return item
+    return None
+
+
+def count_newlines(visual_rows: torch.Tensor, newline: Optional[torch.Tensor]) -> int:
+    """Rows of ``visual_rows`` (N, D) exactly equal to the ``newline`` vector (D,)."""
+    if newline is None or visual_rows.numel() == 0:
+        return 0
+    newline = newline.detach().reshape(1, -1).to(visual_rows.device, visual_rows.dtype)
+    return int((visual_rows == newline).all(dim=-1).sum().item())
+
+
+class TokenCounter:
+    """Instance-level wrapper of ``model.prepare_inputs_labels_for_multimodal``.
+
+    After a ``generate`` call, :attr:`last` holds ``{"visual_tokens", "newline_tokens"}`` of the
+    first call of that generation that carried visual tokens (batch size 1).
+    """
+
+    def __init__(self, model, image_token_index: int, newline: Optional[torch.Tensor]):
+        if not hasattr(model, "prepare_inputs_labels_for_multimodal"):
+            raise TypeError(f"{type(model).__name__} has no prepare_inputs_labels_for_multimodal; "
+                            "cannot measure the visual tokens the LLM receives")
+        self.image_token_index = image_token_index
+        self.newline = newline
+        self.last: Optional[dict] = None
+        self._original = model.prepare_inputs_labels_for_multimodal
+        model.prepare_inputs_labels_for_multimodal = self._wrapped
+
+    def reset(self) -> None:
+        self.last = None
+
+    def _wrapped(self, input_ids, *args, **kwargs):
+        output = self._original(input_ids, *args, **kwargs)
+        if self.last is None and torch.is_tensor(input_ids):
+            self._measure(input_ids, output)
+        return output
+
+    def _measure(self, input_ids: torch.Tensor, output) -> None:
+        is_image = input_ids == self.image_token_index
+        if not bool(is_image.any()):
+            return
+        embeds = _embeds_of(output)
+        if embeds is None or embeds.shape[0] != 1:
+            return
+        text = int((~is_image[0]).sum().item())
+        length = embeds.shape[1]
+        mask = output[2] if isinstance(output, (tuple, list)) and len(output) > 2 else None
+        if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] == length:
+            keep = mask[0].bool()
+            rows = embeds[0][keep]
+        else:
+            rows = embeds[0]
+        visual = rows.shape[0] - text
+        start = int(is_image[0].nonzero()[0].item())  # text tokens before the first <image>
+        visual_rows = rows[start:start + visual]
+        self.last = {"visual_tokens": int(visual),
+                     "newline_tokens": count_newlines(visual_rows, self.newline)}
+
+
+def sample_record(task: str, split: str, doc_id: int, frames: int, per_frame: int,
+                  counted: Optional[dict], error: Optional[str] = None) -> dict:
+    """One per-video record; ``retention`` is ``None`` when nothing could be measured."""
+    record = {"task": task, "split": split, "doc_id": int(doc_id), "frames": int(frames),
+              "denominator": int(frames * per_frame), "visual_tokens": None,
+              "newline_tokens": None, "kept_tokens": None, "retention": None}
+    if counted is not None and frames > 0:
+        kept = counted["visual_tokens"] - counted["newline_tokens"]
+        record.update(visual_tokens=counted["visual_tokens"],
+                      newline_tokens=counted["newline_tokens"], kept_tokens=kept,
+                      retention=kept / (frames * per_frame))
+    if error:
+        record["error"] = error
+    return record
+
+
+def summarise_records(records: list[dict]) -> dict:
+    """Mean / min / max retention overall and per task, plus counts of failures."""
+    def stats(rows):
+        values = [r["retention"] for r in rows if r.get("retention") is not None]
+        out = {"samples": len(rows), "measured": len(values),
+               "failed": sum(1 for r in rows if r.get("error"))}
+        if values:
+            out.update(mean=statistics.fmean(values), min=min(values), max=max(values),
+                       mean_tokens=statistics.fmean(r["kept_tokens"] for r in rows
+                                                    if r.get("kept_tokens") is not None),
+                       mean_frames=statistics.fmean(r["frames"] for r in rows
+                                                    if r.get("retention") is not None))
+        return out
+
+    tasks = sorted({r["task"] for r in records})
+    return {"overall": stats(records),
+            "per_task": {t: stats([r for r in records if r["task"] == t]) for t in tasks}}
+
+
+def dedupe(records: list[dict]) -> list[dict]:
+    """Drop duplicates of the same (task, split, doc_id): lmms-eval pads ranks with repeats."""
+    seen, out = set(), []
+    for record in records:
+        key = (record["task"], record["split"], record["doc_id"])
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return sorted(out, key=lambda r: (r["task"], r["split"], r["doc_id"]))
+
+
+def gather_records(records: list[dict], world_size: int) -> list[dict]:
+    """All ranks' records on every rank (``torch.distributed`` all_gather_object), deduplicated."""
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * world_size
+        torch.distributed.all_gather_object(parts, records)
+        records = [r for part in parts for r in (part or [])]
+    return dedupe(records)
+
+
+def build_document(records: list[dict], meta: dict) -> dict:
+    """The JSON document written beside lmms-eval's results."""
+    return {"version": RECORD_VERSION, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **meta, "summary": summarise_records(records), "samples": records}
+
+
+def write_document(document: dict, path: Path) -> Path:
+    """Write ``document`` as JSON to ``path`` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+# Documents finished in this process, for the launcher to place beside the results file.
+FINISHED: list[dict] = []
