@@ -1,0 +1,90 @@
+"""LLaVA-OneVision-7B / LLaVA-Video-7B-Qwen2: transformers' Qwen2 causal LM plus the SigLIP tower,
+projector and newline of :mod:`llava.model.llava_arch`.
+
+Parameter names equal the raw lmms-lab checkpoint names (``model.layers.*``,
+``model.vision_tower.vision_tower.vision_model.*``, ``model.mm_projector.{0,2}.*``,
+``model.image_newline``, ``lm_head.weight``), so ``state_dict()`` round-trips the published
+layout. Load checkpoints with :func:`llava.model.builder.load_pretrained_model`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Qwen2Config
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2ForCausalLM,
+    Qwen2Model,
+    Qwen2PreTrainedModel,
+)
+
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+
+class LlavaQwenConfig(Qwen2Config):
+    """Qwen2 config plus LLaVA's ``mm_*`` fields (kept as plain attributes from config.json)."""
+
+    model_type = "llava_qwen"
+
+
+class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
+    config_class = LlavaQwenConfig
+
+    def __init__(self, config: LlavaQwenConfig):
+        super().__init__(config)
+        self.init_multimodal(config)
+
+
+class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
+    """Qwen2ForCausalLM whose ``forward`` / ``generate`` also take ``images`` and ``modalities``
+    (LLaVA-NeXT signature). AOT: :meth:`set_aot` or ``load_pretrained_model(..., aot=...)``."""
+
+    config_class = LlavaQwenConfig
+
+    def __init__(self, config: LlavaQwenConfig):
+        Qwen2PreTrainedModel.__init__(self, config)
+        self.model = LlavaQwenModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.aot_config = None
+        self.last_aot_results = []
+        self.post_init()
+
+    def get_model(self) -> LlavaQwenModel:
+        return self.model
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None,
+                past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
+                images=None, image_sizes=None, modalities=("image",), **kwargs):
+        """As Qwen2ForCausalLM.forward; with ``images`` the visual tokens are spliced in first."""
+        if inputs_embeds is None and images is not None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
+             labels) = self.prepare_inputs_labels_for_multimodal(
+                input_ids, position_ids, attention_mask, past_key_values, labels, images,
+                modalities, image_sizes)
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               labels=labels, use_cache=use_cache, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None,
+                 modalities=("image",), **kwargs):
+        """Generate from ``inputs`` (B, L) ids with ``<image>`` placeholders and ``images``.
+
+        Returns only the new tokens (generation runs from ``inputs_embeds``).
+        """
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("pass input ids (inputs=...), not inputs_embeds")
+        kwargs.pop("position_ids", None)  # generation derives positions from the mask
+        attention_mask = kwargs.pop("attention_mask", None)
+        if images is not None:
+            (_, _, attention_mask, _, inputs_embeds, _) = \
+                self.prepare_inputs_labels_for_multimodal(inputs, None, attention_mask, None,
+                                                          None, images, modalities, image_sizes)
+        else:
+            self.last_aot_results = []
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                **kwargs)

@@ -1,0 +1,306 @@
+"""Multimodal parts shared by the LLaVA models: tower + projector + newline, and the splicing of
+visual tokens into the text embeddings. AOT enters at two hook points:
+
+* :meth:`LlavaMetaForCausalLM.encode_video_aot` (the ``encode_images`` stage): the tower runs with
+  attention capture at AOT's shallow and deep layers, the projector runs on all 729 patches, then
+  ``aot.intra_stage`` picks anchors and merges the other patches into them.
+* :meth:`LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal`: ``aot.inter_stage`` pools
+  with the anchor mask, runs the temporal phase, and :func:`packing.pack_aot` adds newlines.
+
+With no AOT config the path is the plain LLaVA one (pool, pack) and nothing of AOT runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import aot
+from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from . import packing
+from .vision import SigLipVisionTower, build_vision_config
+
+PROJECTOR_TYPES = ("mlp2x_gelu",)
+POOLING_OF_MODE = {"bilinear": "bilinear", "average": "average"}
+
+
+def build_projector(config) -> nn.Sequential:
+    """mlp2x_gelu: Linear(mm_hidden, hidden), GELU, Linear(hidden, hidden); raw names ``0``/``2``."""
+    kind = getattr(config, "mm_projector_type", "mlp2x_gelu")
+    if kind not in PROJECTOR_TYPES:
+        raise ValueError(f"mm_projector_type={kind!r}: only {PROJECTOR_TYPES} is implemented")
+    return nn.Sequential(nn.Linear(config.mm_hidden_size, config.hidden_size), nn.GELU(),
+                         nn.Linear(config.hidden_size, config.hidden_size))
+
+
+class LlavaMetaModel:
+    """Mixin for the inner model: adds ``vision_tower``, ``mm_projector``, ``image_newline``."""
+
+    def init_multimodal(self, config) -> None:
+        vision_config = build_vision_config(config)
+        if getattr(config, "mm_hidden_size", None) is None:
+            config.mm_hidden_size = vision_config.hidden_size
+        if config.mm_hidden_size != vision_config.hidden_size:
+            raise ValueError(f"mm_hidden_size={config.mm_hidden_size} does not match the vision "
+                             f"tower width {vision_config.hidden_size}")
+        self.vision_tower = SigLipVisionTower(vision_config)
+        self.mm_projector = build_projector(config)
+        if "unpad" in str(getattr(config, "mm_patch_merge_type", "flat")):
+            std = config.hidden_size ** -0.5
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) * std)
+        else:
+            self.image_newline = None
+
+    def get_vision_tower(self) -> SigLipVisionTower:
+        return self.vision_tower
+
+
+@dataclass
+class VisualItem:
+    """One visual input: ``pixels`` (F, 3, S, S) and its modality (``"video"`` or ``"image"``)."""
+
+    pixels: torch.Tensor
+    modality: str
+
+
+class LlavaMetaForCausalLM:
+    """Mixin for the causal LM: visual encoding, AOT, splicing. Needs ``get_model()``."""
+
+    #: AOT settings (an :class:`aot.AOTConfig`) or None for the unreduced model. Use set_aot().
+    aot_config: aot.AOTConfig | None = None
+    #: Frames encoded per tower call (bounds the capture memory: chunk x heads x T^2 floats).
+    vision_chunk_size: int = 8
+    #: AOTResults of the videos of the last call, in input order (None for unreduced items).
+    last_aot_results: list
+
+    # ------------------------------------------------------------------ accessors
+    def get_vision_tower(self) -> SigLipVisionTower:
+        return self.get_model().vision_tower
+
+    def set_aot(self, config: aot.AOTConfig | str | None) -> None:
+        """Turn AOT on with a config (or a preset name such as ``"paper-ov-mvbench"``), or off
+        with None. The config's pooling must match ``mm_spatial_pool_mode``."""
+        if isinstance(config, str):
+            config = aot.AOTConfig.preset(config)
+        if config is not None and not isinstance(config, aot.AOTConfig):
+            raise TypeError(f"aot must be an aot.AOTConfig, a preset name or None; got "
+                            f"{type(config).__name__}")
+        if config is not None:
+            self._check_aot(config)
+        self.aot_config = config
+
+    def _check_aot(self, config: aot.AOTConfig) -> None:
+        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
+        stride = getattr(self.config, "mm_spatial_pool_stride", 2)
+        if POOLING_OF_MODE.get(mode) != config.pooling:
+            expected = POOLING_OF_MODE.get(mode)
+            hint = (f"use pooling={expected!r} (e.g. AOTConfig.from_retention(r, backbone="
+                    f"{'ov' if expected == 'bilinear' else 'video'!r}))" if expected else
+                    "AOT supports 'bilinear' and 'average' only")
+            raise ValueError(f"AOTConfig.pooling={config.pooling!r} does not match this model's "
+                             f"mm_spatial_pool_mode={mode!r}; {hint}")
+        if stride != 2:
+            raise ValueError(f"AOT pools 2x2 but mm_spatial_pool_stride={stride!r}; set it to 2")
+        layers = self.get_vision_tower().num_layers
+        for name in ("shallow_layer", "deep_layer"):
+            if getattr(config, name) >= layers:
+                raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
+                                 f"uses layers 0..{layers - 1}")
+
+    # ------------------------------------------------------------------ encoding
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) pixels -> (N, T, hidden) projected patch features (T = 729 at 384)."""
+        tower = self.get_vision_tower()
+        features = tower(images, chunk_size=self.vision_chunk_size).features
+        return self.get_model().mm_projector(features)
+
+    def encode_video_aot(self, frames: torch.Tensor, config: aot.AOTConfig) -> aot.IntraOutput:
+        """AOT's first stage on one video: (F, 3, S, S) pixels -> anchors + intra-frame OT.
+
+        The tower captures received attention at ``config.shallow_layer`` / ``deep_layer``;
+        AOT runs in float32 whatever the model dtype (Sinkhorn is not stable in half precision).
+        """
+        tower = self.get_vision_tower()
+        layers = (config.shallow_layer, config.deep_layer)
+        out = tower(frames, capture_layers=tuple(sorted(set(layers))),
+                    chunk_size=self.vision_chunk_size)
+        projected = self.get_model().mm_projector(out.features)
+        return aot.intra_stage(projected.float(), out.received[config.shallow_layer],
+                               out.received[config.deep_layer], config)
+
+    def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, AOTResult or None)."""
+        model = self.get_model()
+        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
+        stride = getattr(self.config, "mm_spatial_pool_stride", 2)
+        position = getattr(self.config, "mm_newline_position", "one_token")
+        newline = model.image_newline
+        if self.aot_config is None:
+            pooled = packing.pool_frames(self.encode_images(frames), mode, stride)
+            return packing.pack_frames(pooled, newline, position), None
+        self._check_aot(self.aot_config)
+        intra = self.encode_video_aot(frames, self.aot_config)
+        result = aot.inter_stage(intra, self.aot_config)
+        dtype = model.mm_projector[0].weight.dtype
+        return packing.pack_aot(result, newline, position, dtype=dtype), result
+
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """One image (1, 3, S, S) at base resolution -> (T [+1 newline], hidden); not reduced."""
+        features = self.encode_images(image)[0]
+        newline = self.get_model().image_newline
+        if newline is None:
+            return features
+        return torch.cat([features, newline[None].to(features.dtype)], dim=0)
+
+    # ------------------------------------------------------------------ inputs
+    def visual_items(self, images, modalities) -> list[VisualItem]:
+        """Normalise LLaVA-NeXT's ``images`` / ``modalities`` arguments and check pixel shapes.
+
+        images: a list of (F, 3, S, S) videos / (3, S, S) or (1, 3, S, S) images, or a 5-D
+        tensor (one entry per sample), or a 4-D tensor (a batch of images, or one video when
+        the modality is ``"video"``). modalities: a string, or one string per item (a single
+        entry is broadcast).
+        """
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        modalities = list(modalities) if modalities is not None else ["image"]
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 5:
+                images = list(images)
+            elif images.dim() == 4 and modalities == ["video"]:
+                images = [images]
+            elif images.dim() == 4:
+                images = list(images)
+            else:
+                images = [images]
+        if len(modalities) == 1 and len(images) > 1:
+            modalities = modalities * len(images)
+        if len(modalities) != len(images):
+            raise ValueError(f"got {len(images)} visual inputs but {len(modalities)} modalities "
+                             f"{modalities}; give one modality per input")
+        size = self.get_vision_tower().image_size
+        items = []
+        for index, (pixels, modality) in enumerate(zip(images, modalities)):
+            if modality not in ("video", "image"):
+                raise ValueError(f"modality {modality!r} of input {index}: expected 'video' or "
+                                 "'image'")
+            if not isinstance(pixels, torch.Tensor):
+                raise TypeError(f"visual input {index} is a {type(pixels).__name__}; expected a "
+                                "torch.Tensor of preprocessed pixels")
+            if modality == "image" and pixels.dim() == 3:
+                pixels = pixels[None]
+            expected = "(frames, 3, %d, %d)" % (size, size) if modality == "video" else \
+                "(3, %d, %d) or (1, 3, %d, %d)" % (size, size, size, size)
+            if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size) or \
+                    pixels.shape[0] < 1:
+                raise ValueError(f"{modality} input {index} has pixel shape "
+                                 f"{tuple(pixels.shape)}; expected {expected} (preprocess with "
+                                 "the image processor load_pretrained_model returns)")
+            if modality == "image" and pixels.shape[0] != 1:
+                raise NotImplementedError(
+                    f"image input {index} has {pixels.shape[0]} tiles: high-resolution 'anyres' "
+                    "crops are not implemented; pass the base-resolution image only "
+                    "(llava.mm_utils.process_images does)")
+            items.append(VisualItem(pixels, modality))
+        return items
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask,
+                                             past_key_values, labels, images,
+                                             modalities=("image",), image_sizes=None):
+        """Replace every ``IMAGE_TOKEN_INDEX`` in ``input_ids`` (B, L) by the next visual input's
+        tokens (videos in AOT-reduced form when ``aot_config`` is set).
+
+        Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds (B, L', D),
+        labels)`` like LLaVA-NeXT; padding side from ``config.tokenizer_padding_side``.
+        """
+        self.last_aot_results = []
+        if images is None or input_ids is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        visual = []
+        for item in self.visual_items(images, modalities):
+            if item.modality == "video":
+                tokens, result = self.video_tokens(item.pixels)
+            else:
+                tokens, result = self.image_tokens(item.pixels), None
+            visual.append(tokens)
+            self.last_aot_results.append(result)
+        embeds, mask, new_labels, positions = splice_visual_tokens(
+            input_ids, attention_mask, labels, visual, self.get_model().embed_tokens,
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+            padding_side=getattr(self.config, "tokenizer_padding_side", "right"))
+        if position_ids is None:
+            positions = None
+        if attention_mask is None and bool(mask.all()):
+            mask = None
+        return None, positions, mask, past_key_values, embeds, (new_labels if labels is not None
+                                                                 else None)
+
+
+def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                         labels: torch.Tensor | None, visual: list[torch.Tensor], embed: nn.Module,
+                         max_length: int | None = None, padding_side: str = "right"):
+    """Build the LLM inputs.
+
+    Args:
+        input_ids: (B, L) with IMAGE_TOKEN_INDEX placeholders; padding removed via
+            ``attention_mask`` (B, L).
+        labels: (B, L) or None (then all IGNORE_INDEX).
+        visual: one (L_i, D) tensor per placeholder, in order over the batch.
+        embed: the token embedding module.
+    Returns:
+        embeds (B, L', D), attention_mask (B, L') bool, labels (B, L'), position_ids (B, L').
+    """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"tokenizer_padding_side={padding_side!r}: expected 'right' or 'left'")
+    placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+    if placeholders != len(visual):
+        raise ValueError(f"input_ids hold {placeholders} image placeholder(s) "
+                         f"(IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but {len(visual)} visual "
+                         "input(s) were given; put one '<image>' per image or video")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    if labels is None:
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+    weight = embed.weight
+    sequences, sequence_labels = [], []
+    next_visual = 0
+    for ids, keep, lab in zip(input_ids, attention_mask.bool(), labels):
+        ids, lab = ids[keep], lab[keep]
+        cuts = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+        bounds = [-1] + cuts + [ids.shape[0]]
+        text = torch.cat([ids[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)])
+        text_embeds = embed(text.to(weight.device))
+        parts, part_labels, start = [], [], 0
+        for i in range(len(bounds) - 1):
+            span = bounds[i + 1] - bounds[i] - 1
+            parts.append(text_embeds[start:start + span])
+            part_labels.append(lab[bounds[i] + 1:bounds[i + 1]].to(weight.device))
+            start += span
+            if i < len(cuts):
+                tokens = visual[next_visual].to(device=weight.device, dtype=weight.dtype)
+                next_visual += 1
+                parts.append(tokens)
+                part_labels.append(torch.full((tokens.shape[0],), IGNORE_INDEX,
+                                              dtype=lab.dtype, device=weight.device))
+        sequence, sequence_label = torch.cat(parts), torch.cat(part_labels)
+        if max_length is not None:
+            sequence, sequence_label = sequence[:max_length], sequence_label[:max_length]
+        sequences.append(sequence)
+        sequence_labels.append(sequence_label)
+
+    batch, longest, dim = len(sequences), max(s.shape[0] for s in sequences), weight.shape[1]
+    embeds = weight.new_zeros(batch, longest, dim)
+    mask = torch.zeros(batch, longest, dtype=torch.bool, device=weight.device)
+    out_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=labels.dtype,
+                            device=weight.device)
+    positions = torch.zeros(batch, longest, dtype=torch.long, device=weight.device)
+    for b, (sequence, sequence_label) in enumerate(zip(sequences, sequence_labels)):
+        n = sequence.shape[0]
+        where = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+        embeds[b, where] = sequence
+        mask[b, where] = True
+        out_labels[b, where] = sequence_label
+        positions[b, where] = torch.arange(n, device=weight.device)
+    return embeds, mask, out_labels, positions
