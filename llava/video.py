@@ -67,6 +67,7 @@ def fps_indices(total: int, average_fps: float, max_frames: int, fps: float = 1.
 
 def read_video(path: str, num_frames: int = 32, *, backend: str = "auto") -> np.ndarray:
     """(num_frames, H, W, 3) uint8: uniformly sampled frames (LLaVA-OneVision's sampling)."""
+    _check_count(num_frames, "num_frames")
     return read_frames(path, lambda total, fps: uniform_indices(total, num_frames),
                        backend=backend).frames
 
@@ -74,6 +75,7 @@ def read_video(path: str, num_frames: int = 32, *, backend: str = "auto") -> np.
 def read_video_fps(path: str, max_frames: int = 64, *, fps: float = 1.0,
                    force_sample: bool = False, backend: str = "auto") -> VideoFrames:
     """Frames at ``fps`` per second capped at ``max_frames`` (LLaVA-Video's sampling)."""
+    fps_indices(1, 1.0, max_frames, fps)  # validates the arguments before any decoding
     return read_frames(
         path, lambda total, avg: fps_indices(total, avg, max_frames, fps, force_sample),
         backend=backend)
@@ -93,7 +95,7 @@ def read_frames(path: str, choose, *, backend: str = "auto") -> VideoFrames:
     reader = _read_decord if backend == "decord" else _read_pyav
     try:
         return reader(path, choose)
-    except (VideoReadError, ValueError):
+    except VideoReadError:
         raise
     except Exception as error:  # decoders raise their own exception types
         raise VideoReadError(f"cannot read video {path!r} with {backend}: "
