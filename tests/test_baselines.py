@@ -7,9 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from aot import AOTConfig, AOTResult, exact_budget, pool_grid, pooled_side, reduce_video
-from aot.baselines import (DyCokeConfig, REDUCERS, VisionZipConfig, ablation_config,
-                           get_reducer, matched_budget, pooling_matrix, reducer_names,
-                           retention_for_budget)
+from aot.baselines import (
+    REDUCERS,
+    DyCokeConfig,
+    VisionZipConfig,
+    ablation_config,
+    get_reducer,
+    matched_budget,
+    pooling_matrix,
+    reducer_names,
+    retention_for_budget,
+)
 from aot.config import ABLATIONS
 from aot.synthetic import synthetic_video
 from aot.temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
@@ -33,7 +41,8 @@ def pooled_reference(features, config):
     return pool_grid(features.float(), 27, config.pooling)
 
 
-def check_result(result: AOTResult, frames: int, config: AOTConfig, count: int, dtype=torch.float32):
+def check_result(result: AOTResult, frames: int, config: AOTConfig, count: int,
+                 dtype=torch.float32):
     side = pooled_side(27, config.pooling)
     assert isinstance(result, AOTResult)
     assert result.tokens.shape == (count, DIM) and result.tokens.dtype == dtype
@@ -47,7 +56,7 @@ def check_result(result: AOTResult, frames: int, config: AOTConfig, count: int, 
     assert result.temporal_kept.shape == result.temporal_merged.shape == (frames, side, side)
     assert result.pooled_grid == side and result.grid == 27
     assert bool(torch.isfinite(result.tokens.float()).all())
-    # frame-major order (AOT's temporal phase orders by clip, which is also frame-major per clip)
+    # every token is attributed to a frame
     assert int(result.tokens_per_frame().sum()) == count
 
 
@@ -85,7 +94,8 @@ def test_every_reducer_matches_aot_exact(frames):
     config = AOTConfig(exact_retention=retention)
     target = reduce_video(*video(frames), config).num_tokens
     assert target == exact_budget(retention, frames, 196)
-    names = reducer_names() if frames in (7, 33) else list(REDUCERS)
+    # every ablation at one frame count; the five reducers at all of them (keeps the file fast)
+    names = reducer_names() if frames == 7 else list(REDUCERS)
     for name in names:
         assert get_reducer(name)(*video(frames), config).num_tokens == target, name
 
@@ -95,7 +105,8 @@ def test_matched_budget_with_released_thresholds():
     config = AOTConfig.preset("paper-ov-mvbench")  # no exact mode: AOT's count varies per video
     target = matched_budget(features, shallow, deep, config)
     for name in REDUCERS:
-        assert get_reducer(name)(features, shallow, deep, config, budget=target).num_tokens == target
+        result = get_reducer(name)(features, shallow, deep, config, budget=target)
+        assert result.num_tokens == target, name
 
 
 def test_aot_budget_equals_exact_retention():
@@ -150,8 +161,11 @@ def test_deterministic(name):
 
 def test_random_anchors_follow_the_seed():
     features, shallow, deep = video(5)
-    run = lambda seed: get_reducer("random")(features, shallow, deep,  # noqa: E731
-                                             AOTConfig(exact_retention=0.1, seed=seed))
+
+    def run(seed):
+        return get_reducer("random")(features, shallow, deep,
+                                     AOTConfig(exact_retention=0.1, seed=seed))
+
     assert torch.equal(run(1).tokens, run(1).tokens)
     assert not torch.equal(run(1).global_anchors, run(2).global_anchors)
     assert int(run(1).global_anchors[0].sum()) == AOTConfig().anchors_per_frame

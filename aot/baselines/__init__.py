@@ -22,7 +22,7 @@ for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -101,8 +101,22 @@ def matched_budget(features: torch.Tensor, shallow_attention: torch.Tensor,
 
 
 __all__ = [
-    "DyCokeConfig", "OPTIONS", "REDUCERS", "Reducer", "VisionZipConfig", "ablation_config",
-    "config_for_budget", "get_reducer", "matched_budget", "pooling_matrix", "reduce_aot",
-    "reduce_dycoke", "reduce_random", "reduce_uniform", "reduce_visionzip", "reducer_names",
-    "resolve_budget", "retention_for_budget",
+    "OPTIONS",
+    "REDUCERS",
+    "DyCokeConfig",
+    "Reducer",
+    "VisionZipConfig",
+    "ablation_config",
+    "config_for_budget",
+    "get_reducer",
+    "matched_budget",
+    "pooling_matrix",
+    "reduce_aot",
+    "reduce_dycoke",
+    "reduce_random",
+    "reduce_uniform",
+    "reduce_visionzip",
+    "reducer_names",
+    "resolve_budget",
+    "retention_for_budget",
 ]

@@ -27,8 +27,15 @@ from ..config import AOTConfig
 from ..pooling import pool_grid
 from ..reduce import AOTResult
 from ..temporal import KIND_FRAME, KIND_KEPT, lowest_k
-from .common import (flatten_slots, gather_tokens, make_result, pack_left, resolve_budget,
-                     validate, work_dtype)
+from .common import (
+    flatten_slots,
+    gather_tokens,
+    make_result,
+    pack_left,
+    resolve_budget,
+    validate,
+    work_dtype,
+)
 from .uniform import pool_to_counts
 
 ALLOCATIONS = ("frame", "video")

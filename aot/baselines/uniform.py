@@ -19,8 +19,7 @@ from ..config import AOTConfig
 from ..pooling import pool_grid
 from ..reduce import AOTResult
 from ..temporal import KIND_FRAME
-from .common import (flatten_slots, frame_counts, make_result, resolve_budget, validate,
-                     work_dtype)
+from .common import flatten_slots, frame_counts, make_result, resolve_budget, validate, work_dtype
 
 
 def _bounds(index: torch.Tensor, parts: torch.Tensor, size: int):

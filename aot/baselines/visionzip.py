@@ -1,4 +1,4 @@
-"""``visionzip``: per frame, dominant tokens by attention plus contextual tokens merged by similarity.
+"""``visionzip``: per frame, dominant tokens by attention + contextual tokens merged by similarity.
 
 VisionZip (Yang et al., CVPR 2025, arXiv 2412.04467) keeps, per image, the tokens that receive
 the most attention ("dominant") and folds the rest into a few "contextual" tokens: evenly spaced
@@ -24,8 +24,16 @@ from ..intra import cosine_similarity
 from ..pooling import pool_grid
 from ..reduce import AOTResult
 from ..temporal import KIND_ANCHOR, KIND_FRAME
-from .common import (flatten_slots, frame_counts, gather_tokens, make_result, pack_left,
-                     resolve_budget, validate, work_dtype)
+from .common import (
+    flatten_slots,
+    frame_counts,
+    gather_tokens,
+    make_result,
+    pack_left,
+    resolve_budget,
+    validate,
+    work_dtype,
+)
 
 
 @dataclass(frozen=True)
