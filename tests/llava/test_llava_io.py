@@ -131,3 +131,35 @@ def test_autoconfig_reads_checkpoint_and_process_images(ov_checkpoint):
     config.image_aspect_ratio = "pad"
     padded = process_images([image], processor, config)
     assert padded.shape == (1, 3, 384, 384) and padded[0, 0, 0, 0] < pixels[0, 0, 0, 0]
+
+
+def test_end_to_end_video_file_with_aot(video_checkpoint, clip):
+    """lmms-eval llava_vid flow: 1-fps frames -> processor -> generate with AOT at load time."""
+    import torch
+
+    import aot
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    folder, _ = video_checkpoint
+    config = aot.AOTConfig.preset("paper-video", shallow_layer=0, deep_layer=2)
+    tokenizer, model, processor, _ = load_pretrained_model(
+        folder, None, "llava_qwen", device_map="auto", torch_dtype="float16",
+        overwrite_config={"mm_spatial_pool_mode": "average", "mm_newline_position": "grid"},
+        aot=config)
+    frames = read_video_fps(clip, max_frames=64).frames
+    video = processor.preprocess(frames, return_tensors="pt")["pixel_values"].half()
+    conv = copy.deepcopy(conv_templates["qwen_1_5"])
+    conv.append_message(conv.roles[0], "<image>\nWhat happens?")
+    conv.append_message(conv.roles[1], None)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX,
+                                return_tensors="pt").unsqueeze(0)
+    out = model.generate(inputs=ids, images=[video], modalities="video",
+                         attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3,
+                         pad_token_id=tokenizer.pad_token_id,
+                         stopping_criteria=[KeywordsStoppingCriteria([conv.sep], tokenizer, ids)])
+    assert out.shape[0] == 1
+    result = model.last_aot_results[0]
+    assert result.num_frames == 3 and 0 < result.retention < 1
