@@ -60,6 +60,8 @@ def run_lmms_eval(argv: list) -> None:
 def finish(output_path: Path, since: float) -> int:
     """Rank 0 after the run: check results, place retention records; returns the exit status."""
     results = new_results_files(output_path, since)
+    if not results and submission_files(output_path, since):
+        return finish_unscored(output_path, since)
     if not results:
         print(f"[aot_eval] ERROR: lmms-eval wrote no results file under {output_path}; "
               "the evaluation failed (see the log above)", file=sys.stderr)
@@ -78,6 +80,29 @@ def finish(output_path: Path, since: float) -> int:
                   f"{', ' + str(overall['failed']) + ' failed' if overall['failed'] else ''})")
         else:
             print(f"[aot_eval] retention: {path} (nothing measured)")
+    return 0
+
+
+def submission_files(output_path: Path, since: float) -> list[Path]:
+    """Submission files (EgoSchema) lmms-eval wrote under ``output_path/submissions`` since ``since``."""
+    folder = Path(output_path) / "submissions"
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.glob("*.json")
+             if p.stat().st_mtime >= since and not p.name.endswith("_aot_retention.json")]
+    return sorted(files, key=lambda p: p.stat().st_mtime)
+
+
+def finish_unscored(output_path: Path, since: float) -> int:
+    """EgoSchema without its scoring server: keep the submission, record retention beside it."""
+    submission = submission_files(output_path, since)[-1]
+    print(f"[aot_eval] no results file, but a submission was written: {submission}\n"
+          "[aot_eval] EgoSchema is scored by its server (unreachable from here?): POST the file "
+          "as docs/reproduce.md shows")
+    for i, document in enumerate(recording.FINISHED):
+        path = submission.with_name(submission.stem + (f"_{i}" if i else "") + "_aot_retention.json")
+        recording.write_document(document, path)
+        print(f"[aot_eval] retention: {path}")
     return 0
 
 

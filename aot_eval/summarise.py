@@ -1,0 +1,344 @@
+"""Collect lmms-eval result folders into the paper's table (markdown and CSV).
+
+    python -m aot_eval.summarise outputs/eval --out outputs/table
+    python -m aot_eval.summarise --brief path/to/<date>_aot_retention.json
+
+Each ``*_results.json`` under the given folders is one run; its ``<date>_aot_retention.json``
+(written by ``python -m aot_eval``) gives the measured retention. Rows are (backbone, setting),
+where the setting is ``full`` (unreduced), ``r=0.10`` (AOT at a retention), a preset name, or a
+reducer / ablation variant; each benchmark cell shows our score, the paper's, the difference and
+the measured retention (mean and range). Runs with ``--limit`` are marked: not comparable.
+No lmms-eval import: this runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .paper import BENCHMARKS, LABELS, PAPER_ABLATIONS_OV_10, paper_value, retention_key
+
+SCORE_KEYS = {"mvbench": "mvbench_accuracy", "egoschema": "submission",
+              "longvideobench": "lvb_acc", "videomme": "videomme_perception_score"}
+
+
+@dataclass
+class Cell:
+    """One benchmark result of one run."""
+
+    score: Optional[float]
+    retention: Optional[dict] = None
+    limit: Optional[float] = None
+    source: str = ""
+    failed: int = 0
+
+
+@dataclass
+class Row:
+    backbone: str
+    setting: str
+    paper_row: Optional[str]
+    cells: dict = field(default_factory=dict)
+
+
+def parse_model_args(text: str) -> dict:
+    """``a=1,b=x`` -> ``{"a": "1", "b": "x"}`` (values kept as strings)."""
+    out = {}
+    for part in (text or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def backbone_of(model: str) -> Optional[str]:
+    """``llava_onevision*`` -> ``ov``; ``llava_vid*`` -> ``video``."""
+    if model.startswith("llava_onevision"):
+        return "ov"
+    if model.startswith("llava_vid"):
+        return "video"
+    return None
+
+
+def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
+    """(row label, key of the paper row or None) for a run's model and model_args."""
+    reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
+    if reducer == "none":
+        return "full", "full"
+    knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS)
+    if "retention" in args:
+        label = f"r={retention_key(args['retention'])}"
+        paper_row = retention_key(args["retention"])
+    else:
+        label, paper_row = args.get("preset", "default preset"), None
+    if reducer != "aot":
+        label, paper_row = f"{label} {reducer}", None
+    if args.get("exact", "false").lower() == "true":
+        label += " exact"
+    if args.get("ablation"):
+        label, paper_row = f"{label} {args['ablation']}", None
+    if knobs:
+        label += " " + ",".join(f"{k}={args[k]}" for k in knobs)
+        paper_row = None
+    return label, paper_row
+
+
+KNOWN_MODEL_KEYS = {
+    "pretrained", "model_name", "conv_template", "attn_implementation", "torch_dtype", "device",
+    "device_map", "batch_size", "max_frames_num", "mm_spatial_pool_stride",
+    "mm_spatial_pool_mode", "use_cache", "prompt_as", "retention_log", "on_video_error",
+    "video_fps", "force_sample", "add_time_instruction", "mm_newline_position",
+    "mm_resampler_location", "reducer", "retention", "preset", "exact", "ablation",
+}
+
+
+def metric(result: dict, name: str) -> Optional[float]:
+    """``result["<name>,none"]`` (or ``<name>``) as a number, else None."""
+    for key in (f"{name},none", name):
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def benchmark_scores(results: dict) -> dict:
+    """{benchmark: score in percent} from a results.json document."""
+    table = {**results.get("results", {}), **results.get("groups", {})}
+    out = {}
+    for bench in BENCHMARKS:
+        name = SCORE_KEYS[bench]
+        if bench == "mvbench":
+            value = metric(table.get("mvbench", {}), name)
+            if value is None:  # the group has no aggregate: mean of the 20 subtasks
+                subs = [metric(v, name) for k, v in table.items() if k.startswith("mvbench_")]
+                subs = [s for s in subs if s is not None]
+                value = statistics.fmean(subs) if subs else None
+            present = "mvbench" in table or any(k.startswith("mvbench_") for k in table)
+        else:
+            task = {"egoschema": "egoschema", "longvideobench": "longvideobench_val_v",
+                    "videomme": "videomme"}[bench]
+            present = task in table
+            value = metric(table.get(task, {}), name)
+        if bench == "longvideobench" and value is not None and value <= 1.0:
+            value *= 100.0  # lvb_acc is a fraction
+        if present:
+            out[bench] = value
+    return out
+
+
+def bench_of_task(task: str) -> Optional[str]:
+    if task.startswith("mvbench"):
+        return "mvbench"
+    for bench in ("egoschema", "videomme"):
+        if task.startswith(bench):
+            return bench
+    if task.startswith("longvideobench"):
+        return "longvideobench"
+    return None
+
+
+def retention_by_benchmark(document: dict) -> dict:
+    """{benchmark: {mean, min, max, measured, failed}} from a retention record."""
+    groups: dict = {}
+    for sample in document.get("samples", []):
+        bench = bench_of_task(sample["task"]) or sample["task"]
+        groups.setdefault(bench, []).append(sample)
+    out = {}
+    for bench, samples in groups.items():
+        values = [s["retention"] for s in samples if s.get("retention") is not None]
+        out[bench] = {"measured": len(values), "failed": sum(1 for s in samples if s.get("error")),
+                      **({"mean": statistics.fmean(values), "min": min(values),
+                          "max": max(values)} if values else {})}
+    return out
+
+
+def load_runs(folders: list) -> list[Row]:
+    """Rows of the table from every results file under ``folders`` (latest run wins a cell)."""
+    rows: dict = {}
+    files = []
+    for folder in folders:
+        folder = Path(folder)
+        files += [folder] if folder.is_file() else list(folder.rglob("*_results.json"))
+    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+        results = json.loads(path.read_text())
+        config = results.get("config", {})
+        model = str(config.get("model", ""))
+        backbone = backbone_of(model)
+        if backbone is None:
+            continue
+        args = parse_model_args(config.get("model_args", ""))
+        setting, paper_row = setting_of(model, args)
+        row = rows.setdefault((backbone, setting), Row(backbone, setting, paper_row))
+        ret_path = path.with_name(path.name[: -len("_results.json")] + "_aot_retention.json")
+        retention = (retention_by_benchmark(json.loads(ret_path.read_text()))
+                     if ret_path.exists() else {})
+        for bench, score in benchmark_scores(results).items():
+            info = retention.get(bench, {})
+            row.cells[bench] = Cell(score, info or None, config.get("limit"), str(path),
+                                    info.get("failed", 0))
+    return sorted(rows.values(), key=row_order)
+
+
+def row_order(row: Row):
+    """Backbone, then full first, then decreasing retention, then the rest by name."""
+    if row.setting == "full":
+        rank = (0, 0.0)
+    elif row.paper_row is not None:
+        rank = (1, -float(row.paper_row))
+    else:
+        rank = (2, 0.0)
+    return (row.backbone != "ov", rank, row.setting)
+
+
+def fmt(value, digits=1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_delta(ours, paper) -> str:
+    return "—" if ours is None or paper is None else f"{ours - paper:+.1f}"
+
+
+def fmt_retention(info: Optional[dict]) -> str:
+    if not info or "mean" not in info:
+        return "—"
+    return f"{100 * info['mean']:.1f}% [{100 * info['min']:.1f}–{100 * info['max']:.1f}]"
+
+
+def average(row: Row) -> tuple[Optional[float], Optional[float]]:
+    """(our average, paper average) over the four benchmarks, when all four have scores."""
+    ours = [row.cells[b].score if b in row.cells else None for b in BENCHMARKS]
+    ours_avg = statistics.fmean(ours) if all(v is not None for v in ours) else None
+    paper = (paper_value(row.backbone, row.paper_row, "avg") if row.paper_row else None)
+    if row.backbone == "ov" and row.paper_row is None and "r=0.10" in row.setting:
+        ablation = row.setting.split()[-1]
+        paper = PAPER_ABLATIONS_OV_10.get(ablation, paper)
+    return ours_avg, paper
+
+
+def table_rows(rows: list[Row]) -> list[dict]:
+    """Flat records, one per (row, benchmark) plus the average (for CSV and markdown)."""
+    out = []
+    for row in rows:
+        for bench in BENCHMARKS + ("avg",):
+            if bench == "avg":
+                ours, paper = average(row)
+                cell = None
+            else:
+                cell = row.cells.get(bench)
+                ours = cell.score if cell else None
+                paper = paper_value(row.backbone, row.paper_row, bench) if row.paper_row else None
+            info = cell.retention if cell else None
+            out.append({
+                "backbone": row.backbone, "setting": row.setting, "benchmark": bench,
+                "ours": ours, "paper": paper,
+                "delta": None if ours is None or paper is None else ours - paper,
+                "retention_mean": info.get("mean") if info else None,
+                "retention_min": info.get("min") if info else None,
+                "retention_max": info.get("max") if info else None,
+                "videos": info.get("measured") if info else None,
+                "failed_videos": cell.failed if cell else None,
+                "limit": cell.limit if cell else None,
+                "source": cell.source if cell else "",
+            })
+    return out
+
+
+def markdown(rows: list[Row]) -> str:
+    """The paper's table layout: per benchmark ours / paper / Δ / measured retention."""
+    names = {"ov": "LLaVA-OneVision-7B (32 frames)", "video": "LLaVA-Video-7B (64 frames)"}
+    lines = []
+    for backbone in ("ov", "video"):
+        mine = [r for r in rows if r.backbone == backbone]
+        if not mine:
+            continue
+        lines += [f"### {names[backbone]}", "",
+                  "| setting | " + " | ".join(LABELS[b] for b in BENCHMARKS) + " | Avg |",
+                  "|---|" + "---|" * (len(BENCHMARKS) + 1)]
+        for row in mine:
+            cells = []
+            for bench in BENCHMARKS:
+                cell = row.cells.get(bench)
+                paper = paper_value(row.backbone, row.paper_row, bench) if row.paper_row else None
+                if cell is None:
+                    cells.append("—" if paper is None else f"— (paper {fmt(paper)})")
+                    continue
+                text = f"**{fmt(cell.score)}**" if cell.score is not None else "unscored"
+                if paper is not None:
+                    text += f" (paper {fmt(paper)}, {fmt_delta(cell.score, paper)})"
+                text += f"<br>ret. {fmt_retention(cell.retention)}"
+                if cell.failed:
+                    text += f"<br>{cell.failed} videos failed"
+                if cell.limit:
+                    text += f"<br>limit={cell.limit:g}: not comparable"
+                cells.append(text)
+            ours, paper = average(row)
+            avg = fmt(ours) if ours is not None else "—"
+            if paper is not None:
+                avg += f" (paper {fmt(paper)}, {fmt_delta(ours, paper)})"
+            lines.append(f"| {row.setting} | " + " | ".join(cells) + f" | {avg} |")
+        lines.append("")
+    if not lines:
+        return "No results found.\n"
+    lines.append("Scores in %; (paper value, difference ours − paper); ret. = measured retention "
+                 "of visual tokens, mean [min–max] over the videos. EgoSchema is scored by its "
+                 "server: 'unscored' means the submission file still has to be sent.")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else ["backbone"])
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def brief(path: Path) -> str:
+    """One line about a retention record."""
+    document = json.loads(Path(path).read_text())
+    overall = document.get("summary", {}).get("overall", {})
+    if not overall.get("measured"):
+        return f"[eval] measured retention: none measured ({overall.get('samples', 0)} samples)"
+    return (f"[eval] measured retention: mean {100 * overall['mean']:.2f}% "
+            f"(min {100 * overall['min']:.2f}%, max {100 * overall['max']:.2f}%) over "
+            f"{overall['measured']} videos; reducer {document.get('reducer')} "
+            f"({document.get('source')}); {overall.get('failed', 0)} failed")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", help="result folders (searched recursively)")
+    parser.add_argument("--out", help="write OUT.md and OUT.csv")
+    parser.add_argument("--brief", help="print one line about a *_aot_retention.json and exit")
+    args = parser.parse_args(argv)
+    if args.brief:
+        print(brief(Path(args.brief)))
+        return 0
+    if not args.folders:
+        parser.error("give at least one result folder")
+    missing = [f for f in args.folders if not Path(f).exists()]
+    if missing:
+        parser.error(f"no such folder(s): {missing}")
+    rows = load_runs(args.folders)
+    text = markdown(rows)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text)
+        write_csv(table_rows(rows), out.with_suffix(".csv"))
+        print(f"[summarise] wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
+    if not rows:
+        print("[summarise] no results files found", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

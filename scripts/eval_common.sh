@@ -1,0 +1,189 @@
+# Shared by scripts/eval_<backbone>_<benchmark>.sh: argument parsing, model_args, launch, checks.
+# Source it and call:  aot_eval_run <ov|video> <mvbench|egoschema|longvideobench|videomme> "$@"
+# Environment: PYTHON (default: python), MASTER_PORT (default 29511), HF_HOME (datasets, videos).
+
+aot_eval_usage() {
+  cat <<USAGE
+Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [options]
+
+  --retention R      target share of visual tokens, 0 < R < 1 (paper: 0.10 0.15 0.20 0.25)
+  --preset NAME      released AOT setting instead of a ratio: paper-ov-mvbench,
+                     paper-ov-videomme, paper-ov-egoschema, paper-ov-longvideobench, paper-video
+  --reducer NAME     aot (default) | none (unreduced model) | uniform | visionzip | dycoke | random
+  --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
+                     no-inter cosine-merge random-anchors
+  --exact            exact token count per video (with --retention)
+  --frames N         frames per video (default: 32 OV, 64 LLaVA-Video at 1 fps)
+  --model PATH       checkpoint folder or hub id (default: the lmms-lab 7B checkpoint)
+  --nproc N          processes / GPUs (default 1); N > 1 launches with --launcher
+  --launcher L       torchrun (default) | accelerate
+  --output DIR       results folder (default: outputs/eval/<backbone>/<benchmark>/<tag>)
+  --limit N          first N docs only (smoke tests; numbers are then not comparable)
+  --dtype T          float16 (default) | bfloat16 | float32
+  --attn A           sdpa (default) | flash_attention_2 | eager
+  --device D         lmms-eval --device (default: cuda:0 if available, else cpu)
+  --model-args KV    extra model_args appended verbatim, e.g. keep_ratio=0.2,sigma=2.0
+  --task NAME        lmms-eval task id instead of the benchmark's (smoke tests)
+  --include-path P   lmms-eval --include_path (local task definitions)
+  --dry-run          print the command and exit
+USAGE
+}
+
+aot_eval_die() { echo "$(basename "$0"): $*" >&2; exit 2; }
+
+# aot_eval_check_fraction NAME VALUE: VALUE must be a decimal number in (0, 1).
+aot_eval_check_fraction() {
+  [[ "$2" =~ ^([0-9]*\.[0-9]+|[0-9]+)$ ]] || aot_eval_die "$1 '$2' is not a decimal fraction like 0.10"
+  awk -v r="$2" 'BEGIN { exit !(r > 0 && r < 1) }' || aot_eval_die "$1 '$2' must lie strictly between 0 and 1"
+}
+
+aot_eval_check_int() {
+  [[ "$2" =~ ^[1-9][0-9]*$ ]] || aot_eval_die "$1 '$2' must be a positive integer"
+}
+
+aot_eval_task_id() {
+  case "$1" in
+    mvbench) echo mvbench ;;
+    egoschema) echo egoschema ;;
+    longvideobench) echo longvideobench_val_v ;;
+    videomme) echo videomme ;;
+    *) aot_eval_die "unknown benchmark '$1' (expected mvbench, egoschema, longvideobench, videomme)" ;;
+  esac
+}
+
+# The released preset for a backbone and benchmark (aot-method.md section 7).
+aot_eval_paper_preset() {
+  if [ "$1" = video ]; then echo paper-video; return; fi
+  case "$2" in
+    mvbench|egoschema) echo paper-ov-mvbench ;;
+    *) echo paper-ov-videomme ;;
+  esac
+}
+
+aot_eval_run() {
+  local backbone=$1 benchmark=$2; shift 2
+  local retention="" preset="" reducer=aot ablation="" exact=0 frames="" model="" nproc=1
+  local launcher=torchrun output="" limit="" dtype=float16 attn=sdpa device="" extra="" task=""
+  local include_path="" dry_run=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --retention) [ $# -ge 2 ] || aot_eval_die "--retention needs a value"; retention=$2; shift 2 ;;
+      --preset) [ $# -ge 2 ] || aot_eval_die "--preset needs a value"; preset=$2; shift 2 ;;
+      --reducer) [ $# -ge 2 ] || aot_eval_die "--reducer needs a value"; reducer=$2; shift 2 ;;
+      --ablation) [ $# -ge 2 ] || aot_eval_die "--ablation needs a value"; ablation=$2; shift 2 ;;
+      --exact) exact=1; shift ;;
+      --frames) [ $# -ge 2 ] || aot_eval_die "--frames needs a value"; frames=$2; shift 2 ;;
+      --model) [ $# -ge 2 ] || aot_eval_die "--model needs a value"; model=$2; shift 2 ;;
+      --nproc) [ $# -ge 2 ] || aot_eval_die "--nproc needs a value"; nproc=$2; shift 2 ;;
+      --launcher) [ $# -ge 2 ] || aot_eval_die "--launcher needs a value"; launcher=$2; shift 2 ;;
+      --output) [ $# -ge 2 ] || aot_eval_die "--output needs a value"; output=$2; shift 2 ;;
+      --limit) [ $# -ge 2 ] || aot_eval_die "--limit needs a value"; limit=$2; shift 2 ;;
+      --dtype) [ $# -ge 2 ] || aot_eval_die "--dtype needs a value"; dtype=$2; shift 2 ;;
+      --attn) [ $# -ge 2 ] || aot_eval_die "--attn needs a value"; attn=$2; shift 2 ;;
+      --device) [ $# -ge 2 ] || aot_eval_die "--device needs a value"; device=$2; shift 2 ;;
+      --model-args) [ $# -ge 2 ] || aot_eval_die "--model-args needs a value"; extra=$2; shift 2 ;;
+      --task) [ $# -ge 2 ] || aot_eval_die "--task needs a value"; task=$2; shift 2 ;;
+      --include-path) [ $# -ge 2 ] || aot_eval_die "--include-path needs a value"; include_path=$2; shift 2 ;;
+      --dry-run) dry_run=1; shift ;;
+      -h|--help) aot_eval_usage; exit 0 ;;
+      *) aot_eval_die "unknown option '$1' (see --help)" ;;
+    esac
+  done
+
+  local task_id; task_id=$(aot_eval_task_id "$benchmark")
+  [ -n "$task" ] && task_id=$task
+  local model_id=llava_onevision_aot default_model=lmms-lab/llava-onevision-qwen2-7b-ov default_frames=32
+  if [ "$backbone" = video ]; then
+    model_id=llava_vid_aot default_model=lmms-lab/LLaVA-Video-7B-Qwen2 default_frames=64
+  elif [ "$backbone" != ov ]; then
+    aot_eval_die "unknown backbone '$backbone' (expected ov or video)"
+  fi
+  model=${model:-$default_model}
+  frames=${frames:-$default_frames}
+
+  case "$reducer" in aot|none|uniform|visionzip|dycoke|random) ;;
+    *) aot_eval_die "unknown reducer '$reducer' (expected aot, none, uniform, visionzip, dycoke, random)" ;;
+  esac
+  case "$launcher" in torchrun|accelerate) ;; *) aot_eval_die "unknown launcher '$launcher' (expected torchrun or accelerate)" ;; esac
+  case "$dtype" in float16|bfloat16|float32) ;; *) aot_eval_die "unknown dtype '$dtype' (expected float16, bfloat16, float32)" ;; esac
+  aot_eval_check_int --frames "$frames"
+  aot_eval_check_int --nproc "$nproc"
+  [ -z "$limit" ] || aot_eval_check_int --limit "$limit"
+  [ -z "$retention" ] || aot_eval_check_fraction --retention "$retention"
+  if [ "$reducer" = none ]; then
+    [ -z "$retention$preset$ablation" ] && [ "$exact" = 0 ] || aot_eval_die "--reducer none runs the unreduced model; drop --retention/--preset/--ablation/--exact"
+  else
+    [ -n "$retention$preset" ] || aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $(aot_eval_paper_preset "$backbone" "$benchmark")), or --reducer none"
+    [ -z "$retention" ] || [ -z "$preset" ] || aot_eval_die "give --retention or --preset, not both"
+    [ "$exact" = 0 ] || [ -n "$retention" ] || aot_eval_die "--exact needs --retention"
+    [ "$reducer" = aot ] || [ -n "$retention" ] || aot_eval_die "--reducer $reducer needs --retention"
+  fi
+
+  # model_args: the stock wrapper's protocol settings, then the reducer.
+  local margs="pretrained=$model,conv_template=qwen_1_5,max_frames_num=$frames,torch_dtype=$dtype,attn_implementation=$attn"
+  margs+=",reducer=$reducer"
+  local tag
+  if [ "$reducer" = none ]; then
+    tag=full
+  elif [ -n "$retention" ]; then
+    margs+=",retention=$retention"; tag="${reducer}_r$retention"
+    [ "$exact" = 0 ] || { margs+=",exact=true"; tag+="_exact"; }
+  else
+    margs+=",preset=$preset"; tag="${reducer}_$preset"
+  fi
+  [ -z "$ablation" ] || { margs+=",ablation=$ablation"; tag+="_$ablation"; }
+  [ -z "$extra" ] || { margs+=",$extra"; tag+="_custom"; }
+  output=${output:-outputs/eval/$backbone/$benchmark/$tag}
+
+  local -a eval_args=(--model "$model_id" --model_args "$margs" --tasks "$task_id" --batch_size 1
+                      --log_samples --log_samples_suffix "$tag" --output_path "$output")
+  [ -z "$limit" ] || eval_args+=(--limit "$limit")
+  [ -z "$device" ] || eval_args+=(--device "$device")
+  [ -z "$include_path" ] || eval_args+=(--include_path "$include_path")
+
+  local py=${PYTHON:-python}
+  local -a cmd
+  if [ "$nproc" = 1 ]; then
+    cmd=("$py" -m aot_eval "${eval_args[@]}")
+  elif [ "$launcher" = torchrun ]; then
+    cmd=("$py" -m torch.distributed.run --nproc_per_node "$nproc" --master_addr 127.0.0.1
+         --master_port "${MASTER_PORT:-29511}" -m aot_eval "${eval_args[@]}")
+  else
+    # 'python -m accelerate.commands.launch' = 'accelerate launch' (the CLI entry point needs timm)
+    cmd=("$py" -m accelerate.commands.launch --num_processes "$nproc"
+         --main_process_port "${MASTER_PORT:-29511}" -m aot_eval "${eval_args[@]}")
+  fi
+
+  echo "[eval] $backbone / $benchmark ($task_id): $tag, $frames frames, $nproc process(es)"
+  echo "[eval] command: ${cmd[*]}"
+  if [ "$dry_run" = 1 ]; then return 0; fi
+
+  mkdir -p "$output"
+  local stamp; stamp=$(mktemp); trap 'rm -f "$stamp"' RETURN
+  "${cmd[@]}"
+  aot_eval_report "$output" "$stamp" "$benchmark"
+}
+
+# aot_eval_report OUTPUT STAMPFILE BENCHMARK: check files written after STAMPFILE, print paths.
+aot_eval_report() {
+  local output=$1 stamp=$2 benchmark=$3
+  local results retention submission
+  results=$(find "$output" -name '*_results.json' -newer "$stamp" | sort | tail -n 1)
+  retention=$(find "$output" -name '*_aot_retention.json' -newer "$stamp" | sort | tail -n 1)
+  submission=$(find "$output" -path '*submissions*' -name '*.json' ! -name '*_aot_retention.json' -newer "$stamp" | sort | tail -n 1)
+  if [ -z "$results" ] && [ -z "$submission" ]; then
+    echo "[eval] ERROR: no results file under $output: the evaluation failed (see the log)" >&2
+    exit 1
+  fi
+  [ -z "$results" ] || echo "[eval] results:   $results"
+  if [ -n "$submission" ]; then
+    echo "[eval] EgoSchema submission: $submission"
+    [ -n "$results" ] || echo "[eval] EgoSchema was not scored (server unreachable?): POST the submission file, see docs/reproduce.md"
+  fi
+  if [ -z "$retention" ]; then
+    echo "[eval] ERROR: no retention record (*_aot_retention.json) under $output" >&2
+    exit 1
+  fi
+  echo "[eval] retention: $retention"
+  "${PYTHON:-python}" -m aot_eval.summarise --brief "$retention"
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# LLaVA-OneVision-7B (32 frames) on egoschema with AOT, through lmms-eval. Example:
+#   bash scripts/eval_ov_egoschema.sh --retention 0.10 --nproc 8
+# Options: --help (scripts/eval_common.sh). Results: outputs/eval/ov/egoschema/<tag>/ unless --output.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/eval_common.sh"
+aot_eval_run ov egoschema "$@"

@@ -1,0 +1,266 @@
+"""End to end through lmms-eval on CPU: tiny lmms-lab checkpoint, a local task over real mp4s.
+
+Runs ``python -m aot_eval`` (lmms-eval's CLI with our prompt alias) as a subprocess, like the
+scripts do, and checks the files it leaves: lmms-eval's results and samples, and our retention
+record. The task lives in a temporary folder given with ``--include_path``; its JSON dataset
+points at short H.264 videos written with PyAV in the test. The tiny tower has 3 layers, so the
+AOT layer knobs are set explicitly (shallow_layer=0, deep_layer=1).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+pytest.importorskip("decord")
+av = pytest.importorskip("av")
+np = pytest.importorskip("numpy")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "llava"))
+llava_testkit = pytest.importorskip("llava_testkit")
+
+DOCS = 4
+FRAMES = 4
+TASK = "aot_tinyvid"
+OV_POST = "Answer with the option's letter."
+VID_POST = "The best answer is:"
+KNOBS = "shallow_layer=0,deep_layer=1"
+
+TASK_YAML = """task: aot_tinyvid
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 4
+  temperature: 0
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    post_prompt: "{ov_post}"
+  llava_vid:
+    post_prompt: "{vid_post}"
+"""
+
+TASK_UTILS = '''
+def doc_to_visual(doc):
+    return [doc["video"]]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    post = (lmms_eval_specific_kwargs or {}).get("post_prompt", "")
+    return doc["question"] + "\\n(A) red\\n(B) blue\\n" + post
+
+
+def process_results(doc, results):
+    return {"acc": float(results[0].strip().startswith(doc["answer"]))}
+'''
+
+
+def write_video(path: Path, seed: int, seconds: float = 2.0, fps: int = 8) -> None:
+    """A short H.264 clip: a coloured square moving over a noisy background."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(int(seconds * fps)):
+            image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
+            x = (i * 6 + seed * 10) % 70
+            image[20:44, x:x + 24] = [200, 40 * seed % 255, 90]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Checkpoints, videos, dataset and task folder shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("eval-e2e")
+    videos = root / "videos"
+    videos.mkdir()
+    rows = []
+    for i in range(DOCS):
+        write_video(videos / f"clip{i}.mp4", seed=i)
+        rows.append({"id": i, "video": str(videos / f"clip{i}.mp4"),
+                     "question": f"What colour is the square in clip {i}?", "answer": "AB"[i % 2]})
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = root / "tasks" / TASK
+    tasks.mkdir(parents=True)
+    (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(data=data, ov_post=OV_POST,
+                                                         vid_post=VID_POST))
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    ckpt = {"ov": root / "llava-qwen-ov-tiny", "video": root / "llava-qwen-video-tiny"}
+    llava_testkit.write_checkpoint(ckpt["ov"], "ov")
+    llava_testkit.write_checkpoint(ckpt["video"], "video", seed=1)
+    return {"root": root, "tasks": root / "tasks", "ckpt": ckpt}
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    env["HF_DATASETS_CACHE"] = str(Path(env.get("TMPDIR", "/tmp")) / "aot-eval-test-datasets")
+    return env
+
+
+def run_eval(ws, model_id: str, model_args: str, out: Path, nproc: int = 1,
+             port: int = 29517) -> subprocess.CompletedProcess:
+    """``python -m aot_eval`` (or torchrun with ``nproc`` processes) on the local task."""
+    args = ["-m", "aot_eval", "--model", model_id, "--model_args", model_args,
+            "--tasks", TASK, "--include_path", str(ws["tasks"]), "--batch_size", "1",
+            "--device", "cpu", "--log_samples", "--output_path", str(out)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(port)] + args
+    else:
+        cmd = [sys.executable] + args
+    proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def outputs(out: Path) -> dict:
+    """The results, samples and retention record one run left under ``out``."""
+    results = sorted(out.rglob("*_results.json"))
+    assert len(results) == 1, f"expected one results file under {out}: {results}"
+    stem = results[0].name[: -len("_results.json")]
+    samples = sorted(results[0].parent.glob(f"{stem}_samples_{TASK}.jsonl"))
+    retention = results[0].with_name(f"{stem}_aot_retention.json")
+    assert samples, f"no samples file beside {results[0]}"
+    assert retention.exists(), f"no retention record beside {results[0]}"
+    return {"results": json.loads(results[0].read_text()),
+            "samples": [json.loads(line) for line in samples[0].read_text().splitlines()],
+            "retention": json.loads(retention.read_text())}
+
+
+def base_args(ws, backbone: str) -> str:
+    return (f"pretrained={ws['ckpt'][backbone]},torch_dtype=float32,attn_implementation=sdpa,"
+            f"max_frames_num={FRAMES}")
+
+
+def context_of(sample: dict) -> str:
+    """The prompt text lmms-eval built for a sample (file: ``input``; in memory: ``arguments``)."""
+    if "input" in sample:
+        return sample["input"]
+    args = sample["arguments"]
+    while isinstance(args, (list, tuple)):
+        args = args[0]
+    return args
+
+
+def check_common(results: dict, samples: list, retention: dict, post_prompt: str) -> None:
+    """Every doc answered, the task's prompt variant used, every video measured."""
+    assert "acc,none" in results["results"][TASK]
+    assert sorted(s["doc_id"] for s in samples) == list(range(DOCS))
+    for sample in samples:
+        answer = sample["filtered_resps"]
+        assert isinstance(answer[0] if isinstance(answer, list) else answer, str)
+        assert context_of(sample).endswith(post_prompt), context_of(sample)
+    records = retention["samples"]
+    assert sorted(r["doc_id"] for r in records) == list(range(DOCS))
+    assert all(r["retention"] is not None and "error" not in r for r in records)
+
+
+def check_exact(retention: dict) -> None:
+    """AOT exact mode at 0.25: every video gets floor(0.25 * frames * 196 + 0.5) tokens."""
+    budget = math.floor(0.25 * FRAMES * 196 + 0.5)
+    for record in retention["samples"]:
+        assert record["frames"] == FRAMES and record["denominator"] == FRAMES * 196
+        assert record["kept_tokens"] == budget, record
+        assert record["newline_tokens"] == 1
+    summary = retention["summary"]["overall"]
+    assert summary["min"] == summary["max"] == pytest.approx(budget / (FRAMES * 196))
+    assert retention["reducer"] == "aot" and retention["requested_retention"] == 0.25
+
+
+@pytest.fixture(scope="module")
+def cli_aot_run(workspace):
+    """One ``python -m aot_eval`` run: OV, AOT at 0.25 in exact mode (reused by the torchrun test)."""
+    out = workspace["root"] / "cli-aot"
+    proc = run_eval(workspace, "llava_onevision_aot",
+                    base_args(workspace, "ov") + f",retention=0.25,exact=true,{KNOBS}", out)
+    return proc, outputs(out)
+
+
+def test_cli_ov_aot_exact(cli_aot_run):
+    """Through lmms-eval's CLI: results, samples and retention files; retention exact."""
+    proc, got = cli_aot_run
+    assert "[aot_eval] results:" in proc.stdout and "[aot_eval] retention:" in proc.stdout
+    check_common(got["results"], got["samples"], got["retention"], OV_POST)
+    check_exact(got["retention"])
+    assert got["retention"]["prompt_model"] == "llava_onevision"
+
+
+def evaluate_in_process(ws, model_id: str, model_args: str, log_dir: Path):
+    """``simple_evaluate`` with our TaskManager (the documented programmatic route)."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    from aot_eval import manifests, prompts
+
+    manifests.register()
+    manager = prompts.task_manager("WARNING", include_path=str(ws["tasks"]),
+                                   include_defaults=False, model_name=model_id)
+    results = simple_evaluate(model=model_id, model_args=model_args + f",retention_log={log_dir}",
+                              tasks=[TASK], batch_size=1, device="cpu", log_samples=True,
+                              task_manager=manager)
+    records = sorted(log_dir.glob(f"aot_retention_{model_id}_*.json"))
+    assert len(records) == 1, records
+    return results, results["samples"][TASK], json.loads(records[0].read_text())
+
+
+def test_ov_unreduced_measures_full_retention(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    results, samples, retention = evaluate_in_process(
+        workspace, "llava_onevision_aot", base_args(workspace, "ov") + ",reducer=none", tmp_path)
+    check_common(results, samples, retention, OV_POST)
+    for record in retention["samples"]:
+        assert record["retention"] == 1.0 and record["visual_tokens"] == FRAMES * 196 + 1
+    assert retention["aot_config"] is None and retention["reducer"] == "none"
+
+
+def test_llava_vid_gets_its_stock_prompt(workspace, tmp_path, monkeypatch):
+    """llava_vid_aot: the task's llava_vid prompt variant, 1-fps frames, row newlines excluded."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    results, samples, retention = evaluate_in_process(
+        workspace, "llava_vid_aot",
+        base_args(workspace, "video") + f",preset=paper-video,{KNOBS}", tmp_path)
+    check_common(results, samples, retention, VID_POST)
+    for record in retention["samples"]:
+        assert record["frames"] == 2  # 2-second clips at 1 fps
+        assert record["denominator"] == 2 * 169
+        assert 0 < record["retention"] < 1
+    assert retention["prompt_model"] == "llava_vid"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(workspace, cli_aot_run, tmp_path):
+    """Two CPU processes (torchrun, gloo) give the same predictions and retention as one."""
+    _, one = cli_aot_run
+    run_eval(workspace, "llava_onevision_aot",
+             base_args(workspace, "ov") + f",retention=0.25,exact=true,{KNOBS}",
+             tmp_path / "two", nproc=2)
+    two = outputs(tmp_path / "two")
+    answers = lambda got: {s["doc_id"]: s["filtered_resps"] for s in got["samples"]}  # noqa: E731
+    assert answers(one) == answers(two)
+    assert one["results"]["results"][TASK]["acc,none"] == two["results"]["results"][TASK]["acc,none"]
+    assert one["retention"]["samples"] == two["retention"]["samples"]
+    assert two["retention"]["world_size"] == 2 and one["retention"]["world_size"] == 1
