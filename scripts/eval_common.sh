@@ -113,10 +113,10 @@ aot_eval_run() {
   if [ "$reducer" = none ]; then
     [ -z "$retention$preset$ablation" ] && [ "$exact" = 0 ] || aot_eval_die "--reducer none runs the unreduced model; drop --retention/--preset/--ablation/--exact"
   else
+    [ "$reducer" = aot ] || [ -n "$retention" ] || aot_eval_die "--reducer $reducer needs --retention"
     [ -n "$retention$preset" ] || aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $(aot_eval_paper_preset "$backbone" "$benchmark")), or --reducer none"
     [ -z "$retention" ] || [ -z "$preset" ] || aot_eval_die "give --retention or --preset, not both"
     [ "$exact" = 0 ] || [ -n "$retention" ] || aot_eval_die "--exact needs --retention"
-    [ "$reducer" = aot ] || [ -n "$retention" ] || aot_eval_die "--reducer $reducer needs --retention"
   fi
 
   # model_args: the stock wrapper's protocol settings, then the reducer.
@@ -142,6 +142,8 @@ aot_eval_run() {
   [ -z "$include_path" ] || eval_args+=(--include_path "$include_path")
 
   local py=${PYTHON:-python}
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
   local -a cmd
   if [ "$nproc" = 1 ]; then
     cmd=("$py" -m aot_eval "${eval_args[@]}")

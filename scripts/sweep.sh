@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run a whole table (retentions x benchmarks, plus the unreduced row) and summarise it.
+#   bash scripts/sweep.sh --backbone ov --output outputs/table-ov --nproc 8
+#   bash scripts/sweep.sh --backbone video --retentions "0.25 0.15" --reducers "aot visionzip"
+# Options:
+#   --backbone ov|video         (default ov)
+#   --retentions "R ..."        (default: the paper's rows, ov: 0.25 0.20 0.15 0.10; video: 0.25 0.15)
+#   --benchmarks "B ..."        (default: mvbench egoschema longvideobench videomme)
+#   --reducers "NAME ..."       (default: aot)
+#   --no-full                   skip the unreduced row
+#   --output DIR                (default: outputs/sweep/<backbone>)
+#   --dry-run                   print the runs only
+# Anything after '--' goes to every eval script (e.g. -- --nproc 8 --limit 16).
+# A failed run does not stop the sweep; the exit status is 1 if any run failed.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+backbone=ov retentions="" benchmarks="mvbench egoschema longvideobench videomme" reducers=aot
+full=1 output="" dry_run=0
+passthrough=()
+die() { echo "sweep.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --backbone) [ $# -ge 2 ] || die "--backbone needs a value"; backbone=$2; shift 2 ;;
+    --retentions) [ $# -ge 2 ] || die "--retentions needs a value"; retentions=$2; shift 2 ;;
+    --benchmarks) [ $# -ge 2 ] || die "--benchmarks needs a value"; benchmarks=$2; shift 2 ;;
+    --reducers) [ $# -ge 2 ] || die "--reducers needs a value"; reducers=$2; shift 2 ;;
+    --no-full) full=0; shift ;;
+    --output) [ $# -ge 2 ] || die "--output needs a value"; output=$2; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    --) shift; passthrough=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+case "$backbone" in
+  ov) prefix=ov; retentions=${retentions:-0.25 0.20 0.15 0.10} ;;
+  video) prefix=vid; retentions=${retentions:-0.25 0.15} ;;
+  *) die "unknown backbone '$backbone' (expected ov or video)" ;;
+esac
+output=${output:-outputs/sweep/$backbone}
+for bench in $benchmarks; do
+  [ -f "$here/eval_${prefix}_${bench}.sh" ] || die "unknown benchmark '$bench' (expected mvbench egoschema longvideobench videomme)"
+done
+
+runs=()
+for bench in $benchmarks; do
+  [ "$full" = 0 ] || runs+=("$bench|--reducer none|full")
+  for reducer in $reducers; do
+    for r in $retentions; do runs+=("$bench|--reducer $reducer --retention $r|${reducer}_r$r"); done
+  done
+done
+
+failed=()
+for run in "${runs[@]}"; do
+  IFS='|' read -r bench args tag <<<"$run"
+  # shellcheck disable=SC2206
+  cmd=(bash "$here/eval_${prefix}_${bench}.sh" $args --output "$output/$bench/$tag")
+  cmd+=(${passthrough[@]+"${passthrough[@]}"})
+  if [ "$dry_run" = 1 ]; then
+    "${cmd[@]}" --dry-run
+    continue
+  fi
+  echo "[sweep] ${cmd[*]}"
+  "${cmd[@]}" || failed+=("$bench $tag")
+done
+[ "$dry_run" = 0 ] || exit 0
+
+"${PYTHON:-python}" -m aot_eval.summarise "$output" --out "$output/table" || true
+echo "[sweep] table: $output/table.md and $output/table.csv"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '[sweep] FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi

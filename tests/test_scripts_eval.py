@@ -1,0 +1,265 @@
+"""The evaluation scripts' argument handling and the summariser; no lmms-eval needed."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+BENCH_TASKS = {"mvbench": "mvbench", "egoschema": "egoschema",
+               "longvideobench": "longvideobench_val_v", "videomme": "videomme"}
+
+
+def run(args, env=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=60)
+
+
+def command_of(proc) -> str:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[eval] command: ")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0][len("[eval] command: "):]
+
+
+def model_args_of(command: str) -> dict:
+    parts = command.split()
+    text = parts[parts.index("--model_args") + 1]
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+@pytest.mark.parametrize("backbone", ["ov", "vid"])
+@pytest.mark.parametrize("bench", sorted(BENCH_TASKS))
+def test_retention_maps_to_model_args(backbone, bench):
+    proc = run([SCRIPTS / f"eval_{backbone}_{bench}.sh", "--retention", "0.10", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    command = command_of(proc)
+    parts = command.split()
+    assert parts[:3] == ["python", "-m", "aot_eval"]
+    assert parts[parts.index("--model") + 1] == ("llava_onevision_aot" if backbone == "ov"
+                                                 else "llava_vid_aot")
+    assert parts[parts.index("--tasks") + 1] == BENCH_TASKS[bench]
+    assert parts[parts.index("--batch_size") + 1] == "1"
+    assert "--log_samples" in parts
+    args = model_args_of(command)
+    assert args["retention"] == "0.10" and args["reducer"] == "aot"
+    assert args["conv_template"] == "qwen_1_5"
+    assert args["max_frames_num"] == ("32" if backbone == "ov" else "64")
+    assert args["pretrained"] == ("lmms-lab/llava-onevision-qwen2-7b-ov" if backbone == "ov"
+                                  else "lmms-lab/LLaVA-Video-7B-Qwen2")
+    assert "preset" not in args
+    out = parts[parts.index("--output_path") + 1]
+    expected = "ov" if backbone == "ov" else "video"
+    assert out == f"outputs/eval/{expected}/{bench}/aot_r0.10"
+
+
+@pytest.mark.parametrize("value", ["0.15", "0.2", ".25", "0.5"])
+def test_good_retentions(value):
+    proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", value, "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    assert model_args_of(command_of(proc))["retention"] == value
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "abc", "", "0.1.2", "10%"])
+def test_bad_retentions_rejected(value):
+    proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", value, "--dry-run"])
+    assert proc.returncode == 2
+    assert "--retention" in proc.stderr
+    assert "[eval] command" not in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give --retention"),
+    (["--retention", "0.1", "--preset", "paper-video"], "not both"),
+    (["--reducer", "none", "--retention", "0.1"], "unreduced"),
+    (["--reducer", "bogus", "--retention", "0.1"], "unknown reducer"),
+    (["--reducer", "uniform"], "needs --retention"),
+    (["--preset", "paper-ov-mvbench", "--exact"], "--exact needs --retention"),
+    (["--retention", "0.1", "--frames", "0"], "--frames"),
+    (["--retention", "0.1", "--nproc", "two"], "--nproc"),
+    (["--retention", "0.1", "--limit", "-3"], "--limit"),
+    (["--retention", "0.1", "--launcher", "mpirun"], "unknown launcher"),
+    (["--retention", "0.1", "--dtype", "int8"], "unknown dtype"),
+    (["--retention", "0.1", "--frobnicate"], "unknown option"),
+    (["--retention"], "--retention"),
+])
+def test_bad_arguments_rejected(args, message):
+    proc = run([SCRIPTS / "eval_ov_videomme.sh", *args, "--dry-run"])
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr
+
+
+def test_preset_full_and_options():
+    preset = model_args_of(command_of(run([SCRIPTS / "eval_ov_videomme.sh", "--preset",
+                                           "paper-ov-videomme", "--dry-run"])))
+    assert preset["preset"] == "paper-ov-videomme" and "retention" not in preset
+    full = model_args_of(command_of(run([SCRIPTS / "eval_vid_mvbench.sh", "--reducer", "none",
+                                         "--dry-run"])))
+    assert full["reducer"] == "none" and "retention" not in full and "preset" not in full
+    proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.2", "--exact", "--ablation",
+                "no-inter", "--frames", "16", "--model", "/ckpt/ov", "--dtype", "bfloat16",
+                "--model-args", "sigma=2.0", "--limit", "8", "--output", "x/y", "--dry-run"])
+    command = command_of(proc)
+    args = model_args_of(command)
+    assert args["exact"] == "true" and args["ablation"] == "no-inter"
+    assert args["max_frames_num"] == "16" and args["pretrained"] == "/ckpt/ov"
+    assert args["torch_dtype"] == "bfloat16" and args["sigma"] == "2.0"
+    assert "--limit 8" in command and "--output_path x/y" in command
+
+
+def test_multi_process_launchers():
+    torchrun = command_of(run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.1", "--nproc",
+                               "4", "--dry-run"], env={"MASTER_PORT": "29999"}))
+    assert torchrun.startswith("python -m torch.distributed.run --nproc_per_node 4 ")
+    assert "--master_port 29999" in torchrun and " -m aot_eval " in torchrun
+    accel = command_of(run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.1", "--nproc", "4",
+                            "--launcher", "accelerate", "--dry-run"]))
+    assert accel.startswith("python -m accelerate.commands.launch --num_processes 4 ")
+
+
+def test_sweep_dry_run_covers_the_table():
+    proc = run([SCRIPTS / "sweep.sh", "--backbone", "ov", "--output", "out", "--dry-run", "--",
+                "--nproc", "2"])
+    assert proc.returncode == 0, proc.stderr
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("[eval] command")]
+    assert len(commands) == 4 * 5  # 4 benchmarks x (full + 4 retentions)
+    assert all("--nproc_per_node 2" in c for c in commands)
+    assert sum("reducer=none" in c for c in commands) == 4
+    assert run([SCRIPTS / "sweep.sh", "--backbone", "xx"]).returncode == 2
+
+
+def test_sbatch_array_index_mapping():
+    env = {"DRY_RUN": "1", "BACKBONE": "video", "RETENTIONS": "full 0.25 0.15",
+           "BENCHMARKS": "mvbench videomme", "OUTPUT": "tbl"}
+    seen = []
+    for index in range(6):
+        proc = run([SCRIPTS / "slurm" / "eval_array.sbatch"],
+                   env={**env, "SLURM_ARRAY_TASK_ID": str(index)})
+        assert proc.returncode == 0, proc.stderr
+        command = command_of(proc)
+        args = model_args_of(command)
+        task = command.split()[command.split().index("--tasks") + 1]
+        seen.append((args.get("retention", "full"), task))
+    assert seen == [("full", "mvbench"), ("full", "videomme"), ("0.25", "mvbench"),
+                    ("0.25", "videomme"), ("0.15", "mvbench"), ("0.15", "videomme")]
+    bad = run([SCRIPTS / "slurm" / "eval_array.sbatch"], env={**env, "SLURM_ARRAY_TASK_ID": "6"})
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+    submit = run([SCRIPTS / "slurm" / "submit_table.sh", "--backbone", "ov", "--dry-run"])
+    assert submit.returncode == 0 and "--array=0-19" in submit.stdout
+
+
+# ------------------------------------------------------------------ model_args (no lmms-eval)
+def test_parse_reducer_variants():
+    from aot import AOTConfig
+    from aot_eval.model_args import parse_reducer
+
+    spec = parse_reducer({"preset": "paper-ov-videomme", "keep_ratio": "0.2",
+                          "anchors_per_frame": 100, "inter": "false", "clip_length": "none"}, "ov")
+    assert spec.name == "aot"
+    assert spec.config == AOTConfig.preset("paper-ov-videomme").replace(
+        keep_ratio=0.2, anchors_per_frame=100, inter=False, clip_length=None)
+    full = parse_reducer({"reducer": "none"}, "video")
+    assert full.config is None and full.describe()["aot_config"] is None
+    ablated = parse_reducer({"preset": "paper-ov-mvbench", "ablation": "no-local+no-inter"}, "ov")
+    assert not ablated.config.local_anchors and not ablated.config.inter
+    default = parse_reducer({}, "video")
+    assert default.config == AOTConfig.preset("paper-video")
+    ret = parse_reducer({"retention": 0.1, "exact": "true"}, "ov")
+    assert ret.retention == 0.1 and ret.config.exact_retention == 0.1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"reducer": "magic"}, "reducer"),
+    ({"retention": 0}, "retention"),
+    ({"retention": 1.5}, "retention"),
+    ({"retention": "abc"}, "retention"),
+    ({"retention": 0.1, "preset": "paper-video"}, "not both"),
+    ({"preset": "nope"}, "preset"),
+    ({"reducer": "none", "retention": 0.1}, "reducer=none"),
+    ({"reducer": "uniform"}, "needs retention"),
+    ({"ablation": "no-such"}, "ablation"),
+    ({"anchors_per_frame": "many"}, "anchors_per_frame"),
+    ({"inter": "maybe"}, "inter"),
+    ({"exact": True}, "exact"),
+])
+def test_parse_reducer_rejects(kwargs, message):
+    from aot_eval.model_args import parse_reducer
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        parse_reducer(kwargs, "ov")
+
+
+def test_split_aot_kwargs():
+    from aot_eval.model_args import split_aot_kwargs
+
+    aot, rest = split_aot_kwargs({"pretrained": "x", "retention": 0.1, "sigma": 2.0,
+                                  "max_frames_num": 8})
+    assert aot == {"retention": 0.1, "sigma": 2.0}
+    assert rest == {"pretrained": "x", "max_frames_num": 8}
+
+
+# ------------------------------------------------------------------ launcher helpers
+def test_launcher_helpers(tmp_path):
+    from aot_eval.cli import flag_value, main, retention_path_for
+
+    assert flag_value(["--output_path", "a", "--x"], "--output_path") == "a"
+    assert flag_value(["--output_path=b"], "--output_path") == "b"
+    assert flag_value(["--tasks", "t"], "--output_path") is None
+    assert retention_path_for(Path("o/m/2026_results.json")) == Path("o/m/2026_aot_retention.json")
+    assert main(["--model", "llava_onevision_aot", "--tasks", "mvbench"]) == 2  # no --output_path
+
+
+# ------------------------------------------------------------------ summariser
+def write_run(folder: Path, model: str, model_args: str, results: dict, retention=None,
+              stamp="20260101_000000", limit=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stamp}_results.json").write_text(json.dumps(
+        {"results": results, "config": {"model": model, "model_args": model_args,
+                                        "limit": limit}}))
+    if retention is not None:
+        samples = [{"task": task, "split": "test", "doc_id": i, "frames": 32, "retention": r,
+                    "kept_tokens": round(r * 6272)}
+                   for task, values in retention.items() for i, r in enumerate(values)]
+        (folder / f"{stamp}_aot_retention.json").write_text(json.dumps({"samples": samples}))
+
+
+def test_summariser_table(tmp_path):
+    from aot_eval.summarise import main
+
+    base = "pretrained=lmms-lab/llava-onevision-qwen2-7b-ov,conv_template=qwen_1_5"
+    write_run(tmp_path / "a", "llava_onevision_aot", base + ",reducer=aot,retention=0.10",
+              {"mvbench_action_count": {"mvbench_accuracy,none": 50.0},
+               "mvbench_action_sequence": {"mvbench_accuracy,none": 60.0},
+               "videomme": {"videomme_perception_score,none": 56.6}},
+              {"mvbench_action_count": [0.09, 0.11], "videomme": [0.10, 0.12]})
+    write_run(tmp_path / "b", "llava_onevision_aot", base + ",reducer=aot,retention=0.10",
+              {"longvideobench_val_v": {"lvb_acc,none": 0.5423}}, {"longvideobench_val_v": [0.1]})
+    write_run(tmp_path / "c", "llava_onevision_aot", base + ",reducer=none",
+              {"egoschema": {"submission,none": 60.0}}, {"egoschema": [1.0, 1.0]}, limit=8)
+    write_run(tmp_path / "d", "llava_vid_aot", "pretrained=x,reducer=aot,preset=paper-video",
+              {"videomme": {"videomme_perception_score,none": 63.0}})
+    out = tmp_path / "table"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert "| r=0.10 | **55.0** (paper 57.0, -2.0)<br>ret. 10.0% [9.0–11.0]" in text
+    assert "**54.2** (paper 54.2, +0.0)" in text  # lvb_acc fraction -> percent
+    assert "**56.6** (paper 56.1, +0.5)<br>ret. 11.0% [10.0–12.0]" in text
+    assert "limit=8: not comparable" in text
+    assert "| paper-video |" in text
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    cell = next(r for r in rows if r["setting"] == "r=0.10" and r["benchmark"] == "videomme")
+    assert float(cell["paper"]) == 56.1 and float(cell["retention_mean"]) == pytest.approx(0.11)
+    full = next(r for r in rows if r["setting"] == "full" and r["benchmark"] == "egoschema")
+    assert float(full["ours"]) == 60.0 and float(full["paper"]) == 60.4
+
+
+def test_summariser_errors(tmp_path):
+    from aot_eval.summarise import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
+    assert main([str(tmp_path)]) == 1  # no results
