@@ -6,6 +6,8 @@ sources gather into dense (F, N, D) and (F, M, D) tensors and the transport runs
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,17 @@ def grid_coordinates(grid: int, device=None) -> torch.Tensor:
     steps = torch.arange(grid, device=device, dtype=torch.float32) / max(grid - 1, 1)
     rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_distances(grid: int, device: torch.device) -> torch.Tensor:
+    xy = grid_coordinates(grid, device)
+    return (xy[:, None, :] - xy[None, :, :]).pow(2).sum(-1).sqrt()
+
+
+def grid_distances(grid: int, device=None) -> torch.Tensor:
+    """(T, T) Euclidean distances between the scaled grid coordinates of every token pair."""
+    return _grid_distances(grid, torch.device(device or "cpu"))
 
 
 def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,56 +54,48 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(1, 2)
 
 
-def intra_cost(similarity: torch.Tensor, source_xy: torch.Tensor, anchor_xy: torch.Tensor,
+def intra_cost(similarity: torch.Tensor, distance: torch.Tensor,
                spatial_weight: float) -> torch.Tensor:
-    """Cost of moving each source token to each anchor.
+    """Cost of moving each source token to each anchor (code-only spatial term included).
 
     ``C[m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``.
 
     Args:
         similarity: (F, M, N) cosine similarity of sources and anchors.
-        source_xy: (F, M, 2), anchor_xy: (F, N, 2) grid coordinates in [0, 1].
+        distance: (F, M, N) grid distance of sources and anchors (:func:`grid_distances`).
     Returns:
         (F, M, N) cost.
     """
-    dist = (source_xy[:, :, None, :] - anchor_xy[:, None, :, :]).pow(2).sum(-1).sqrt()
-    return (1 - similarity) + spatial_weight * dist
+    return (1 - similarity) + spatial_weight * distance
 
 
-def hard_merge(sources: torch.Tensor, anchors: torch.Tensor, similarity: torch.Tensor,
-               scale: float) -> torch.Tensor:
-    """Average each source into its most similar anchor.
+def merge_weights(plan: torch.Tensor, similarity: torch.Tensor, config: AOTConfig):
+    """The intra merge written as one linear map, so one batched matmul applies it.
 
-    ``hard_n = (scale * a_n + sum_{m -> n} u_m) / (scale + count_n)``.
-
-    Args:
-        sources: (F, M, D); anchors: (F, N, D); similarity: (F, M, N), argmax over N picks the
-            anchor (first one on ties).
-    Returns:
-        (F, N, D).
-    """
-    target = similarity.argmax(-1)  # (F, M)
-    summed = torch.zeros_like(anchors).scatter_add_(
-        1, target[:, :, None].expand(-1, -1, sources.shape[-1]), sources)
-    counts = torch.zeros(anchors.shape[:2], dtype=anchors.dtype, device=anchors.device)
-    counts.scatter_add_(1, target, torch.ones_like(target, dtype=anchors.dtype))
-    return (scale * anchors + summed) / (scale + counts)[:, :, None]
-
-
-def ot_merge(sources: torch.Tensor, anchors: torch.Tensor, plan: torch.Tensor,
-             scale: float) -> torch.Tensor:
-    """Fold sources into anchors with a transport plan.
-
-    ``ot_n = (a_n + scale * sum_m T[m, n] u_m) / (1 + scale * max(sum_m T[m, n], 1e-9))``.
+    ``anchor_n <- self_n * a_n + sum_m W[m, n] * u_m`` where the OT part is
+    ``ot_n = (a_n + s * sum_m T[m, n] u_m) / (1 + s * max(load_n, 1e-9))`` and the code-only
+    hard part is ``hard_n = (s * a_n + sum_{m -> n} u_m) / (s + count_n)`` with m -> n the
+    anchor of highest cosine similarity (first on ties), blended ``(1 - w) * ot + w * hard``.
 
     Args:
-        sources: (F, M, D); anchors: (F, N, D); plan: (F, M, N).
+        plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
+        similarity: (F, M, N) cosine similarity of sources and anchors.
     Returns:
-        (F, N, D).
+        (W (F, M, N), self_weight (F, N)).
     """
-    aggregated = plan.transpose(1, 2) @ sources
-    load = plan.sum(1).clamp(min=1e-9)[:, :, None]
-    return (anchors + scale * aggregated) / (1 + scale * load)
+    s = config.intra_scale
+    nearest = torch.zeros_like(similarity).scatter_(2, similarity.argmax(-1, keepdim=True), 1.0)
+    hard_denominator = s + nearest.sum(1)  # (F, N)
+    if plan is None:
+        return nearest / hard_denominator[:, None, :], s / hard_denominator
+    w = config.hard_merge_weight
+    ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
+    weights = (1 - w) * s * plan / ot_denominator[:, None, :]
+    self_weight = (1 - w) / ot_denominator
+    if w > 0:
+        weights = weights + w * nearest / hard_denominator[:, None, :]
+        self_weight = self_weight + w * s / hard_denominator
+    return weights, self_weight
 
 
 def intra_merge(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
@@ -107,9 +112,9 @@ def intra_merge(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
         (F, T, D) in the dtype of ``features``; non-anchor rows are unchanged. The arithmetic
         runs in float32 (float64 stays float64).
 
-    ``"ot"``: anchor = (1 - w) * ot_merge + w * hard_merge with w = hard_merge_weight, cost from
-    :func:`intra_cost`, uniform marginals, Sinkhorn over all frames at once.
-    ``"cosine"``: anchor = hard_merge by cosine similarity. ``"prune"``: features unchanged.
+    ``"ot"``: anchor = (1 - w) * OT merge + w * hard merge (w = hard_merge_weight; see
+    :func:`merge_weights`), cost from :func:`intra_cost`, uniform marginals, one Sinkhorn over all
+    frames. ``"cosine"``: the hard merge alone. ``"prune"``: features unchanged.
     """
     if config.intra_merge == "prune":
         return features
@@ -119,29 +124,33 @@ def intra_merge(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
     if num_anchors == 0 or num_sources == 0:
         return features
     work = torch.promote_types(features.dtype, torch.float32)
-    dim = features.shape[-1]
-    anchors = torch.gather(features, 1, anchor_idx[:, :, None].expand(-1, -1, dim)).to(work)
-    sources = torch.gather(features, 1, source_idx[:, :, None].expand(-1, -1, dim)).to(work)
+    x = features.to(work)
+    rows = torch.arange(frames, device=features.device)[:, None]
+    anchors = x[rows, anchor_idx]  # (F, N, D)
+    # Similarity of every token to the anchors straight from x: cheaper than gathering the
+    # M source rows of a (F, 729, 3584) tensor, and the anchor rows are simply not used.
+    eps = 1e-12  # F.normalize's floor on the norm
+    norms = x.norm(dim=-1).clamp(min=eps)
+    similarity = (x @ anchors.transpose(1, 2)) / (norms[:, :, None] * norms[rows, anchor_idx][:, None, :])
+    similarity = similarity[rows, source_idx]  # (F, M, N)
 
-    similarity = cosine_similarity(sources, anchors)
-    if config.intra_merge == "cosine":
-        merged = hard_merge(sources, anchors, similarity, config.intra_scale)
-    else:
-        xy = grid_coordinates(grid, features.device)
-        cost = intra_cost(similarity, xy[source_idx], xy[anchor_idx], config.spatial_weight)
+    plan = None
+    if config.intra_merge == "ot":
+        distance = grid_distances(grid, features.device).to(work)[
+            source_idx[:, :, None], anchor_idx[:, None, :]]
+        cost = intra_cost(similarity, distance, config.spatial_weight)
         a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=work, device=features.device)
         b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=work, device=features.device)
         plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
                         log_domain=config.log_domain).plan
-        merged = ot_merge(sources, anchors, plan, config.intra_scale)
-        w = config.hard_merge_weight
-        if w > 0:  # the code-only hard merge: nearest anchor by cosine (no spatial term)
-            merged = (1 - w) * merged + w * hard_merge(sources, anchors, similarity,
-                                                       config.intra_scale)
+    weights, self_weight = merge_weights(plan, similarity, config)
+    # Scatter the source rows back to token positions (anchor rows stay 0): one bmm over x.
+    full = torch.zeros(frames, x.shape[1], num_anchors, dtype=work, device=features.device)
+    full[rows, source_idx] = weights
+    merged = self_weight[:, :, None] * anchors + full.transpose(1, 2) @ x
 
     out = features.clone()
-    out.scatter_(1, anchor_idx[:, :, None].expand(-1, -1, dim), merged.to(features.dtype))
+    out[rows, anchor_idx] = merged.to(features.dtype)
     return out
-

@@ -50,7 +50,8 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
             released behaviour for the frames of one video); ``"problem"`` = each problem stops on
             its own test (identical to solving the problems one by one).
         log_domain: iterate on log-scalings with logsumexp (stable for small ``reg`` and half
-            precision inputs); the stop test still uses ``r = exp(f)``.
+            precision inputs); the stop test then uses the relative change of ``r = exp(f)``,
+            since ``r`` itself may overflow.
         check_every: iterations between host syncs for the early stop. A problem that converged
             is frozen at once, so the result does not depend on this value; only wasted work
             does. Default: 1 on CPU (syncs are free), 10 elsewhere.
@@ -88,7 +89,6 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         log_b = torch.where(col_valid, b.clamp(min=torch.finfo(dtype).tiny).log(), -torch.inf)
         f = torch.where(row_valid, 0.0, -torch.inf).to(dtype)  # r = exp(f) = 1 on valid rows
         g = torch.where(col_valid, 0.0, -torch.inf).to(dtype)
-        r = f.exp()
     else:
         kernel = torch.where(entry_valid, torch.exp(-cost / reg), 0.0)
         r = row_valid.to(dtype)
@@ -98,22 +98,24 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         if log_domain:
             f_new = _log_update(log_a, log_k + g[:, None, :], dim=2, valid=row_valid)
             g_new = _log_update(log_b, log_k + f_new[:, :, None], dim=1, valid=col_valid)
-            r_new = f_new.exp()
         else:
             r_new = _scale_update(a, (kernel * c[:, None, :]).sum(2), row_valid)
             c_new = _scale_update(b, (kernel * r_new[:, :, None]).sum(1), col_valid)
-        change = (r_new - r).abs().masked_fill(~row_valid, 0.0)
+        if log_domain:  # exp(f) can overflow here: relative change |r - r_prev| / r instead
+            change = (1 - torch.exp(f - f_new)).abs().masked_fill(~row_valid, 0.0)
+        else:
+            change = (r_new - r).abs().masked_fill(~row_valid, 0.0)
         if stopping == "batch":
             converged = (change.sum() / rows_in_batch < stop_threshold).expand(batch)
         else:
             converged = change.sum(1) / rows_per_problem < stop_threshold
         # Frozen problems keep their state, so late host checks do not change the result.
         keep = active[:, None]
-        r = torch.where(keep, r_new, r)
         if log_domain:
             f = torch.where(keep, f_new, f)
             g = torch.where(keep, g_new, g)
         else:
+            r = torch.where(keep, r_new, r)
             c = torch.where(keep, c_new, c)
         iterations += active.long()
         active = active & ~converged

@@ -1,0 +1,104 @@
+"""Batched Sinkhorn: POT as the reference solver, marginals, stopping rules, padding."""
+
+import pytest
+import torch
+
+from aot.sinkhorn import sinkhorn, uniform_marginals
+
+ot = pytest.importorskip("ot")
+
+
+def random_problem(batch, m, n, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(batch, m, n, generator=g, dtype=torch.float64) * scale
+    a = torch.rand(batch, m, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(batch, n, generator=g, dtype=torch.float64) + 0.1
+    return a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True), cost
+
+
+@pytest.mark.parametrize("log_domain", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_matches_pot_at_convergence(seed, log_domain):
+    a, b, cost = random_problem(3, 17, 11, seed, scale=2.0)
+    ours = sinkhorn(a, b, cost, 0.1, max_iter=5000, stop_threshold=1e-14,
+                    stopping="problem", log_domain=log_domain)
+    for i in range(3):
+        ref = ot.sinkhorn(a[i].numpy(), b[i].numpy(), cost[i].numpy(), 0.1,
+                          numItermax=20000, stopThr=1e-13)
+        torch.testing.assert_close(ours.plan[i], torch.from_numpy(ref), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(ours.plan[i].sum(1), a[i], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(ours.plan[i].sum(0), b[i], rtol=1e-6, atol=1e-9)
+
+
+def test_released_stop_rule_iteration_count_matches_hand_loop():
+    a, b, cost = random_problem(4, 30, 8, 3, scale=2.0)
+    result = sinkhorn(a, b, cost, 0.1, max_iter=100, stop_threshold=1e-2, stopping="batch")
+    k = torch.exp(-cost / 0.1)
+    r, c = torch.ones_like(a), torch.ones_like(b)
+    for it in range(100):
+        r_prev = r
+        r = a / torch.einsum("bmn,bn->bm", k, c)
+        c = b / torch.einsum("bmn,bm->bn", k, r)
+        if (r - r_prev).abs().mean() < 1e-2:
+            break
+    assert int(result.iterations[0]) == it + 1
+    assert bool((result.iterations == it + 1).all()), "batch stopping shares one count"
+    torch.testing.assert_close(result.plan, r[:, :, None] * k * c[:, None, :])
+
+
+def test_problem_stopping_equals_solving_one_by_one():
+    a, b, cost = random_problem(5, 20, 6, 4, scale=3.0)
+    together = sinkhorn(a, b, cost, 0.1, stopping="problem")
+    for i in range(5):
+        alone = sinkhorn(a[i:i + 1], b[i:i + 1], cost[i:i + 1], 0.1, stopping="batch")
+        torch.testing.assert_close(together.plan[i], alone.plan[0])
+        assert together.iterations[i] == alone.iterations[0]
+    assert len(set(together.iterations.tolist())) > 1, "problems should stop at different times"
+
+
+def test_check_every_does_not_change_the_result():
+    a, b, cost = random_problem(3, 25, 9, 5, scale=2.0)
+    for stopping in ("batch", "problem"):
+        ref = sinkhorn(a, b, cost, 0.1, stopping=stopping, check_every=1)
+        late = sinkhorn(a, b, cost, 0.1, stopping=stopping, check_every=7)
+        torch.testing.assert_close(late.plan, ref.plan, rtol=0, atol=0)
+        assert torch.equal(late.iterations, ref.iterations)
+
+
+def test_padding_equals_unpadded_problem():
+    a, b, cost = random_problem(1, 9, 5, 6, scale=2.0)
+    padded_cost = torch.zeros(1, 12, 7, dtype=cost.dtype)
+    padded_cost[:, :9, :5] = cost
+    padded_cost[:, 9:, :] = 123.0  # garbage in padding must be ignored
+    pa = torch.zeros(1, 12, dtype=a.dtype)
+    pa[:, :9] = a
+    pb = torch.zeros(1, 7, dtype=b.dtype)
+    pb[:, :5] = b
+    for log_domain in (False, True):
+        full = sinkhorn(pa, pb, padded_cost, 0.1, stopping="problem", log_domain=log_domain)
+        ref = sinkhorn(a, b, cost, 0.1, stopping="problem", log_domain=log_domain)
+        torch.testing.assert_close(full.plan[:, :9, :5], ref.plan)
+        assert float(full.plan[:, 9:].abs().sum() + full.plan[:, :, 5:].abs().sum()) == 0.0
+
+
+def test_log_domain_float32_matches_float64_at_small_epsilon():
+    a, b, cost = random_problem(2, 10, 10, 7, scale=2.0)
+    # exp(-cost / 0.01) reaches exp(-200): zero in float32, so only the log domain is exact here.
+    ref = sinkhorn(a, b, cost, 0.01, max_iter=5000, stop_threshold=1e-10, log_domain=True)
+    logd = sinkhorn(a.float(), b.float(), cost.float(), 0.01, max_iter=5000,
+                    stop_threshold=1e-7, log_domain=True)
+    assert torch.isfinite(logd.plan).all()
+    torch.testing.assert_close(logd.plan.double(), ref.plan, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(logd.plan.sum(1), b.float(), rtol=1e-3, atol=1e-6)
+
+
+def test_uniform_marginals_and_bad_arguments():
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    torch.testing.assert_close(uniform_marginals(valid), torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]))
+    a, b, cost = random_problem(1, 3, 2, 0)
+    with pytest.raises(ValueError, match="stopping='sometimes'"):
+        sinkhorn(a, b, cost, 0.1, stopping="sometimes")
+    with pytest.raises(ValueError, match=r"cost \(B, M, N\)"):
+        sinkhorn(a, b, cost[0], 0.1)
+    with pytest.raises(ValueError, match="reg=0"):
+        sinkhorn(a, b, cost, 0)
