@@ -122,22 +122,6 @@ def environment() -> dict:
     return env
 
 
-def run_eval(ws, model_id: str, model_args: str, out: Path, nproc: int = 1,
-             port: int = 29517) -> subprocess.CompletedProcess:
-    """``python -m aot_eval`` (or torchrun with ``nproc`` processes) on the local task."""
-    args = ["-m", "aot_eval", "--model", model_id, "--model_args", model_args,
-            "--tasks", TASK, "--include_path", str(ws["tasks"]), "--batch_size", "1",
-            "--device", "cpu", "--log_samples", "--output_path", str(out)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(port)] + args
-    else:
-        cmd = [sys.executable] + args
-    proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
-
-
 def outputs(out: Path) -> dict:
     """The results, samples and retention record one run left under ``out``."""
     results = sorted(out.rglob("*_results.json"))
@@ -192,19 +176,30 @@ def check_exact(retention: dict) -> None:
     assert retention["reducer"] == "aot" and retention["requested_retention"] == 0.25
 
 
+def run_script(ws, out: Path, nproc: int = 1) -> subprocess.CompletedProcess:
+    """``scripts/eval_ov_mvbench.sh`` on the local task: OV, AOT at 0.25 in exact mode."""
+    cmd = ["bash", str(REPO / "scripts" / "eval_ov_mvbench.sh"), "--model", str(ws["ckpt"]["ov"]),
+           "--task", TASK, "--include-path", str(ws["tasks"]), "--retention", "0.25", "--exact",
+           "--frames", str(FRAMES), "--dtype", "float32", "--device", "cpu",
+           "--model-args", KNOBS, "--nproc", str(nproc), "--output", str(out)]
+    env = {**environment(), "PYTHON": sys.executable, "MASTER_PORT": "29517"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
-def cli_aot_run(workspace):
-    """One ``python -m aot_eval`` run: OV, AOT at 0.25 in exact mode (reused by the torchrun test)."""
-    out = workspace["root"] / "cli-aot"
-    proc = run_eval(workspace, "llava_onevision_aot",
-                    base_args(workspace, "ov") + f",retention=0.25,exact=true,{KNOBS}", out)
-    return proc, outputs(out)
+def script_aot_run(workspace):
+    """One run of the MVBench script (single process), reused by the torchrun test."""
+    out = workspace["root"] / "script-aot"
+    return run_script(workspace, out), outputs(out)
 
 
-def test_cli_ov_aot_exact(cli_aot_run):
-    """Through lmms-eval's CLI: results, samples and retention files; retention exact."""
-    proc, got = cli_aot_run
-    assert "[aot_eval] results:" in proc.stdout and "[aot_eval] retention:" in proc.stdout
+def test_script_ov_aot_exact(script_aot_run):
+    """Script -> python -m aot_eval -> lmms-eval CLI: results, samples, retention files."""
+    proc, got = script_aot_run
+    assert "[aot_eval] results:" in proc.stdout and "[eval] retention:" in proc.stdout
+    assert "[eval] measured retention: mean 25.00%" in proc.stdout
     check_common(got["results"], got["samples"], got["retention"], OV_POST)
     check_exact(got["retention"])
     assert got["retention"]["prompt_model"] == "llava_onevision"
@@ -252,12 +247,11 @@ def test_llava_vid_gets_its_stock_prompt(workspace, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(workspace, cli_aot_run, tmp_path):
-    """Two CPU processes (torchrun, gloo) give the same predictions and retention as one."""
-    _, one = cli_aot_run
-    run_eval(workspace, "llava_onevision_aot",
-             base_args(workspace, "ov") + f",retention=0.25,exact=true,{KNOBS}",
-             tmp_path / "two", nproc=2)
+def test_torchrun_two_processes_match_one(workspace, script_aot_run, tmp_path):
+    """Two CPU processes (the script's torchrun launch, gloo) give the same results as one."""
+    _, one = script_aot_run
+    proc = run_script(workspace, tmp_path / "two", nproc=2)
+    assert "torch.distributed.run --nproc_per_node 2" in proc.stdout
     two = outputs(tmp_path / "two")
     answers = lambda got: {s["doc_id"]: s["filtered_resps"] for s in got["samples"]}  # noqa: E731
     assert answers(one) == answers(two)
