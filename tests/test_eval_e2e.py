@@ -258,3 +258,32 @@ def test_torchrun_two_processes_match_one(workspace, script_aot_run, tmp_path):
     assert one["results"]["results"][TASK]["acc,none"] == two["results"]["results"][TASK]["acc,none"]
     assert one["retention"]["samples"] == two["retention"]["samples"]
     assert two["retention"]["world_size"] == 2 and one["retention"]["world_size"] == 1
+
+
+def test_plain_task_manager_refused_unless_prompt_as_own(workspace, tmp_path, monkeypatch):
+    """Under lmms-eval's own TaskManager (plain CLI) the model refuses to run with the wrong
+    prompt variants; prompt_as=own opts in and records it."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from aot_eval import manifests, prompts
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    manifests.register()
+    prompts._mark_active(None, None)  # a fresh process: no alias TaskManager built yet
+    args = base_args(workspace, "video") + f",preset=paper-video,{KNOBS},retention_log={tmp_path}"
+
+    def plain(model_args):
+        manager = TaskManager("WARNING", include_path=str(workspace["tasks"]),
+                              include_defaults=False, model_name="llava_vid_aot")
+        return simple_evaluate(model="llava_vid_aot", model_args=model_args, tasks=[TASK],
+                               batch_size=1, device="cpu", log_samples=True,
+                               task_manager=manager)
+
+    with pytest.raises(RuntimeError, match="prompt_as=own"):
+        plain(args)
+    results = plain(args + ",prompt_as=own")
+    samples = results["samples"][TASK]
+    assert all(context_of(s).endswith(OV_POST) for s in samples)  # the task's default variant
+    record = json.loads(sorted(tmp_path.glob("aot_retention_llava_vid_aot_*.json"))[-1].read_text())
+    assert record["prompt_model"] == "llava_vid_aot"

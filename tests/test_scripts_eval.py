@@ -263,3 +263,30 @@ def test_summariser_errors(tmp_path):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
     assert main([str(tmp_path)]) == 1  # no results
+
+
+def test_launcher_finish_places_retention(tmp_path, monkeypatch, capsys):
+    """After lmms-eval: retention beside the new results file; EgoSchema without a score keeps
+    its submission; nothing written -> exit status 1."""
+    import time
+
+    from aot_eval import cli, recording
+
+    document = recording.build_document([], {"model": "llava_onevision_aot"})
+    monkeypatch.setattr(recording, "FINISHED", [document])
+    since = time.time() - 1
+    assert cli.finish(tmp_path, since) == 1
+    assert "no results file" in capsys.readouterr().err
+
+    sub = tmp_path / "submissions"
+    sub.mkdir()
+    (sub / "inference_results_egoschema_MC_x.json").write_text("{}")
+    assert cli.finish(tmp_path, since) == 0
+    assert (sub / "inference_results_egoschema_MC_x_aot_retention.json").exists()
+    assert "POST" in capsys.readouterr().out
+
+    run = tmp_path / "model"
+    run.mkdir()
+    (run / "20260101_000000_results.json").write_text("{}")
+    assert cli.finish(tmp_path, since) == 0
+    assert (run / "20260101_000000_aot_retention.json").exists()
