@@ -32,7 +32,7 @@ if [ "$want_eval" = 1 ]; then
   python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > "$constraints"
   decoder=decord
   [ "$(uname -m)" = x86_64 ] || decoder=decord2
-  python -m pip install -q -c "$constraints" "lmms-eval==0.7.3" "$decoder"
+  python -m pip install -q -c "$constraints" "lmms-eval==0.7.3" "$decoder" "filelock<4"
   rm -f "$constraints"
   if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     # PyPI's torchvision is a CUDA build that fails to import beside a CPU torch and breaks

@@ -16,7 +16,7 @@ from glob import glob
 import torch
 from transformers import AutoTokenizer
 
-import aot
+import aot as _aot  # load_pretrained_model has an argument named aot
 from .language_model.llava_qwen import LlavaQwenConfig, LlavaQwenForCausalLM
 from .vision import build_vision_config
 
@@ -38,7 +38,8 @@ class CheckpointError(ValueError):
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False,
                           load_4bit=False, device_map="auto", torch_dtype="float16",
                           attn_implementation="sdpa", customized_config=None,
-                          overwrite_config=None, *, aot: "aot.AOTConfig | str | None" = None,
+                          overwrite_config=None, *, aot: "_aot.AOTConfig | str | None" = None,
+                          reducer: str = "aot", retention: float | None = None,
                           vision_chunk_size: int = 8, **kwargs):
     """Load a LLaVA-Qwen checkpoint (LLaVA-NeXT signature).
 
@@ -55,6 +56,10 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         customized_config: a config object (or dict of fields) replacing config.json's values.
         overwrite_config: dict of config fields to set (e.g. ``mm_spatial_pool_mode``).
         aot: an :class:`aot.AOTConfig`, a preset name, or None (no reduction).
+        reducer: which reducer runs with that config (``aot.baselines.get_reducer`` names:
+            ``"aot"``, ``"uniform"``, ``"visionzip"``, ``"dycoke"``, ``"random"``, ...).
+        retention: for the baselines, the exact retention to run at when the config has no
+            ``exact_retention`` yet (so they emit exactly AOT-exact's count).
         vision_chunk_size: frames per vision-tower call.
     Returns:
         (tokenizer, model, image_processor, max_length).
@@ -76,7 +81,12 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     model.to(device=device, dtype=dtype).eval()
     refresh_rotary(model)
     model.vision_chunk_size = vision_chunk_size
-    model.set_aot(aot)
+    if isinstance(aot, str):
+        aot = _aot.AOTConfig.preset(aot)
+    if aot is not None and retention is not None and aot.exact_retention is None \
+            and reducer not in ("aot", "random"):
+        aot = aot.replace(exact_retention=retention)
+    model.set_aot(aot, reducer=reducer)
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     image_processor = build_image_processor(model.get_vision_tower().image_size)

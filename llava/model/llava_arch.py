@@ -70,6 +70,8 @@ class LlavaMetaForCausalLM:
 
     #: AOT settings (an :class:`aot.AOTConfig`) or None for the unreduced model. Use set_aot().
     aot_config: aot.AOTConfig | None = None
+    #: Which reducer runs with ``aot_config`` (a name of ``aot.baselines.get_reducer``).
+    reducer: str = "aot"
     #: Frames encoded per tower call (bounds the capture memory: chunk x heads x T^2 floats).
     vision_chunk_size: int = 8
     #: AOTResults of the videos of the last call, in input order (None for unreduced items).
@@ -79,17 +81,31 @@ class LlavaMetaForCausalLM:
     def get_vision_tower(self) -> SigLipVisionTower:
         return self.get_model().vision_tower
 
-    def set_aot(self, config: aot.AOTConfig | str | None) -> None:
+    def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot") -> None:
         """Turn AOT on with a config (or a preset name such as ``"paper-ov-mvbench"``), or off
-        with None. The config's pooling must match ``mm_spatial_pool_mode``."""
+        with None. The config's pooling must match ``mm_spatial_pool_mode``.
+
+        ``reducer``: a name of :func:`aot.baselines.get_reducer` (``"aot"``, ``"uniform"``,
+        ``"visionzip"``, ``"dycoke"``, ``"random"``, ``"aot:<ablation>"``) run on the same
+        inputs; the baselines need ``config.exact_retention`` (their token budget).
+        """
+        from aot.baselines import get_reducer
+
         if isinstance(config, str):
             config = aot.AOTConfig.preset(config)
         if config is not None and not isinstance(config, aot.AOTConfig):
             raise TypeError(f"aot must be an aot.AOTConfig, a preset name or None; got "
                             f"{type(config).__name__}")
+        get_reducer(reducer)  # unknown names fail here, with the list of known ones
         if config is not None:
             self._check_aot(config)
+            if reducer not in ("aot", "random") and not reducer.startswith("aot:") \
+                    and config.exact_retention is None:
+                raise ValueError(f"reducer={reducer!r} needs a token budget: give an AOTConfig "
+                                 "with exact_retention set (e.g. AOTConfig.from_retention(r, "
+                                 "backbone, exact=True))")
         self.aot_config = config
+        self.reducer = reducer
 
     def _check_aot(self, config: aot.AOTConfig) -> None:
         mode = getattr(self.config, "mm_spatial_pool_mode", "average")
@@ -130,6 +146,20 @@ class LlavaMetaForCausalLM:
         return aot.intra_stage(projected.float(), out.received[config.shallow_layer],
                                out.received[config.deep_layer], config)
 
+    def reduce_video_with(self, frames: torch.Tensor, config: aot.AOTConfig,
+                          reducer: str) -> aot.AOTResult:
+        """Any registered reducer on one video (F, 3, S, S): same tower capture and projector as
+        AOT, then ``aot.baselines.get_reducer(reducer)`` in float32."""
+        from aot.baselines import get_reducer
+
+        tower = self.get_vision_tower()
+        layers = (config.shallow_layer, config.deep_layer)
+        out = tower(frames, capture_layers=tuple(sorted(set(layers))),
+                    chunk_size=self.vision_chunk_size)
+        projected = self.get_model().mm_projector(out.features)
+        return get_reducer(reducer)(projected.float(), out.received[config.shallow_layer],
+                                    out.received[config.deep_layer], config)
+
     def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, object]:
         """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, AOTResult or None)."""
         model = self.get_model()
@@ -141,8 +171,11 @@ class LlavaMetaForCausalLM:
             pooled = packing.pool_frames(self.encode_images(frames), mode, stride)
             return packing.pack_frames(pooled, newline, position), None
         self._check_aot(self.aot_config)
-        intra = self.encode_video_aot(frames, self.aot_config)
-        result = aot.inter_stage(intra, self.aot_config)
+        if self.reducer == "aot":
+            intra = self.encode_video_aot(frames, self.aot_config)
+            result = aot.inter_stage(intra, self.aot_config)
+        else:
+            result = self.reduce_video_with(frames, self.aot_config, self.reducer)
         dtype = model.mm_projector[0].weight.dtype
         return packing.pack_aot(result, newline, position, dtype=dtype), result
 

@@ -328,3 +328,29 @@ def test_aot_config_must_match_backbone_pooling():
         model.set_aot(VIDEO_AOT)
     with pytest.raises(ValueError, match="shallow_layer=5 but the vision tower uses layers 0..2"):
         model.set_aot(aot.AOTConfig.preset("paper-ov-mvbench"))
+
+
+@pytest.mark.parametrize("backbone", ["ov", "video"])
+@pytest.mark.parametrize("reducer", ["aot", "uniform", "visionzip", "dycoke", "random"])
+def test_every_reducer_runs_through_the_model_at_the_exact_budget(tokenizer, reducer, backbone):
+    model = random_model(backbone, seed=5)
+    ids, _ = prompt_ids(tokenizer)
+    video = video_pixels(8, seed=3)
+    vanilla = logits(model, ids, [video])
+    base = OV_AOT if backbone == "ov" else VIDEO_AOT
+    per_frame = 196 if backbone == "ov" else 169
+    model.set_aot(base.replace(exact_retention=0.2), reducer=reducer)
+    reduced = logits(model, ids, [video])
+    result = model.last_aot_results[0]
+    assert result.num_tokens == aot.exact_budget(0.2, 8, per_frame)
+    newlines = 1 if backbone == "ov" else 8 * 13
+    assert reduced.shape[1] == ids.shape[1] - 1 + result.num_tokens + newlines
+    assert not torch.allclose(reduced[0, -1], vanilla[0, -1])
+
+
+def test_reducer_names_and_budgets_are_checked(tokenizer):
+    model = random_model("ov", seed=5)
+    with pytest.raises(ValueError, match="unknown reducer|reducer"):
+        model.set_aot(OV_AOT, reducer="fastv")
+    with pytest.raises(ValueError, match="needs a token budget"):
+        model.set_aot(OV_AOT, reducer="uniform")
