@@ -72,6 +72,7 @@ def check_arguments(args: argparse.Namespace) -> str:
     """Validate what can be checked before any work; returns the video path."""
     pipeline.check_retention(args.retention)
     pipeline.check_reducer(args.reducer)
+    pipeline.check_preset(args.preset)
     pipeline.check_frames(args.frames)
     if args.exact and args.preset is not None:
         raise DemoError("--exact goes with --retention, not with --preset")
@@ -180,7 +181,7 @@ def budget_text(args: argparse.Namespace, reduction: pipeline.Reduction) -> str:
 
 def describe_reduction(reduction: pipeline.Reduction, info: dict, times: dict) -> None:
     """Progress lines 3 and 4, and their times into ``times``."""
-    result, config = reduction.result, reduction.config
+    result = reduction.result
     survivors = info["survivors_per_frame"]
     mean = sum(survivors) / len(survivors)
     if "intra" in reduction.times:

@@ -64,6 +64,12 @@ def check_reducer(name: str) -> None:
         raise DemoError(f"--reducer {name!r} is unknown; expected one of {reducer_names()}")
 
 
+def check_preset(name: str | None) -> None:
+    """Raise DemoError for a preset name AOT does not define (None passes)."""
+    if name is not None and name not in aot.PRESETS:
+        raise DemoError(f"--preset {name!r} is unknown; expected one of {sorted(aot.PRESETS)}")
+
+
 def check_frames(frames: int) -> None:
     """Raise DemoError unless ``frames`` is a positive integer."""
     if frames < 1:
@@ -152,8 +158,7 @@ def build_config(backbone: str, frames: int, retention: float | None, preset: st
                  exact: bool = False, seed: int = 0) -> aot.AOTConfig:
     """The AOT config: a preset, or settings aimed at ``retention`` (default 0.10)."""
     if preset is not None:
-        if preset not in aot.PRESETS:
-            raise DemoError(f"--preset {preset!r} is unknown; expected one of {sorted(aot.PRESETS)}")
+        check_preset(preset)
         config = aot.AOTConfig.preset(preset)
         expected = "bilinear" if backbone == "ov" else "average"
         if config.pooling != expected:

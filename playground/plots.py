@@ -14,12 +14,12 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+from PIL import Image
 
-import aot  # noqa: E402
+import aot
 
 LOCAL = (0.0, 0.85, 1.0)        # cyan
 GLOBAL = (1.0, 0.15, 0.75)      # magenta

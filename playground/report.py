@@ -60,8 +60,8 @@ def token_table(info: dict, reducer: str, pooling: str, newlines: int) -> list[s
     frames, pooled, patches = info["frames"], info["pooled_per_frame"], info["patches_per_frame"]
     lines = [
         f"  {'frames':<40}{frames}",
-        f"  {'tokens per frame, full model':<40}{patches} patches -> {pooled} after "
-        f"{pooling} 2x2 pooling",
+        (f"  {'tokens per frame, full model':<40}{patches} patches -> {pooled} after "
+         f"{pooling} 2x2 pooling"),
     ]
     local, global_ = info["local_anchors_per_frame"], info["global_anchors_per_frame"]
     if local + global_ > 0:
