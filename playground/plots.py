@@ -208,7 +208,8 @@ def plot_sweep(rows: list[dict], path: str, *, title: str) -> str:
     left.plot(targets, targets, color="0.6", ls="--", lw=1, label="target (y = x)")
     for name in reducers:
         mine = [r for r in rows if r["reducer"] == name]
-        left.plot([r["target"] for r in mine], [r["retention"] for r in mine], "o-", label=name)
+        label = name + (" (budget = AOT's count)" if mine[0].get("budget") else "")
+        left.plot([r["target"] for r in mine], [r["retention"] for r in mine], "o-", label=label)
         right.plot([r["target"] for r in mine], [r["ms"] for r in mine], "o-", label=name)
     denominator = rows[0]["tokens"] / rows[0]["retention"] if rows[0]["retention"] else 0
     left.set_xlabel("retention target")
