@@ -1,0 +1,332 @@
+"""Efficiency benchmark: what AOT saves at each frame count and retention, in one run.
+
+    python -m aot_bench.efficiency --out outputs/efficiency            # GPU: 7B shapes, bf16
+    python -m aot_bench.efficiency --preset cpu --out outputs/eff_cpu  # CPU: reduced widths
+    python -m aot_bench.efficiency --checkpoint lmms-lab/llava-onevision-qwen2-7b-ov ...
+
+For every backbone x frame count x retention (``full`` = the unreduced model) it runs warm-up
+passes, then ``--repeats`` timed passes of video + prompt -> first token (+ decode), and records
+per-stage medians and spreads, peak memory, token counts, prefill FLOPs (analytic and counted
+with ``torch.utils.flop_counter`` on eager attention) and ratios against the full model of the
+same run. Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
+``ttft_vs_frames.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import sys
+import time
+
+import torch
+
+import aot
+
+from .configs import BACKBONES, Shape, get_shape
+from .flops import (
+    counted_prefill_flops,
+    llm_prefill_flops,
+    paper_prefill_flops,
+    vision_flops,
+)
+from .models import (
+    load_checkpoint,
+    random_model,
+    resolve_device,
+    resolve_dtype,
+    set_backbone,
+)
+from .pipeline import STAGES, full_newlines, make_input_ids, ttft_pass
+from .timing import summarise
+
+DEFAULT_FRAMES = (16, 32, 64, 128)
+DEFAULT_RETENTIONS = ("full", "0.25", "0.20", "0.15", "0.10")
+POOLED_SIDE = {"ov": 14, "video": 13}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (``--help`` lists them)."""
+    parser = argparse.ArgumentParser(prog="python -m aot_bench.efficiency",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["ov", "video"],
+                        choices=sorted(BACKBONES))
+    parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
+    parser.add_argument("--retentions", nargs="+", default=list(DEFAULT_RETENTIONS),
+                        help="'full' and/or fractions in (0, 1]")
+    parser.add_argument("--preset", default="auto", choices=["auto", "7b", "cpu", "tiny"],
+                        help="model shapes with random weights (auto: 7b on CUDA, cpu on CPU)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a real lmms-lab checkpoint folder / cached hub id instead of "
+                             "random weights (its backbone is read from its config)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                        help="LLM attention kernel for the timed runs")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--text-tokens", type=int, default=64,
+                        help="prompt tokens around the video placeholder")
+    parser.add_argument("--vision-chunk", type=int, default=8, help="frames per tower call")
+    parser.add_argument("--no-count-flops", action="store_true",
+                        help="skip FlopCounterMode (meta device; normally takes seconds)")
+    parser.add_argument("--max-context", type=int, default=None,
+                        help="LLM context in tokens (default: the model's, 32768 for 7B); "
+                             "longer sequences are reported as over_context, not run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="outputs/efficiency")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    args.retentions = [parse_retention(r) for r in args.retentions]
+    for frames in args.frames:
+        if frames < 1:
+            parser.error(f"--frames {frames}: expected positive frame counts")
+    if args.max_context is not None and args.max_context < 1:
+        parser.error(f"--max-context {args.max_context}: expected a positive token count")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def parse_retention(text: str) -> float | None:
+    """``full`` -> None (no reduction); otherwise a fraction in (0, 1]."""
+    if str(text).lower() in ("full", "none", "1", "1.0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SystemExit(f"--retentions: {text!r} is neither 'full' nor a number") from None
+    return aot.config.check_retention(value, "--retentions value")
+
+
+def log(message: str) -> None:
+    """Progress line on stderr with a timestamp."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def aot_config(retention: float | None, backbone: str, frames: int, shape: Shape):
+    """The AOT config for ``retention`` (exact token count), with the tower's AOT layers."""
+    if retention is None:
+        return None
+    return aot.AOTConfig.from_retention(retention, backbone, exact=True, frames=frames,
+                                        shallow_layer=shape.shallow_layer,
+                                        deep_layer=shape.deep_layer)
+
+
+def expected_visual_tokens(backbone: str, frames: int, retention: float | None) -> tuple[int, int]:
+    """(visual tokens without newlines, newline tokens) that the model will produce."""
+    side = POOLED_SIDE[backbone]
+    denominator = frames * side * side
+    tokens = denominator if retention is None else int(retention * denominator + 0.5)
+    position = BACKBONES[backbone]["mm_newline_position"]
+    return tokens, full_newlines(position, frames, side)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA OOM and CPU allocation failures."""
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text
+
+
+def measure_point(model, pixels, input_ids, config, args, device) -> dict:
+    """Warm-up + repeats of one configuration; per-stage statistics (seconds)."""
+    for _ in range(args.warmup):
+        ttft_pass(model, pixels, input_ids, config, decode_tokens=min(args.decode_tokens, 2))
+    passes = [ttft_pass(model, pixels, input_ids, config, decode_tokens=args.decode_tokens)
+              for _ in range(args.repeats)]
+    first = passes[0]
+    stats = {stage: summarise([p.stages.get(stage, 0.0) for p in passes]) for stage in STAGES}
+    stats["ttft"] = summarise([p.ttft for p in passes])
+    row = {"status": "ok", "visual_tokens": first.visual_tokens,
+           "newline_tokens": first.newline_tokens, "seq_len": first.seq_len,
+           "seconds": stats, "peak_memory_bytes": max(p.peak_bytes for p in passes),
+           "peak_memory_rise_bytes": max(p.peak_rise_bytes for p in passes),
+           "memory_kind": first.extra["memory_kind"]}
+    if args.decode_tokens > 0:
+        rates = [p.decode_tokens / p.decode_seconds for p in passes if p.decode_seconds > 0]
+        row["decode_tokens_per_s"] = summarise(rates) if rates else None
+    return row
+
+
+def flops_fields(shape: Shape, reference: Shape | None, frames: int, visual: int,
+                 seq_len: int, count: bool) -> dict:
+    """Prefill FLOPs (analytic, counted) for the benchmarked shapes and, when those are reduced,
+    for the 7B shapes at the same sequence length; the paper's convention for 7B."""
+    fields = {"prefill_flops_analytic": llm_prefill_flops(shape, seq_len),
+              "vision_flops_analytic": vision_flops(shape, frames)}
+    if count:
+        fields["prefill_flops_counted"] = counted_prefill_flops(shape, seq_len)
+    if reference is not None:
+        fields["prefill_flops_7b_analytic"] = llm_prefill_flops(reference, seq_len)
+        fields["vision_flops_7b_analytic"] = vision_flops(reference, frames)
+        if count:
+            fields["prefill_flops_7b_counted"] = counted_prefill_flops(reference, seq_len)
+        fields["prefill_flops_7b_paper_convention"] = paper_prefill_flops(reference, visual)
+    else:
+        fields["prefill_flops_paper_convention"] = paper_prefill_flops(shape, visual)
+    return fields
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Ratios of every reduced row against the full row of the same backbone and frames."""
+    full = {(r["backbone"], r["frames"]): r for r in rows
+            if r["retention"] is None and r["status"] == "ok"}
+    for row in rows:
+        base = full.get((row["backbone"], row["frames"]))
+        if row["status"] != "ok" or base is None:
+            row["ratios"] = None
+            continue
+        s, b = row["seconds"], base["seconds"]
+        ratios = {"ttft_speedup": b["ttft"]["median"] / s["ttft"]["median"],
+                  "prefill_speedup": b["prefill"]["median"] / s["prefill"]["median"],
+                  "tokens": row["visual_tokens"] / base["visual_tokens"],
+                  "prefill_flops": row["prefill_flops_analytic"] / base["prefill_flops_analytic"],
+                  "vision_capture_overhead": s["vision"]["median"] / b["vision"]["median"],
+                  "reducer_share_of_ttft": s["reduce"]["median"] / s["ttft"]["median"],
+                  "peak_memory": row["peak_memory_bytes"] / base["peak_memory_bytes"]}
+        if "prefill_flops_7b_analytic" in row:
+            ratios["prefill_flops_7b"] = (row["prefill_flops_7b_analytic"]
+                                          / base["prefill_flops_7b_analytic"])
+        if row.get("decode_tokens_per_s") and base.get("decode_tokens_per_s"):
+            ratios["decode_speedup"] = (row["decode_tokens_per_s"]["median"]
+                                        / base["decode_tokens_per_s"]["median"])
+        row["ratios"] = ratios
+
+
+def environment(args, device, dtype, shape: Shape, source: str) -> dict:
+    """What the numbers were measured on (device, versions, shapes, settings)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, " \
+               f"{torch.get_num_threads()} threads)"
+    import transformers
+
+    return {"device": name, "device_type": device.type, "dtype": str(dtype).replace("torch.", ""),
+            "attn": args.attn, "model_source": source, "preset": shape.name,
+            "shape": shape.to_dict(), "shape_description": shape.describe(),
+            "reduced_widths": shape.name != "7b" and source == "random",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "warmup": args.warmup,
+            "repeats": args.repeats, "decode_tokens": args.decode_tokens,
+            "text_tokens": args.text_tokens, "vision_chunk": args.vision_chunk,
+            "frames": args.frames, "backbones": args.backbones,
+            "retentions": ["full" if r is None else r for r in args.retentions],
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python -m aot_bench.efficiency " + " ".join(sys.argv[1:])}
+
+
+def build(args, device, dtype):
+    """(model, shape, backbones, source) for the options (random weights or checkpoint)."""
+    if args.checkpoint:
+        log(f"loading checkpoint {args.checkpoint} on {device} ({dtype})")
+        model, shape, backbone = load_checkpoint(args.checkpoint, device, dtype, args.attn)
+        if args.max_context:
+            shape = dataclasses.replace(shape, max_context=args.max_context)
+        if args.backbones != [backbone]:
+            log(f"checkpoint is a {backbone!r} model; benchmarking backbone {backbone!r} only")
+        return model, shape, [backbone], "checkpoint"
+    name = args.preset if args.preset != "auto" else ("7b" if device.type == "cuda" else "cpu")
+    shape = get_shape(name)
+    if args.max_context:
+        shape = dataclasses.replace(shape, max_context=args.max_context)
+    log(f"building random-weight model, preset {name!r}: {shape.describe()}")
+    model = random_model(shape, args.backbones[0], device, dtype, args.attn, args.seed)
+    return model, shape, list(args.backbones), "random"
+
+
+def run(args) -> dict:
+    """The whole benchmark; returns the report dict (also written by :func:`main`)."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    torch.manual_seed(args.seed)
+    model, shape, backbones, source = build(args, device, dtype)
+    model.vision_chunk_size = args.vision_chunk
+    reference = get_shape("7b") if shape.name != "7b" and source == "random" else None
+    input_ids = make_input_ids(args.text_tokens, shape.vocab, device, args.seed)
+    grid = [(b, f, r) for b in backbones for f in args.frames for r in args.retentions]
+    rows: list[dict] = []
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+    for index, (backbone, frames, retention) in enumerate(grid, 1):
+        if source == "random":
+            set_backbone(model, backbone)
+        row = run_point(model, shape, reference, backbone, frames, retention, input_ids,
+                        args, device, dtype)
+        rows.append(row)
+        log(f"[{index}/{len(grid)}] {progress_line(row)}")
+    add_ratios(rows)
+    elapsed = time.perf_counter() - started
+    log(f"done in {elapsed:.1f} s")
+    env = environment(args, device, dtype, shape, source)
+    env["load_average_at_start"] = load_at_start
+    env["benchmark_seconds"] = round(elapsed, 1)
+    return {"environment": env, "rows": rows}
+
+
+def run_point(model, shape, reference, backbone, frames, retention, input_ids, args, device,
+              dtype) -> dict:
+    """One (backbone, frames, retention) row: skipped past the context, OOM recorded."""
+    visual, newlines = expected_visual_tokens(backbone, frames, retention)
+    seq_len = visual + newlines + args.text_tokens
+    row = {"backbone": backbone, "frames": frames, "retention": retention,
+           "visual_tokens": visual, "newline_tokens": newlines, "seq_len": seq_len}
+    row.update(flops_fields(shape, reference, frames, visual, seq_len,
+                            not args.no_count_flops))
+    if seq_len > shape.max_context:
+        row["status"] = "over_context"
+        return row
+    config = aot_config(retention, backbone, frames, shape)
+    try:
+        model.set_aot(config)
+        generator = torch.Generator().manual_seed(args.seed + frames)
+        pixels = (torch.rand(frames, 3, 384, 384, generator=generator) * 2 - 1).to(device, dtype)
+        row.update(measure_point(model, pixels, input_ids, config, args, device))
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error) and not isinstance(error, MemoryError):
+            raise
+        row["status"] = "oom"
+        row["error"] = str(error).splitlines()[0][:200]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    finally:
+        model.set_aot(None)
+    if row["status"] == "ok" and row["seq_len"] != seq_len:
+        raise RuntimeError(f"{backbone} F={frames} r={retention}: sequence of {row['seq_len']} "
+                           f"tokens, expected {seq_len}")
+    return row
+
+
+def progress_line(row: dict) -> str:
+    """A one-line summary of a finished row."""
+    label = "full" if row["retention"] is None else f"{row['retention']:.2f}"
+    head = f"{row['backbone']} F={row['frames']} r={label}: {row['visual_tokens']} visual tokens"
+    if row["status"] != "ok":
+        return f"{head}, {row['status']}"
+    s = {k: v["median"] * 1e3 for k, v in row["seconds"].items()}
+    return (f"{head}, TTFT {s['ttft']:.1f} ms (vision {s['vision']:.1f}, reduce "
+            f"{s['reduce']:.1f}, prefill {s['prefill']:.1f}), spread "
+            f"{row['seconds']['ttft']['spread'] * 100:.0f}%")
+
+
+def main(argv=None) -> int:
+    """Run, then write JSON, markdown and plots into ``--out``."""
+    from .report import write_reports
+
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    report = run(args)
+    paths = write_reports(report, args.out, plots=not args.no_plots)
+    for path in paths:
+        log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One instrumented time-to-first-token pass through the LLaVA model, stage by stage.
+
+The stages are the model's own pieces called in the order ``prepare_inputs_labels_for_multimodal``
+calls them (tests check that the embeddings are identical):
+
+* ``vision``: the SigLIP tower (with AOT: attention capture at its two layers);
+* ``projector``: mlp2x_gelu on all 729 patches of every frame;
+* ``reduce``: AOT's ``intra_stage`` + ``inter_stage`` + newline packing (full model: LLaVA's
+  native 2x2 pooling + newline packing);
+* ``splice``: text embedding and splicing of the visual tokens;
+* ``prefill``: the LLM forward over the whole sequence (KV cache on, last-position logits) and
+  the greedy first token.
+
+Time to first token is the sum. Decoding continues greedily from the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import aot
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model import packing
+from llava.model.llava_arch import splice_visual_tokens
+
+from .timing import PeakMemory, StageClock, synchronize
+
+STAGES = ("vision", "projector", "reduce", "splice", "prefill")
+
+
+@dataclass
+class PassResult:
+    """Seconds per stage, time to first token, decode seconds, sequence sizes, peak memory."""
+
+    stages: dict[str, float]
+    ttft: float
+    decode_seconds: float
+    decode_tokens: int
+    visual_tokens: int
+    newline_tokens: int
+    seq_len: int
+    peak_bytes: int
+    peak_rise_bytes: int
+    extra: dict = field(default_factory=dict)
+
+
+def make_input_ids(text_tokens: int, vocab: int, device: torch.device, seed: int = 0):
+    """(1, text_tokens + 1) ids: a quarter of the text, the ``<image>`` placeholder, the rest
+    (like a system prompt before and a question after the video)."""
+    if text_tokens < 0:
+        raise ValueError(f"text_tokens={text_tokens}: expected >= 0")
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (text_tokens,), generator=generator)
+    before = text_tokens // 4
+    placeholder = torch.tensor([IMAGE_TOKEN_INDEX])
+    return torch.cat([ids[:before], placeholder, ids[before:]])[None].to(device)
+
+
+def visual_sequence(model, pixels: torch.Tensor, config: aot.AOTConfig | None, clock: StageClock):
+    """(L, hidden) visual tokens with newlines for one video, timing vision/projector/reduce.
+
+    Returns (tokens, number of newline tokens)."""
+    inner = model.get_model()
+    tower = model.get_vision_tower()
+    mode = getattr(model.config, "mm_spatial_pool_mode", "average")
+    stride = getattr(model.config, "mm_spatial_pool_stride", 2)
+    position = getattr(model.config, "mm_newline_position", "one_token")
+    newline = inner.image_newline
+    if config is None:
+        features = tower(pixels, chunk_size=model.vision_chunk_size).features
+        clock.lap("vision")
+        projected = inner.mm_projector(features)
+        clock.lap("projector")
+        tokens = packing.pack_frames(packing.pool_frames(projected, mode, stride), newline,
+                                     position)
+        clock.lap("reduce")
+        side = packing.pooled_side(tower.grid, mode, stride)
+        return tokens, full_newlines(position, pixels.shape[0], side)
+    layers = tuple(sorted({config.shallow_layer, config.deep_layer}))
+    out = tower(pixels, capture_layers=layers, chunk_size=model.vision_chunk_size)
+    clock.lap("vision")
+    projected = inner.mm_projector(out.features)
+    clock.lap("projector")
+    intra = aot.intra_stage(projected.float(), out.received[config.shallow_layer],
+                            out.received[config.deep_layer], config)
+    result = aot.inter_stage(intra, config)
+    tokens = packing.pack_aot(result, newline, position, dtype=projected.dtype)
+    clock.lap("reduce")
+    return tokens, tokens.shape[0] - result.num_tokens
+
+
+def full_newlines(position: str, frames: int, side: int) -> int:
+    """Newline tokens of a video: one per video (``one_token``), one per pooled row
+    (``grid``: ``side`` per frame), else none."""
+    if position == "one_token":
+        return 1
+    if position == "grid":
+        return frames * side
+    return 0
+
+
+@torch.no_grad()
+def ttft_pass(model, pixels: torch.Tensor, input_ids: torch.Tensor,
+              config: aot.AOTConfig | None, decode_tokens: int = 0) -> PassResult:
+    """Run one video + prompt to the first token (and ``decode_tokens`` more), timed by stage."""
+    device = pixels.device
+    embed = model.get_model().embed_tokens
+    with PeakMemory(device) as memory:
+        clock = StageClock(device)
+        tokens, newlines = visual_sequence(model, pixels, config, clock)
+        embeds, _, _, _ = splice_visual_tokens(
+            input_ids, None, None, [tokens], embed,
+            max_length=getattr(model.config, "tokenizer_model_max_length", None),
+            padding_side="right")
+        clock.lap("splice")
+        out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1)
+        clock.lap("prefill")
+    ttft = clock.total
+    decode_seconds = decode(model, out.past_key_values, token, decode_tokens, device)
+    visual = tokens.shape[0]
+    return PassResult(stages=dict(clock.stages), ttft=ttft, decode_seconds=decode_seconds,
+                      decode_tokens=decode_tokens, visual_tokens=visual - newlines,
+                      newline_tokens=newlines, seq_len=embeds.shape[1], peak_bytes=memory.peak,
+                      peak_rise_bytes=memory.rise, extra={"memory_kind": memory.kind})
+
+
+def decode(model, cache, token: torch.Tensor, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` greedy decode steps from ``cache`` (one token at a time)."""
+    if steps <= 0:
+        return 0.0
+    clock = StageClock(device)
+    for _ in range(steps):
+        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        cache = out.past_key_values
+        token = out.logits[:, -1].argmax(-1)
+    synchronize(device)
+    return clock.lap("decode")
