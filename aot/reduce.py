@@ -181,7 +181,8 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
 
     if clips:
         out = temporal_merge(pooled, survivors, clips, config,
-                             keep_counts=plan.keep if plan is not None else None)
+                             keep_counts=plan.keep.to(features.device) if plan is not None
+                             else None)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged
