@@ -287,3 +287,16 @@ def test_plain_task_manager_refused_unless_prompt_as_own(workspace, tmp_path, mo
     assert all(context_of(s).endswith(OV_POST) for s in samples)  # the task's default variant
     record = json.loads(sorted(tmp_path.glob("aot_retention_llava_vid_aot_*.json"))[-1].read_text())
     assert record["prompt_model"] == "llava_vid_aot"
+
+
+@pytest.mark.parametrize("reducer", ["uniform", "visionzip", "dycoke"])
+def test_baseline_reducers_run_at_the_exact_budget(workspace, tmp_path, monkeypatch, reducer):
+    """reducer=<baseline> with retention=: every video gets exactly AOT-exact's count."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    results, samples, retention = evaluate_in_process(
+        workspace, "llava_onevision_aot",
+        base_args(workspace, "ov") + f",reducer={reducer},retention=0.25,{KNOBS}", tmp_path)
+    check_common(results, samples, retention, OV_POST)
+    assert retention["reducer"] == reducer
+    for record in retention["samples"]:
+        assert record["retention"] == 0.25 and record["visual_tokens"] == FRAMES * 49 + 1
