@@ -235,3 +235,17 @@ def test_presets_are_the_released_settings():
                 cfg.sinkhorn_iterations, cfg.sinkhorn_tolerance, cfg.spatial_weight,
                 cfg.hard_merge_weight) == (0.5, 9, 0.1, 0.1, 1.5, 100, 1e-2, 0.5, 0.1)
     assert aot.AOTConfig.preset("paper-ov-mvbench", keep_ratio=0.2).keep_ratio == 0.2
+
+
+def test_paper_presets_on_a_fixed_synthetic_video():
+    # Where the released settings land (docs/budget.md): about 12%, 8.5% and 28%.
+    feats, shallow, deep = video(32, dim=16, seed=0)
+    mvb = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.preset("paper-ov-mvbench"))
+    vmme = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.preset("paper-ov-videomme"))
+    assert 0.10 < mvb.retention < 0.14 and 0.07 < vmme.retention < 0.10
+    assert vmme.num_tokens < mvb.num_tokens
+    feats, shallow, deep = video(64, dim=16, seed=0)
+    vid = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.preset("paper-video"))
+    assert vid.clips == [] and set(vid.token_kind.tolist()) == {aot.KIND_FRAME}
+    assert 0.25 < vid.retention < 0.31
+    assert vid.denominator == 64 * 169
