@@ -142,8 +142,7 @@ def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Cl
 
         if config.inter_merge == "cosine":
             # Ablation: judged and merged by plain cosine similarity, no transport plan.
-            weights = similarity.masked_fill(~entry_valid, -math.inf)
-            best = weights.max(2)
+            best = similarity.masked_fill(~entry_valid, -math.inf).max(2)
             score = torch.where(x_valid, best.values, 0.0)
             assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
             assign = assign * entry_valid
@@ -163,7 +162,7 @@ def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Cl
         else:
             threshold = quantile_threshold(score, x_valid, config.keep_ratio)
             keep = x_valid & (score.double() < threshold[:, None])
-        if keep_counts is None:  # a clip without anchors has nothing to merge into: keep all
+            # A keyframe with no surviving token leaves nothing to merge into: keep everything.
             keep = torch.where(~y_valid.any(1)[:, None], x_valid, keep)
         kept[frame_ids] = keep
 

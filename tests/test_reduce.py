@@ -249,3 +249,16 @@ def test_paper_presets_on_a_fixed_synthetic_video():
     assert vid.clips == [] and set(vid.token_kind.tolist()) == {aot.KIND_FRAME}
     assert 0.25 < vid.retention < 0.31
     assert vid.denominator == 64 * 169
+
+
+def test_clip_whose_keyframe_has_no_survivor_keeps_its_later_frames():
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.randn(4, 9, 5, generator=g)
+    survivors = torch.rand(4, 9, generator=g) > 0.4
+    survivors[0] = False  # keyframe of clip (0, 2) has nothing
+    survivors[2, :3] = True
+    out = aot.temporal_merge(pooled, survivors, [(0, 2), (2, 4)], aot.AOTConfig())
+    assert torch.equal(out.kept[1], survivors[1]) and not out.merged[1].any()
+    assert out.merged[3].any(), "the other clip still merges"
+    expected = int(survivors[1].sum()) + 2 * int(survivors[2].sum()) + int(out.kept[3].sum())
+    assert out.tokens.shape[0] == expected
