@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-POOLING_MODES = ("bilinear", "average")
+POOLING_MODES = ("bilinear", "average", "none")
 MERGE_MODES = ("ot", "cosine", "prune")
 SINKHORN_STOPPING = ("video", "problem")
 BACKBONES = ("ov", "video")
@@ -44,8 +44,9 @@ class AOTConfig:
         hard_merge_weight: blend of the hard (nearest-anchor) merge into the OT merge.
 
     Pooling (§4)
-        pooling: ``"bilinear"`` (LLaVA-OneVision: resize to ceil(h/2)) or ``"average"``
-            (LLaVA-Video: 2x2 average pool, stride 2, floor(h/2)).
+        pooling: ``"bilinear"`` (LLaVA-OneVision: resize to ceil(h/2)), ``"average"``
+            (LLaVA-Video: 2x2 average pool, stride 2, floor(h/2)), or ``"none"`` (a backbone
+            that feeds every patch to the LLM: the anchors themselves survive).
 
     Inter-frame aggregation (§3.3)
         inter: switch of the temporal phase (released: on for OV, off for LLaVA-Video).

@@ -11,9 +11,12 @@ from .config import POOLING_MODES
 
 
 def pooled_side(grid: int, mode: str) -> int:
-    """Side of the pooled grid: ceil(grid / 2) for bilinear (OV), floor(grid / 2) for average."""
+    """Side of the pooled grid: ceil(grid / 2) for bilinear (OV), floor(grid / 2) for average,
+    the grid itself for none."""
     if mode not in POOLING_MODES:
         raise ValueError(f"pooling={mode!r}: expected one of {POOLING_MODES}")
+    if mode == "none":
+        return grid
     return math.ceil(grid / 2) if mode == "bilinear" else max(grid // 2, 1)
 
 
@@ -25,10 +28,13 @@ def pool_grid(values: torch.Tensor, grid: int, mode: str) -> torch.Tensor:
         grid: side of the grid.
         mode: ``"bilinear"``: resize to ceil(grid/2) with ``align_corners=False`` (LLaVA-OV);
             ``"average"``: 2x2 average pool, stride 2, dropping an odd last row/column
-            (LLaVA-Video); a 1x1 grid stays as it is.
+            (LLaVA-Video); a 1x1 grid stays as it is; ``"none"``: unchanged.
     Returns:
         (F, side*side, D) or (F, side*side), row-major, in the input dtype.
     """
+    if mode == "none":
+        pooled_side(grid, mode)
+        return values
     squeeze = values.dim() == 2
     x = values[..., None] if squeeze else values
     frames, tokens, dim = x.shape

@@ -262,3 +262,17 @@ def test_clip_whose_keyframe_has_no_survivor_keeps_its_later_frames():
     assert out.merged[3].any(), "the other clip still merges"
     expected = int(survivors[1].sum()) + 2 * int(survivors[2].sum()) + int(out.kept[3].sum())
     assert out.tokens.shape[0] == expected
+
+
+def test_pooling_none_keeps_exactly_the_anchors():
+    feats, shallow, deep = video(8, dim=8)
+    cfg = aot.AOTConfig(pooling="none", inter=False, anchors_per_frame=90)
+    result = aot.reduce_video(feats, shallow, deep, cfg)
+    anchors = (result.local_anchors | result.global_anchors).reshape(8, -1)
+    assert result.pooled_grid == 27 and result.denominator == 8 * 729
+    assert torch.equal(result.survivors.reshape(8, -1), anchors)
+    assert result.num_tokens == 8 * 90
+    merged = aot.intra_stage(feats, shallow, deep, cfg).features
+    torch.testing.assert_close(result.tokens, merged[result.token_frame, result.token_position])
+    exact = aot.reduce_video(feats, shallow, deep, aot.AOTConfig(pooling="none", exact_retention=0.1))
+    assert exact.num_tokens == aot.exact_budget(0.1, 8, 729)
