@@ -33,7 +33,6 @@ def pool_grid(values: torch.Tensor, grid: int, mode: str) -> torch.Tensor:
         (F, side*side, D) or (F, side*side), row-major, in the input dtype.
     """
     if mode == "none":
-        pooled_side(grid, mode)
         return values
     squeeze = values.dim() == 2
     x = values[..., None] if squeeze else values
