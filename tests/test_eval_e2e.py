@@ -176,13 +176,22 @@ def check_exact(retention: dict) -> None:
     assert retention["reducer"] == "aot" and retention["requested_retention"] == 0.25
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (so a busy CI machine cannot collide with torchrun)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_script(ws, out: Path, nproc: int = 1) -> subprocess.CompletedProcess:
     """``scripts/eval_ov_mvbench.sh`` on the local task: OV, AOT at 0.25 in exact mode."""
     cmd = ["bash", str(REPO / "scripts" / "eval_ov_mvbench.sh"), "--model", str(ws["ckpt"]["ov"]),
            "--task", TASK, "--include-path", str(ws["tasks"]), "--retention", "0.25", "--exact",
            "--frames", str(FRAMES), "--dtype", "float32", "--device", "cpu",
            "--model-args", KNOBS, "--nproc", str(nproc), "--output", str(out)]
-    env = {**environment(), "PYTHON": sys.executable, "MASTER_PORT": "29517"}
+    env = {**environment(), "PYTHON": sys.executable, "MASTER_PORT": str(free_port())}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
