@@ -173,7 +173,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     plan: ExactPlan | None = None
     if config.exact_retention is not None:
         plan = plan_exact_budget(config.exact_retention, frames, side * side,
-                                 clips if config.inter else [])
+                                 clips if config.inter else [], keep_ratio=config.keep_ratio)
         priority = pool_grid(intra.deep_attention, grid, config.pooling)
         survivors = _top_survivors(mask_value, priority, plan.survivors)
     else:

@@ -276,3 +276,18 @@ def test_pooling_none_keeps_exactly_the_anchors():
     torch.testing.assert_close(result.tokens, merged[result.token_frame, result.token_position])
     exact = aot.reduce_video(feats, shallow, deep, aot.AOTConfig(pooling="none", exact_retention=0.1))
     assert exact.num_tokens == aot.exact_budget(0.1, 8, 729)
+
+
+def test_exact_mode_follows_the_configured_keep_ratio():
+    feats, shallow, deep = video(32, dim=8, seed=2)
+    out = {}
+    for keep in (0.1, 0.3):
+        cfg = aot.AOTConfig(keep_ratio=keep, exact_retention=0.1, intra_merge="prune")
+        result = aot.reduce_video(feats, shallow, deep, cfg)
+        assert result.num_tokens == 627
+        survivors = result.survivors.reshape(32, -1).sum(1)
+        kept = result.temporal_kept.reshape(32, -1).sum(1)
+        later = torch.tensor([f % 4 != 0 for f in range(32)])
+        out[keep] = float(kept[later].sum() / survivors[later].sum())
+    # s = round(627 / (16 + rho * 24)): 34 survivors at rho 0.1, 27 at rho 0.3.
+    assert abs(out[0.1] - 0.1) < 0.03 and abs(out[0.3] - 0.3) < 0.03, out
