@@ -281,8 +281,6 @@ def answer(loaded: LoadedModel, result: aot.AOTResult, question: str,
     Returns:
         (answer text, prompt length in tokens including the visual ones).
     """
-    from transformers import GenerationMixin
-
     from llava.mm_utils import KeywordsStoppingCriteria
     from llava.model.llava_arch import splice_visual_tokens
 
@@ -291,11 +289,9 @@ def answer(loaded: LoadedModel, result: aot.AOTResult, question: str,
     embeds, mask, _, _ = splice_visual_tokens(ids, None, None, [visual_sequence(loaded, result)],
                                               model.get_model().embed_tokens)
     stop = KeywordsStoppingCriteria(["<|im_end|>"], tokenizer, ids)
-    # The model's own generate() takes ids + pixels; here the visual tokens are precomputed, so
-    # the generic transformers generate runs from the embeddings.
-    out = GenerationMixin.generate(model, inputs_embeds=embeds, attention_mask=mask.long(),
-                                   do_sample=False, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id,
-                                   stopping_criteria=[stop])
+    # The visual tokens are precomputed (and timed) by the demo: generate from the embeddings.
+    out = model.generate(inputs_embeds=embeds, attention_mask=mask.long(), do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         stopping_criteria=[stop])
     text = tokenizer.decode(out[0], skip_special_tokens=True).strip()
     return text, int(embeds.shape[1])

@@ -354,3 +354,19 @@ def test_reducer_names_and_budgets_are_checked(tokenizer):
         model.set_aot(OV_AOT, reducer="fastv")
     with pytest.raises(ValueError, match="needs a token budget"):
         model.set_aot(OV_AOT, reducer="uniform")
+
+
+def test_generate_from_spliced_embeddings_equals_generate_from_pixels(tokenizer):
+    model = random_model("ov", seed=6)
+    model.set_aot(OV_AOT)
+    ids, _ = prompt_ids(tokenizer)
+    video = video_pixels(4, seed=2)
+    settings = dict(do_sample=False, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id)
+    from_pixels = model.generate(ids, images=[video], modalities=["video"],
+                                 attention_mask=torch.ones_like(ids), **settings)
+    _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(
+        ids, None, torch.ones_like(ids), None, None, [video], ["video"])
+    from_embeds = model.generate(inputs_embeds=embeds, attention_mask=mask, **settings)
+    assert torch.equal(from_pixels, from_embeds)
+    with pytest.raises(ValueError, match="either inputs_embeds"):
+        model.generate(ids, inputs_embeds=embeds, **settings)

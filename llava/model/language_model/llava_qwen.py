@@ -71,12 +71,18 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None,
                  modalities=("image",), **kwargs):
-        """Generate from ``inputs`` (B, L) ids with ``<image>`` placeholders and ``images``.
+        """Generate from ``inputs`` (B, L) ids with ``<image>`` placeholders and ``images``, or
+        from ready ``inputs_embeds`` (B, L, D) (e.g. visual tokens spliced by the caller).
 
         Returns only the new tokens (generation runs from ``inputs_embeds``).
         """
-        if "inputs_embeds" in kwargs:
-            raise NotImplementedError("pass input ids (inputs=...), not inputs_embeds")
+        if kwargs.get("inputs_embeds") is not None:
+            if inputs is not None or images is not None:
+                raise ValueError("give either inputs_embeds, or input ids (inputs=...) with "
+                                 "images, not both")
+            self.last_aot_results = []
+            return super().generate(**kwargs)
+        kwargs.pop("inputs_embeds", None)
         kwargs.pop("position_ids", None)  # generation derives positions from the mask
         attention_mask = kwargs.pop("attention_mask", None)
         if images is not None:
