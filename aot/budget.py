@@ -29,6 +29,18 @@ def exact_budget(retention: float, frames: int, pooled_per_frame: int) -> int:
     return max(1, math.floor(retention * frames * pooled_per_frame + 0.5))
 
 
+def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool: True for the first ``counts[b]`` entries of row b in ``order``.
+
+    Args:
+        order: (B, M) a permutation of 0..M-1 per row (e.g. a stable sort's indices).
+        counts: (B,) how many to take per row.
+    """
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank < counts.to(order.device)[:, None]
+
+
 def spread(total: int, slots: int) -> list[int]:
     """``total`` split over ``slots`` as evenly as possible, the earlier slots taking the extra."""
     base, extra = divmod(total, slots)

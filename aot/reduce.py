@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from .anchors import select_anchors
-from .budget import ExactPlan, plan_exact_budget
+from .budget import ExactPlan, first_in_order, plan_exact_budget
 from .clips import Clip, split_clips
 from .config import AOTConfig
 from .intra import intra_merge
 from .pooling import pool_grid, pooled_side
-from .temporal import KIND_ANCHOR, KIND_KEPT, temporal_merge
+from .temporal import KIND_ANCHOR, temporal_merge
 
 
 @dataclass
@@ -212,9 +212,7 @@ def _top_survivors(mask_value: torch.Tensor, priority: torch.Tensor,
     coverage = torch.gather(mask_value, 1, by_priority)
     order = torch.gather(by_priority, 1,
                          torch.sort(coverage, dim=1, descending=True, stable=True).indices)
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return rank < counts.to(order.device)[:, None]
+    return first_in_order(order, counts)
 
 
 def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig) -> int:

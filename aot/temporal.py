@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .budget import first_in_order
 from .clips import Clip
 from .config import AOTConfig
 from .intra import cosine_similarity
@@ -97,9 +98,7 @@ def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> t
 def lowest_k(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, M) bool: the k[i] valid entries of row i with the lowest scores (ties: lower index)."""
     order = torch.sort(scores.masked_fill(~valid, math.inf), dim=1, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return valid & (rank < k[:, None])
+    return valid & first_in_order(order, k)
 
 
 def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Clip],

@@ -168,27 +168,15 @@ class LlavaAOTBase(lmms):
         return {"mm_spatial_pool_stride": self.pool_stride, "mm_spatial_pool_mode": self.pool_mode}
 
     def _load(self, pretrained: str, model_name: Optional[str], attn_implementation: str) -> None:
-        import inspect
-
         from llava.constants import IMAGE_TOKEN_INDEX
         from llava.mm_utils import get_model_name_from_path
         from llava.model.builder import load_pretrained_model
 
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
-                      torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config())
-        accepted = inspect.signature(load_pretrained_model).parameters
-        if "aot" in accepted:
-            kwargs["aot"] = self.spec.config
-        elif self.spec.name != "none":
-            raise RuntimeError("llava.model.builder.load_pretrained_model takes no aot= argument; "
-                               "this llava package cannot run AOT")
-        if self.spec.name not in ("aot", "none", "random"):
-            if "reducer" not in accepted:
-                raise NotImplementedError(f"reducer={self.spec.name} is not supported by this "
-                                          "llava package (load_pretrained_model has no reducer=)")
-            kwargs["reducer"] = self.spec.name
-            if "retention" in accepted:
-                kwargs["retention"] = self.spec.retention
+                      torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
+                      aot=self.spec.config)
+        if self.spec.name not in ("aot", "none", "random"):  # random = AOT's random anchors
+            kwargs.update(reducer=self.spec.name, retention=self.spec.retention)
         name = model_name or get_model_name_from_path(pretrained)
         tokenizer, model, image_processor, max_length = load_pretrained_model(
             pretrained, None, name, **kwargs)

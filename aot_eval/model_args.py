@@ -15,7 +15,6 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -186,9 +185,3 @@ def coerce_field(name: str, value):
         return to_float(value, name)
     return str(value)
 
-
-def aot_field_names() -> list[str]:
-    """Names of the explicit AOT knobs accepted in ``--model_args``."""
-    from aot.config import AOTConfig
-
-    return [f.name for f in dataclasses.fields(AOTConfig)]

@@ -7,8 +7,6 @@ frames) -> row (``"full"`` or the retention as a string with two decimals) -> be
 BENCHMARKS = ("mvbench", "egoschema", "longvideobench", "videomme")
 LABELS = {"mvbench": "MVBench", "egoschema": "EgoSchema", "longvideobench": "LongVideoBench",
           "videomme": "VideoMME"}
-TASK_IDS = {"mvbench": "mvbench", "egoschema": "egoschema",
-            "longvideobench": "longvideobench_val_v", "videomme": "videomme"}
 
 
 def _row(mvb, ego, lvb, vmme, avg):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..budget import first_in_order
 from ..config import AOTConfig
 from ..intra import cosine_similarity
 from ..pooling import pool_grid
@@ -72,9 +73,7 @@ def select_dominant(attention: torch.Tensor, counts: torch.Tensor) -> torch.Tens
     """(F, P) scores, (F,) counts -> (F, P) bool: the counts[f] highest scores of each frame
     (ties: lower index)."""
     order = torch.sort(attention, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return rank < counts[:, None]
+    return first_in_order(order, counts)
 
 
 def spaced_targets(rest: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
