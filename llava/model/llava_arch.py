@@ -138,13 +138,17 @@ class LlavaMetaForCausalLM:
         The tower captures received attention at ``config.shallow_layer`` / ``deep_layer``;
         AOT runs in float32 whatever the model dtype (Sinkhorn is not stable in half precision).
         """
-        tower = self.get_vision_tower()
-        layers = (config.shallow_layer, config.deep_layer)
-        out = tower(frames, capture_layers=tuple(sorted(set(layers))),
-                    chunk_size=self.vision_chunk_size)
+        return aot.intra_stage(*self.features_with_attention(frames, config), config)
+
+    def features_with_attention(self, frames: torch.Tensor, config: aot.AOTConfig):
+        """(F, 3, S, S) pixels -> float32 projected features (F, T, D) and the received
+        attention (F, T) at ``config.shallow_layer`` and ``config.deep_layer``."""
+        layers = tuple(sorted({config.shallow_layer, config.deep_layer}))
+        out = self.get_vision_tower()(frames, capture_layers=layers,
+                                      chunk_size=self.vision_chunk_size)
         projected = self.get_model().mm_projector(out.features)
-        return aot.intra_stage(projected.float(), out.received[config.shallow_layer],
-                               out.received[config.deep_layer], config)
+        return (projected.float(), out.received[config.shallow_layer],
+                out.received[config.deep_layer])
 
     def reduce_video_with(self, frames: torch.Tensor, config: aot.AOTConfig,
                           reducer: str) -> aot.AOTResult:
@@ -152,13 +156,7 @@ class LlavaMetaForCausalLM:
         AOT, then ``aot.baselines.get_reducer(reducer)`` in float32."""
         from aot.baselines import get_reducer
 
-        tower = self.get_vision_tower()
-        layers = (config.shallow_layer, config.deep_layer)
-        out = tower(frames, capture_layers=tuple(sorted(set(layers))),
-                    chunk_size=self.vision_chunk_size)
-        projected = self.get_model().mm_projector(out.features)
-        return get_reducer(reducer)(projected.float(), out.received[config.shallow_layer],
-                                    out.received[config.deep_layer], config)
+        return get_reducer(reducer)(*self.features_with_attention(frames, config), config)
 
     def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, object]:
         """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, AOTResult or None)."""
