@@ -14,6 +14,9 @@ from .reduce import AOTResult, IntraOutput, inter_stage, intra_stage, reduce_vid
 from .sinkhorn import SinkhornResult, sinkhorn
 from .temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT, temporal_merge
 
+# Subpackages users reach as ``aot.baselines`` / ``aot.backbones`` / ``aot.path`` after ``import aot``.
+from . import backbones, baselines, path  # noqa: E402  (they import the names above)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -21,5 +24,5 @@ __all__ = [
     "KIND_KEPT", "PRESETS", "SinkhornResult", "dynamic_clips", "exact_budget", "fixed_clips",
     "inter_stage", "intra_merge", "intra_stage", "plan_exact_budget", "pool_grid", "pooled_side",
     "received_attention", "reduce_video", "select_anchors", "sinkhorn", "split_clips",
-    "temporal_merge",
+    "temporal_merge", "backbones", "baselines", "path",
 ]

@@ -13,16 +13,13 @@ pooling and newline packing. The presets:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
-#: Pooling / newline fields of the two backbones (aot-method.md section 0).
-BACKBONES = {
-    "ov": {"mm_spatial_pool_mode": "bilinear", "mm_newline_position": "one_token"},
-    "video": {"mm_spatial_pool_mode": "average", "mm_newline_position": "grid"},
-}
+from aot.backbones import BACKBONES
+from llava.model.adapter import llava_config_fields
+
 #: Frames each backbone is evaluated at in the paper (the reference point of the plots).
-PAPER_FRAMES = {"ov": 32, "video": 64}
+PAPER_FRAMES = {name: facts.frames for name, facts in BACKBONES.items()}
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ def llava_config_dict(shape: Shape, backbone: str) -> dict:
                           "num_hidden_layers": shape.vision_layers + 1,
                           "num_attention_heads": shape.vision_heads},
     }
-    config.update(copy.deepcopy(BACKBONES[backbone]))
+    config.update(llava_config_fields(backbone))
     return config
 
 

@@ -40,12 +40,11 @@ from .models import (
     resolve_dtype,
     set_backbone,
 )
-from .pipeline import STAGES, full_newlines, make_input_ids, ttft_pass
+from .pipeline import STAGES, make_input_ids, ttft_pass
 from .timing import summarise
 
 DEFAULT_FRAMES = (16, 32, 64, 128)
 DEFAULT_RETENTIONS = ("full", "0.25", "0.20", "0.15", "0.10")
-POOLED_SIDE = {"ov": 14, "video": 13}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,11 +118,11 @@ def aot_config(retention: float | None, backbone: str, frames: int, shape: Shape
 
 def expected_visual_tokens(backbone: str, frames: int, retention: float | None) -> tuple[int, int]:
     """(visual tokens without newlines, newline tokens) that the model will produce."""
-    side = POOLED_SIDE[backbone]
-    denominator = frames * side * side
-    tokens = denominator if retention is None else int(retention * denominator + 0.5)
-    position = BACKBONES[backbone]["mm_newline_position"]
-    return tokens, full_newlines(position, frames, side)
+    facts = BACKBONES[backbone]
+    denominator = frames * facts.pooled_per_frame()
+    tokens = denominator if retention is None else aot.exact_budget(retention, frames,
+                                                                    facts.pooled_per_frame())
+    return tokens, facts.newlines(frames)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -133,11 +132,11 @@ def is_out_of_memory(error: BaseException) -> bool:
         "can't allocate memory" in text
 
 
-def measure_point(model, pixels, input_ids, config, args, device) -> dict:
+def measure_point(model, pixels, input_ids, args, device) -> dict:
     """Warm-up + repeats of one configuration; per-stage statistics (seconds)."""
     for _ in range(args.warmup):
-        ttft_pass(model, pixels, input_ids, config, decode_tokens=min(args.decode_tokens, 2))
-    passes = [ttft_pass(model, pixels, input_ids, config, decode_tokens=args.decode_tokens)
+        ttft_pass(model, pixels, input_ids, decode_tokens=min(args.decode_tokens, 2))
+    passes = [ttft_pass(model, pixels, input_ids, decode_tokens=args.decode_tokens)
               for _ in range(args.repeats)]
     first = passes[0]
     stats = {stage: summarise([p.stages.get(stage, 0.0) for p in passes]) for stage in STAGES}
@@ -287,7 +286,7 @@ def run_point(model, shape, reference, backbone, frames, retention, input_ids, a
         model.set_aot(config)
         generator = torch.Generator().manual_seed(args.seed + frames)
         pixels = (torch.rand(frames, 3, 384, 384, generator=generator) * 2 - 1).to(device, dtype)
-        row.update(measure_point(model, pixels, input_ids, config, args, device))
+        row.update(measure_point(model, pixels, input_ids, args, device))
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error) and not isinstance(error, MemoryError):
             raise

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from llava.model.adapter import backbone_name
+from llava.model.builder import DTYPES
+
 from .configs import Shape, llava_config_dict, shape_from_config
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 _NORM_PARTS = ("norm", "layer_norm")
 
 
@@ -80,16 +81,14 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype, attn: s
 
     _, model, _, _ = load_pretrained_model(path, None, "llava_qwen", device_map=str(device),
                                            torch_dtype=dtype, attn_implementation=attn)
-    mode = getattr(model.config, "mm_spatial_pool_mode", "average")
-    backbone = "ov" if mode == "bilinear" else "video"
-    return model.eval(), shape_from_config(model.config), backbone
+    return model.eval(), shape_from_config(model.config), backbone_name(model)
 
 
 def set_backbone(model, backbone: str) -> None:
     """Switch pooling / newline packing of a random-weight model to ``backbone`` (the two 7B
     models share every shape, so one set of random weights serves both)."""
-    from .configs import BACKBONES
+    from llava.model.adapter import llava_config_fields
 
-    for key, value in BACKBONES[backbone].items():
+    for key, value in llava_config_fields(backbone).items():
         setattr(model.config, key, value)
     model.set_aot(None)

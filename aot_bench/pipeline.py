@@ -1,7 +1,8 @@
 """One instrumented time-to-first-token pass through the LLaVA model, stage by stage.
 
-The stages are the model's own pieces called in the order ``prepare_inputs_labels_for_multimodal``
-calls them (tests check that the embeddings are identical):
+The visual stages are reported by the model's own video path (``model.video_sequence``, the one
+path of :mod:`aot.path` that ``prepare_inputs_labels_for_multimodal`` runs), so the benchmark
+cannot measure a different sequence than the model reads:
 
 * ``vision``: the SigLIP tower (with AOT: attention capture at its two layers);
 * ``projector``: mlp2x_gelu on all 729 patches of every frame;
@@ -20,9 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import aot
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model import packing
 from llava.model.llava_arch import splice_visual_tokens
 
 from .timing import PeakMemory, StageClock, synchronize
@@ -58,60 +57,19 @@ def make_input_ids(text_tokens: int, vocab: int, device: torch.device, seed: int
     return torch.cat([ids[:before], placeholder, ids[before:]])[None].to(device)
 
 
-def visual_sequence(model, pixels: torch.Tensor, config: aot.AOTConfig | None, clock: StageClock):
-    """(L, hidden) visual tokens with newlines for one video, timing vision/projector/reduce.
-
-    Returns (tokens, number of newline tokens)."""
-    inner = model.get_model()
-    tower = model.get_vision_tower()
-    mode = getattr(model.config, "mm_spatial_pool_mode", "average")
-    stride = getattr(model.config, "mm_spatial_pool_stride", 2)
-    position = getattr(model.config, "mm_newline_position", "one_token")
-    newline = inner.image_newline
-    if config is None:
-        features = tower(pixels, chunk_size=model.vision_chunk_size).features
-        clock.lap("vision")
-        projected = inner.mm_projector(features)
-        clock.lap("projector")
-        tokens = packing.pack_frames(packing.pool_frames(projected, mode, stride), newline,
-                                     position)
-        clock.lap("reduce")
-        side = packing.pooled_side(tower.grid, mode, stride)
-        return tokens, full_newlines(position, pixels.shape[0], side)
-    layers = tuple(sorted({config.shallow_layer, config.deep_layer}))
-    out = tower(pixels, capture_layers=layers, chunk_size=model.vision_chunk_size)
-    clock.lap("vision")
-    projected = inner.mm_projector(out.features)
-    clock.lap("projector")
-    intra = aot.intra_stage(projected.float(), out.received[config.shallow_layer],
-                            out.received[config.deep_layer], config)
-    result = aot.inter_stage(intra, config)
-    tokens = packing.pack_aot(result, newline, position, dtype=projected.dtype)
-    clock.lap("reduce")
-    return tokens, tokens.shape[0] - result.num_tokens
-
-
-def full_newlines(position: str, frames: int, side: int) -> int:
-    """Newline tokens of a video: one per video (``one_token``), one per pooled row
-    (``grid``: ``side`` per frame), else none."""
-    if position == "one_token":
-        return 1
-    if position == "grid":
-        return frames * side
-    return 0
-
-
 @torch.no_grad()
 def ttft_pass(model, pixels: torch.Tensor, input_ids: torch.Tensor,
-              config: aot.AOTConfig | None, decode_tokens: int = 0) -> PassResult:
-    """Run one video + prompt to the first token (and ``decode_tokens`` more), timed by stage."""
+              decode_tokens: int = 0) -> PassResult:
+    """Run one video + prompt to the first token (and ``decode_tokens`` more), timed by stage,
+    under the model's own reduction (``model.set_aot``): the visual sequence comes from the
+    model's one video path (:mod:`aot.path`), timed through its stage callback."""
     device = pixels.device
     embed = model.get_model().embed_tokens
     with PeakMemory(device) as memory:
         clock = StageClock(device)
-        tokens, newlines = visual_sequence(model, pixels, config, clock)
+        sequence = model.video_sequence(pixels, on_stage=clock.lap)
         embeds, _, _, _ = splice_visual_tokens(
-            input_ids, None, None, [tokens], embed,
+            input_ids, None, None, [sequence.tokens], embed,
             max_length=getattr(model.config, "tokenizer_model_max_length", None),
             padding_side="right")
         clock.lap("splice")
@@ -120,10 +78,9 @@ def ttft_pass(model, pixels: torch.Tensor, input_ids: torch.Tensor,
         clock.lap("prefill")
     ttft = clock.total
     decode_seconds = decode(model, out.past_key_values, token, decode_tokens, device)
-    visual = tokens.shape[0]
     return PassResult(stages=dict(clock.stages), ttft=ttft, decode_seconds=decode_seconds,
-                      decode_tokens=decode_tokens, visual_tokens=visual - newlines,
-                      newline_tokens=newlines, seq_len=embeds.shape[1], peak_bytes=memory.peak,
+                      decode_tokens=decode_tokens, visual_tokens=sequence.visual_tokens,
+                      newline_tokens=sequence.newline_tokens, seq_len=embeds.shape[1], peak_bytes=memory.peak,
                       peak_rise_bytes=memory.rise, extra={"memory_kind": memory.kind})
 
 

@@ -8,7 +8,7 @@
 Importing this package does not import lmms-eval; the plugin modules do.
 """
 
-from .model_args import REDUCERS, ReducerSpec, parse_reducer
+from .model_args import ReducerSpec, parse_reducer
 from .prompts import PROMPT_IDS
 
-__all__ = ["PROMPT_IDS", "REDUCERS", "ReducerSpec", "parse_reducer"]
+__all__ = ["PROMPT_IDS", "ReducerSpec", "parse_reducer"]

@@ -23,10 +23,11 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 from . import prompts, recording
-from .model_args import ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
+from aot.baselines import reducer_info
+
+from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
 from .video import load_visual
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VIDEO_ERROR_MODES = ("answer", "raise")
 
 
@@ -112,6 +113,8 @@ class LlavaAOTBase(lmms):
             raise ValueError(f"prompt_as={prompt_as!r}: expected 'stock' or 'own'")
         if on_video_error not in VIDEO_ERROR_MODES:
             raise ValueError(f"on_video_error={on_video_error!r}: expected {VIDEO_ERROR_MODES}")
+        from llava.model.builder import DTYPES
+
         if str(torch_dtype) not in DTYPES:
             raise ValueError(f"torch_dtype={torch_dtype!r}: expected one of {sorted(DTYPES)}")
         self.prompt_as, self.on_video_error = prompt_as, on_video_error
@@ -175,8 +178,10 @@ class LlavaAOTBase(lmms):
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
                       torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
                       aot=self.spec.config)
-        if self.spec.name not in ("aot", "none", "random"):  # random = AOT's random anchors
-            kwargs.update(reducer=self.spec.name, retention=self.spec.retention)
+        if self.spec.name != NO_REDUCER:
+            kwargs["reducer"] = self.spec.name
+            if reducer_info(self.spec.name).needs_budget:
+                kwargs["retention"] = self.spec.retention
         name = model_name or get_model_name_from_path(pretrained)
         tokenizer, model, image_processor, max_length = load_pretrained_model(
             pretrained, None, name, **kwargs)
@@ -184,8 +189,7 @@ class LlavaAOTBase(lmms):
         self._tokenizer, self._model, self._image_processor = tokenizer, model, image_processor
         self._max_length = max_length
         self._config = model.config
-        self.per_frame = recording.pooled_per_frame(vision_grid(model), self.pool_mode,
-                                                    self.pool_stride)
+        self.per_frame = model.video_adapter().pooled_per_frame
         self.counter = recording.TokenCounter(model, IMAGE_TOKEN_INDEX, image_newline(model))
 
     # ---------------------------------------------------------------- lmms API
@@ -207,6 +211,8 @@ class LlavaAOTBase(lmms):
 
     @property
     def dtype(self) -> torch.dtype:
+        from llava.model.builder import DTYPES
+
         return DTYPES[self.torch_dtype]
 
     def loglikelihood(self, requests: list[Instance]):
@@ -344,23 +350,6 @@ class LlavaVidAOT(LlavaAOTBase):
         extra = (time_instruction(frames)
                  if to_bool(self.extra["add_time_instruction"], "add_time_instruction") else None)
         return build_question(context, "video", 1, extra)
-
-
-def vision_grid(model) -> int:
-    """Patches per side of the vision tower (27 for SigLIP so400m-patch14-384)."""
-    candidates = []
-    tower = getattr(model, "get_vision_tower", None)
-    if callable(tower):
-        candidates.append(getattr(tower(), "config", None))
-    candidates.append(getattr(model.config, "vision_config", None))
-    for cfg in candidates:
-        if cfg is None:
-            continue
-        get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
-        size, patch = get("image_size"), get("patch_size")
-        if size and patch:
-            return int(size) // int(patch)
-    return 27
 
 
 def image_newline(model) -> Optional[torch.Tensor]:

@@ -1,11 +1,14 @@
 """Turn lmms-eval ``--model_args`` into a reducer choice and an :class:`aot.AOTConfig`.
 
-Pure Python (no lmms-eval, no llava import), so scripts and tests can check arguments anywhere.
+No lmms-eval or llava import, so scripts and tests can check arguments anywhere
+(``python -m aot_eval.preflight args --backbone ov reducer=aot retention=0.1`` runs
+:func:`parse_reducer` for the eval scripts before anything loads).
 
 Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 
-* ``reducer``: ``aot`` (default), ``none`` (unreduced model), ``uniform``, ``visionzip``,
-  ``dycoke``, ``random``.
+* ``reducer``: ``aot`` (default), ``none`` (unreduced model), or any name of the reducer
+  registry (:data:`aot.baselines.REGISTRY`: ``uniform``, ``visionzip``, ``dycoke``, ``random``,
+  ``aot:<ablation>``).
 * ``retention=0.10``: target share of the backbone's pooled visual tokens
   (:meth:`AOTConfig.from_retention`); ``exact=true`` asks for the exact-count mode.
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
@@ -19,8 +22,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-REDUCERS = ("aot", "none", "uniform", "visionzip", "dycoke", "random")
-BACKBONES = ("ov", "video")
+#: The unreduced model's reducer name (not a registry entry: nothing runs).
+NO_REDUCER = "none"
 AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
 
 
@@ -28,7 +31,7 @@ AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
 class ReducerSpec:
     """What the model is asked to do with its visual tokens.
 
-    name: one of :data:`REDUCERS`.
+    name: ``"none"`` or a name of :data:`aot.baselines.REGISTRY`.
     config: the AOT configuration (``None`` for ``reducer=none``).
     retention: the requested retention, or ``None`` when a preset / explicit knobs decide it.
     source: a short human description (``"retention=0.1"``, ``"preset=paper-video"``, ...).
@@ -68,14 +71,16 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         ValueError: unknown reducer / preset / ablation, retention outside (0, 1], preset and
             retention given together, knobs given with ``reducer=none``.
     """
-    from aot.config import ABLATIONS, AOTConfig, check_retention
+    from aot.backbones import get_backbone
+    from aot.baselines import reducer_info, reducer_names
+    from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
 
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone={backbone!r}: expected one of {BACKBONES}")
+    facts = get_backbone(backbone)
     kwargs = dict(aot_kwargs)
     name = str(kwargs.pop("reducer", "aot")).strip().lower()
-    if name not in REDUCERS:
-        raise ValueError(f"reducer={name!r}: expected one of {REDUCERS}")
+    if name != NO_REDUCER and name not in reducer_names():
+        raise ValueError(f"unknown reducer={name!r}: expected {NO_REDUCER!r} or one of "
+                         f"{reducer_names()}")
     retention = kwargs.pop("retention", None)
     preset = kwargs.pop("preset", None)
     exact = to_bool(kwargs.pop("exact", False), "exact")
@@ -94,23 +99,25 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
                          f"preset={preset!r})")
     if retention is not None:
         retention = check_retention(to_float(retention, "retention"), "retention")
-    if name != "aot" and retention is None:
-        raise ValueError(f"reducer={name} needs retention= (a fraction such as 0.10)")
+    if reducer_info(name).needs_budget and retention is None:
+        raise ValueError(f"reducer={name} needs retention= (a fraction such as 0.10): it has no "
+                         "token count of its own")
 
     if preset is not None:
+        if str(preset) not in PRESETS:
+            raise ValueError(f"unknown preset={preset!r}: expected one of {sorted(PRESETS)}")
         config, source = AOTConfig.preset(str(preset)), f"preset={preset}"
     elif retention is not None:
         config = AOTConfig.from_retention(retention, backbone=backbone, exact=exact)
         source = f"retention={retention:g}" + (" exact" if exact else "")
     else:
-        config = AOTConfig.preset(default_preset(backbone))
-        source = f"preset={default_preset(backbone)} (default)"
+        config = AOTConfig.preset(facts.preset)
+        source = f"preset={facts.preset} (default)"
     for ablation in ablations:
         if ablation not in ABLATIONS:
-            raise ValueError(f"ablation={ablation!r}: expected one of {sorted(ABLATIONS)}")
+            raise ValueError(f"unknown ablation={ablation!r}: expected one of "
+                             f"{sorted(ABLATIONS)}")
         config = config.replace(**ABLATIONS[ablation])
-    if name == "random":
-        config = config.replace(random_anchors=True)
     if overrides:
         config = config.replace(**overrides)
     if exact and retention is None:
@@ -118,11 +125,6 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
     if ablations:
         source += " ablation=" + "+".join(ablations)
     return ReducerSpec(name, config, retention, source, overrides)
-
-
-def default_preset(backbone: str) -> str:
-    """The released setting used when neither retention nor preset is given."""
-    return "paper-ov-mvbench" if backbone == "ov" else "paper-video"
 
 
 def split_names(value) -> list[str]:
@@ -184,4 +186,5 @@ def coerce_field(name: str, value):
     if kind is float:
         return to_float(value, name)
     return str(value)
+
 

@@ -14,7 +14,6 @@ This is reducer-agnostic: the unreduced model measures exactly 1.0.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -23,21 +22,6 @@ from typing import Optional
 import torch
 
 RECORD_VERSION = 1
-
-
-def pooled_per_frame(grid: int, pool_mode: str, stride: int = 2) -> int:
-    """Tokens per frame after the backbone's native pooling of a ``grid`` x ``grid`` patch map.
-
-    ``bilinear`` (LLaVA-OneVision) resizes to ``ceil(grid / stride)``; ``average`` (LLaVA-Video)
-    pools with stride ``stride`` and drops the remainder, ``floor(grid / stride)``.
-    """
-    if pool_mode == "bilinear":
-        side = math.ceil(grid / stride)
-    elif pool_mode in ("average", "max"):
-        side = grid // stride
-    else:
-        raise ValueError(f"mm_spatial_pool_mode={pool_mode!r}: expected bilinear or average")
-    return side * side
 
 
 def _embeds_of(output) -> Optional[torch.Tensor]:

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from llava.model.adapter import llava_config_fields
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # Text the tokenizer is trained on: it only has to tokenise prompts sensibly.
@@ -41,10 +43,7 @@ BASE_CONFIG = {
     "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4,
                       "num_attention_heads": 2},
 }
-BACKBONES = {
-    "ov": {"mm_spatial_pool_mode": "bilinear", "mm_newline_position": "one_token"},
-    "video": {"mm_spatial_pool_mode": "average", "mm_newline_position": "grid"},
-}
+BACKBONES = ("ov", "video")
 
 
 def config_dict(backbone: str = "ov", vision_layers: int | None = None, **changes) -> dict:
@@ -56,7 +55,7 @@ def config_dict(backbone: str = "ov", vision_layers: int | None = None, **change
     if backbone not in BACKBONES:
         raise ValueError(f"backbone={backbone!r}: expected one of {sorted(BACKBONES)}")
     cfg = json.loads(json.dumps(BASE_CONFIG))
-    cfg.update(BACKBONES[backbone])
+    cfg.update(llava_config_fields(backbone))
     if vision_layers is not None:
         cfg["vision_config"]["num_hidden_layers"] = vision_layers
     cfg.update(changes)

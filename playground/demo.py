@@ -87,7 +87,7 @@ def check_arguments(args: argparse.Namespace) -> str:
 
 def stage(step: int, name: str, detail: str, seconds: float) -> None:
     """Print one progress line."""
-    print(f"[{step}/5] {name:<20} {detail}  ({seconds:.2f} s)", flush=True)
+    print(f"[{step}/4] {name:<20} {detail}  ({seconds:.2f} s)", flush=True)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -115,30 +115,32 @@ def run(args: argparse.Namespace) -> dict:
           f"({clip.duration:.1f} s video), resized to {pixels.shape[-1]}px",
           times["decode + preprocess"])
 
-    start = time.perf_counter()
-    features = pipeline.encode(loaded, pixels, config)
-    times["vision encoder + projector"] = time.perf_counter() - start
+    timer = pipeline.StageTimer()
+    encoded = pipeline.encode(loaded, pixels, config, timer)
+    times["vision encoder"] = timer.times["vision"]
+    times["projector"] = timer.times["projector"]
     tower = loaded.model.get_vision_tower()
     stage(2, "vision encoder", f"SigLIP, {tower.num_layers} layers, {tower.grid}x{tower.grid} "
           f"patches/frame, attention read at layers {config.shallow_layer} and "
-          f"{config.deep_layer}", times["vision encoder + projector"])
+          f"{config.deep_layer}; projector", times["vision encoder"] + times["projector"])
 
-    reduction = pipeline.reduce(features, config, args.reducer)
+    reduction = pipeline.reduce(loaded, encoded, config, args.reducer)
     result = reduction.result
     info = report.summary(result)
     describe_reduction(reduction, info, times)
 
     start = time.perf_counter()
-    text, prompt_tokens = pipeline.answer(loaded, result, args.question, args.max_new_tokens)
+    text, prompt_tokens = pipeline.answer(loaded, reduction.sequence, args.question,
+                                          args.max_new_tokens)
     times["LLM (prefill + generate)"] = time.perf_counter() - start
-    stage(5, "LLM", f"prompt of {prompt_tokens} tokens ({result.num_tokens} visual), greedy, "
-          f"up to {args.max_new_tokens} new tokens", times["LLM (prefill + generate)"])
+    stage(4, "LLM", f"prompt of {prompt_tokens} tokens ({result.num_tokens} visual + "
+          f"{reduction.sequence.newline_tokens} newline), greedy, up to {args.max_new_tokens} "
+          "new tokens", times["LLM (prefill + generate)"])
 
-    newlines = 1 if getattr(loaded.model.config, "mm_newline_position", "") == "one_token" \
-        else 0
     print()
     print(f"Tokens ({args.reducer}, {budget_text(args, reduction)}):")
-    print("\n".join(report.token_table(info, args.reducer, reduction.config.pooling, newlines)))
+    print("\n".join(report.token_table(info, args.reducer, reduction.config.pooling,
+                                       reduction.sequence.newline_tokens)))
     print("  time per stage:")
     print("\n".join(report.time_table(times)))
     print(f"    (model {'built' if loaded.random else 'loaded'} in {setup_s:.2f} s, not counted)")
@@ -180,26 +182,29 @@ def budget_text(args: argparse.Namespace, reduction: pipeline.Reduction) -> str:
 
 
 def describe_reduction(reduction: pipeline.Reduction, info: dict, times: dict) -> None:
-    """Progress lines 3 and 4, and their times into ``times``."""
+    """Progress line 3 (the reducer, with what each of its phases did) and its time."""
     result = reduction.result
     survivors = info["survivors_per_frame"]
     mean = sum(survivors) / len(survivors)
-    if "intra" in reduction.times:
-        times["AOT intra (anchors + OT)"] = reduction.times["intra"]
-        times["pooling + temporal"] = reduction.times["inter"]
+    seconds = reduction.times["reduce"]
+    times[f"reducer {reduction.reducer} + packing"] = seconds
+    lines = []
+    if reduction.reducer == "aot" or reduction.reducer == "random" or \
+            reduction.reducer.startswith("aot:"):
         anchors = info["local_anchors_per_frame"] + info["global_anchors_per_frame"]
-        stage(3, "AOT intra", f"{anchors:.0f} anchors/frame ({info['local_anchors_per_frame']:.0f}"
-              f" local + {info['global_anchors_per_frame']:.0f} global) absorb the other "
-              f"{result.grid ** 2 - anchors:.0f} patches by OT", reduction.times["intra"])
-        temporal = (f"; temporal OT in {len(result.clips)} clips -> {result.num_tokens} tokens"
-                    if result.clips else "; no temporal phase")
-        stage(4, "pooling + temporal", f"{mean:.1f} of {info['pooled_per_frame']} pooled "
-              f"tokens/frame survive{temporal}", reduction.times["inter"])
+        lines.append(f"AOT intra: {anchors:.0f} anchors/frame ({info['local_anchors_per_frame']:.0f}"
+                     f" local + {info['global_anchors_per_frame']:.0f} global) absorb the other "
+                     f"{result.grid ** 2 - anchors:.0f} patches by OT")
+        temporal = (f"temporal OT in {len(result.clips)} clips" if result.clips else
+                    "no temporal phase")
+        lines.append(f"pooling + temporal: {mean:.1f} of {info['pooled_per_frame']} pooled "
+                     f"tokens/frame survive; {temporal}")
     else:
-        times[f"reducer {reduction.reducer}"] = reduction.times["reducer"]
-        stage(3, "AOT intra", f"not run: reducer {reduction.reducer!r} replaces AOT", 0.0)
-        stage(4, f"{reduction.reducer}", f"pooling + reduction to {result.num_tokens} tokens "
-              f"({mean:.1f}/frame)", reduction.times["reducer"])
+        lines.append(f"AOT intra: not run, reducer {reduction.reducer!r} replaces AOT")
+    stage(3, f"reducer {reduction.reducer}", f"{result.num_tokens} tokens "
+          f"({result.num_tokens / result.num_frames:.1f}/frame)", seconds)
+    for line in lines:
+        print(f"      {line}", flush=True)
 
 
 def draw(clip, result, out: str, title: str) -> list[str]:

@@ -1,9 +1,10 @@
 """The demo's pipeline, one timed stage at a time: decode, vision encoder, reducer, LLM.
 
-The stages are the ones LLaVA-OV runs inside ``model.generate`` when AOT is set
-(``encode_video_aot`` then ``aot.inter_stage`` then packing), called one by one so that each can
-be timed and its output inspected. ``tests/test_demo.py`` checks that the token count equals what
-``model.generate`` with ``model.set_aot(config)`` produces for the same video.
+The visual stages are the model's own video path (:mod:`aot.path` with the model's adapter), run
+as its three steps (encode, reduce, pack) so that a baseline can be given AOT's count for the same
+video and the sweep can reuse one encoding; timing comes from the path's stage callback.
+``tests/test_demo.py`` checks that the sequence equals what ``model.generate`` with
+``model.set_aot(config)`` feeds the LLM for the same video.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import numpy as np
 import torch
 
 import aot
-from aot.baselines import ablation_config, get_reducer, matched_budget, reducer_names
+from aot import path as video_path
+from aot.baselines import matched_budget, reducer_info, reducer_names
 from llava.video import VideoReadError, read_frames, uniform_indices
 
-#: Baselines that need a token budget; the demo gives them AOT's count for the same video.
-BUDGETED = ("uniform", "visionzip", "dycoke")
 DEFAULT_QUESTION = "What happens in the video? Answer in one sentence."
 
 
@@ -130,6 +130,7 @@ def load_model(path: str | None, seed: int = 0, workdir: str | None = None) -> L
     The tiny model is written to ``workdir`` (default: a fresh temp dir) and loaded through the
     same ``load_pretrained_model`` as a real checkpoint.
     """
+    from llava.model.adapter import backbone_name
     from llava.model.builder import CheckpointError, load_pretrained_model
 
     from .tiny_model import RANDOM_LABEL, write_tiny_checkpoint
@@ -149,8 +150,10 @@ def load_model(path: str | None, seed: int = 0, workdir: str | None = None) -> L
             path, None, "llava_qwen", device_map="auto", torch_dtype=dtype)
     except (CheckpointError, FileNotFoundError) as error:
         raise DemoError(_one_line(error)) from None
-    mode = getattr(model.config, "mm_spatial_pool_mode", "average")
-    backbone = "ov" if mode == "bilinear" else "video"
+    try:
+        backbone = backbone_name(model)
+    except ValueError as error:
+        raise DemoError(f"--model {path!r}: {error}") from None
     return LoadedModel(tokenizer, model, processor, label, random, backbone)
 
 
@@ -160,7 +163,7 @@ def build_config(backbone: str, frames: int, retention: float | None, preset: st
     if preset is not None:
         check_preset(preset)
         config = aot.AOTConfig.preset(preset)
-        expected = "bilinear" if backbone == "ov" else "average"
+        expected = aot.backbones.get_backbone(backbone).pooling
         if config.pooling != expected:
             raise DemoError(f"--preset {preset!r} pools with {config.pooling!r} but the model "
                             f"pools with {expected!r}; pick a preset of the other backbone")
@@ -170,18 +173,6 @@ def build_config(backbone: str, frames: int, retention: float | None, preset: st
 
 
 # ---------------------------------------------------------------------------------- stages
-@dataclass
-class Features:
-    """Output of the vision encoder + projector for one video.
-
-    features: (F, T, D) float32 projected patches; shallow, deep: (F, T) received attention.
-    """
-
-    features: torch.Tensor
-    shallow: torch.Tensor
-    deep: torch.Tensor
-
-
 def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, 3, S, S) pixels in the model's dtype and device."""
     pixels = loaded.processor.preprocess(list(frames), return_tensors="pt")["pixel_values"]
@@ -189,75 +180,76 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
     return pixels.to(device=tower.device, dtype=tower.dtype)
 
 
+class StageTimer:
+    """The path's ``on_stage`` callback: seconds since the previous stage, by stage name."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
+
 @torch.no_grad()
-def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig) -> Features:
-    """Vision tower with attention capture at the config's two layers, then the projector."""
-    model = loaded.model
-    tower = model.get_vision_tower()
-    for name in ("shallow_layer", "deep_layer"):
-        if getattr(config, name) >= tower.num_layers:
-            raise DemoError(f"AOT {name}={getattr(config, name)} but the vision tower has "
-                            f"layers 0..{tower.num_layers - 1}")
-    layers = tuple(sorted({config.shallow_layer, config.deep_layer}))
-    out = tower(pixels, capture_layers=layers, chunk_size=model.vision_chunk_size)
-    projected = model.get_model().mm_projector(out.features).float()
-    return Features(projected, out.received[config.shallow_layer].float(),
-                    out.received[config.deep_layer].float())
+def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
+           timer: StageTimer | None = None) -> video_path.Encoded:
+    """The path's first step: vision tower with attention capture at the config's two layers,
+    then the projector (stages ``vision`` and ``projector`` reported to ``timer``)."""
+    try:
+        return video_path.encode(loaded.model.video_adapter(), pixels,
+                                 video_path.Reduction(config), timer)
+    except ValueError as error:
+        raise DemoError(_one_line(error)) from None
 
 
 @dataclass
 class Reduction:
-    """What the reducer did. ``times`` maps stage name -> seconds."""
+    """What the reducer did: the model's visual sequence, the settings and the stage times.
 
-    result: aot.AOTResult
+    sequence: the :class:`aot.path.VisualSequence` the LLM reads (``.result`` the AOTResult).
+    budget: the token count given to a budgeted reducer (AOT's count for this video), or None.
+    times: stage name -> seconds (``reduce`` = reducer + pooling + newline packing).
+    """
+
+    sequence: video_path.VisualSequence
     config: aot.AOTConfig
     reducer: str
     budget: int | None = None
     times: dict = field(default_factory=dict)
 
+    @property
+    def result(self) -> aot.AOTResult:
+        return self.sequence.result
 
-def staged_aot_config(reducer: str, config: aot.AOTConfig) -> aot.AOTConfig | None:
-    """The AOTConfig to run in stages for AOT and its ablations (``random`` = random anchors),
-    None for the other reducers."""
-    if reducer == "aot":
-        return config
-    if reducer == "random":
-        return ablation_config("random-anchors", config)
-    if reducer.startswith("aot:"):
-        return ablation_config(reducer[len("aot:"):], config)
-    return None
+
+def reduction_for(encoded: video_path.Encoded, config: aot.AOTConfig,
+                  reducer: str) -> video_path.Reduction:
+    """The path's :class:`aot.path.Reduction`; a budgeted reducer without exact mode gets AOT's
+    count under ``config`` for this video (so reducers compare at the same count)."""
+    budget = None
+    if reducer_info(reducer).needs_budget and config.exact_retention is None:
+        features = encoded.features.float()
+        budget = matched_budget(features, encoded.attention[config.shallow_layer],
+                                encoded.attention[config.deep_layer], config)
+    return video_path.Reduction(config, reducer, budget=budget)
 
 
 @torch.no_grad()
-def reduce(features: Features, config: aot.AOTConfig, reducer: str = "aot") -> Reduction:
-    """Run the reducer. AOT (and its ablations) runs as its two stages, timed apart:
-    ``intra`` (anchors + intra-frame OT) and ``pooling + temporal``. Other reducers run in one
-    call, with AOT's token count for this video as their budget (unless exact mode sets it)."""
-    staged = staged_aot_config(reducer, config)
-    x, s, d = features.features, features.shallow, features.deep
-    if staged is not None:
-        start = time.perf_counter()
-        intra = aot.intra_stage(x, s, d, staged)
-        middle = time.perf_counter()
-        result = aot.inter_stage(intra, staged)
-        end = time.perf_counter()
-        return Reduction(result, staged, reducer, None,
-                         {"intra": middle - start, "inter": end - middle})
-    budget = None if config.exact_retention is not None else matched_budget(x, s, d, config)
-    start = time.perf_counter()
-    result = get_reducer(reducer)(x, s, d, config, budget=budget)
-    return Reduction(result, config, reducer, budget,
-                     {"reducer": time.perf_counter() - start})
-
-
-def visual_sequence(loaded: LoadedModel, result: aot.AOTResult) -> torch.Tensor:
-    """The reduced tokens with the backbone's newlines, as the LLM reads them: (L, hidden)."""
-    from llava.model import packing
-
-    model = loaded.model
-    position = getattr(model.config, "mm_newline_position", "one_token")
-    dtype = model.get_model().mm_projector[0].weight.dtype
-    return packing.pack_aot(result, model.get_model().image_newline, position, dtype=dtype)
+def reduce(loaded: LoadedModel, encoded: video_path.Encoded, config: aot.AOTConfig,
+           reducer: str = "aot") -> Reduction:
+    """The path's reduce and pack steps on an encoding (timed: ``reduce``)."""
+    reduction = reduction_for(encoded, config, reducer)
+    timer = StageTimer()
+    result = video_path.reduce(encoded, reduction)
+    sequence = video_path.pack(loaded.model.video_adapter(), encoded, result)
+    timer("reduce")
+    return Reduction(sequence, config, reducer, reduction.budget, timer.times)
 
 
 def prompt_ids(loaded: LoadedModel, question: str) -> torch.Tensor:
@@ -274,9 +266,9 @@ def prompt_ids(loaded: LoadedModel, question: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def answer(loaded: LoadedModel, result: aot.AOTResult, question: str,
+def answer(loaded: LoadedModel, sequence: video_path.VisualSequence, question: str,
            max_new_tokens: int = 24) -> tuple[str, int]:
-    """Greedy answer of the LLM to ``question`` about the reduced video.
+    """Greedy answer of the LLM to ``question`` about the video's visual sequence.
 
     Returns:
         (answer text, prompt length in tokens including the visual ones).
@@ -286,7 +278,7 @@ def answer(loaded: LoadedModel, result: aot.AOTResult, question: str,
 
     model, tokenizer = loaded.model, loaded.tokenizer
     ids = prompt_ids(loaded, question).to(model.device)
-    embeds, mask, _, _ = splice_visual_tokens(ids, None, None, [visual_sequence(loaded, result)],
+    embeds, mask, _, _ = splice_visual_tokens(ids, None, None, [sequence.tokens],
                                               model.get_model().embed_tokens)
     stop = KeywordsStoppingCriteria(["<|im_end|>"], tokenizer, ids)
     # The visual tokens are precomputed (and timed) by the demo: generate from the embeddings.

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     base = pipeline.build_config(loaded.backbone, args.frames, targets[0], None,
                                  exact=args.exact, seed=args.seed)
     start = time.perf_counter()
-    features = pipeline.encode(loaded, pipeline.preprocess(loaded, clip.frames), base)
+    encoded = pipeline.encode(loaded, pipeline.preprocess(loaded, clip.frames), base)
     print(f"encoded {args.frames} frames of {os.path.basename(video)} in "
           f"{time.perf_counter() - start:.2f} s", flush=True)
 
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         config = pipeline.build_config(loaded.backbone, args.frames, target, None,
                                        exact=args.exact, seed=args.seed)
         for reducer in reducers:
-            row = {"target": target, **timed_point(features, config, reducer, args.repeats)}
+            row = {"target": target, **timed_point(loaded, encoded, config, reducer,
+                                                   args.repeats)}
             rows.append(row)
             print(f"{reducer:>10} {target:>7.3f} {row['anchors_per_frame']:>4} "
                   f"{row['keep_ratio']:>5.2f} {row['tokens']:>7} {row['retention']:>10.4f} "
@@ -118,13 +119,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def timed_point(features, config, reducer: str, repeats: int) -> dict:
-    """Median reducer time over ``repeats`` runs (the reducer's own time: for AOT intra +
-    pooling/temporal; for a baseline its call, not the AOT run that sets its budget)."""
+def timed_point(loaded, encoded, config, reducer: str, repeats: int) -> dict:
+    """Median reducer time over ``repeats`` runs (the reducer's own time with pooling and
+    packing; for a baseline not the AOT run that sets its budget)."""
     seconds, reduction = [], None
     for _ in range(repeats):
-        reduction = pipeline.reduce(features, config, reducer)
-        seconds.append(sum(reduction.times.values()))
+        reduction = pipeline.reduce(loaded, encoded, config, reducer)
+        seconds.append(reduction.times["reduce"])
     result = reduction.result
     return {"reducer": reducer, "tokens": result.num_tokens, "retention": result.retention,
             "ms": 1000 * statistics.median(seconds),

@@ -1,15 +1,20 @@
 # Shared by scripts/eval_<backbone>_<benchmark>.sh: argument parsing, model_args, launch, checks.
 # Source it and call:  aot_eval_run <ov|video> <mvbench|egoschema|longvideobench|videomme> "$@"
-# Environment: PYTHON (default: python), MASTER_PORT (default 29511), HF_HOME (datasets, videos).
+# Environment: PYTHON (default: the checkout's .venv/bin/python if it exists, else python),
+# MASTER_PORT (default 29511), HF_HOME (datasets, videos).
+# The reducer/retention/preset/ablation arguments are validated once, in Python
+# (python -m aot_eval.preflight), before anything is launched (skipped when the caller, e.g.
+# sweep.sh, already checked them and exported AOT_EVAL_ARGS_CHECKED=1).
 
 aot_eval_usage() {
   cat <<USAGE
 Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [options]
 
-  --retention R      target share of visual tokens, 0 < R < 1 (paper: 0.10 0.15 0.20 0.25)
+  --retention R      target share of visual tokens, 0 < R <= 1 (paper: 0.10 0.15 0.20 0.25)
   --preset NAME      released AOT setting instead of a ratio: paper-ov-mvbench,
                      paper-ov-videomme, paper-ov-egoschema, paper-ov-longvideobench, paper-video
-  --reducer NAME     aot (default) | none (unreduced model) | uniform | visionzip | dycoke | random
+  --reducer NAME     aot (default) | none (unreduced model) | uniform | visionzip | dycoke |
+                     random | aot:<ablation>
   --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
                      no-inter cosine-merge random-anchors
   --exact            exact token count per video (with --retention)
@@ -30,12 +35,6 @@ USAGE
 }
 
 aot_eval_die() { echo "$(basename "$0"): $*" >&2; exit 2; }
-
-# aot_eval_check_fraction NAME VALUE: VALUE must be a decimal number in (0, 1).
-aot_eval_check_fraction() {
-  [[ "$2" =~ ^([0-9]*\.[0-9]+|[0-9]+)$ ]] || aot_eval_die "$1 '$2' is not a decimal fraction like 0.10"
-  awk -v r="$2" 'BEGIN { exit !(r > 0 && r < 1) }' || aot_eval_die "$1 '$2' must lie strictly between 0 and 1"
-}
 
 aot_eval_check_int() {
   [[ "$2" =~ ^[1-9][0-9]*$ ]] || aot_eval_die "$1 '$2' must be a positive integer"
@@ -101,22 +100,35 @@ aot_eval_run() {
   model=${model:-$default_model}
   frames=${frames:-$default_frames}
 
-  case "$reducer" in aot|none|uniform|visionzip|dycoke|random) ;;
-    *) aot_eval_die "unknown reducer '$reducer' (expected aot, none, uniform, visionzip, dycoke, random)" ;;
-  esac
   case "$launcher" in torchrun|accelerate) ;; *) aot_eval_die "unknown launcher '$launcher' (expected torchrun or accelerate)" ;; esac
   case "$dtype" in float16|bfloat16|float32) ;; *) aot_eval_die "unknown dtype '$dtype' (expected float16, bfloat16, float32)" ;; esac
   aot_eval_check_int --frames "$frames"
   aot_eval_check_int --nproc "$nproc"
   [ -z "$limit" ] || aot_eval_check_int --limit "$limit"
-  [ -z "$retention" ] || aot_eval_check_fraction --retention "$retention"
-  if [ "$reducer" = none ]; then
-    [ -z "$retention$preset$ablation" ] && [ "$exact" = 0 ] || aot_eval_die "--reducer none runs the unreduced model; drop --retention/--preset/--ablation/--exact"
-  else
-    [ "$reducer" = aot ] || [ -n "$retention" ] || aot_eval_die "--reducer $reducer needs --retention"
-    [ -n "$retention$preset" ] || aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $(aot_eval_paper_preset "$backbone" "$benchmark")), or --reducer none"
-    [ -z "$retention" ] || [ -z "$preset" ] || aot_eval_die "give --retention or --preset, not both"
-    [ "$exact" = 0 ] || [ -n "$retention" ] || aot_eval_die "--exact needs --retention"
+  if [ "$reducer" != none ] && [ -z "$retention$preset" ]; then
+    [ "$reducer" = aot ] || aot_eval_die "--reducer $reducer needs --retention"
+    aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $(aot_eval_paper_preset "$backbone" "$benchmark")), or --reducer none"
+  fi
+
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local py=${PYTHON:-}
+  if [ -z "$py" ]; then
+    if [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python; else py=python; fi
+  fi
+  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
+  # The AOT arguments, checked by the same parser the model uses (one rule everywhere).
+  local -a check=(reducer="$reducer")
+  [ -z "$retention" ] || check+=(retention="$retention")
+  [ -z "$preset" ] || check+=(preset="$preset")
+  [ -z "$ablation" ] || check+=(ablation="$ablation")
+  [ "$exact" = 0 ] || check+=(exact=true)
+  local problem
+  if [ "${AOT_EVAL_ARGS_CHECKED:-0}" != 1 ] && ! problem=$("$py" -m aot_eval.preflight args --backbone "$backbone" "${check[@]}" 2>&1 >/dev/null); then
+    problem=${problem##*$'\n'}  # the last line: the error, after any warnings
+    case "$problem" in
+      error:*) aot_eval_die "${problem#error: }" ;;
+      *) aot_eval_die "cannot run '$py' with this project ($problem); run 'bash setup.sh --eval' and use .venv/bin/python, or set PYTHON" ;;
+    esac
   fi
 
   # model_args: the stock wrapper's protocol settings, then the reducer.
@@ -141,9 +153,6 @@ aot_eval_run() {
   [ -z "$device" ] || eval_args+=(--device "$device")
   [ -z "$include_path" ] || eval_args+=(--include_path "$include_path")
 
-  local py=${PYTHON:-python}
-  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
   local -a cmd
   if [ "$nproc" = 1 ]; then
     cmd=("$py" -m aot_eval "${eval_args[@]}")
@@ -159,16 +168,20 @@ aot_eval_run() {
   echo "[eval] $backbone / $benchmark ($task_id): $tag, $frames frames, $nproc process(es)"
   echo "[eval] command: ${cmd[*]}"
   if [ "$dry_run" = 1 ]; then return 0; fi
+  if ! problem=$("$py" -m aot_eval.preflight launch --model "$model" --nproc "$nproc" ${device:+--device "$device"} 2>&1 >/dev/null); then
+    problem=${problem##*$'\n'}
+    aot_eval_die "${problem#error: }"
+  fi
 
   mkdir -p "$output"
   local stamp; stamp=$(mktemp); trap 'rm -f "$stamp"' RETURN
   "${cmd[@]}"
-  aot_eval_report "$output" "$stamp" "$benchmark"
+  aot_eval_report "$output" "$stamp" "$benchmark" "$py"
 }
 
-# aot_eval_report OUTPUT STAMPFILE BENCHMARK: check files written after STAMPFILE, print paths.
+# aot_eval_report OUTPUT STAMPFILE BENCHMARK PYTHON: check files written after STAMPFILE, print paths.
 aot_eval_report() {
-  local output=$1 stamp=$2 benchmark=$3
+  local output=$1 stamp=$2 benchmark=$3 py=${4:-python}
   local results retention submission
   results=$(find "$output" -name '*_results.json' -newer "$stamp" | sort | tail -n 1)
   retention=$(find "$output" -name '*_aot_retention.json' -newer "$stamp" | sort | tail -n 1)
@@ -187,5 +200,5 @@ aot_eval_report() {
     exit 1
   fi
   echo "[eval] retention: $retention"
-  "${PYTHON:-python}" -m aot_eval.summarise --brief "$retention"
+  "$py" -m aot_eval.summarise --brief "$retention"
 }

@@ -50,6 +50,24 @@ for bench in $benchmarks; do
   done
 done
 
+# Check every reducer/retention once, in one Python call (the same parser the model uses); the
+# eval scripts then skip their own per-run check.
+root=$(cd "$here/.." && pwd)
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  if [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python; else py=python; fi
+fi
+checks=()
+for reducer in $reducers; do
+  for r in $retentions; do checks+=(--set "reducer=$reducer retention=$r"); done
+done
+if ! problem=$(PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$py" -m aot_eval.preflight args \
+    --backbone "$backbone" "${checks[@]}" 2>&1 >/dev/null); then
+  problem=${problem##*$'\n'}
+  die "${problem#error: }"
+fi
+export AOT_EVAL_ARGS_CHECKED=1
+
 failed=()
 for run in "${runs[@]}"; do
   IFS='|' read -r bench args tag <<<"$run"
@@ -65,7 +83,7 @@ for run in "${runs[@]}"; do
 done
 [ "$dry_run" = 0 ] || exit 0
 
-"${PYTHON:-python}" -m aot_eval.summarise "$output" --out "$output/table" || true
+"$py" -m aot_eval.summarise "$output" --out "$output/table" || true
 echo "[sweep] table: $output/table.md and $output/table.csv"
 if [ ${#failed[@]} -gt 0 ]; then
   printf '[sweep] FAILED: %s\n' "${failed[@]}" >&2

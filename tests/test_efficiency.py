@@ -18,7 +18,7 @@ from aot_bench.flops import (
     paper_prefill_flops,
 )
 from aot_bench.models import random_model, set_backbone
-from aot_bench.pipeline import make_input_ids, visual_sequence
+from aot_bench.pipeline import make_input_ids
 from aot_bench.timing import StageClock
 from llava.model.llava_arch import splice_visual_tokens
 
@@ -65,13 +65,16 @@ def test_stage_pipeline_gives_the_model_embeddings(backbone, retention):
     pixels = torch.rand(4, 3, 384, 384, generator=torch.Generator().manual_seed(1)) * 2 - 1
     ids = make_input_ids(10, shape.vocab, CPU)
     with torch.no_grad():
-        tokens, newlines = visual_sequence(model, pixels, config, StageClock(CPU))
-        ours = splice_visual_tokens(ids, None, None, [tokens], model.get_model().embed_tokens)[0]
+        clock = StageClock(CPU)
+        sequence = model.video_sequence(pixels, on_stage=clock.lap)
+        ours = splice_visual_tokens(ids, None, None, [sequence.tokens],
+                                    model.get_model().embed_tokens)[0]
         ref = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, [pixels],
                                                          ["video"])[4]
     assert torch.equal(ours, ref)
     visual, expected_newlines = efficiency.expected_visual_tokens(backbone, 4, retention)
-    assert (tokens.shape[0] - newlines, newlines) == (visual, expected_newlines)
+    assert (sequence.visual_tokens, sequence.newline_tokens) == (visual, expected_newlines)
+    assert list(clock.stages) == ["vision", "projector", "reduce"]
 
 
 def test_cpu_smoke_run_writes_every_output(tmp_path):

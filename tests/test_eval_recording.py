@@ -6,13 +6,6 @@ import torch
 from aot_eval import recording
 
 
-def test_pooled_per_frame():
-    assert recording.pooled_per_frame(27, "bilinear") == 196
-    assert recording.pooled_per_frame(27, "average") == 169
-    with pytest.raises(ValueError, match="mm_spatial_pool_mode"):
-        recording.pooled_per_frame(27, "nearest")
-
-
 class FakeModel:
     """Mimics LLaVA's prepare_inputs_labels_for_multimodal: splices visual rows at -200."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -36,31 +37,92 @@ from .visionzip import VisionZipConfig, reduce_visionzip
 
 Reducer = Callable[..., AOTResult]
 
-REDUCERS: dict[str, Reducer] = {
-    "aot": reduce_aot,
-    "uniform": reduce_uniform,
-    "visionzip": reduce_visionzip,
-    "dycoke": reduce_dycoke,
-    "random": reduce_random,
-}
 
-# Reducers with their own knobs: name -> options dataclass passed as ``options=``.
-OPTIONS: dict[str, type] = {"visionzip": VisionZipConfig, "dycoke": DyCokeConfig}
+@dataclass(frozen=True)
+class ReducerInfo:
+    """What the rest of the project needs to know about a reducer (the one home of it).
+
+    name: the registry name.
+    function: the reducer, ``(features, shallow, deep, config, *, budget=None,
+        frame_features=None[, options=...]) -> AOTResult``.
+    needs_budget: True when the reducer has no count of its own: it must be given
+        ``config.exact_retention`` or ``budget=`` (AOT and its ablations run their released
+        thresholds without one).
+    options: the dataclass of the reducer's own knobs (``get_reducer(name, **fields)``), or None
+        when all its knobs are :class:`AOTConfig` fields.
+    ablation: for ``aot:<ablation>`` names, the key of :data:`aot.config.ABLATIONS`.
+    summary: one line for ``--help`` texts and error messages.
+    """
+
+    name: str
+    function: Reducer
+    needs_budget: bool
+    options: type | None = None
+    ablation: str | None = None
+    summary: str = ""
+
 
 ABLATION_PREFIX = "aot:"
+
+_BASE = (
+    ReducerInfo("aot", reduce_aot, False, summary="AOT (anchors + intra/inter-frame OT)"),
+    ReducerInfo("uniform", reduce_uniform, True, summary="uniform pooling of each frame to the budget"),
+    ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig,
+                summary="VisionZip-style dominant + contextual tokens per frame"),
+    ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
+                summary="DyCoke-style temporal merge of redundant tokens"),
+    ReducerInfo("random", reduce_random, False, summary="AOT with random anchors (ablation)"),
+)
+
+#: name -> ReducerInfo, for every name :func:`get_reducer` accepts (``aot:<ablation>`` included).
+REGISTRY: dict[str, ReducerInfo] = {info.name: info for info in _BASE}
+REGISTRY.update({
+    ABLATION_PREFIX + ablation: ReducerInfo(
+        ABLATION_PREFIX + ablation, functools.partial(reduce_aot, ablation=ablation), False,
+        ablation=ablation, summary=f"AOT ablation {ablation}")
+    for ablation in ABLATIONS})
+
+# Kept for callers that iterate over the plain reducers.
+REDUCERS: dict[str, Reducer] = {info.name: info.function for info in _BASE}
+OPTIONS: dict[str, type] = {info.name: info.options for info in _BASE if info.options}
 
 
 def reducer_names() -> list[str]:
     """Every name :func:`get_reducer` accepts: the reducers, then ``aot:<ablation>``."""
-    return list(REDUCERS) + [ABLATION_PREFIX + name for name in ABLATIONS]
+    return list(REGISTRY)
+
+
+def reducer_info(name: str) -> ReducerInfo:
+    """The :class:`ReducerInfo` of ``name``; an unknown name raises a ValueError listing the
+    known ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"reducer name must be a string, got {type(name).__name__}")
+    if name not in REGISTRY:
+        if name.startswith(ABLATION_PREFIX):
+            raise ValueError(f"unknown AOT ablation {name[len(ABLATION_PREFIX):]!r} in reducer "
+                             f"{name!r}; expected one of "
+                             f"{[n for n in REGISTRY if n.startswith(ABLATION_PREFIX)]}")
+        raise ValueError(f"unknown reducer {name!r}; expected one of {reducer_names()}")
+    return REGISTRY[name]
+
+
+def check_budget(name: str, config: AOTConfig | None, budget=None) -> None:
+    """Raise a ValueError when reducer ``name`` needs a token budget and neither
+    ``config.exact_retention`` nor ``budget`` gives one."""
+    info = reducer_info(name)
+    if info.needs_budget and budget is None and (config is None or
+                                                 config.exact_retention is None):
+        raise ValueError(f"reducer={name!r} needs a token budget: give an AOTConfig with "
+                         "exact_retention set (e.g. AOTConfig.from_retention(r, backbone, "
+                         "exact=True)) or a budget")
 
 
 def get_reducer(name: str, **options) -> Reducer:
     """The reducer called ``name``, with its own knobs bound.
 
     Args:
-        name: a key of :data:`REDUCERS` or ``"aot:<ablation>"`` (a key of
-            :data:`aot.config.ABLATIONS`).
+        name: a name of :data:`REGISTRY` (``aot``, ``uniform``, ``visionzip``, ``dycoke``,
+            ``random`` or ``aot:<ablation>``, a key of :data:`aot.config.ABLATIONS`).
         **options: knobs of reducers that have them (``visionzip``: :class:`VisionZipConfig`
             fields, ``dycoke``: :class:`DyCokeConfig` fields). AOT's knobs live in the
             :class:`aot.AOTConfig` passed at call time.
@@ -68,21 +130,11 @@ def get_reducer(name: str, **options) -> Reducer:
         a callable ``(features, shallow_attention, deep_attention, config=None, *, budget=None,
         frame_features=None) -> AOTResult``.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"reducer name must be a string, got {type(name).__name__}")
-    if name.startswith(ABLATION_PREFIX):
-        ablation = name[len(ABLATION_PREFIX):]
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown AOT ablation {ablation!r} in reducer {name!r}; expected "
-                             f"one of {[ABLATION_PREFIX + a for a in ABLATIONS]}")
-        _no_options(name, options)
-        return functools.partial(reduce_aot, ablation=ablation)
-    if name not in REDUCERS:
-        raise ValueError(f"unknown reducer {name!r}; expected one of {reducer_names()}")
-    if name in OPTIONS:
-        return functools.partial(REDUCERS[name], options=OPTIONS[name](**options))
+    info = reducer_info(name)
+    if info.options is not None:
+        return functools.partial(info.function, options=info.options(**options))
     _no_options(name, options)
-    return REDUCERS[name]
+    return info.function
 
 
 def _no_options(name: str, options: dict) -> None:
@@ -103,6 +155,10 @@ def matched_budget(features: torch.Tensor, shallow_attention: torch.Tensor,
 __all__ = [
     "OPTIONS",
     "REDUCERS",
+    "REGISTRY",
+    "ReducerInfo",
+    "check_budget",
+    "reducer_info",
     "DyCokeConfig",
     "Reducer",
     "VisionZipConfig",

@@ -84,7 +84,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if isinstance(aot, str):
         aot = _aot.AOTConfig.preset(aot)
     if aot is not None and retention is not None and aot.exact_retention is None \
-            and reducer not in ("aot", "random"):
+            and _aot.baselines.reducer_info(reducer).needs_budget:
         aot = aot.replace(exact_retention=retention)
     model.set_aot(aot, reducer=reducer)
 

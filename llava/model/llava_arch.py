@@ -1,13 +1,11 @@
 """Multimodal parts shared by the LLaVA models: tower + projector + newline, and the splicing of
-visual tokens into the text embeddings. AOT enters at two hook points:
+visual tokens into the text embeddings.
 
-* :meth:`LlavaMetaForCausalLM.encode_video_aot` (the ``encode_images`` stage): the tower runs with
-  attention capture at AOT's shallow and deep layers, the projector runs on all 729 patches, then
-  ``aot.intra_stage`` picks anchors and merges the other patches into them.
-* :meth:`LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal`: ``aot.inter_stage`` pools
-  with the anchor mask, runs the temporal phase, and :func:`packing.pack_aot` adds newlines.
-
-With no AOT config the path is the plain LLaVA one (pool, pack) and nothing of AOT runs.
+A video becomes its visual sequence through the one path of :mod:`aot.path` with this model's
+adapter (:class:`llava.model.adapter.LlavaVideoAdapter`): tower (with attention capture when a
+reducer runs), projector, any registered reducer (or the native pooling), newline packing. The
+benchmark and the demo call the same path, so their sequences equal the model's.
+With no reduction set the path is the plain LLaVA one (pool, pack) and nothing of AOT runs.
 """
 
 from __future__ import annotations
@@ -18,12 +16,12 @@ import torch
 from torch import nn
 
 import aot
+from aot import path as video_path
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from . import packing
+from .adapter import LlavaVideoAdapter
 from .vision import SigLipVisionTower, build_vision_config
 
 PROJECTOR_TYPES = ("mlp2x_gelu",)
-POOLING_OF_MODE = {"bilinear": "bilinear", "average": "average"}
 
 
 def build_projector(config) -> nn.Sequential:
@@ -68,10 +66,9 @@ class VisualItem:
 class LlavaMetaForCausalLM:
     """Mixin for the causal LM: visual encoding, AOT, splicing. Needs ``get_model()``."""
 
-    #: AOT settings (an :class:`aot.AOTConfig`) or None for the unreduced model. Use set_aot().
-    aot_config: aot.AOTConfig | None = None
-    #: Which reducer runs with ``aot_config`` (a name of ``aot.baselines.get_reducer``).
-    reducer: str = "aot"
+    #: The reduction of every video (an :class:`aot.path.Reduction`), or None for the unreduced
+    #: model. Use set_aot().
+    reduction: video_path.Reduction | None = None
     #: Frames encoded per tower call (bounds the capture memory: chunk x heads x T^2 floats).
     vision_chunk_size: int = 8
     #: AOTResults of the videos of the last call, in input order (None for unreduced items).
@@ -81,49 +78,40 @@ class LlavaMetaForCausalLM:
     def get_vision_tower(self) -> SigLipVisionTower:
         return self.get_model().vision_tower
 
+    @property
+    def aot_config(self) -> aot.AOTConfig | None:
+        """The AOTConfig of the reduction (None for the unreduced model)."""
+        return None if self.reduction is None else self.reduction.config
+
+    @property
+    def reducer(self) -> str | None:
+        """The reducer's registry name (None for the unreduced model)."""
+        return None if self.reduction is None else self.reduction.reducer
+
+    def video_adapter(self) -> LlavaVideoAdapter:
+        """This model as an adapter of the one video path (:mod:`aot.path`)."""
+        return LlavaVideoAdapter(self)
+
     def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot") -> None:
-        """Turn AOT on with a config (or a preset name such as ``"paper-ov-mvbench"``), or off
-        with None. The config's pooling must match ``mm_spatial_pool_mode``.
+        """Turn reduction on with a config (or a preset name such as ``"paper-ov-mvbench"``),
+        or off with None. The config's pooling must match ``mm_spatial_pool_mode``.
 
-        ``reducer``: a name of :func:`aot.baselines.get_reducer` (``"aot"``, ``"uniform"``,
+        ``reducer``: a name of :data:`aot.baselines.REGISTRY` (``"aot"``, ``"uniform"``,
         ``"visionzip"``, ``"dycoke"``, ``"random"``, ``"aot:<ablation>"``) run on the same
-        inputs; the baselines need ``config.exact_retention`` (their token budget).
+        inputs; the budgeted ones need ``config.exact_retention`` (their token budget).
         """
-        from aot.baselines import get_reducer
-
         if isinstance(config, str):
             config = aot.AOTConfig.preset(config)
         if config is not None and not isinstance(config, aot.AOTConfig):
             raise TypeError(f"aot must be an aot.AOTConfig, a preset name or None; got "
                             f"{type(config).__name__}")
-        get_reducer(reducer)  # unknown names fail here, with the list of known ones
-        if config is not None:
-            self._check_aot(config)
-            if reducer not in ("aot", "random") and not reducer.startswith("aot:") \
-                    and config.exact_retention is None:
-                raise ValueError(f"reducer={reducer!r} needs a token budget: give an AOTConfig "
-                                 "with exact_retention set (e.g. AOTConfig.from_retention(r, "
-                                 "backbone, exact=True))")
-        self.aot_config = config
-        self.reducer = reducer
-
-    def _check_aot(self, config: aot.AOTConfig) -> None:
-        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
-        stride = getattr(self.config, "mm_spatial_pool_stride", 2)
-        if POOLING_OF_MODE.get(mode) != config.pooling:
-            expected = POOLING_OF_MODE.get(mode)
-            hint = (f"use pooling={expected!r} (e.g. AOTConfig.from_retention(r, backbone="
-                    f"{'ov' if expected == 'bilinear' else 'video'!r}))" if expected else
-                    "AOT supports 'bilinear' and 'average' only")
-            raise ValueError(f"AOTConfig.pooling={config.pooling!r} does not match this model's "
-                             f"mm_spatial_pool_mode={mode!r}; {hint}")
-        if stride != 2:
-            raise ValueError(f"AOT pools 2x2 but mm_spatial_pool_stride={stride!r}; set it to 2")
-        layers = self.get_vision_tower().num_layers
-        for name in ("shallow_layer", "deep_layer"):
-            if getattr(config, name) >= layers:
-                raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
-                                 f"uses layers 0..{layers - 1}")
+        if config is None:
+            aot.baselines.reducer_info(reducer)  # unknown names fail even when turning off
+            self.reduction = None
+            return
+        reduction = video_path.Reduction(config, reducer)
+        self.video_adapter().check(reduction)
+        self.reduction = reduction
 
     # ------------------------------------------------------------------ encoding
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -132,50 +120,16 @@ class LlavaMetaForCausalLM:
         features = tower(images, chunk_size=self.vision_chunk_size).features
         return self.get_model().mm_projector(features)
 
-    def encode_video_aot(self, frames: torch.Tensor, config: aot.AOTConfig) -> aot.IntraOutput:
-        """AOT's first stage on one video: (F, 3, S, S) pixels -> anchors + intra-frame OT.
-
-        The tower captures received attention at ``config.shallow_layer`` / ``deep_layer``;
-        AOT runs in float32 whatever the model dtype (Sinkhorn is not stable in half precision).
-        """
-        return aot.intra_stage(*self.features_with_attention(frames, config), config)
-
-    def features_with_attention(self, frames: torch.Tensor, config: aot.AOTConfig):
-        """(F, 3, S, S) pixels -> float32 projected features (F, T, D) and the received
-        attention (F, T) at ``config.shallow_layer`` and ``config.deep_layer``."""
-        layers = tuple(sorted({config.shallow_layer, config.deep_layer}))
-        out = self.get_vision_tower()(frames, capture_layers=layers,
-                                      chunk_size=self.vision_chunk_size)
-        projected = self.get_model().mm_projector(out.features)
-        return (projected.float(), out.received[config.shallow_layer],
-                out.received[config.deep_layer])
-
-    def reduce_video_with(self, frames: torch.Tensor, config: aot.AOTConfig,
-                          reducer: str) -> aot.AOTResult:
-        """Any registered reducer on one video (F, 3, S, S): same tower capture and projector as
-        AOT, then ``aot.baselines.get_reducer(reducer)`` in float32."""
-        from aot.baselines import get_reducer
-
-        return get_reducer(reducer)(*self.features_with_attention(frames, config), config)
+    def video_sequence(self, frames: torch.Tensor,
+                       on_stage: video_path.StageHook | None = None) -> video_path.VisualSequence:
+        """One video (F, 3, S, S) -> its :class:`aot.path.VisualSequence` under this model's
+        reduction (the one path; ``on_stage`` sees "vision", "projector", "reduce")."""
+        return video_path.visual_sequence(self.video_adapter(), frames, self.reduction, on_stage)
 
     def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, object]:
         """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, AOTResult or None)."""
-        model = self.get_model()
-        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
-        stride = getattr(self.config, "mm_spatial_pool_stride", 2)
-        position = getattr(self.config, "mm_newline_position", "one_token")
-        newline = model.image_newline
-        if self.aot_config is None:
-            pooled = packing.pool_frames(self.encode_images(frames), mode, stride)
-            return packing.pack_frames(pooled, newline, position), None
-        self._check_aot(self.aot_config)
-        if self.reducer == "aot":
-            intra = self.encode_video_aot(frames, self.aot_config)
-            result = aot.inter_stage(intra, self.aot_config)
-        else:
-            result = self.reduce_video_with(frames, self.aot_config, self.reducer)
-        dtype = model.mm_projector[0].weight.dtype
-        return packing.pack_aot(result, newline, position, dtype=dtype), result
+        sequence = self.video_sequence(frames)
+        return sequence.tokens, sequence.result
 
     def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """One image (1, 3, S, S) at base resolution -> (T [+1 newline], hidden); not reduced."""

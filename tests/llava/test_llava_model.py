@@ -207,9 +207,10 @@ def test_33_frame_video_any_frame_count(tokenizer):
     with torch.no_grad():
         embeds = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None,
                                                             [video], ["video"])[4]
-        intra = model.encode_video_aot(video, OV_AOT)
+        encoded = aot.path.encode(model.video_adapter(), video, model.reduction)
     result = model.last_aot_results[0]
-    expected = aot.inter_stage(intra, OV_AOT)
+    expected = aot.reduce_video(encoded.features.float(), encoded.attention[OV_AOT.shallow_layer],
+                                encoded.attention[OV_AOT.deep_layer], OV_AOT)
     assert result.num_frames == 33 and result.num_tokens == expected.num_tokens
     assert sorted(f for clip in result.clips for f in range(*clip)) == list(range(33))
     assert embeds.shape[1] == ids.shape[1] - 1 + result.num_tokens + 1

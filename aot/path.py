@@ -1,0 +1,207 @@
+"""The one video path: pixels -> encoder (with attention capture) -> any reducer -> packed sequence.
+
+The model (``llava``), the efficiency benchmark (``aot_bench``) and the demo (``playground``) all
+produce the LLM's visual sequence with :func:`visual_sequence` (or its three steps
+:func:`encode`, :func:`reduce`, :func:`pack` when they reuse an encoding), so their token counts
+and embeddings cannot disagree. What differs between backbones lives in an *adapter*
+(:class:`VideoAdapter`); timing and inspection go through the ``on_stage`` callback and the
+returned :class:`VisualSequence`, never through a copy of the path.
+
+Stages reported to ``on_stage`` (in this order): ``"vision"`` (the tower, with attention capture
+when a reducer runs), ``"projector"``, ``"reduce"`` (reducer + pooling + newline packing; for the
+unreduced model: native pooling + newline packing).
+
+Pure torch: no model library is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .backbones import Backbone
+from .config import AOTConfig
+from .reduce import AOTResult
+
+#: Called with a stage name when that stage has finished (``"vision"``, ``"projector"``,
+#: ``"reduce"``); e.g. a clock's ``lap``.
+StageHook = Callable[[str], object]
+
+#: ``Reduction.budget`` value that gives a budgeted reducer AOT's own count for the same video.
+MATCH_AOT = "aot"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Which reducer runs on a video, with which settings (validated once, here).
+
+    config: the :class:`AOTConfig` (AOT's knobs, the backbone's pooling, ``exact_retention``).
+    reducer: a name of :data:`aot.baselines.REGISTRY` (``"aot"``, ``"uniform"``, ...).
+    options: the reducer's own knobs (``visionzip`` / ``dycoke`` option fields) as a dict.
+    budget: None (``config.exact_retention`` or, for AOT, its released thresholds decide the
+        count), an int (exactly that many tokens), or ``"aot"`` (AOT's count under ``config``
+        for the same video: compare reducers at AOT's budget without exact mode).
+    """
+
+    config: AOTConfig
+    reducer: str = "aot"
+    options: dict = field(default_factory=dict)
+    budget: int | str | None = None
+
+    def __post_init__(self) -> None:
+        from .baselines import check_budget, reducer_info
+
+        if not isinstance(self.config, AOTConfig):
+            raise TypeError(f"Reduction.config must be an aot.AOTConfig, got "
+                            f"{type(self.config).__name__}")
+        info = reducer_info(self.reducer)
+        if self.options and info.options is None:
+            raise TypeError(f"reducer {self.reducer!r} takes no options (got "
+                            f"{sorted(self.options)}); its knobs are AOTConfig fields")
+        if self.budget == MATCH_AOT:
+            return
+        if self.budget is not None and (isinstance(self.budget, bool)
+                                        or not isinstance(self.budget, int) or self.budget < 1):
+            raise ValueError(f"Reduction.budget={self.budget!r}: expected None, a positive "
+                             f"token count or {MATCH_AOT!r}")
+        check_budget(self.reducer, self.config, self.budget)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Vision layers whose received attention the reducer reads (sorted, unique)."""
+        return tuple(sorted({self.config.shallow_layer, self.config.deep_layer}))
+
+
+@dataclass
+class Encoded:
+    """One video after the vision tower and the projector.
+
+    features: (F, T, D) projected patch features in the model's dtype, T = grid * grid.
+    grid: side of the square patch grid of a frame.
+    attention: vision layer -> (F, T) float32 attention each patch receives at that layer, for
+        the layers the reduction reads (empty for the unreduced model).
+    """
+
+    features: torch.Tensor
+    grid: int
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
+class VisualSequence:
+    """What the LLM reads for one video, and how it was made.
+
+    tokens: (L, D) the visual sequence in the model's dtype, newlines included.
+    newline_tokens: how many of the L are newline tokens.
+    result: the reducer's :class:`AOTResult` (None for the unreduced model).
+    encoded: the encoder output the sequence was made from.
+    """
+
+    tokens: torch.Tensor
+    newline_tokens: int
+    result: AOTResult | None
+    encoded: Encoded
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens without newlines (the retention numerator)."""
+        return self.tokens.shape[0] - self.newline_tokens
+
+
+class VideoAdapter(Protocol):
+    """What a backbone implements to join the path (see docs/architecture.md).
+
+    backbone: the declared :class:`aot.backbones.Backbone` facts.
+    check(reduction): raise a ValueError when the reduction cannot run on this model (pooling
+        or layers that do not match), before any work.
+    encode(pixels, layers, on_stage): (F, 3, S, S) pixels -> :class:`Encoded`; capture received
+        attention at ``layers`` (empty: capture nothing); report ``"vision"`` then
+        ``"projector"`` to ``on_stage``.
+    pool(encoded): the unreduced model's native pooling, (F, P, D) in the model's dtype.
+    pack_pooled(pooled): unreduced (F, P, D) -> (L, D) sequence with the backbone's newlines.
+    pack_result(result, dtype): a reducer's :class:`AOTResult` -> (L, D) sequence in ``dtype``
+        with the backbone's newlines.
+    """
+
+    backbone: Backbone
+
+    def check(self, reduction: Reduction) -> None: ...
+
+    def encode(self, pixels: torch.Tensor, layers: tuple[int, ...],
+               on_stage: StageHook) -> Encoded: ...
+
+    def pool(self, encoded: Encoded) -> torch.Tensor: ...
+
+    def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor: ...
+
+    def pack_result(self, result: AOTResult, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+def _no_hook(stage: str) -> None:
+    return None
+
+
+def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | None,
+           on_stage: StageHook | None = None) -> Encoded:
+    """Step 1: the tower and projector, capturing what ``reduction`` reads (nothing if None)."""
+    if reduction is not None:
+        adapter.check(reduction)
+    layers = () if reduction is None else reduction.layers
+    return adapter.encode(pixels, layers, on_stage or _no_hook)
+
+
+def reduce(encoded: Encoded, reduction: Reduction) -> AOTResult:
+    """Step 2: the registered reducer on the encoded video, in float32 (the OT is not stable in
+    half precision; float64 stays float64)."""
+    from .baselines import get_reducer, matched_budget
+
+    config, budget = reduction.config, reduction.budget
+    missing = [layer for layer in reduction.layers if layer not in encoded.attention]
+    if missing:
+        raise ValueError(f"the encoding holds no received attention at vision layer(s) {missing} "
+                         f"(it has {sorted(encoded.attention)}): encode with this reduction, "
+                         "aot.path.encode(adapter, pixels, reduction)")
+    features = encoded.features
+    if features.dtype not in (torch.float32, torch.float64):
+        features = features.float()
+    shallow = encoded.attention[config.shallow_layer]
+    deep = encoded.attention[config.deep_layer]
+    if budget == MATCH_AOT:
+        budget = matched_budget(features, shallow, deep, config)
+    return get_reducer(reduction.reducer, **reduction.options)(features, shallow, deep, config,
+                                                                budget=budget)
+
+
+def pack(adapter: VideoAdapter, encoded: Encoded, result: AOTResult | None) -> VisualSequence:
+    """Step 3: the sequence the LLM reads: the reducer's tokens (or, with ``result`` None, the
+    natively pooled features) with the backbone's newline tokens, in the model's dtype."""
+    dtype = encoded.features.dtype
+    if result is None:
+        pooled = adapter.pool(encoded)
+        tokens = adapter.pack_pooled(pooled)
+        visual = pooled.shape[0] * pooled.shape[1]
+    else:
+        tokens = adapter.pack_result(result, dtype)
+        visual = result.num_tokens
+    return VisualSequence(tokens, tokens.shape[0] - visual, result, encoded)
+
+
+def visual_sequence(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | None,
+                    on_stage: StageHook | None = None) -> VisualSequence:
+    """The whole path for one video: (F, 3, S, S) pixels -> :class:`VisualSequence`.
+
+    ``reduction`` None runs the unreduced model (native pooling), bit-identical to it.
+    """
+    on_stage = on_stage or _no_hook
+    encoded = encode(adapter, pixels, reduction, on_stage)
+    result = None if reduction is None else reduce(encoded, reduction)
+    sequence = pack(adapter, encoded, result)
+    on_stage("reduce")
+    return sequence
