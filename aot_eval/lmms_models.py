@@ -286,13 +286,14 @@ class LlavaAOTBase(lmms):
         one image through ``process_images`` with the checkpoint's ``image_aspect_ratio``
         (anyres_max_9: base view + crops), several images padded to squares (its multi-image
         rule), ``image_sizes`` passed, one ``<image>`` per image, no stopping criterion."""
-        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
         from llava.mm_utils import process_images, tokenizer_image_token
 
         if self.BACKBONE != "ov":
             raise NotImplementedError(
-                f"{self.MODEL_ID}: {task} doc {doc_id} has images; stock llava_vid has no image "
-                "path to reproduce. Evaluate image tasks with llava_onevision_aot")
+                f"{self.MODEL_ID}: {task} doc {doc_id} has {'images' if images else 'no video'}"
+                "; stock llava_vid has no image path to reproduce (it answers videos only). "
+                "Evaluate image tasks with llava_onevision_aot")
         if images and self.spec.config is not None:
             raise NotImplementedError(
                 f"{self.MODEL_ID}: {task} doc {doc_id} has images, but AOT and the other "
@@ -307,8 +308,8 @@ class LlavaAOTBase(lmms):
             tensor = ([t.to(self.device, self.dtype) for t in tensor] if isinstance(tensor, list)
                       else tensor.to(self.device, self.dtype))
             sizes = [image.size for image in images]
-            if "<image>" not in context:
-                question = " ".join(["<image>"] * len(images)) + "\n" + context
+            if DEFAULT_IMAGE_TOKEN not in context:
+                question = " ".join([DEFAULT_IMAGE_TOKEN] * len(images)) + "\n" + context
         prompt, _ = build_prompt(question, self.conv_template)
         tok = self.tokenizer
         input_ids = tokenizer_image_token(prompt, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
