@@ -130,7 +130,8 @@ def test_process_images_tiles_and_other_modes():
 # ---------------------------------------------------------------- model vs transformers
 def hf_twin(ours):
     """transformers' LlavaOnevisionForConditionalGeneration with our weights and image config."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              Qwen2Config)
 
     cfg = ours.config
     tower = ours.get_vision_tower().config
