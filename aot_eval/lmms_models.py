@@ -244,6 +244,8 @@ class LlavaAOTBase(lmms):
     def _answer(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> str:
         doc = self.task_dict[task][split][doc_id]
         visual = doc_to_visual(doc)
+        if is_image_visual(visual):
+            return self._answer_images(context, gen_kwargs, visual, doc_id, task, split)
         try:
             frames = self._frames(visual)
         except Exception as error:
@@ -282,6 +284,53 @@ class LlavaAOTBase(lmms):
                 input_ids, attention_mask=input_ids.ne(pad), pad_token_id=pad, images=[video],
                 modalities=["video"], use_cache=self.use_cache, stopping_criteria=[stopping],
                 **generation_kwargs(gen_kwargs, self.BACKBONE))
+        return tok.batch_decode(output, skip_special_tokens=True)[0].strip()
+
+    # ---------------------------------------------------------------- image docs
+    def _answer_images(self, context, gen_kwargs, images, doc_id, task, split) -> str:
+        """An image doc (PIL images; none = text only) as stock ``llava_onevision`` answers it:
+        one image through ``process_images`` with the checkpoint's ``image_aspect_ratio``
+        (anyres_max_9: base view + crops), several images padded to squares (its multi-image
+        rule), ``image_sizes`` passed, one ``<image>`` per image, no stopping criterion."""
+        from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        if self.BACKBONE != "ov":
+            raise NotImplementedError(
+                f"{self.MODEL_ID}: {task} doc {doc_id} has {'images' if images else 'no video'}"
+                "; stock llava_vid has no image path to reproduce (it answers videos only). "
+                "Evaluate image tasks with llava_onevision_aot")
+        if images and self.spec.config is not None:
+            raise NotImplementedError(
+                f"{self.MODEL_ID}: {task} doc {doc_id} has images, but AOT and the other "
+                f"reducers (reducer={self.spec.name}) reduce video tokens only; images would "
+                "pass unreduced under a reduced run's name. Evaluate image tasks with "
+                "reducer=none")
+        tensor, sizes = None, None
+        question = context
+        if images:
+            tensor = process_images(images, self._image_processor, image_config(
+                self._config, len(images)))
+            tensor = ([t.to(self.device, self.dtype) for t in tensor] if isinstance(tensor, list)
+                      else tensor.to(self.device, self.dtype))
+            sizes = [image.size for image in images]
+            if DEFAULT_IMAGE_TOKEN not in context:
+                question = " ".join([DEFAULT_IMAGE_TOKEN] * len(images)) + "\n" + context
+        prompt, _ = build_prompt(question, self.conv_template)
+        tok = self.tokenizer
+        input_ids = tokenizer_image_token(prompt, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        input_ids = input_ids.unsqueeze(0).to(self.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        extra = {} if sizes is None else {"image_sizes": sizes}
+        self.counter.reset()
+        with torch.inference_mode():
+            output = self.model.generate(input_ids, attention_mask=input_ids.ne(pad),
+                                         pad_token_id=pad, images=tensor,
+                                         use_cache=self.use_cache, **extra,
+                                         **generation_kwargs(gen_kwargs, self.BACKBONE))
+        # no video, no retention to measure: the record says so (frames 0, retention None)
+        self._records.append(recording.sample_record(task, split, doc_id, 0, self.per_frame,
+                                                     None))
         return tok.batch_decode(output, skip_special_tokens=True)[0].strip()
 
     # ---------------------------------------------------------------- retention record
@@ -350,6 +399,28 @@ class LlavaVidAOT(LlavaAOTBase):
         extra = (time_instruction(frames)
                  if to_bool(self.extra["add_time_instruction"], "add_time_instruction") else None)
         return build_question(context, "video", 1, extra)
+
+
+def is_image_visual(visual) -> bool:
+    """Whether ``doc_to_visual`` gave images (a list of PIL images) or nothing (text only)."""
+    from PIL import Image
+
+    if visual is None or (isinstance(visual, (list, tuple)) and len(visual) == 0):
+        return True
+    return isinstance(visual, (list, tuple)) and all(isinstance(v, Image.Image) for v in visual)
+
+
+def image_config(config, n_images: int):
+    """The config ``process_images`` sees, as stock ``llava_onevision`` sets it per doc: the
+    checkpoint's ``image_aspect_ratio`` for one image, ``"pad"`` for several (or when the
+    checkpoint states none)."""
+    import types
+
+    aspect = getattr(config, "image_aspect_ratio", None)
+    if n_images > 1 or "image_aspect_ratio" not in vars(config):
+        aspect = "pad"
+    return types.SimpleNamespace(image_aspect_ratio=aspect, image_grid_pinpoints=getattr(
+        config, "image_grid_pinpoints", None))
 
 
 def image_newline(model) -> Optional[torch.Tensor]:

@@ -8,7 +8,9 @@ Each ``*_results.json`` under the given folders is one run; its ``<date>_aot_ret
 where the setting is ``full`` (unreduced), ``r=0.10`` (AOT at a retention), a preset name, or a
 reducer / ablation variant; each benchmark cell shows our score, the paper's, the difference and
 the measured retention (mean and range). Runs with ``--limit`` are marked: not comparable.
-No lmms-eval import: this runs anywhere.
+Tasks that are none of the four benchmarks (a local task given with ``--task``) get a column of
+their own with their first metric, as lmms-eval reports it. No lmms-eval import: this runs
+anywhere.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Cell:
     limit: Optional[float] = None
     source: str = ""
     failed: int = 0
+    metric: str = ""
 
 
 @dataclass
@@ -132,6 +135,22 @@ def benchmark_scores(results: dict) -> dict:
     return out
 
 
+def other_task_scores(results: dict) -> dict:
+    """{task: (metric, value)} for the tasks of a results.json that belong to none of the four
+    benchmarks (e.g. a local task run with ``--task``): the task's first numeric metric that is
+    not a standard error, unscaled."""
+    out = {}
+    for task, values in results.get("results", {}).items():
+        if bench_of_task(task) is not None or not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if "stderr" in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            out[task] = (key.split(",")[0], float(value))
+            break
+    return out
+
+
 def bench_of_task(task: str) -> Optional[str]:
     if task.startswith("mvbench"):
         return "mvbench"
@@ -181,7 +200,11 @@ def load_runs(folders: list) -> list[Row]:
         for bench, score in benchmark_scores(results).items():
             info = retention.get(bench, {})
             row.cells[bench] = Cell(score, info or None, config.get("limit"), str(path),
-                                    info.get("failed", 0))
+                                    info.get("failed", 0), SCORE_KEYS[bench])
+        for task, (name, score) in other_task_scores(results).items():
+            info = retention.get(task, {})
+            row.cells[task] = Cell(score, info or None, config.get("limit"), str(path),
+                                   info.get("failed", 0), name)
     return sorted(rows.values(), key=row_order)
 
 
@@ -221,22 +244,29 @@ def average(row: Row) -> tuple[Optional[float], Optional[float]]:
     return ours_avg, paper
 
 
+def other_tasks(rows: list[Row]) -> tuple:
+    """Names of the non-benchmark task columns of ``rows``, sorted."""
+    return tuple(sorted({name for row in rows for name in row.cells if name not in BENCHMARKS}))
+
+
 def table_rows(rows: list[Row]) -> list[dict]:
-    """Flat records, one per (row, benchmark) plus the average (for CSV and markdown)."""
+    """Flat records, one per (row, benchmark or other task) plus the average (for CSV)."""
     out = []
     for row in rows:
-        for bench in BENCHMARKS + ("avg",):
+        extra = tuple(name for name in other_tasks([row]))
+        for bench in BENCHMARKS + extra + ("avg",):
             if bench == "avg":
                 ours, paper = average(row)
                 cell = None
             else:
                 cell = row.cells.get(bench)
                 ours = cell.score if cell else None
-                paper = paper_value(row.backbone, row.paper_row, bench) if row.paper_row else None
+                paper = (paper_value(row.backbone, row.paper_row, bench)
+                         if row.paper_row and bench in BENCHMARKS else None)
             info = cell.retention if cell else None
             out.append({
                 "backbone": row.backbone, "setting": row.setting, "benchmark": bench,
-                "ours": ours, "paper": paper,
+                "metric": cell.metric if cell else "", "ours": ours, "paper": paper,
                 "delta": None if ours is None or paper is None else ours - paper,
                 "retention_mean": info.get("mean") if info else None,
                 "retention_min": info.get("min") if info else None,
@@ -257,9 +287,11 @@ def markdown(rows: list[Row]) -> str:
         mine = [r for r in rows if r.backbone == backbone]
         if not mine:
             continue
+        extra = other_tasks(mine)
         lines += [f"### {names[backbone]}", "",
-                  "| setting | " + " | ".join(LABELS[b] for b in BENCHMARKS) + " | Avg |",
-                  "|---|" + "---|" * (len(BENCHMARKS) + 1)]
+                  "| setting | " + " | ".join([LABELS[b] for b in BENCHMARKS] +
+                                             [f"{t} (other task)" for t in extra]) + " | Avg |",
+                  "|---|" + "---|" * (len(BENCHMARKS) + len(extra) + 1)]
         for row in mine:
             cells = []
             for bench in BENCHMARKS:
@@ -277,6 +309,9 @@ def markdown(rows: list[Row]) -> str:
                 if cell.limit:
                     text += f"<br>limit={cell.limit:g}: not comparable"
                 cells.append(text)
+            for task in extra:
+                cell = row.cells.get(task)
+                cells.append("—" if cell is None else other_cell(cell))
             ours, paper = average(row)
             avg = fmt(ours) if ours is not None else "—"
             if paper is not None:
@@ -288,7 +323,21 @@ def markdown(rows: list[Row]) -> str:
     lines.append("Scores in %; (paper value, difference ours − paper); ret. = measured retention "
                  "of visual tokens, mean [min–max] over the videos. EgoSchema is scored by its "
                  "server: 'unscored' means the submission file still has to be sent.")
+    if any(other_tasks([row]) for row in rows):
+        lines.append("Other tasks (not one of the four benchmarks, e.g. a local --task): the "
+                     "task's first metric as lmms-eval reports it, unscaled; no paper value.")
     return "\n".join(lines) + "\n"
+
+
+def other_cell(cell: Cell) -> str:
+    """Markdown cell of a non-benchmark task: value and metric name, retention, caveats."""
+    text = "unscored" if cell.score is None else f"**{cell.score:.3f}** {cell.metric}"
+    text += f"<br>ret. {fmt_retention(cell.retention)}"
+    if cell.failed:
+        text += f"<br>{cell.failed} videos failed"
+    if cell.limit:
+        text += f"<br>limit={cell.limit:g}: not comparable"
+    return text
 
 
 def write_csv(records: list[dict], path: Path) -> None:

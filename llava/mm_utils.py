@@ -1,7 +1,7 @@
 """Prompt and image helpers with LLaVA-NeXT's names and signatures.
 
-Images are handled at the tower's base resolution (384x384 for SigLIP so400m-patch14-384): the
-high-resolution "anyres" crops of LLaVA-OneVision are not implemented (docs/llava.md).
+Images follow the checkpoint's ``image_aspect_ratio``: LLaVA-OneVision's ``anyres_max_9`` gives a
+base view plus high-resolution crops (geometry in :mod:`llava.model.anyres`; docs/llava.md).
 """
 
 from __future__ import annotations
@@ -64,24 +64,90 @@ def expand2square(image, background_color):
     return result
 
 
-def process_images(images: Sequence, image_processor, model_cfg) -> torch.Tensor | list:
-    """Preprocess PIL images for the tower at its base resolution.
+def base_side(image_processor) -> int:
+    """The tower's input side (384) as the image processor states it (``crop_size`` or ``size``:
+    a dict / SizeDict with height == width, LLaVA-NeXT's (S, S) tuple, or an int)."""
+    for name in ("crop_size", "size"):
+        size = getattr(image_processor, name, None)
+        if size is None:
+            continue
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)):
+            return int(min(size))
+        height, width = size["height"], size["width"]
+        if height and width:
+            if height != width:
+                raise ValueError(f"image processor {name}={size}: anyres needs square tiles")
+            return int(height)
+    raise ValueError("the image processor states no size (crop_size / size) to tile images with")
 
-    ``model_cfg.image_aspect_ratio == "pad"`` pads each image to a square with the processor's
-    mean colour first; any other value (including LLaVA-OV's ``anyres_max_9``) resizes the whole
-    image to the base resolution only — the extra high-resolution crops are not produced.
+
+def resize_and_pad(image, target: tuple[int, int]):
+    """A PIL image resized to fit ``target`` = (width, height) (aspect kept, PIL's default
+    bicubic filter) and centred on black, as LLaVA-NeXT's anyres preprocessing does."""
+    from PIL import Image
+
+    from .model.anyres import fit_within
+
+    new_width, new_height = fit_within(image.size, target)
+    resized = image.resize((new_width, new_height))
+    canvas = Image.new("RGB", target, (0, 0, 0))
+    canvas.paste(resized, ((target[0] - new_width) // 2, (target[1] - new_height) // 2))
+    return canvas
+
+
+def anyres_tiles(image, grid_pinpoints, side: int) -> list:
+    """PIL tiles of one image: the base view (the whole image resized to side x side), then the
+    side x side crops of :func:`resize_and_pad` at the best pinpoint, in reading order."""
+    from .model.anyres import parse_pinpoints, select_best_resolution
+
+    best = select_best_resolution(image.size, parse_pinpoints(grid_pinpoints, side))
+    padded = resize_and_pad(image, best)
+    crops = [padded.crop((left, top, left + side, top + side))
+             for top in range(0, best[1], side) for left in range(0, best[0], side)]
+    return [image.resize((side, side))] + crops
+
+
+def process_images(images: Sequence, image_processor, model_cfg) -> torch.Tensor | list:
+    """Preprocess PIL images for the tower, following ``model_cfg.image_aspect_ratio`` as
+    LLaVA-NeXT does.
+
+    * ``"anyres"`` / ``"anyres_max_N"`` (LLaVA-OneVision): per image a base view plus the
+      crops of ``model_cfg.image_grid_pinpoints`` (:func:`anyres_tiles`); pass
+      ``image_sizes=[image.size, ...]`` to the model with them.
+    * ``"pad"``: pad to a square with the processor's mean colour, then resize.
+    * anything else (None, ``"square"``): resize the whole image.
 
     Returns:
-        (N, 3, S, S) float tensor (S = 384 for SigLIP-384).
+        anyres: (N, 1 + crops, 3, S, S) when every image has as many tiles, else a list of
+        (1 + crops_i, 3, S, S); otherwise (N, 3, S, S). S = 384 for SigLIP-384.
     """
+    from .model.anyres import is_anyres
+
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
-    out = []
-    for image in images:
-        if aspect == "pad":
-            mean = tuple(int(x * 255) for x in image_processor.image_mean)
-            image = expand2square(image.convert("RGB"), mean)
-        out.append(image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
-    return torch.stack(out, dim=0)
+    if aspect in ("highres", "crop_split"):
+        raise NotImplementedError(f"image_aspect_ratio={aspect!r} is not implemented (anyres, "
+                                  "anyres_max_N, pad and plain resizing are)")
+    if not is_anyres(aspect):
+        out = []
+        for image in images:
+            if aspect == "pad":
+                mean = tuple(int(x * 255) for x in image_processor.image_mean)
+                image = expand2square(image.convert("RGB"), mean)
+            out.append(image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
+        return torch.stack(out, dim=0)
+    pinpoints = getattr(model_cfg, "image_grid_pinpoints", None)
+    if pinpoints is None:
+        raise ValueError(f"image_aspect_ratio={aspect!r} needs image_grid_pinpoints in the "
+                         "model config")
+    side = base_side(image_processor)
+    out = [torch.stack([image_processor.preprocess(tile, return_tensors="pt")["pixel_values"][0]
+                        for tile in anyres_tiles(image, pinpoints, side)])
+           for image in images]
+    if all(x.shape == out[0].shape for x in out):
+        return torch.stack(out, dim=0)
+    return out
 
 
 class KeywordsStoppingCriteria(StoppingCriteria):

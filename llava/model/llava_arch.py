@@ -18,6 +18,7 @@ from torch import nn
 import aot
 from aot import path as video_path
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from . import anyres
 from .adapter import LlavaVideoAdapter
 from .vision import SigLipVisionTower, build_vision_config
 
@@ -57,10 +58,17 @@ class LlavaMetaModel:
 
 @dataclass
 class VisualItem:
-    """One visual input: ``pixels`` (F, 3, S, S) and its modality (``"video"`` or ``"image"``)."""
+    """One visual input: ``pixels`` (F, 3, S, S) and its modality (``"video"`` or ``"image"``).
+
+    Images: ``image_size`` is the original (width, height) (needed for anyres crops);
+    ``spatial`` is False for images that came as one 4-D batch tensor, which LLaVA-NeXT encodes
+    without its spatial merge (patch tokens only, no newline).
+    """
 
     pixels: torch.Tensor
     modality: str
+    image_size: tuple | None = None
+    spatial: bool = True
 
 
 class LlavaMetaForCausalLM:
@@ -131,26 +139,56 @@ class LlavaMetaForCausalLM:
         sequence = self.video_sequence(frames)
         return sequence.tokens, sequence.result
 
-    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """One image (1, 3, S, S) at base resolution -> (T [+1 newline], hidden); not reduced."""
-        features = self.encode_images(image)[0]
+    def image_tokens(self, tiles: torch.Tensor, image_size=None,
+                     spatial: bool = True) -> torch.Tensor:
+        """One image's tiles (N, 3, S, S) -> (L, hidden) tokens; never reduced.
+
+        LLaVA-NeXT's rules for ``mm_patch_merge_type``: one tile (base resolution) gives its
+        T = g*g patch tokens plus one newline with ``spatial_unpad``; several tiles (``anyres``
+        / ``anyres_max_N``: base view + crops, :mod:`llava.model.anyres`) give the base view's
+        tokens then the unpadded crop map row by row with a newline per row, which needs the
+        original ``image_size`` = (width, height). ``spatial=False`` (a 4-D batch of images):
+        the patch tokens only.
+        """
+        features = self.encode_images(tiles)
+        merge = str(getattr(self.config, "mm_patch_merge_type", "flat"))
         newline = self.get_model().image_newline
-        if newline is None:
-            return features
-        return torch.cat([features, newline[None].to(features.dtype)], dim=0)
+        if not spatial or merge == "flat":
+            return features.reshape(-1, features.shape[-1])
+        if merge != "spatial_unpad":
+            raise NotImplementedError(f"mm_patch_merge_type={merge!r} is not implemented for "
+                                      "images (flat and spatial_unpad are)")
+        if tiles.shape[0] == 1:
+            return torch.cat([features[0], newline[None].to(features.dtype)], dim=0)
+        aspect = getattr(self.config, "image_aspect_ratio", None)
+        if not anyres.is_anyres(aspect):
+            raise ValueError(f"an image came with {tiles.shape[0]} tiles but image_aspect_ratio="
+                             f"{aspect!r} makes one per image; preprocess with "
+                             "llava.mm_utils.process_images and this model's config")
+        if image_size is None:
+            raise ValueError(f"an anyres image ({tiles.shape[0]} tiles) needs its original size: "
+                             "pass image_sizes=[image.size, ...] (width, height) with images")
+        return anyres.pack_image(features, tuple(int(v) for v in image_size),
+                                 self.config.image_grid_pinpoints,
+                                 self.get_vision_tower().image_size, anyres.max_tiles_of(aspect),
+                                 newline)
 
     # ------------------------------------------------------------------ inputs
-    def visual_items(self, images, modalities) -> list[VisualItem]:
-        """Normalise LLaVA-NeXT's ``images`` / ``modalities`` arguments and check pixel shapes.
+    def visual_items(self, images, modalities, image_sizes=None) -> list[VisualItem]:
+        """Normalise LLaVA-NeXT's ``images`` / ``modalities`` / ``image_sizes`` arguments and
+        check pixel shapes.
 
-        images: a list of (F, 3, S, S) videos / (3, S, S) or (1, 3, S, S) images, or a 5-D
-        tensor (one entry per sample), or a 4-D tensor (a batch of images, or one video when
-        the modality is ``"video"``). modalities: a string, or one string per item (a single
-        entry is broadcast).
+        images: a list of (F, 3, S, S) videos / (3, S, S) or (N, 3, S, S) images (N tiles:
+        base view + anyres crops), or a 5-D tensor (one entry per sample), or a 4-D tensor (a
+        batch of single-tile images, or one video when the modality is ``"video"``).
+        modalities: a string, or one string per item (a single entry is broadcast).
+        image_sizes: one original (width, height) per item (LLaVA-NeXT indexes it by item).
         """
         if isinstance(modalities, str):
             modalities = [modalities]
         modalities = list(modalities) if modalities is not None else ["image"]
+        image_batch = isinstance(images, torch.Tensor) and images.dim() == 4 and \
+            modalities != ["video"]
         if isinstance(images, torch.Tensor):
             if images.dim() == 5:
                 images = list(images)
@@ -177,17 +215,18 @@ class LlavaMetaForCausalLM:
             if modality == "image" and pixels.dim() == 3:
                 pixels = pixels[None]
             expected = "(frames, 3, %d, %d)" % (size, size) if modality == "video" else \
-                "(3, %d, %d) or (1, 3, %d, %d)" % (size, size, size, size)
+                "(3, %d, %d) or (tiles, 3, %d, %d)" % (size, size, size, size)
             if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size) or \
                     pixels.shape[0] < 1:
                 raise ValueError(f"{modality} input {index} has pixel shape "
                                  f"{tuple(pixels.shape)}; expected {expected} (preprocess with "
                                  "the image processor load_pretrained_model returns)")
-            if modality == "image" and pixels.shape[0] != 1:
-                raise NotImplementedError(
-                    f"image input {index} has {pixels.shape[0]} tiles: high-resolution 'anyres' "
-                    "crops are not implemented; pass the base-resolution image only "
-                    "(llava.mm_utils.process_images does)")
+            if modality == "image":
+                image_size = None
+                if image_sizes is not None and index < len(image_sizes):
+                    image_size = tuple(image_sizes[index])
+                items.append(VisualItem(pixels, modality, image_size, spatial=not image_batch))
+                continue
             items.append(VisualItem(pixels, modality))
         return items
 
@@ -204,11 +243,12 @@ class LlavaMetaForCausalLM:
         if images is None or input_ids is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
         visual = []
-        for item in self.visual_items(images, modalities):
+        for item in self.visual_items(images, modalities, image_sizes):
             if item.modality == "video":
                 tokens, result = self.video_tokens(item.pixels)
             else:
-                tokens, result = self.image_tokens(item.pixels), None
+                tokens = self.image_tokens(item.pixels, item.image_size, item.spatial)
+                result = None
             visual.append(tokens)
             self.last_aot_results.append(result)
         embeds, mask, new_labels, positions = splice_visual_tokens(

@@ -40,18 +40,21 @@ count=$(( ${#rs[@]} * ${#bs[@]} ))
 
 export BACKBONE=$backbone RETENTIONS=$retentions BENCHMARKS=$benchmarks REDUCER=$reducer
 export OUTPUT=$output MODEL=$model NPROC=$gpus EXTRA=$extra
+AOT_REPO=$(cd "$here/../.." && pwd)
+export AOT_REPO
+python_bin=${PYTHON:-python}
 # shellcheck disable=SC2206
 array=(sbatch --parsable --array=0-$((count - 1)) --gres=gpu:$gpus --export=ALL $sbatch_args
        "$here/eval_array.sbatch")
 echo "[submit] ${array[*]}"
 echo "[submit] BACKBONE=$BACKBONE RETENTIONS='$RETENTIONS' BENCHMARKS='$BENCHMARKS' OUTPUT=$OUTPUT"
 if [ "$dry_run" = 1 ]; then
-  echo "[submit] then: sbatch --dependency=afterany:<job> --wrap 'python -m aot_eval.summarise $output --out $output/table'"
+  echo "[submit] then: sbatch --dependency=afterany:<job> --wrap '$python_bin -m aot_eval.summarise $output --out $output/table'"
   exit 0
 fi
 mkdir -p logs "$output"
 job=$("${array[@]}")
 # shellcheck disable=SC2086
 summary=$(sbatch --parsable --dependency=afterany:"$job" --job-name=aot-table $sbatch_args \
-  --output=logs/%x-%j.out --wrap "cd '$PWD' && { [ -f .venv/bin/activate ] && . .venv/bin/activate; true; } && python -m aot_eval.summarise '$output' --out '$output/table'")
+  --output=logs/%x-%j.out --wrap "cd '$PWD' && { [ -f '$AOT_REPO/.venv/bin/activate' ] && . '$AOT_REPO/.venv/bin/activate'; true; } && PYTHONPATH='$AOT_REPO'\${PYTHONPATH:+:\$PYTHONPATH} '$python_bin' -m aot_eval.summarise '$output' --out '$output/table'")
 echo "[submit] array job $job ($count tasks), summary job $summary -> $output/table.md"

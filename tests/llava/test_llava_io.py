@@ -126,11 +126,11 @@ def test_autoconfig_reads_checkpoint_and_process_images(ov_checkpoint):
     assert config.model_type == "llava_qwen" and config.mm_newline_position == "one_token"
     processor = build_image_processor()
     image = Image.new("RGB", (200, 100), (255, 0, 0))
-    pixels = process_images([image], processor, config)
-    assert pixels.shape == (1, 3, 384, 384)
+    pixels = process_images([image], processor, config)  # anyres_max_9: base view + 1 crop
+    assert pixels.shape == (1, 2, 3, 384, 384)
     config.image_aspect_ratio = "pad"
     padded = process_images([image], processor, config)
-    assert padded.shape == (1, 3, 384, 384) and padded[0, 0, 0, 0] < pixels[0, 0, 0, 0]
+    assert padded.shape == (1, 3, 384, 384) and padded[0, 0, 0, 0] < pixels[0, 0, 0, 0, 0]
 
 
 def test_end_to_end_video_file_with_aot(video_checkpoint, clip):
