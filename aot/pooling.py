@@ -84,12 +84,15 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid: int, mode: st
         features: (F, T, D) patch features, T = grid * grid.
         positions: (F, S) long pooled-token indices to compute.
         anchor_idx: (F, N) long; merged: (F, N, D), or both None (plain pooling).
-        chunk_frames: frames per gather (a half-precision input is upcast chunk by chunk).
+        chunk_frames: frames per gather when a half-precision input is upcast chunk by chunk
+            (float32 and float64 inputs are read in place, in one gather).
     Returns:
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
     """
     frames, tokens, dim = features.shape
     work = torch.promote_types(features.dtype, torch.float32)
+    if work == features.dtype:
+        chunk_frames = max(frames, 1)
     taps, weights = pooling_taps(grid, mode, features.device)
     width = taps.shape[1]
     slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)

@@ -197,6 +197,26 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
     return torch.where(y_valid[:, :, None], updated, y)
 
 
+def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor,
+                  offset: int, config: AOTConfig, keep_counts: torch.Tensor | None = None, *,
+                  check_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position of every clip: score the later frame's tokens, keep the least explained,
+    fold the rest into the anchors. Sync-free with ``check_every=0`` (compiles whole).
+
+    Args:
+        x: (B, S, D) tokens of the later frames, x_valid (B, S); y: (B, S', D) current anchors,
+        y_valid (B, S'); offset: frames from the keyframe; keep_counts: (B,) or None.
+    Returns:
+        keep (B, S) bool, updated anchors (B, S', D).
+    """
+    score, assign = transport_scores(x, x_valid, y, y_valid, offset, config,
+                                     check_every=check_every)
+    keep = select_kept(score, x_valid, y_valid, config, keep_counts)
+    if config.inter_merge == "prune":
+        return keep, y
+    return keep, update_anchors(y, y_valid, x, assign, x_valid & ~keep, config)
+
+
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
                           pooled_count: int, clips: list[Clip], config: AOTConfig,
                           keep_counts: torch.Tensor | None = None, *,
@@ -234,13 +254,10 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
         frame_ids = steps.keyframes[active] + step
         x, x_valid = tokens[frame_ids].to(work), valid[frame_ids]
         y, y_valid = anchors[active], anchor_valid[active]
-        score, assign = transport_scores(x, x_valid, y, y_valid, step, config,
-                                         check_every=check_every)
-        keep = select_kept(score, x_valid, y_valid, config,
-                           keep_counts[frame_ids] if keep_counts is not None else None)
+        keep, anchors[active] = temporal_step(
+            x, x_valid, y, y_valid, step, config,
+            keep_counts[frame_ids] if keep_counts is not None else None, check_every=check_every)
         kept[frame_ids] = keep
-        if config.inter_merge != "prune":
-            anchors[active] = update_anchors(y, y_valid, x, assign, x_valid & ~keep, config)
 
     merged = valid.clone()
     merged[steps.keyframes] = False
