@@ -28,6 +28,9 @@ from .sinkhorn import sinkhorn
 # (32 x 729 x 3584 x 4 bytes = 334 MB) stays small next to a long video.
 CHUNK_FRAMES = 32
 
+# Largest patch norm whose dot products and norm products stay finite in float32 (1e34 < 3e38).
+SAFE_NORM = 1e17
+
 
 def grid_coordinates(grid: int, device=None) -> torch.Tensor:
     """(grid*grid, 2) coordinates ``(col, row) / (grid - 1)`` in [0, 1], row-major tokens."""
@@ -112,7 +115,8 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
 @dataclass
 class AnchorSimilarity:
     """similarity: (F, M, N) cosine of every source token (ascending index) to every anchor;
-    norms: (F, T) L2 norm of every patch in the working dtype (inf when it overflows)."""
+    norms: (F, T) L2 norm of every patch in the working dtype, floored at 1e-12 (inf when it
+    overflows, NaN for NaN input)."""
 
     similarity: torch.Tensor
     norms: torch.Tensor
@@ -128,17 +132,17 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
                       rescale: bool = False) -> AnchorSimilarity:
     """Cosine similarity of every source token to every anchor of its frame, in two reads.
 
-    The product runs on all T rows of x (the anchor rows are computed and dropped): cheaper than
-    gathering the M source rows of the big tensor into a copy. It is taken against unit anchors
-    and divided by the source norms afterwards, so its entries stay within ``|x|``.
+    ``x @ anchors^T`` runs on all T rows of x (the anchor rows are computed and dropped):
+    cheaper than gathering the M source rows of the big tensor into a copy; the result is then
+    divided by the two norms. For features beyond ~1e17 in norm that product of norms (and the
+    dot products) would overflow float32: :func:`aggregate_into_anchors` sees it in ``norms``
+    and calls again with ``rescale=True``.
 
     Args:
         features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
         anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
         chunk_frames: frames per pass over ``features`` (None = all at once; same result).
-        rescale: divide each patch by its largest entry first (two more passes), for features
-            so large that their norm overflows (float32 norm of 3584 entries of 1e19 is inf);
-            :func:`aggregate_into_anchors` retries with it when a norm came out non-finite.
+        rescale: scale every patch to unit norm first (overflow-free, two more passes).
     Returns:
         :class:`AnchorSimilarity`.
     """
@@ -152,14 +156,11 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         if rescale:
             x = unit_rows(x)
         rows = torch.arange(stop - start, device=x.device)[:, None]
-        s_idx = source_idx[start:stop]
-        norms[start:stop] = torch.linalg.vector_norm(x, dim=-1)
-        a_idx = anchor_idx[start:stop]
-        anchor_norm = norms[start:stop][rows, a_idx]
-        unit_anchor = x[rows, a_idx] / torch.where(anchor_norm > 0, anchor_norm, 1.0)[:, :, None]
-        dots = torch.bmm(x, unit_anchor.transpose(1, 2))[rows, s_idx]  # (f, M, N)
-        source_norm = norms[start:stop][rows, s_idx]
-        similarity[start:stop] = dots / torch.where(source_norm > 0, source_norm, 1.0)[:, :, None]
+        a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
+        norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
+        norms[start:stop] = norm
+        dots = torch.bmm(x, x[rows, a_idx].transpose(1, 2))[rows, s_idx]  # (f, M, N)
+        similarity[start:stop] = dots / (norm[rows, s_idx][:, :, None] * norm[rows, a_idx][:, None, :])
     return AnchorSimilarity(similarity, norms)
 
 
@@ -273,9 +274,9 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     if config.intra_merge == "prune" or anchor_idx.shape[1] == 0 or source_idx.shape[1] == 0:
         return AnchorMerge(anchor_idx, None, False)
     found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames)
-    # Finite features have finite norms unless the norm overflows (entries near 1e19 and
-    # beyond in float32): one host sync per video tells the cases apart.
-    if not bool(torch.isfinite(found.norms).all()):
+    # Finite features of norm below 1e17 give finite dot products and norm products in float32
+    # (NaN fails the test too): one host sync per video tells the rare cases apart.
+    if not bool((found.norms < SAFE_NORM).all()):
         check_finite("features", features)  # NaN or inf inside: a ValueError naming the frame
         found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames, rescale=True)
     merged = merged_anchor_features(features, anchor_idx, source_idx, grid, config,
