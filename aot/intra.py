@@ -4,12 +4,12 @@ All frames of a video are one batch: every frame has the same number of anchors,
 gather into a dense (F, N, D) tensor and the transport runs once over all frames.
 
 Cost model. The (F, T, D) patch tensor is the only large object (32 x 729 x 3584 float32 =
-334 MB); everything else is (F, T, N) or smaller. The stage reads it exactly three times: one
-norm pass, the similarity product ``x @ anchors^T`` and the merge product ``W^T @ x``. It never
-writes a tensor of that size: the result is the (F, N, D) merged anchors, which the pooling
-writes into the pooled grid (:func:`aot.pooling.pool_with_anchors`). The big passes run over
-chunks of frames (``chunk_frames``), so a float16 input is upcast chunk by chunk and the
-memory peak does not grow with the video; chunking does not change a single bit.
+334 MB); everything else is (F, T, N) or smaller. The stage reads it three times: one norm
+pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. It never writes a
+tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
+surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The big passes
+run over chunks of frames (``chunk_frames``), so a float16 input is upcast chunk by chunk and
+the extra memory stays a fraction of the input; chunking does not change a single bit.
 """
 
 from __future__ import annotations

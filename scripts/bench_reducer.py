@@ -1,7 +1,7 @@
 """Milliseconds per video for AOT's reducer at the two real shapes, against a plain reference.
 
     python scripts/bench_reducer.py [--device cpu|cuda] [--repeats 5] [--reference-repeats 3]
-                                    [--dtype float32] [--threads N] [--before DIR]
+                                    [--dtype float32] [--threads N] [--before DIR] [--profile 20]
 
 Shapes: LLaVA-OV 32 frames x 729 x 3584 (paper-ov-mvbench: 126 anchors, temporal phase on) and
 LLaVA-Video 64 frames x 729 x 3584 (paper-video: 180 anchors, average pooling, temporal off).
@@ -120,6 +120,15 @@ def bench(backbone: str, frames: int, preset: str, args, before) -> dict:
         row["reference_ms"] = statistics.median(times)
         row["reference_cpu_ms"] = statistics.median(cpu)
         row["reference_diff"] = _diff(ref, result.tokens)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            aot.reduce_video(feats, shallow, deep, cfg)
+        print(f"\nprofile of one aot.reduce_video call, {row['shape']} ({preset}):")
+        print(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=args.profile, max_name_column_width=28,
+            max_shapes_column_width=58))
     row["load_end"] = load()
     return row
 
@@ -140,6 +149,8 @@ def main() -> None:
     parser.add_argument("--reference-repeats", type=int, default=3,
                         help="timed runs of the plain reference (0 = skip it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="also print the top ROWS operators of one call (torch.profiler)")
     parser.add_argument("--before", default=None,
                         help="a checkout whose aot package is timed too (e.g. an older commit)")
     args = parser.parse_args()
