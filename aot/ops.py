@@ -6,6 +6,8 @@ shapes unless a width is not given) and breaks ties towards the lower index.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -51,7 +53,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., D) same dtype.
     """
-    peak = x.abs().amax(-1, keepdim=True)
+    peak = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True)  # max |x|, no copy
     scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
     norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
     return scaled / torch.where(norm > 0, norm, torch.ones_like(norm))
