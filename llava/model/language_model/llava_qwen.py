@@ -92,5 +92,34 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         else:
             self.last_aot_results = []
             inputs_embeds = self.get_model().embed_tokens(inputs)
+        inputs_embeds, attention_mask = left_align(inputs_embeds, attention_mask)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 **kwargs)
+
+
+def left_align(embeds: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Move each row's real positions to the end of the row (left padding).
+
+    Generation appends every new token after the last column, so a right-padded row (lmms-lab
+    configs say ``tokenizer_padding_side: right``, which is how visual tokens are spliced in)
+    would continue after its padding. Left-aligned, every row continues right after its own last
+    token and batched answers equal one-at-a-time answers whatever the padding side.
+
+    Args:
+        embeds: (B, L, D) input embeddings.
+        attention_mask: (B, L), nonzero at real positions, or None (no padding).
+    Returns:
+        (B, L, D) embeddings and (B, L) mask with the real positions last, in their order;
+        unchanged when the mask is None or already left-aligned.
+    """
+    if attention_mask is None:
+        return embeds, None
+    real = attention_mask.bool()
+    counts = real.sum(dim=1, keepdim=True)
+    columns = torch.arange(real.shape[1], device=real.device)
+    target = columns >= real.shape[1] - counts  # (B, L) where real positions go
+    if torch.equal(real, target):
+        return embeds, attention_mask
+    aligned = embeds.new_zeros(embeds.shape)
+    aligned[target] = embeds[real]  # row-major order keeps each row's positions in order
+    return aligned, target.to(attention_mask.dtype)
