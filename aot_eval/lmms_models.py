@@ -313,12 +313,14 @@ class LlavaAOTBase(lmms):
         stop = conv.sep if conv.sep_style != SeparatorStyle.TWO else conv.sep2
         stopping = KeywordsStoppingCriteria([stop], tok, input_ids)
         images = [v for v in videos if v is not None]
+        # As stock: llava_onevision passes the pad id, llava_vid leaves it to generation_config
+        pad_arg = {"pad_token_id": pad} if self.BACKBONE == "ov" else {}
         self.counter.reset()
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids, attention_mask=input_ids.ne(pad), pad_token_id=pad,
-                images=images or None, modalities=["video"] * max(len(images), 1),
-                use_cache=self.use_cache, stopping_criteria=[stopping],
+                input_ids, attention_mask=input_ids.ne(pad), images=images or None,
+                modalities=["video"] * max(len(images), 1), use_cache=self.use_cache,
+                stopping_criteria=[stopping], **pad_arg,
                 **generation_kwargs(gen_kwargs, self.BACKBONE))
         texts = [t.strip() for t in tok.batch_decode(output, skip_special_tokens=True)]
         counted = self.counter.rows or [None] * len(prompts_)

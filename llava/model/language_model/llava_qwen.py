@@ -96,6 +96,23 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 **kwargs)
 
+    def _get_logits_processor(self, *args, **kwargs):
+        """transformers' processors, with the repetition penalty counting every generated token.
+
+        transformers skips each row's first ``left padding`` tokens of ``input_ids`` in the
+        penalty, meant for prompt ids; generating from ``inputs_embeds`` (always, here)
+        ``input_ids`` holds only new tokens, so a padded row would lose the penalty on its first
+        answer tokens and answer differently than alone (lmms-lab's LLaVA-Video checkpoint
+        ships ``repetition_penalty`` 1.05). Unpadded rows are unaffected.
+        """
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        processors = super()._get_logits_processor(*args, **kwargs)
+        for processor in processors:
+            if isinstance(processor, RepetitionPenaltyLogitsProcessor):
+                processor.prompt_ignore_length = None
+        return processors
+
 
 def left_align(embeds: torch.Tensor, attention_mask: torch.Tensor | None):
     """Move each row's real positions to the end of the row (left padding).
