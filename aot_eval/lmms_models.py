@@ -5,6 +5,8 @@ They rebuild the requests exactly as the stock ``llava_onevision`` / ``llava_vid
 (frame sampling, ``<image>`` placement, ``qwen_1_5`` conversation, stopping criterion, generation
 arguments) and call ``model.generate(input_ids, images=[video], modalities=["video"], ...)`` of the
 project's :mod:`llava` package, loaded with the AOT configuration from ``--model_args``.
+Unreadable visuals and frame folders are handled as the stock wrappers handle them
+(:mod:`aot_eval.video`); ``batch_size`` > 1 gives the answers of batch size 1.
 
 Every run records the retention each video actually got (:mod:`aot_eval.recording`).
 """

@@ -520,6 +520,12 @@ def test_stock_models_and_ours_identical(stock_workspace, generate_log, tmp_path
     sorted_folder = folder_call(option, ws)
     assert sorted_folder["pixels"][0][0] == (OV_FRAMES if backbone == "ov" else VID_FRAMES)
     records = sorted(tmp_path.glob(f"aot_retention_{ours_id}_*.json"))
-    written = [json.loads(r.read_text()) for r in records]
-    assert sorted((r["frame_folders"], r["batch_size"]) for r in written) == \
-        [("sorted", 2), ("stock", 1)]
+    written = {(r["frame_folders"], r["batch_size"]): r
+               for r in (json.loads(p.read_text()) for p in records)}
+    assert sorted(written) == [("sorted", 2), ("stock", 1)]
+    tokens = {mode: {s["doc_id"]: s["visual_tokens"] for s in r["samples"]}
+              for mode, r in written.items()}  # counted per row of a batch
+    assert tokens[("sorted", 2)].pop(folder_doc) is not None
+    assert tokens[("sorted", 2)] == {k: v for k, v in tokens[("stock", 1)].items()
+                                     if k != folder_doc}
+    assert all(v for v in tokens[("sorted", 2)].values())

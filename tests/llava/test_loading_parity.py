@@ -75,6 +75,7 @@ def greedy(model, ids, video, **extra) -> list[int]:
     return out[0].tolist()
 
 
+@pytest.mark.slow
 def test_checkpoint_generation_config_drives_greedy_answers(with_generation_config):
     """The task's do_sample=False overrides the file's sampling fields (deterministic answers),
     while its repetition penalty and eos ids apply: answers equal generation with those values
@@ -141,6 +142,7 @@ print(is_torchvision_available(), type(processor).__name__)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter per case
 @pytest.mark.parametrize("torchvision_installed", [False, True])
 def test_pixels_are_llava_next_pil_pixels(tmp_path, torchvision_installed):
     """Whether or not torchvision is installed, the processor is transformers' PIL one and its
