@@ -80,6 +80,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     load_weights(model, folder)
     model.to(device=device, dtype=dtype).eval()
     refresh_rotary(model)
+    model.generation_config = load_generation_config(folder)
     model.vision_chunk_size = vision_chunk_size
     if isinstance(aot, str):
         aot = _aot.AOTConfig.preset(aot)
@@ -128,6 +129,22 @@ def load_config(folder: str, customized_config=None, overwrite_config=None) -> L
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)
     return config
+
+
+def load_generation_config(folder: str):
+    """The checkpoint's generation defaults, read exactly as transformers' ``from_pretrained``
+    reads them (LLaVA-NeXT loads with ``from_pretrained``): ``generation_config.json`` when the
+    folder has one (lmms-lab's LLaVA-Video-7B-Qwen2 ships ``repetition_penalty`` 1.05 and two eos
+    ids there, which change greedy answers), else the generation fields of ``config.json``.
+    The task's generation arguments override these per ``generate`` call, as in stock.
+    """
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(folder, local_files_only=True)
+    except OSError:  # no generation_config.json
+        return GenerationConfig.from_pretrained(folder, config_file_name="config.json",
+                                                _from_model_config=True, local_files_only=True)
 
 
 def resolve_device(device_map) -> torch.device:
@@ -254,15 +271,15 @@ def _names(names: list[str], limit: int = 20) -> str:
 
 def build_image_processor(image_size: int = 384):
     """SigLIP preprocessing (resize to image_size, bicubic, rescale 1/255, normalise 0.5/0.5),
-    from built-in values. Uses the PIL backend when torchvision is missing."""
-    from transformers.utils import is_torchvision_available
+    from built-in values.
 
-    if is_torchvision_available():
-        from transformers import SiglipImageProcessor as Processor
-    else:
-        from transformers.models.siglip.image_processing_pil_siglip import (
-            SiglipImageProcessorPil as Processor,
-        )
-    return Processor(size={"height": image_size, "width": image_size}, resample=3,
-                     do_resize=True, do_rescale=True, rescale_factor=1 / 255,
-                     do_normalize=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    Always transformers' PIL backend, whatever is installed: LLaVA-NeXT preprocesses with PIL,
+    and the torchvision backend (transformers' default when torchvision imports, i.e. on every
+    GPU install) resizes differently, 1-2 levels off in 0.1-0.4 % of the pixel values.
+    """
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    return SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, resample=3, do_resize=True,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5])
