@@ -182,7 +182,7 @@ class LlavaAOTBase(lmms):
 
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
                       torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
-                      aot=self.spec.config)
+                      aot_config=self.spec.config)
         if self.spec.name != NO_REDUCER:
             kwargs["reducer"] = self.spec.name
             if reducer_info(self.spec.name).needs_budget:

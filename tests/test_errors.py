@@ -57,3 +57,49 @@ def test_demo_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "not a writable folder" in lines[0], err
     assert "model:" not in out  # no stage ran
+
+
+def _break_json(folder):
+    (folder / "config.json").write_text('{"model_type": "llava_qwen",')
+
+
+def _break_type(folder):
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] = "wide"
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _truncate_weights(folder):
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+
+
+def _drop_tokenizer(folder):
+    for path in folder.iterdir():
+        if "token" in path.name or path.name in ("vocab.json", "merges.txt"):
+            path.unlink()
+
+
+@pytest.mark.parametrize("breaker, words", [
+    (_break_json, ["config.json is not valid JSON", "line 1"]),
+    (_break_type, ["config.json", "hidden_size"]),
+    (_truncate_weights, ["model.safetensors cannot be read", "Download it again"]),
+    (_drop_tokenizer, ["no usable tokenizer"]),
+])
+def test_demo_broken_checkpoint_is_one_line_exit_2(breaker, words, tmp_path, capsys):
+    """Broken config.json, a field of the wrong type, truncated weights, no tokenizer: one line,
+    exit 2 (were 26-42-line tracebacks, exit 1)."""
+    from llava.tiny import write_checkpoint
+
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "ov", seed=0)
+    breaker(folder)
+    code = demo.main(["--model", str(folder), "--frames", "4", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -37,7 +37,7 @@ class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
 
 class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
     """Qwen2ForCausalLM whose ``forward`` / ``generate`` also take ``images`` and ``modalities``
-    (LLaVA-NeXT signature). AOT: :meth:`set_aot` or ``load_pretrained_model(..., aot=...)``."""
+    (LLaVA-NeXT signature). AOT: :meth:`set_aot` or ``load_pretrained_model(..., aot_config=...)``."""
 
     config_class = LlavaQwenConfig
 
