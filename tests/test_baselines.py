@@ -287,7 +287,7 @@ def test_visionzip_attention_knob_picks_the_layer(layer):
 
 
 @pytest.mark.parametrize("dominant, contextual", ((30, 34), (54, 30), (20, 10)))
-def test_visionzip_split_follows_each_knob(dominant, contextual):
+def test_visionzip_split_follows_dominant_and_contextual(dominant, contextual):
     features, shallow, deep = video(1)
     result = get_reducer("visionzip", dominant=dominant, contextual=contextual)(
         features, shallow, deep, AOTConfig(), budget=64)
