@@ -27,6 +27,26 @@ def default_clip_length(num_frames: int, num_clips: int) -> int:
     return max(1, math.ceil(num_frames / num_clips))
 
 
+def check_frame_features(frame_features, num_frames: int) -> None:
+    """Raise a ValueError unless ``frame_features`` is a finite (num_frames, D) float tensor.
+
+    The per-frame features of dynamic clips must describe exactly the video's frames: with fewer
+    rows the missing frames would fall out of every clip (and emit nothing), with more the cuts
+    would point past the video.
+    """
+    if not isinstance(frame_features, torch.Tensor):
+        raise TypeError(f"frame_features must be a torch.Tensor (frames, D), "
+                        f"got {type(frame_features).__name__}")
+    shape = tuple(frame_features.shape)
+    if frame_features.dim() != 2 or shape[0] != num_frames or shape[1] < 1:
+        raise ValueError(f"frame_features has shape {shape}; expected (frames, D) = "
+                         f"({num_frames}, D): one feature vector per frame of the video")
+    if not frame_features.is_floating_point():
+        raise TypeError(f"frame_features must be floating point, got dtype {frame_features.dtype}")
+    if not bool(torch.isfinite(frame_features).all()):
+        raise ValueError("frame_features holds NaN or inf values")
+
+
 def dynamic_clips(frame_features: torch.Tensor, num_clips: int, threshold: float) -> list[Clip]:
     """FastVID-style clips: cut at the weakest links between neighbouring frames.
 
@@ -37,6 +57,7 @@ def dynamic_clips(frame_features: torch.Tensor, num_clips: int, threshold: float
     Returns:
         list of (start, stop) clips.
     """
+    check_frame_features(frame_features, frame_features.shape[0] if frame_features.dim() else 0)
     frames = frame_features.shape[0]
     if frames <= 1:
         return [(0, frames)] if frames else []
@@ -54,8 +75,11 @@ def split_clips(num_frames: int, config: AOTConfig,
 
     Args:
         num_frames: frames of the video (>= 1).
-        frame_features: (F, D) per-frame global features, needed for dynamic clips.
+        frame_features: (F, D) per-frame global features, needed for dynamic clips (checked
+            whenever given, see :func:`check_frame_features`).
     """
+    if frame_features is not None:
+        check_frame_features(frame_features, num_frames)
     if config.dynamic_clips:
         if frame_features is None:
             raise ValueError("dynamic_clips=True needs per-frame features (frame_features)")

@@ -175,12 +175,26 @@ class AOTConfig:
         (docs/budget.md gives the spread).
         ``exact=True`` additionally sets ``exact_retention``: every video gets exactly
         ``floor(retention * frames * pooled + 0.5)`` tokens.
+
+        Approximate targets below :func:`aot.budget.lowest_retention` (about 1.2% for OV and
+        2.8% for LLaVA-Video at 32 frames) are refused: no anchor count gets that low.
         """
-        from .budget import settings_for_retention
+        from .budget import lowest_retention, settings_for_retention
 
         check_retention(retention, "retention")
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames={frames!r}: expected an integer >= 1")
+        lowest = lowest_retention(backbone, frames)
+        if not exact and retention < lowest:
+            # The fewest anchors and no kept tokens still give about `lowest`: a target below it
+            # would silently land many times too high.
+            raise ValueError(
+                f"retention={retention!r} is below what the approximate settings reach "
+                f"(about {lowest:.4f} for backbone {backbone!r} at {frames} frames: "
+                f"{_min_anchors()} anchors per frame, nothing kept in later frames); use "
+                f"exact=True for an exact token count")
         base = PRESETS["paper-ov-mvbench" if backbone == "ov" else "paper-video"]
         fields = settings_for_retention(retention, backbone, frames=frames)
         if exact:
@@ -200,6 +214,16 @@ def check_retention(value, name: str = "retention") -> float:
     return float(value)
 
 
+def _min_anchors() -> int:
+    from .budget import MIN_ANCHORS
+
+    return MIN_ANCHORS
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
 def _check_int(cfg, name: str, low: int) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -207,15 +231,17 @@ def _check_int(cfg, name: str, low: int) -> None:
 
 
 def _check_range(cfg, name: str, low: float, high: float) -> None:
+    """A finite number in [low, high] (high may be inf: no upper bound, but still finite)."""
     value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise ValueError(f"AOTConfig.{name}={value!r}: expected a number in [{low}, {high}]")
+    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+        expected = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
+        raise ValueError(f"AOTConfig.{name}={value!r}: expected a finite number {expected}")
 
 
 def _check_positive(cfg, name: str) -> None:
     value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"AOTConfig.{name}={value!r}: expected a number > 0")
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"AOTConfig.{name}={value!r}: expected a finite number > 0")
 
 
 def _check_choice(cfg, name: str, choices: tuple) -> None:

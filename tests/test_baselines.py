@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,6 +272,28 @@ def test_visionzip_split_and_dominant_choice():
     custom = get_reducer("visionzip", dominant=1, contextual=1)(features, shallow, deep, config,
                                                                 budget=64)
     assert int((custom.token_kind == KIND_ANCHOR).sum()) == 32
+
+
+@pytest.mark.parametrize("layer", ("deep", "shallow"))
+def test_visionzip_attention_knob_picks_the_layer(layer):
+    features, shallow, deep = video(1)
+    scores = {"deep": deep, "shallow": shallow}
+    top = {name: set(torch.sort(pool_grid(s.float(), 27, "bilinear")[0], descending=True,
+                                stable=True).indices[:54].tolist()) for name, s in scores.items()}
+    assert top["deep"] != top["shallow"]  # else this video could not tell the layers apart
+    result = get_reducer("visionzip", attention=layer)(features, shallow, deep, AOTConfig(),
+                                                       budget=64)
+    assert set(result.token_position[result.token_kind == KIND_FRAME].tolist()) == top[layer]
+
+
+@pytest.mark.parametrize("dominant, contextual", ((30, 34), (54, 30), (20, 10)))
+def test_visionzip_split_follows_dominant_and_contextual(dominant, contextual):
+    features, shallow, deep = video(1)
+    result = get_reducer("visionzip", dominant=dominant, contextual=contextual)(
+        features, shallow, deep, AOTConfig(), budget=64)
+    expected = math.floor(64 * dominant / (dominant + contextual) + 0.5)
+    assert int((result.token_kind == KIND_FRAME).sum()) == expected
+    assert int((result.token_kind == KIND_ANCHOR).sum()) == 64 - expected
 
 
 def test_visionzip_config_rejects_bad_values():
