@@ -184,9 +184,12 @@ def apply_merge_weights(features: torch.Tensor, anchor_idx: torch.Tensor,
     full = torch.zeros(frames, num_anchors, tokens, dtype=weights.dtype, device=features.device)
     full[rows, :, source_idx] = weights
     full.scatter_(2, anchor_idx[:, :, None], self_weight[:, :, None])
+    chunks = _chunks(frames, chunk_frames)
+    if len(chunks) == 1:
+        return torch.bmm(full, features.to(weights.dtype))
     merged = torch.empty(frames, num_anchors, dim, dtype=weights.dtype, device=features.device)
-    for start, stop in _chunks(frames, chunk_frames):
-        torch.bmm(full[start:stop], features[start:stop].to(weights.dtype), out=merged[start:stop])
+    for start, stop in chunks:
+        merged[start:stop] = torch.bmm(full[start:stop], features[start:stop].to(weights.dtype))
     return merged
 
 
