@@ -7,9 +7,10 @@ Cost model. The (F, T, D) patch tensor is the only large object (32 x 729 x 3584
 334 MB); everything else is (F, T, N) or smaller. The stage reads it three times: one norm
 pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. It never writes a
 tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
-surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). A float32
-input is read in place; a half-precision one is upcast in chunks of frames (``chunk_frames``),
-so the extra memory stays a fraction of the input; chunking does not change a single bit.
+surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The similarity
+pass runs over chunks of frames (``chunk_frames``: its gathered anchors, and the float32 copy of a
+half-precision input, exist for one chunk at a time), so the extra memory stays a fraction of the
+input; chunking does not change a single bit.
 """
 
 from __future__ import annotations
@@ -142,16 +143,14 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     Args:
         features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
         anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
-        chunk_frames: frames per pass when a half-precision input is upcast (None = all at
-            once; same result). Float32/float64 inputs are read in place in one pass.
+        chunk_frames: frames per pass (None = all at once; same result): bounds the gathered
+            anchors and any upcast/rescaled copy of the input to one chunk.
         rescale: scale every patch to unit norm first (overflow-free, two more passes).
     Returns:
         :class:`AnchorSimilarity`.
     """
     work = torch.promote_types(features.dtype, torch.float32)
     frames, tokens, _ = features.shape
-    if features.dtype == work and not rescale:
-        chunk_frames = None  # read in place; chunks bound the copies of upcast/rescaled input
     similarity = torch.empty(frames, source_idx.shape[1], anchor_idx.shape[1], dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
