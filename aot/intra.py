@@ -21,8 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from .config import AOTConfig
-from .ops import (check_finite, cosine_similarity, gather_rows, pack_left,  # noqa: F401
-                  unit_rows)  # cosine_similarity: re-exported (its home is aot.ops)
+from .ops import (  # noqa: F401
+    check_finite,
+    cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
+    gather_rows,
+    pack_left,
+    unit_rows,
+)
 from .sinkhorn import sinkhorn
 
 # Frames per chunk of the passes over the (F, T, D) tensor: big enough for the matrix products

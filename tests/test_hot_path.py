@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import aot
-from aot.intra import anchor_similarity, merged_anchor_features, split_by_mask
+from aot.intra import merged_anchor_features, split_by_mask
 from aot.pooling import pool_at, pool_grid
 from aot.sinkhorn import sinkhorn
 from aot.synthetic import synthetic_video
