@@ -7,9 +7,10 @@ Cost model. The (F, T, D) patch tensor is the only large object (32 x 729 x 3584
 334 MB); everything else is (F, T, N) or smaller. The stage reads it three times: one norm
 pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. It never writes a
 tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
-surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The big passes
-run over chunks of frames (``chunk_frames``), so a float16 input is upcast chunk by chunk and
-the extra memory stays a fraction of the input; chunking does not change a single bit.
+surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The similarity
+pass runs over chunks of frames (``chunk_frames``: its gathered anchors, and the float32 copy of a
+half-precision input, exist for one chunk at a time), so the extra memory stays a fraction of the
+input; chunking does not change a single bit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from .config import AOTConfig
-from .ops import check_finite, cosine_similarity, pack_left, unit_rows  # noqa: F401  (re-export)
+from .ops import (  # noqa: F401
+    check_finite,
+    cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
+    gather_rows,
+    pack_left,
+    unit_rows,
+)
 from .sinkhorn import sinkhorn
 
 # Frames per chunk of the passes over the (F, T, D) tensor: big enough for the matrix products
@@ -141,7 +148,8 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     Args:
         features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
         anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
-        chunk_frames: frames per pass over ``features`` (None = all at once; same result).
+        chunk_frames: frames per pass (None = all at once; same result): bounds the gathered
+            anchors and any upcast/rescaled copy of the input to one chunk.
         rescale: scale every patch to unit norm first (overflow-free, two more passes).
     Returns:
         :class:`AnchorSimilarity`.
@@ -159,7 +167,7 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
         norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
         norms[start:stop] = norm
-        dots = torch.bmm(x, x[rows, a_idx].transpose(1, 2))[rows, s_idx]  # (f, M, N)
+        dots = torch.bmm(x, gather_rows(x, a_idx).transpose(1, 2))[rows, s_idx]  # (f, M, N)
         similarity[start:stop] = dots / (norm[rows, s_idx][:, :, None] * norm[rows, a_idx][:, None, :])
     return AnchorSimilarity(similarity, norms)
 
@@ -180,13 +188,18 @@ def apply_merge_weights(features: torch.Tensor, anchor_idx: torch.Tensor,
     """
     frames, tokens, dim = features.shape
     num_anchors = anchor_idx.shape[1]
+    if features.dtype == weights.dtype:
+        chunk_frames = None  # read in place: chunks only bound the upcast copy of half input
     rows = torch.arange(frames, device=features.device)[:, None]
     full = torch.zeros(frames, num_anchors, tokens, dtype=weights.dtype, device=features.device)
     full[rows, :, source_idx] = weights
     full.scatter_(2, anchor_idx[:, :, None], self_weight[:, :, None])
+    chunks = _chunks(frames, chunk_frames)
+    if len(chunks) == 1:
+        return torch.bmm(full, features.to(weights.dtype))
     merged = torch.empty(frames, num_anchors, dim, dtype=weights.dtype, device=features.device)
-    for start, stop in _chunks(frames, chunk_frames):
-        torch.bmm(full[start:stop], features[start:stop].to(weights.dtype), out=merged[start:stop])
+    for start, stop in chunks:
+        merged[start:stop] = torch.bmm(full[start:stop], features[start:stop].to(weights.dtype))
     return merged
 
 

@@ -92,8 +92,8 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
     if cost.shape[0] == 0 or cost.shape[1] == 0 or cost.shape[2] == 0:
         return SinkhornResult(torch.zeros_like(cost),
                               torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
-    options = dict(max_iter=max_iter, stop_threshold=stop_threshold, stopping=stopping,
-                   check_every=check_every)
+    options = {"max_iter": max_iter, "stop_threshold": stop_threshold, "stopping": stopping,
+               "check_every": check_every}
     if log_domain:
         return sinkhorn_log(a, b, cost, reg, **options)
     kernel = masked_kernel(cost, reg, a > 0, b > 0)

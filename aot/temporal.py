@@ -241,7 +241,6 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
         anchors (so the keyframe appears twice, as in the released code). A clip of one frame
         emits its survivors once.
     """
-    frames = tokens.shape[0]
     work = torch.promote_types(tokens.dtype, torch.float32)
     kept = torch.zeros_like(valid)
     multi = [clip for clip in clips if clip[1] - clip[0] >= 2]

@@ -32,7 +32,7 @@ import aot
 from aot.synthetic import synthetic_video
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from reference_reducer import reference_reduce_video  # noqa: E402
+from reference_reducer import reference_reduce_video
 
 SHAPES = (("ov", 32, "paper-ov-mvbench"), ("video", 64, "paper-video"))
 
