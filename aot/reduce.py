@@ -16,7 +16,7 @@ import torch
 
 from .anchors import select_anchors
 from .budget import ExactPlan, plan_exact_budget
-from .clips import Clip, split_clips
+from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
 from .intra import aggregate_into_anchors, write_anchors
 from .ops import check_finite, first_in_order, pack_left
@@ -160,6 +160,8 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
     """
     config = config or AOTConfig()
     grid = check_inputs(features, shallow_attention, deep_attention, config)
+    if frame_features is not None:  # checked even when no clip would read it (inter off)
+        check_frame_features(frame_features, features.shape[0])
     return inter_stage(intra_stage(features, shallow_attention, deep_attention, config, grid=grid),
                        config, frame_features=frame_features)
 

@@ -5,9 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_reducer_prints_both_shapes_and_the_reference_ratio():
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "bench_reducer.sh"), "--device", "cpu", "--dim", "16",

@@ -48,6 +48,7 @@ def test_launch_check_processes_without_gpus(monkeypatch):
     preflight.check_processes(1, None)
 
 
+@pytest.mark.slow
 def test_eval_script_stops_before_launch_on_a_missing_checkpoint(tmp_path):
     """The script says what is wrong in one line, before torchrun or a model load."""
     proc = subprocess.run(["bash", str(REPO / "scripts" / "eval_ov_mvbench.sh"), "--retention",

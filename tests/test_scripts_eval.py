@@ -135,6 +135,7 @@ def test_sweep_dry_run_covers_the_table():
     assert run([SCRIPTS / "sweep.sh", "--backbone", "xx"]).returncode == 2
 
 
+@pytest.mark.slow
 def test_sbatch_array_index_mapping():
     env = {"DRY_RUN": "1", "BACKBONE": "video", "RETENTIONS": "full 0.25 0.15",
            "BENCHMARKS": "mvbench videomme", "OUTPUT": "tbl"}

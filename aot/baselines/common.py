@@ -90,29 +90,6 @@ def retention_for_budget(budget: int, frames: int, pooled_per_frame: int) -> flo
                      f"({frames} frames x {pooled_per_frame})")
 
 
-def pack_left(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of each row's True entries packed to the left, ascending.
-
-    Args:
-        mask: (F, P) bool.
-        width: slots to return (default: the largest row count).
-    Returns:
-        positions (F, S) long (slots past a row's count hold arbitrary positions) and
-        valid (F, S) bool.
-    """
-    counts = mask.sum(1)
-    if width is None:
-        width = int(counts.max()) if counts.numel() else 0
-    positions = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return positions, valid
-
-
-def gather_tokens(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(F, P, D) values, (F, S) positions -> (F, S, D)."""
-    return torch.gather(values, 1, positions[:, :, None].expand(-1, -1, values.shape[-1]))
-
-
 def flatten_slots(tokens: torch.Tensor, positions: torch.Tensor, kinds: torch.Tensor,
                   valid: torch.Tensor):
     """Per-frame padded slots -> the flat frame-major sequence of AOTResult.

@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AOTConfig
+from ..ops import gather_rows, pack_left
 from ..pooling import pool_grid
 from ..reduce import AOTResult
 from ..temporal import KIND_FRAME, KIND_KEPT, lowest_k
 from .common import (
     flatten_slots,
-    gather_tokens,
     make_result,
-    pack_left,
     resolve_budget,
     validate,
     work_dtype,
@@ -170,7 +169,7 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
     if options.merge:
         values = merge_into_kept(values, keep)
     positions, valid = pack_left(keep)
-    tokens = gather_tokens(values, positions)
+    tokens = gather_rows(values, positions)
     kinds = torch.full_like(positions, KIND_KEPT)
     kinds[0] = KIND_FRAME
     out, frame_ids, token_position, token_kind = flatten_slots(tokens, positions, kinds, valid)

@@ -19,18 +19,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budget import first_in_order
 from ..config import AOTConfig
-from ..intra import cosine_similarity
+from ..ops import cosine_similarity, first_in_order, gather_rows, pack_left
 from ..pooling import pool_grid
 from ..reduce import AOTResult
 from ..temporal import KIND_ANCHOR, KIND_FRAME
 from .common import (
     flatten_slots,
     frame_counts,
-    gather_tokens,
     make_result,
-    pack_left,
     resolve_budget,
     validate,
     work_dtype,
@@ -111,7 +108,7 @@ def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Te
         (F, C, D) contextual tokens (padding rows are meaningless).
     """
     frames, pooled_count, dim = values.shape
-    target_values = gather_tokens(values, targets)
+    target_values = gather_rows(values, targets)
     if targets.shape[1] == 0:
         return target_values
     similarity = cosine_similarity(values, target_values)  # (F, P, C)
@@ -166,7 +163,7 @@ def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
     contextual = merge_contextual(values, ~dominant, targets, target_valid)
 
     dom_positions, dom_valid = pack_left(dominant)
-    tokens = torch.cat([gather_tokens(values, dom_positions), contextual], 1)
+    tokens = torch.cat([gather_rows(values, dom_positions), contextual], 1)
     positions = torch.cat([dom_positions, targets], 1)
     valid = torch.cat([dom_valid, target_valid], 1)
     kinds = torch.cat([torch.full_like(dom_positions, KIND_FRAME),
