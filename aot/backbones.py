@@ -103,6 +103,19 @@ BACKBONES: dict[str, Backbone] = {
     "video": Backbone("video", "LLaVA-Video (lmms-lab LLaVA-Video-7B-Qwen2)", (27, 27),
                       pooling="average", newline="grid", shallow_layer=5, deep_layer=24,
                       preset="paper-video", frames=64, prompt_template="qwen_1_5"),
+    # transformers' own classes (aot.hf). Same tower, pooling and newline as "ov".
+    "hf-ov": Backbone("hf-ov", "LLaVA-OneVision in transformers (llava-hf/llava-onevision-*-hf)",
+                      (27, 27), pooling="bilinear", newline="one_token", shallow_layer=5,
+                      deep_layer=24, preset="paper-ov-mvbench", frames=32,
+                      prompt_template="chat_template"),
+    # Qwen2.5-VL: the grid is the 2x2 merger's output (the LLM's tokens; 448 px frames give
+    # 16x16), a "frame" is a temporal patch (two video frames), the merger is the pooling.
+    # Layers 7 and 31 are the first and last full-attention blocks (fullatt_block_indexes);
+    # windowed blocks only see 112-px windows (docs/knobs.md).
+    "qwen2_5_vl": Backbone("qwen2_5_vl", "Qwen2.5-VL in transformers (Qwen/Qwen2.5-VL-*)",
+                           (16, 16), pooling="none", newline="no_token", shallow_layer=7,
+                           deep_layer=31, preset="paper-ov-mvbench", frames=16,
+                           prompt_template="chat_template", positions="mrope"),
 }
 
 
