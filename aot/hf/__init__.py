@@ -224,7 +224,10 @@ def _restore_prompt(out, original_ids: torch.Tensor, short_length: int):
     """Stock ``generate`` returns the prompt ids it was given, then the new tokens: give back
     the caller's unreduced prompt so ``out[:, inputs.input_ids.shape[1]:]`` stays the answer."""
     def fix(sequences):
-        return torch.cat([original_ids.to(sequences.device), sequences[:, short_length:]], dim=1)
+        prompt = original_ids.to(sequences.device)
+        if sequences.shape[0] != prompt.shape[0]:      # num_return_sequences / beams expand rows
+            prompt = prompt.repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)
+        return torch.cat([prompt, sequences[:, short_length:]], dim=1)
 
     if isinstance(out, torch.Tensor):
         return fix(out)

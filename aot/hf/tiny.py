@@ -113,3 +113,46 @@ def qwen_inputs(grids: list[tuple[int, int, int]], seeds: list[int] | None = Non
             "video_grid_thw": torch.tensor(grids, dtype=torch.long),
             "second_per_grid_ts": torch.full((len(grids),), 2 / fps),
             "mm_token_type_ids": types}
+
+
+def _run(argv=None) -> None:
+    """``python -m aot.hf.tiny``: token counts and CPU times of the tiny models, stock vs reduced
+    (one process, same inputs; times are medians of ``--repeats`` generate calls)."""
+    import argparse
+    import statistics
+    import time
+
+    import aot.hf
+
+    parser = argparse.ArgumentParser(description=_run.__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--retention", type=float, nargs="+", default=[0.1, 0.25])
+    args = parser.parse_args(argv)
+    knobs = {"onevision": dict(anchors_per_frame=12, window=3, shallow_layer=1, deep_layer=3),
+             "qwen2_5_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3)}
+    cases = {"onevision": (onevision(), onevision_inputs([16, 16])),
+             "qwen2_5_vl": (qwen2_5_vl(), qwen_inputs([(8, 12, 12), (8, 12, 12)]))}
+    print(f"{'model':<11} {'setting':<9} {'video tokens/row':>16} {'generate s':>10}")
+    for name, (model, inputs) in cases.items():
+        for retention in [None] + list(args.retention):
+            handle = None if retention is None else aot.hf.apply(
+                model, aot.hf.config_for(model, retention, **knobs[name]))
+            seen = []
+            hook = model.model.register_forward_pre_hook(
+                lambda m, a, k: seen.append(k["input_ids"]), with_kwargs=True)
+            times = []
+            with torch.no_grad():
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    model.generate(**inputs, max_new_tokens=8, do_sample=False)
+                    times.append(time.perf_counter() - start)
+            hook.remove()
+            tokens = (seen[0] == VIDEO_TOKEN).sum(1).tolist()
+            print(f"{name:<11} {'stock' if retention is None else f'r={retention}':<9} "
+                  f"{str(tokens):>16} {statistics.median(times):>10.3f}")
+            if handle is not None:
+                handle.remove()
+
+
+if __name__ == "__main__":
+    _run()

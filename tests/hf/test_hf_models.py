@@ -306,3 +306,27 @@ def test_qwen_config_pooling_is_the_backbones(qwen, applied):
     handle = applied(qwen, aot.AOTConfig.from_retention(0.25, exact=True, **KNOBS,
                                                         ).replace(anchors_per_frame=8, window=2))
     assert handle.reduction.config.pooling == get_backbone("qwen2_5_vl").pooling == "none"
+
+
+def test_num_return_sequences_keeps_the_callers_prompt(ov, applied):
+    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    inputs = ov_inputs(batch=2, frames=2)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = ov.generate(**inputs, max_new_tokens=3, do_sample=True, num_return_sequences=2)
+    width = inputs["input_ids"].shape[1]
+    assert out.shape == (4, width + 3)
+    assert torch.equal(out[:, :width], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
+def test_right_padding_forward_matches_left_padding(ov, applied):
+    """Training-style right padding: the shortened batch stays right-padded; each row's last
+    real token reads the same logits as with left padding."""
+    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    left, right = ov_inputs(batch=2, frames=2), ov_inputs(batch=2, frames=2, left=False)
+    with torch.no_grad():
+        a = ov(**left).logits[:, -1]
+        b = ov(**right).logits
+    last = right["attention_mask"].sum(1) - 1
+    shrink = right["input_ids"].shape[1] - b.shape[1]    # both rows lose the same count here
+    torch.testing.assert_close(a, b[torch.arange(2), last - shrink], rtol=0, atol=1e-4)
