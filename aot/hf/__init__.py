@@ -54,16 +54,30 @@ class Handle:
         remove(self.model)
 
 
-def config_for(model, retention: float, *, exact: bool = True, **overrides) -> AOTConfig:
-    """An :class:`AOTConfig` for ``model``'s backbone: the released OV settings with the
-    backbone's pooling and default vision layers, ``exact_retention=retention`` when ``exact``."""
+def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, int] | None = None,
+               **overrides) -> AOTConfig:
+    """An :class:`AOTConfig` for ``model``'s backbone at ``retention``.
+
+    The released OV settings with the backbone's pooling and default vision layers
+    (:data:`aot.backbones.BACKBONES`), ``exact_retention=retention`` when ``exact``. On a grid
+    other than SigLIP's 27x27 (``grid``, default the backbone's declared one: Qwen2.5-VL at
+    448 px = 16x16 merged tokens) the anchor count keeps the released share of the grid
+    (126 / 729) and the window is the largest divisor of the side up to the released 9 (the
+    core tiles square grids with windows that divide the side). ``overrides`` win.
+    """
     backbone = adapter_for(model).backbone
+    rows, cols = backbone.grid if grid is None else grid
     fields = dict(pooling=backbone.pooling, shallow_layer=backbone.shallow_layer,
                   deep_layer=backbone.deep_layer)
+    base = PRESETS[backbone.preset]
+    if (rows, cols) != (27, 27):
+        side = min(rows, cols)
+        fields["anchors_per_frame"] = max(1, round(base.anchors_per_frame * rows * cols / 729))
+        fields["window"] = max(d for d in range(1, min(side, base.window) + 1) if side % d == 0)
     if exact:
         fields["exact_retention"] = retention
     fields.update(overrides)
-    return PRESETS[backbone.preset].replace(**fields)
+    return base.replace(**fields)
 
 
 def apply(model, reduction, *, reducer: str | None = None) -> Handle:

@@ -330,3 +330,12 @@ def test_right_padding_forward_matches_left_padding(ov, applied):
     last = right["attention_mask"].sum(1) - 1
     shrink = right["input_ids"].shape[1] - b.shape[1]    # both rows lose the same count here
     torch.testing.assert_close(a, b[torch.arange(2), last - shrink], rtol=0, atol=1e-4)
+
+
+def test_config_for_fits_the_backbone_grid(ov, qwen):
+    assert aot.hf.config_for(ov, 0.1).window == 9                      # 27x27: released
+    assert aot.hf.config_for(ov, 0.1).anchors_per_frame == 126
+    q = aot.hf.config_for(qwen, 0.1)                                     # 16x16 merged tokens
+    assert (q.window, q.anchors_per_frame, q.pooling) == (8, 44, "none")
+    assert (q.shallow_layer, q.deep_layer) == (7, 31)
+    assert aot.hf.config_for(qwen, 0.1, grid=(6, 6)).window == 6
