@@ -216,10 +216,27 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     out["attention_mask"] = short.attention_mask
     if kwargs.get("mm_token_type_ids") is not None:
         out["mm_token_type_ids"] = short.take(kwargs["mm_token_type_ids"])
-    out["mm_encoder_outputs"] = {"video": adapter.encoder_outputs([s.tokens for s in sequences])}
+    encoder_outputs = {"video": adapter.encoder_outputs([s.tokens for s in sequences])}
+    if out.get("pixel_values") is not None:
+        # forward refuses pixels beside mm_encoder_outputs: encode the images as stock does
+        encoder_outputs["image"] = _stock_image_outputs(model, out)
+    out["mm_encoder_outputs"] = encoder_outputs
     if positions is not None:
         out["position_ids"] = _mrope_positions(model, short, positions)
     return out
+
+
+def _stock_image_outputs(model, kwargs: dict):
+    """The stock ``get_image_features`` on the batch's images (the call generate makes); pops
+    the keys it consumed, except those the position ids still need."""
+    import inspect
+
+    encoder = model.model.get_image_features
+    names = [n for n in inspect.signature(encoder).parameters if n != "kwargs" and n in kwargs]
+    outputs = encoder(**{n: kwargs[n] for n in names}, return_dict=True)
+    for name in names:
+        kwargs.pop(name)
+    return outputs
 
 
 def _mrope_positions(model, short: Shortened, positions: torch.Tensor) -> torch.Tensor:

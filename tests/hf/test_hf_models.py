@@ -339,3 +339,43 @@ def test_config_for_fits_the_backbone_grid(ov, qwen):
     assert (q.window, q.anchors_per_frame, q.pooling) == (8, 44, "none")
     assert (q.shallow_layer, q.deep_layer) == (7, 31)
     assert aot.hf.config_for(qwen, 0.1, grid=(6, 6)).window == 6
+
+
+def _qwen_image_and_video(grid=(2, 12, 12), image=(8, 8)):
+    """One row: text, an image (t=1), text, a video: as Qwen2_5_VLProcessor lays them out."""
+    video = tiny.qwen_inputs([grid])
+    h, w = image
+    ids = video["input_ids"][0].tolist()
+    image_run = [tiny.VISION_START] + [tiny.IMAGE_TOKEN] * (h * w // 4) + [tiny.VISION_END]
+    ids = ids[:2] + image_run + [7, 8] + ids[2:]
+    ids = torch.tensor([ids])
+    types = (ids == tiny.VIDEO_TOKEN).long() * 2 + (ids == tiny.IMAGE_TOKEN).long()
+    g = torch.Generator().manual_seed(5)
+    return dict(video, input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types,
+                pixel_values=torch.randn(h * w, 3 * 2 * 14 * 14, generator=g),
+                image_grid_thw=torch.tensor([[1, h, w]]))
+
+
+def test_qwen_images_beside_a_video_stay_stock(qwen, applied):
+    inputs = _qwen_image_and_video()
+    with torch.no_grad():
+        stock = qwen.generate(**inputs, **GEN)
+        stock_logits = qwen(**inputs).logits
+    applied(qwen, None)
+    with torch.no_grad():
+        assert torch.equal(qwen.generate(**inputs, **GEN), stock)
+        assert torch.equal(qwen(**inputs).logits, stock_logits)
+    aot.hf.remove(qwen)
+    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=2,
+                                             shallow_layer=1, deep_layer=3))
+    seen = LLMInput(qwen)
+    try:
+        with torch.no_grad():
+            out = qwen.generate(**inputs, **GEN)
+    finally:
+        seen.close()
+    ids = seen.calls[0]["input_ids"]
+    assert int((ids == tiny.IMAGE_TOKEN).sum()) == 16                  # the image untouched
+    assert int((ids == tiny.VIDEO_TOKEN).sum()) == exact_budget(0.25, 2, 36)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]
+    assert handle.last[0].visual_tokens == exact_budget(0.25, 2, 36)
