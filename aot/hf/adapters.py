@@ -124,6 +124,14 @@ class OneVisionAdapter(HFAdapter):
                         {index: received[index][v * frames:(v + 1) * frames] for index in layers})
                 for v in range(batch)]
 
+    def encode(self, pixels: torch.Tensor, layers: tuple[int, ...], on_stage) -> Encoded:
+        """:class:`aot.path.VideoAdapter` step for one video, (F, 3, S, S) pixels (the tower
+        and the projector run together: ``"vision"`` and ``"projector"`` are reported at once)."""
+        encoded = self.encode_batch({"pixel_values_videos": pixels[None]}, layers)[0]
+        on_stage("vision")
+        on_stage("projector")
+        return encoded
+
     def pool(self, encoded: Encoded) -> torch.Tensor:
         return self.model.model.apply_pooling(encoded.features)
 

@@ -379,3 +379,21 @@ def test_qwen_images_beside_a_video_stay_stock(qwen, applied):
     assert int((ids == tiny.VIDEO_TOKEN).sum()) == exact_budget(0.25, 2, 36)
     assert out.shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]
     assert handle.last[0].visual_tokens == exact_budget(0.25, 2, 36)
+
+
+def test_ov_adapter_joins_the_one_video_path(ov, applied):
+    """aot.path.visual_sequence on the hf adapter gives the tokens apply() fed the LLM."""
+    from aot.hf.adapters import OneVisionAdapter
+    from aot.path import visual_sequence
+
+    reduction = Reduction(aot.hf.config_for(ov, 0.25, **KNOBS))
+    handle = applied(ov, reduction)
+    inputs = ov_inputs(batch=1, frames=4)
+    stages = []
+    with torch.no_grad():
+        ov(**inputs)
+        sequence = visual_sequence(OneVisionAdapter(ov), inputs["pixel_values_videos"][0],
+                                   reduction, stages.append)
+    assert stages == ["vision", "projector", "reduce"]
+    assert torch.equal(sequence.tokens, handle.last[0].tokens)
+    assert sequence.newline_tokens == 1 and sequence.visual_tokens == exact_budget(0.25, 4, 9)
