@@ -5,8 +5,8 @@ video ``v`` has ``L_v`` tokens; each comes with a *slot*: the index, inside that
 unreduced placeholder run, of the token whose position it keeps (its own place for a kept token,
 the anchor's for a merged anchor). This module rebuilds ``input_ids``, ``attention_mask``, any
 per-token side tensor (``mm_token_type_ids``) and, for M-RoPE models, the position ids: text
-columns are copied, each video's run is replaced by its ``L_v`` tokens at the place of the run,
-and padding is rebuilt on the side the batch was padded.
+columns are copied, each video's run is replaced by its ``L_v`` tokens at the place of the run
+(a run split by text into pieces keeps each token in the piece of its slot), and padding is rebuilt on the side the batch was padded.
 """
 
 from __future__ import annotations
@@ -56,60 +56,72 @@ def shorten(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, video_
         attention_mask: (B, L) or None (no padding).
         video_token_id: the placeholder id.
         runs: per video, its unreduced placeholder count N_v.
-        slots: per video, (L_v,) long indices into that video's unreduced placeholder run
-            (the run may be split by text, e.g. per-frame timestamps: indices count the
-            video's placeholders in order).
+        slots: per video, (L_v,) long indices into that video's unreduced placeholders
+            (counted in order). A video's placeholders may be split by text (Qwen3-VL's
+            per-frame timestamps): each token is emitted in the piece that holds its slot, at
+            that piece's place, in the reducer's order; the text between pieces stays.
         pad_token_id: id written into new padding columns.
     Returns:
         :class:`Shortened`; rows are padded to the longest on the side the batch was padded
         (left when any row starts with padding, else right).
     """
-    batch, length = input_ids.shape
+    batch = input_ids.shape[0]
     mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).bool()
     is_video = (input_ids == video_token_id) & mask
     needed = int(is_video.sum())
-    if needed != sum(runs):
-        raise ValueError(f"input_ids hold {needed} video placeholders but the encoded videos "
-                         f"need {sum(runs)} ({runs}); pass the processor's input_ids unchanged")
+    if len(runs) != len(slots) or needed != sum(runs):
+        raise ValueError(f"input_ids hold {needed} video placeholders but the {len(slots)} "
+                         f"encoded videos need {sum(runs)} ({runs}); pass the processor's "
+                         "input_ids unchanged")
+    for video, (run, chosen) in enumerate(zip(runs, slots)):
+        if len(chosen) and (int(chosen.min()) < 0 or int(chosen.max()) >= run):
+            raise ValueError(f"video {video}: slots must lie in 0..{run - 1} (its placeholders), "
+                             f"got {int(chosen.min())}..{int(chosen.max())}")
+    # video index and ordinal (inside its video) of every placeholder, in batch order
+    owner = torch.repeat_interleave(torch.arange(len(runs)), torch.tensor(runs)).tolist()
+    ordinal = [i for run in runs for i in range(run)]
     rows_src, rows_pos = [], []
-    video = 0
-    used = 0          # placeholders of ``video`` already consumed
+    seen = 0
     for row in range(batch):
         src, pos = [], []
         cols = torch.nonzero(mask[row]).flatten().tolist()
-        run_cols: list[int] = []
-        for col in cols:
-            if not is_video[row, col]:
+        video_cols = set(torch.nonzero(is_video[row]).flatten().tolist())
+        run_start = None                 # (video, first ordinal, first column) of the open run
+        pending = []                     # columns of the open run
+        for col in cols + [None]:
+            if col is not None and col in video_cols:
+                video, index = owner[seen], ordinal[seen]
+                seen += 1
+                if run_start is not None and run_start[0] != video:
+                    _emit(run_start, pending, slots, src, pos)
+                    run_start, pending = None, []
+                if run_start is None:
+                    run_start = (video, index, col)
+                pending.append(col)
+                continue
+            if run_start is not None:    # a run ends: its tokens go where it started
+                _emit(run_start, pending, slots, src, pos)
+                run_start, pending = None, []
+            if col is not None:
                 src.append(col)
                 pos.append(col)
-                continue
-            if video >= len(slots):
-                raise ValueError(f"input_ids hold {needed} video placeholders but only "
-                                 f"{len(slots)} videos were encoded")
-            if used == 0:
-                run_cols = []
-                first = col
-            run_cols.append(col)
-            used += 1
-            if used == runs[video]:
-                # the whole run is seen: emit the reduced tokens at its first column
-                chosen = slots[video].tolist()
-                if chosen and max(chosen) >= len(run_cols):
-                    raise ValueError(f"video {video}: slot {max(chosen)} outside its run of "
-                                     f"{len(run_cols)} placeholders")
-                src.extend([first] * len(chosen))
-                pos.extend(run_cols[i] for i in chosen)
-                video += 1
-                used = 0
-        if used:
-            raise ValueError(f"row {row} ends inside the placeholder run of video {video}; a "
-                             "video's placeholders must not span rows")
+        if seen < len(ordinal) and ordinal[seen] != 0:
+            raise ValueError(f"row {row} ends inside the placeholders of video {owner[seen]}; "
+                             "a video's placeholders must not span rows")
         rows_src.append(src)
         rows_pos.append(pos)
-    if video != len(slots):
-        raise ValueError(f"{len(slots)} videos were encoded but input_ids hold placeholders for "
-                         f"{video}")
     return _pad(input_ids, mask, rows_src, rows_pos, pad_token_id)
+
+
+def _emit(run_start, run_cols, slots, src, pos) -> None:
+    """Append the tokens of ``video`` whose slot falls in this run (placeholders ``first`` ..
+    ``first + len(run_cols) - 1`` of the video), in the reducer's order, at the run's place."""
+    video, first, first_col = run_start
+    chosen = slots[video]
+    inside = (chosen >= first) & (chosen < first + len(run_cols))
+    for slot in chosen[inside].tolist():
+        src.append(first_col)
+        pos.append(run_cols[slot - first])
 
 
 def _pad(input_ids, mask, rows_src, rows_pos, pad_token_id) -> Shortened:
