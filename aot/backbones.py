@@ -116,6 +116,12 @@ BACKBONES: dict[str, Backbone] = {
                            (16, 16), pooling="none", newline="no_token", shallow_layer=7,
                            deep_layer=31, preset="paper-ov-mvbench", frames=16,
                            prompt_template="chat_template", positions="mrope"),
+    # Qwen3-VL: a SigLIP-2-style 27-block ViT with full attention everywhere (the paper's 5 and
+    # 24 keep their roles), 16-px patches, 2x2 merger (512 px frames give 16x16), DeepStack.
+    "qwen3_vl": Backbone("qwen3_vl", "Qwen3-VL in transformers (Qwen/Qwen3-VL-*)", (16, 16),
+                         pooling="none", newline="no_token", shallow_layer=5, deep_layer=24,
+                         preset="paper-ov-mvbench", frames=16, prompt_template="chat_template",
+                         positions="mrope"),
 }
 
 

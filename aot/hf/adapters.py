@@ -189,10 +189,16 @@ class Qwen25VLAdapter(HFAdapter):
             for index in layers:
                 patches = sinks[index][0]
                 received[index] = patches.view(-1, unit)[restore].mean(1)
+        return self._split(merged, grid_thw, received)
+
+    def _split(self, merged, grid_thw, received) -> list[Encoded]:
+        """Packed (sum t*h*w/4, C) merger outputs and received attention -> one Encoded per
+        video, (t, h*w/4, C)."""
+        merge = self.visual.spatial_merge_size
         encoded = []
         start = 0
         for t, h, w in grid_thw.tolist():
-            rows, cols = h // visual.spatial_merge_size, w // visual.spatial_merge_size
+            rows, cols = h // merge, w // merge
             if rows != cols:
                 raise ValueError(f"video grid {rows}x{cols} merged tokens: the AOT core handles "
                                  "square frames only for now; resize frames to a square "
@@ -201,7 +207,8 @@ class Qwen25VLAdapter(HFAdapter):
             stop = start + count
             encoded.append(Encoded(
                 merged[start:stop].view(t, rows * cols, -1), rows,
-                {index: received[index][start:stop].view(t, rows * cols) for index in layers}))
+                {index: attention[start:stop].view(t, rows * cols)
+                 for index, attention in received.items()}))
             start = stop
         return encoded
 
@@ -230,10 +237,58 @@ class Qwen25VLAdapter(HFAdapter):
         return BaseModelOutputWithPooling(pooler_output=tuple(sequences))
 
 
+class Qwen3VLAdapter(Qwen25VLAdapter):
+    """``Qwen3VLForConditionalGeneration``: full-attention ViT, 2x2 merger, DeepStack features of
+    a few ViT layers added into the LLM at the visual positions, per-frame timestamp text.
+
+    The reducer sees the main features and every DeepStack level concatenated along channels,
+    (t, h*w/4, D * (1 + levels)): each reducer's selection and merge is a per-token linear map,
+    so one run applies the same map to all levels (their similarities then read all levels).
+    :meth:`encoder_outputs` splits them again. Each kept token stays after its own frame's
+    timestamp (:func:`aot.hf.sequence.shorten` emits it in its frame's piece).
+    """
+
+    backbone_name = "qwen3_vl"
+    video_keys = ("pixel_values_videos", "video_grid_thw")
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        visual = self.visual
+        grid_thw = inputs["video_grid_thw"]
+        pixels = inputs["pixel_values_videos"].type(visual.dtype)
+        modules = {index: visual.blocks[index].attn for index in layers}
+        with capturing(modules, qwen_vision_received) as sinks:
+            out = visual(pixels, grid_thw=grid_thw, return_dict=True)
+        merged = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
+        unit = visual.spatial_merge_size ** 2
+        received = {index: sinks[index][0].view(-1, unit).mean(1) for index in layers}
+        return self._split(merged, grid_thw, received)
+
+    def positions(self, inputs: dict) -> torch.Tensor:
+        position_ids, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs["video_grid_thw"],
+            attention_mask=inputs.get("attention_mask"))
+        return position_ids
+
+    def encoder_outputs(self, sequences: list[torch.Tensor]):
+        """pooler_output and deepstack_features (one tuple per level), each a (L_v, D) per video,
+        as ``get_video_features`` returns them."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+            BaseModelOutputWithDeepstackFeatures)
+
+        dim = self.model.config.text_config.hidden_size
+        levels = len(self.visual.deepstack_visual_indexes)
+        parts = [s.split(dim, dim=-1) for s in sequences]
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(p[0] for p in parts),
+            deepstack_features=[tuple(p[1 + level] for p in parts) for level in range(levels)])
+
+
 #: transformers class name -> adapter class.
 ADAPTERS = {
     "LlavaOnevisionForConditionalGeneration": OneVisionAdapter,
     "Qwen2_5_VLForConditionalGeneration": Qwen25VLAdapter,
+    "Qwen3VLForConditionalGeneration": Qwen3VLAdapter,
 }
 
 

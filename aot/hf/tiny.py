@@ -61,6 +61,27 @@ def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3))
     return model
 
 
+def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2)):
+    """``Qwen3VLForConditionalGeneration`` with random weights: a ``depth``-block ViT on 16-px
+    patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        text_config=_text(head_dim=8, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True}),
+        vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=32, patch_size=16, spatial_merge_size=2,
+                           temporal_patch_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=list(deepstack)),
+        image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
 def _batch(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
@@ -115,6 +136,29 @@ def qwen_inputs(grids: list[tuple[int, int, int]], seeds: list[int] | None = Non
             "mm_token_type_ids": types}
 
 
+def qwen3_inputs(grids: list[tuple[int, int, int]], seeds: list[int] | None = None,
+                 left: bool = True) -> dict:
+    """One video per row, as ``Qwen3VLProcessor`` lays it out: per temporal patch a timestamp
+    (two text tokens standing for ``<{t} seconds>``), ``<vision_start>``, h*w/4 pads,
+    ``<vision_end>``; flattened 16-px patches (sum t*h*w, 3*2*16*16); video_grid_thw;
+    mm_token_type_ids."""
+    seeds = seeds or list(range(len(grids)))
+    rows = []
+    for s, (t, h, w) in zip(seeds, grids):
+        run = []
+        for frame in range(t):
+            run += [200 + frame, 250] + [VISION_START] + [VIDEO_TOKEN] * (h * w // 4) \
+                + [VISION_END]
+        rows.append(_prompt(s, run))
+    ids, mask = _batch(rows, left)
+    pixels = torch.cat([torch.randn(t * h * w, 3 * 2 * 16 * 16,
+                                    generator=torch.Generator().manual_seed(100 + s))
+                        for s, (t, h, w) in zip(seeds, grids)])
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels,
+            "video_grid_thw": torch.tensor(grids, dtype=torch.long),
+            "mm_token_type_ids": (ids == VIDEO_TOKEN).long() * 2}
+
+
 def _run(argv=None) -> None:
     """``python -m aot.hf.tiny``: token counts and CPU times of the tiny models, stock vs reduced
     (one process, same inputs; times are medians of ``--repeats`` generate calls)."""
@@ -129,9 +173,11 @@ def _run(argv=None) -> None:
     parser.add_argument("--retention", type=float, nargs="+", default=[0.1, 0.25])
     args = parser.parse_args(argv)
     knobs = {"onevision": dict(anchors_per_frame=12, window=3, shallow_layer=1, deep_layer=3),
-             "qwen2_5_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3)}
+             "qwen2_5_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3),
+             "qwen3_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3)}
     cases = {"onevision": (onevision(), onevision_inputs([16, 16])),
-             "qwen2_5_vl": (qwen2_5_vl(), qwen_inputs([(8, 12, 12), (8, 12, 12)]))}
+             "qwen2_5_vl": (qwen2_5_vl(), qwen_inputs([(8, 12, 12), (8, 12, 12)])),
+             "qwen3_vl": (qwen3_vl(), qwen3_inputs([(8, 12, 12), (8, 12, 12)]))}
     print(f"{'model':<11} {'setting':<9} {'video tokens/row':>16} {'generate s':>10}")
     for name, (model, inputs) in cases.items():
         for retention in [None] + list(args.retention):

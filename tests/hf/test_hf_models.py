@@ -29,6 +29,11 @@ def qwen():
     return tiny.qwen2_5_vl()
 
 
+@pytest.fixture(scope="module")
+def qwen3():
+    return tiny.qwen3_vl()
+
+
 def ov_inputs(batch=2, frames=4, **kw):
     return tiny.onevision_inputs([frames] * batch, **kw)
 
@@ -40,7 +45,13 @@ def qwen_inputs(grids, **kw):
 CASES = {
     "ov": (ov_inputs, lambda: ov_inputs()),
     "qwen": (qwen_inputs, lambda: qwen_inputs([(2, 12, 12), (3, 12, 12)])),
+    "qwen3": (tiny.qwen3_inputs, lambda: tiny.qwen3_inputs([(2, 12, 12), (3, 12, 12)])),
 }
+QWEN_KNOBS = dict(KNOBS, anchors_per_frame=8, window=2)
+
+
+def knobs_of(name):
+    return KNOBS if name == "ov" else QWEN_KNOBS
 
 
 def _model(request, name):
@@ -77,7 +88,7 @@ def applied():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ov", "qwen"])
+@pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_reducer_off_is_the_stock_model(request, applied, name):
     model = _model(request, name)
     inputs = CASES[name][1]()
@@ -93,7 +104,7 @@ def test_reducer_off_is_the_stock_model(request, applied, name):
     assert torch.equal(stock_logits, our_logits)
 
 
-@pytest.mark.parametrize("name", ["ov", "qwen"])
+@pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_remove_restores_the_instance_and_leaves_the_class(request, name):
     model = _model(request, name)
     cls_generate = type(model).generate
@@ -221,17 +232,17 @@ def test_qwen_kept_tokens_keep_their_original_mrope_positions(qwen, applied):
     assert not torch.allclose(reduced[:, -1], unreduced[:, -1], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ov", "qwen"])
+@pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_batch_of_two_videos_answers_each_as_alone(request, applied, name):
     model = _model(request, name)
-    knobs = KNOBS if name == "ov" else dict(KNOBS, anchors_per_frame=8, window=2)
-    applied(model, aot.hf.config_for(model, 0.3, **knobs))
+    applied(model, aot.hf.config_for(model, 0.3, **knobs_of(name)))
     qwen_grids = [(2, 12, 12), (3, 12, 12)]
 
     def inputs(seeds):
         if name == "ov":
             return tiny.onevision_inputs([4] * len(seeds), seeds=seeds)
-        return tiny.qwen_inputs([qwen_grids[s] for s in seeds], seeds=seeds)
+        make = tiny.qwen_inputs if name == "qwen" else tiny.qwen3_inputs
+        return make([qwen_grids[s] for s in seeds], seeds=seeds)
 
     with torch.no_grad():
         both = model.generate(**inputs([0, 1]), **GEN, output_scores=True,
@@ -246,12 +257,11 @@ def test_batch_of_two_videos_answers_each_as_alone(request, applied, name):
                 torch.testing.assert_close(a[row], b[0], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ov", "qwen"])
+@pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_generate_returns_the_callers_prompt_then_the_answer(request, applied, name):
     model = _model(request, name)
     inputs = CASES[name][1]()
-    knobs = KNOBS if name == "ov" else dict(KNOBS, anchors_per_frame=8, window=2)
-    applied(model, aot.hf.config_for(model, 0.2, **knobs))
+    applied(model, aot.hf.config_for(model, 0.2, **knobs_of(name)))
     with torch.no_grad():
         out = model.generate(**inputs, **GEN)
     assert out.shape == (inputs["input_ids"].shape[0],
@@ -260,13 +270,13 @@ def test_generate_returns_the_callers_prompt_then_the_answer(request, applied, n
 
 
 @pytest.mark.parametrize("reducer", reducer_names())
-@pytest.mark.parametrize("name", ["ov", "qwen"])
+@pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_every_registered_reducer_runs_at_the_same_exact_budget(request, applied, name, reducer):
     model = _model(request, name)
-    knobs = KNOBS if name == "ov" else dict(KNOBS, anchors_per_frame=8, window=2)
-    config = aot.hf.config_for(model, 0.25, **knobs)
+    config = aot.hf.config_for(model, 0.25, **knobs_of(name))
     handle = applied(model, Reduction(config, reducer))
-    inputs = ov_inputs(batch=1, frames=4) if name == "ov" else qwen_inputs([(4, 12, 12)])
+    inputs = (ov_inputs(batch=1, frames=4) if name == "ov"
+              else CASES[name][0]([(4, 12, 12)]))
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=1, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 1
@@ -397,3 +407,63 @@ def test_ov_adapter_joins_the_one_video_path(ov, applied):
     assert stages == ["vision", "projector", "reduce"]
     assert torch.equal(sequence.tokens, handle.last[0].tokens)
     assert sequence.newline_tokens == 1 and sequence.visual_tokens == exact_budget(0.25, 4, 9)
+
+
+@pytest.mark.parametrize("grids", [[(1, 12, 12)], [(2, 12, 12), (4, 8, 8)]])
+def test_qwen3_exact_counts_deepstack_and_timestamps(qwen3, applied, grids):
+    """Exact count; each kept token sits in its own frame's piece (after its timestamp) at its
+    original position; logits equal the stock language model fed the same tokens, the same
+    DeepStack features at the same visual positions, and those positions."""
+    inputs = tiny.qwen3_inputs(grids)
+    with torch.no_grad():
+        full, _ = qwen3.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                             video_grid_thw=inputs["video_grid_thw"],
+                                             attention_mask=inputs["attention_mask"])
+    handle = applied(qwen3, aot.hf.config_for(qwen3, 0.3, **QWEN_KNOBS))
+    seen = LLMInput(qwen3)
+    try:
+        with torch.no_grad():
+            reduced = qwen3(**inputs).logits
+    finally:
+        seen.close()
+    short = seen.calls[0]
+    ids, mask = short["input_ids"], short["attention_mask"].bool()
+    expected = [exact_budget(0.3, t, h * w // 4) for t, h, w in grids]
+    assert (ids == tiny.VIDEO_TOKEN).sum(1).tolist() == expected
+    for row, ((t, h, w), seq) in enumerate(zip(grids, handle.last)):
+        new_ids = ids[row][mask[row]]
+        starts = torch.nonzero(new_ids == tiny.VISION_START).flatten().tolist()
+        ends = torch.nonzero(new_ids == tiny.VISION_END).flatten().tolist()
+        per_piece = [int((new_ids[a:b] == tiny.VIDEO_TOKEN).sum()) for a, b in zip(starts, ends)]
+        assert per_piece == seq.result.tokens_per_frame().tolist()
+        real = inputs["attention_mask"][row].bool()
+        run = torch.nonzero(inputs["input_ids"][row][real] == tiny.VIDEO_TOKEN).flatten()
+        slot = seq.result.token_frame * (h * w // 4) + seq.result.token_position
+        kept = short["position_ids"][1:, row][:, mask[row]]
+        new_run = torch.nonzero(new_ids == tiny.VIDEO_TOKEN).flatten()
+        # the reducer's order inside each piece: frame by frame, stable
+        order = torch.sort(seq.result.token_frame, stable=True).indices
+        assert torch.equal(kept[:, new_run], full[:, row][:, real][:, run[slot[order]]])
+    # reference through the stock language model
+    dim = qwen3.config.text_config.hidden_size
+    tokens = torch.cat([s.tokens for s in handle.last])
+    order = torch.cat([torch.sort(s.result.token_frame, stable=True).indices + offset
+                       for s, offset in zip(handle.last, [0] + list(
+                           torch.tensor([s.tokens.shape[0] for s in handle.last]).cumsum(0)[:-1]))])
+    tokens = tokens[order]
+    with torch.no_grad():
+        embeds = qwen3.get_input_embeddings()(ids)
+        visual = ids == tiny.VIDEO_TOKEN
+        embeds[visual] = tokens[:, :dim]
+        deepstack = list(tokens[:, dim:].split(dim, dim=-1))
+        hidden = qwen3.model.language_model(
+            inputs_embeds=embeds, attention_mask=short["attention_mask"],
+            position_ids=short["position_ids"], visual_pos_masks=visual,
+            deepstack_visual_embeds=deepstack).last_hidden_state
+        reference = qwen3.lm_head(hidden)
+    torch.testing.assert_close(reduced, reference, rtol=0, atol=1e-5)
+    with torch.no_grad():   # dropping DeepStack changes the answer: the levels really arrive
+        bare = qwen3.lm_head(qwen3.model.language_model(
+            inputs_embeds=embeds, attention_mask=short["attention_mask"],
+            position_ids=short["position_ids"]).last_hidden_state)
+    assert not torch.allclose(bare, reference, atol=1e-4)
