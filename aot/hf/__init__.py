@@ -16,7 +16,7 @@ original prompt ids followed by the new tokens, as the stock model does; KV cach
 batches and sampling flags are the stock ones.
 
 Supported (transformers 5.24): ``LlavaOnevisionForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration``. transformers is imported lazily; ``aot`` core modules
+``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``. transformers is imported lazily; ``aot`` core modules
 never import it.
 """
 
@@ -140,9 +140,9 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
     The serving contract: a pure function of the grid and the settings.
 
     model_or_backbone: a supported model, or a declared backbone name (``"hf-ov"``,
-        ``"qwen2_5_vl"``).
+        ``"qwen2_5_vl"``, ``"qwen3_vl"``).
     video_grid: LLaVA-OneVision: (frames, rows, cols) of the SigLIP patch grid
-        (e.g. (32, 27, 27)); Qwen2.5-VL: the processor's ``video_grid_thw`` row (t, h, w) in
+        (e.g. (32, 27, 27)); Qwen: the processor's ``video_grid_thw`` row (t, h, w) in
         patches (t temporal patches, h x w before the 2x2 merger).
     settings: an AOTConfig with ``exact_retention`` set, or the retention itself.
     Returns:
