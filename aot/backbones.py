@@ -103,11 +103,13 @@ BACKBONES: dict[str, Backbone] = {
     "video": Backbone("video", "LLaVA-Video (lmms-lab LLaVA-Video-7B-Qwen2)", (27, 27),
                       pooling="average", newline="grid", shallow_layer=5, deep_layer=24,
                       preset="paper-video", frames=64, prompt_template="qwen_1_5"),
-    # transformers' own classes (aot.hf). Same tower, pooling and newline as "ov".
-    "hf-ov": Backbone("hf-ov", "LLaVA-OneVision in transformers (llava-hf/llava-onevision-*-hf)",
-                      (27, 27), pooling="bilinear", newline="one_token", shallow_layer=5,
-                      deep_layer=24, preset="paper-ov-mvbench", frames=32,
-                      prompt_template="chat_template"),
+}
+
+
+#: Backbones reached only through transformers' own classes (:mod:`aot.hf`); kept apart from
+#: :data:`BACKBONES`, whose entries are also the ``llava/`` models, the benchmark's and the
+#: demo's choices. transformers' LLaVA-OneVision class is the ``"ov"`` backbone.
+HF_BACKBONES: dict[str, Backbone] = {
     # Qwen2.5-VL: the grid is the 2x2 merger's output (the LLM's tokens; 448 px frames give
     # 16x16), a "frame" is a temporal patch (two video frames), the merger is the pooling.
     # Layers 7 and 31 are the first and last full-attention blocks (fullatt_block_indexes);
@@ -126,10 +128,13 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def get_backbone(name: str) -> Backbone:
-    """The declared :class:`Backbone` called ``name``."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
-    return BACKBONES[name]
+    """The declared :class:`Backbone` called ``name`` (:data:`BACKBONES` or
+    :data:`HF_BACKBONES`)."""
+    facts = BACKBONES.get(name) or HF_BACKBONES.get(name)
+    if facts is None:
+        raise ValueError(f"unknown backbone {name!r}; expected one of "
+                         f"{sorted(BACKBONES) + sorted(HF_BACKBONES)}")
+    return facts
 
 
 def backbone_for_pooling(pooling: str) -> Backbone:

@@ -16,8 +16,9 @@ original prompt ids followed by the new tokens, as the stock model does; KV cach
 batches and sampling flags are the stock ones.
 
 Supported (transformers 5.24): ``LlavaOnevisionForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``. transformers is imported lazily; ``aot`` core modules
-never import it.
+``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``. transformers is
+imported lazily; ``aot`` core modules never import it. Inference only: the videos are encoded
+under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
 
 
 def remove(model) -> None:
-    """Undo :func:`apply` (a no-op error-free call raises if nothing is installed)."""
+    """Undo :func:`apply`: the instance's stock ``generate`` and ``forward`` again (a ValueError
+    when nothing is installed)."""
     if getattr(model, _ATTRIBUTE, None) is None:
         raise ValueError("aot.hf.remove: no reducer is installed on this model")
     for name in ("generate", "forward", _ATTRIBUTE):
@@ -139,7 +141,7 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
 
     The serving contract: a pure function of the grid and the settings.
 
-    model_or_backbone: a supported model, or a declared backbone name (``"hf-ov"``,
+    model_or_backbone: a supported model, or a declared backbone name (``"ov"``,
         ``"qwen2_5_vl"``, ``"qwen3_vl"``).
     video_grid: LLaVA-OneVision: (frames, rows, cols) of the SigLIP patch grid
         (e.g. (32, 27, 27)); Qwen: the processor's ``video_grid_thw`` row (t, h, w) in

@@ -61,8 +61,7 @@ class HFAdapter:
 
     def slots(self, encoded: Encoded, result: AOTResult | None) -> torch.Tensor:
         """(L_v,) index of each packed token's placeholder in the unreduced run."""
-        per_frame = encoded.features.shape[1] if self.backbone.pooling == "none" else \
-            self.backbone.pooled_per_frame(encoded.grid)
+        per_frame = self._per_frame(encoded)
         frames = encoded.num_frames
         if result is None:
             visual = torch.arange(frames * per_frame)
@@ -72,19 +71,21 @@ class HFAdapter:
         tail = torch.arange(frames * per_frame, frames * per_frame + newlines)
         return torch.cat([visual.long(), tail.long()])
 
+    def _per_frame(self, encoded: Encoded) -> int:
+        """Unreduced tokens per frame the LLM reads (newlines excluded)."""
+        return self.backbone.pooled_per_frame(encoded.grid)
+
     def run_length(self, encoded: Encoded) -> int:
         """Placeholders the processor wrote for this video (unreduced, newlines included)."""
-        per_frame = encoded.features.shape[1] if self.backbone.pooling == "none" else \
-            self.backbone.pooled_per_frame(encoded.grid)
-        return encoded.num_frames * per_frame + self.backbone.newlines(encoded.num_frames,
-                                                                         encoded.grid)
+        frames = encoded.num_frames
+        return frames * self._per_frame(encoded) + self.backbone.newlines(frames, encoded.grid)
 
 
 class OneVisionAdapter(HFAdapter):
     """``LlavaOnevisionForConditionalGeneration``: SigLIP, projector, 2x bilinear pooling, one
     newline after the whole video; 1-D positions."""
 
-    backbone_name = "hf-ov"
+    backbone_name = "ov"
     video_keys = ("pixel_values_videos", "image_sizes_videos")
 
     @property

@@ -6,7 +6,8 @@ unreduced placeholder run, of the token whose position it keeps (its own place f
 the anchor's for a merged anchor). This module rebuilds ``input_ids``, ``attention_mask``, any
 per-token side tensor (``mm_token_type_ids``) and, for M-RoPE models, the position ids: text
 columns are copied, each video's run is replaced by its ``L_v`` tokens at the place of the run
-(a run split by text into pieces keeps each token in the piece of its slot), and padding is rebuilt on the side the batch was padded.
+(a run split by text into pieces keeps each token in the piece of its slot), and padding is
+rebuilt on the side the batch was padded.
 """
 
 from __future__ import annotations
