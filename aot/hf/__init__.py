@@ -196,6 +196,9 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     if kwargs.get("input_ids") is None:
         raise ValueError("aot.hf: videos need input_ids (the processor's output), not "
                          "inputs_embeds")
+    if kwargs.get("labels") is not None:
+        raise ValueError("aot.hf: labels with videos are not supported (the reduced sequence is "
+                         "shorter than the labels; aot.hf is for inference)")
     if kwargs.get("mm_encoder_outputs"):
         raise ValueError("aot.hf: pass pixel_values_videos or mm_encoder_outputs, not both")
     layers = () if reduction is None else reduction.layers

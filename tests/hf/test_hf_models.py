@@ -467,3 +467,10 @@ def test_qwen3_exact_counts_deepstack_and_timestamps(qwen3, applied, grids):
             inputs_embeds=embeds, attention_mask=short["attention_mask"],
             position_ids=short["position_ids"]).last_hidden_state)
     assert not torch.allclose(bare, reference, atol=1e-4)
+
+
+def test_labels_with_videos_are_refused(ov, applied):
+    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    inputs = ov_inputs(batch=1, frames=2)
+    with pytest.raises(ValueError, match="labels with videos are not supported"):
+        ov(**inputs, labels=inputs["input_ids"])
