@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .clips import Clip
+from .ops import first_in_order  # noqa: F401  (its home is aot.ops; re-exported)
 
 
 @dataclass
@@ -27,18 +28,6 @@ class ExactPlan:
 def exact_budget(retention: float, frames: int, pooled_per_frame: int) -> int:
     """``floor(retention * frames * pooled_per_frame + 0.5)`` (round half up), at least 1."""
     return max(1, math.floor(retention * frames * pooled_per_frame + 0.5))
-
-
-def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(B, M) bool: True for the first ``counts[b]`` entries of row b in ``order``.
-
-    Args:
-        order: (B, M) a permutation of 0..M-1 per row (e.g. a stable sort's indices).
-        counts: (B,) how many to take per row.
-    """
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return rank < counts.to(order.device)[:, None]
 
 
 def spread(total: int, slots: int) -> list[int]:

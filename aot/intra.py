@@ -1,18 +1,35 @@
 """Intra-frame aggregation (aot-method.md §3): fold every non-anchor token into the anchors.
 
-All frames of a video are one batch: every frame has the same number of anchors, so anchors and
-sources gather into dense (F, N, D) and (F, M, D) tensors and the transport runs once.
+All frames of a video are one batch: every frame has the same number of anchors, so the anchors
+gather into a dense (F, N, D) tensor and the transport runs once over all frames.
+
+Cost model. The (F, T, D) patch tensor is the only large object (32 x 729 x 3584 float32 =
+334 MB); everything else is (F, T, N) or smaller. The stage reads it three times: one norm
+pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. It never writes a
+tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
+surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The big passes
+run over chunks of frames (``chunk_frames``), so a float16 input is upcast chunk by chunk and
+the extra memory stays a fraction of the input; chunking does not change a single bit.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .config import AOTConfig
+from .ops import check_finite, cosine_similarity, pack_left, unit_rows  # noqa: F401  (re-export)
 from .sinkhorn import sinkhorn
+
+# Frames per chunk of the passes over the (F, T, D) tensor: big enough for the matrix products
+# to run at full speed, small enough that a chunk's float32 copy of a half-precision input
+# (32 x 729 x 3584 x 4 bytes = 334 MB) stays small next to a long video.
+CHUNK_FRAMES = 32
+
+# Largest patch norm whose dot products and norm products stay finite in float32 (1e34 < 3e38).
+SAFE_NORM = 1e17
 
 
 def grid_coordinates(grid: int, device=None) -> torch.Tensor:
@@ -45,13 +62,8 @@ def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if counts.numel() and not bool((counts == counts[0]).all()):
         raise ValueError(f"split_by_mask: rows hold different numbers of anchors {counts.tolist()}")
     n = int(counts[0]) if counts.numel() else 0
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    order, _ = pack_left(mask, mask.shape[1])
     return order[:, :n], order[:, n:]
-
-
-def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(F, M, D), (F, N, D) -> (F, M, N) cosine similarities."""
-    return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(1, 2)
 
 
 def intra_cost(similarity: torch.Tensor, distance: torch.Tensor,
@@ -69,13 +81,15 @@ def intra_cost(similarity: torch.Tensor, distance: torch.Tensor,
     return (1 - similarity) + spatial_weight * distance
 
 
-def merge_weights(plan: torch.Tensor, similarity: torch.Tensor, config: AOTConfig):
+def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: AOTConfig):
     """The intra merge written as one linear map, so one batched matmul applies it.
 
     ``anchor_n <- self_n * a_n + sum_m W[m, n] * u_m`` where the OT part is
     ``ot_n = (a_n + s * sum_m T[m, n] u_m) / (1 + s * max(load_n, 1e-9))`` and the code-only
     hard part is ``hard_n = (s * a_n + sum_{m -> n} u_m) / (s + count_n)`` with m -> n the
     anchor of highest cosine similarity (first on ties), blended ``(1 - w) * ot + w * hard``.
+    Both parts are convex combinations (``self_n + sum_m W[m, n] = 1``), so merged anchors stay
+    within the range of the features.
 
     Args:
         plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
@@ -98,59 +112,186 @@ def merge_weights(plan: torch.Tensor, similarity: torch.Tensor, config: AOTConfi
     return weights, self_weight
 
 
-def intra_merge(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
-                config: AOTConfig) -> torch.Tensor:
-    """Features with every anchor replaced by its aggregate of the frame's other tokens.
+@dataclass
+class AnchorSimilarity:
+    """similarity: (F, M, N) cosine of every source token (ascending index) to every anchor;
+    norms: (F, T) L2 norm of every patch in the working dtype, floored at 1e-12 (inf when it
+    overflows, NaN for NaN input)."""
+
+    similarity: torch.Tensor
+    norms: torch.Tensor
+
+
+def _chunks(frames: int, chunk_frames: int | None) -> list[tuple[int, int]]:
+    step = chunk_frames or max(frames, 1)
+    return [(start, min(start + step, frames)) for start in range(0, frames, step)]
+
+
+def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_idx: torch.Tensor,
+                      chunk_frames: int | None = CHUNK_FRAMES, *,
+                      rescale: bool = False) -> AnchorSimilarity:
+    """Cosine similarity of every source token to every anchor of its frame, in two reads.
+
+    ``x @ anchors^T`` runs on all T rows of x (the anchor rows are computed and dropped):
+    cheaper than gathering the M source rows of the big tensor into a copy; the result is then
+    divided by the two norms. For features beyond ~1e17 in norm that product of norms (and the
+    dot products) would overflow float32: :func:`aggregate_into_anchors` sees it in ``norms``
+    and calls again with ``rescale=True``.
+
+    Args:
+        features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
+        anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
+        chunk_frames: frames per pass over ``features`` (None = all at once; same result).
+        rescale: scale every patch to unit norm first (overflow-free, two more passes).
+    Returns:
+        :class:`AnchorSimilarity`.
+    """
+    work = torch.promote_types(features.dtype, torch.float32)
+    frames, tokens, _ = features.shape
+    similarity = torch.empty(frames, source_idx.shape[1], anchor_idx.shape[1], dtype=work,
+                             device=features.device)
+    norms = torch.empty(frames, tokens, dtype=work, device=features.device)
+    for start, stop in _chunks(frames, chunk_frames):
+        x = features[start:stop].to(work)
+        if rescale:
+            x = unit_rows(x)
+        rows = torch.arange(stop - start, device=x.device)[:, None]
+        a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
+        norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
+        norms[start:stop] = norm
+        dots = torch.bmm(x, x[rows, a_idx].transpose(1, 2))[rows, s_idx]  # (f, M, N)
+        similarity[start:stop] = dots / (norm[rows, s_idx][:, :, None] * norm[rows, a_idx][:, None, :])
+    return AnchorSimilarity(similarity, norms)
+
+
+def apply_merge_weights(features: torch.Tensor, anchor_idx: torch.Tensor,
+                        source_idx: torch.Tensor, weights: torch.Tensor, self_weight: torch.Tensor,
+                        chunk_frames: int | None = CHUNK_FRAMES) -> torch.Tensor:
+    """``self_weight * anchors + W^T @ sources`` as one product over the whole patch tensor.
+
+    The weights are scattered to token positions (the anchors' own weight at their position),
+    so the product reads x as it is and no (F, N, D) copy of the anchors is kept.
+
+    Args:
+        features: (F, T, D); anchor_idx: (F, N); source_idx: (F, M);
+        weights: (F, M, N) merge weights of the sources; self_weight: (F, N).
+    Returns:
+        (F, N, D) merged anchors in the dtype of ``weights``.
+    """
+    frames, tokens, dim = features.shape
+    num_anchors = anchor_idx.shape[1]
+    rows = torch.arange(frames, device=features.device)[:, None]
+    full = torch.zeros(frames, num_anchors, tokens, dtype=weights.dtype, device=features.device)
+    full[rows, :, source_idx] = weights
+    full.scatter_(2, anchor_idx[:, :, None], self_weight[:, :, None])
+    merged = torch.empty(frames, num_anchors, dim, dtype=weights.dtype, device=features.device)
+    for start, stop in _chunks(frames, chunk_frames):
+        torch.bmm(full[start:stop], features[start:stop].to(weights.dtype), out=merged[start:stop])
+    return merged
+
+
+def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
+                           source_idx: torch.Tensor, grid: int, config: AOTConfig, *,
+                           check_every: int | None = None,
+                           chunk_frames: int | None = CHUNK_FRAMES,
+                           similarity: torch.Tensor | None = None) -> torch.Tensor:
+    """The merged anchor features of every frame (the intra stage without the mask split).
+
+    Sync-free with ``check_every=0`` (fixed Sinkhorn iteration count, same result), so
+    ``torch.compile(merged_anchor_features, fullgraph=True)`` traces it whole.
+
+    Args:
+        features: (F, T, D) projected features of all patches, T = grid * grid.
+        anchor_idx: (F, N), source_idx: (F, M) ascending token indices, N + M = T, N, M >= 1.
+        grid: side of the patch grid.
+        config: uses intra_merge ("ot" or "cosine"), intra_epsilon, spatial_weight, intra_scale,
+            hard_merge_weight and the Sinkhorn knobs.
+        check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`).
+        similarity: (F, M, N) from :func:`anchor_similarity`, when already computed.
+    Returns:
+        (F, N, D) merged anchors in float32 (float64 for float64 input).
+    """
+    if similarity is None:
+        similarity = anchor_similarity(features, anchor_idx, source_idx, chunk_frames).similarity
+    plan = None
+    if config.intra_merge == "ot":
+        frames, num_sources, num_anchors = similarity.shape
+        distance = grid_distances(grid, features.device).to(similarity.dtype)[
+            source_idx[:, :, None], anchor_idx[:, None, :]]
+        cost = intra_cost(similarity, distance, config.spatial_weight)
+        a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=similarity.dtype,
+                       device=features.device)
+        b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=similarity.dtype,
+                       device=features.device)
+        plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
+                        stop_threshold=config.sinkhorn_tolerance,
+                        stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
+                        log_domain=config.log_domain, check_every=check_every).plan
+    weights, self_weight = merge_weights(plan, similarity, config)
+    return apply_merge_weights(features, anchor_idx, source_idx, weights, self_weight,
+                               chunk_frames)
+
+
+@dataclass
+class AnchorMerge:
+    """Result of :func:`aggregate_into_anchors`.
+
+    anchor_idx: (F, N) long, anchor token indices in ascending order.
+    merged: (F, N, D) merged anchor features in the dtype of the input, or None when nothing
+        changes (mode ``"prune"``, no anchor or no other token).
+    checked: whether the features were found finite on the way (their norms are), so that
+        no separate scan is needed.
+    """
+
+    anchor_idx: torch.Tensor
+    merged: torch.Tensor | None
+    checked: bool
+
+
+def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
+                           config: AOTConfig, *, check_every: int | None = None,
+                           chunk_frames: int | None = CHUNK_FRAMES) -> AnchorMerge:
+    """Intra-frame OT of a video: every anchor absorbs the other tokens of its frame.
 
     Args:
         features: (F, T, D) projected features of all patches, T = grid * grid.
         anchor_mask: (F, T) bool, the same number of anchors in every frame.
         grid: side of the patch grid.
-        config: uses intra_merge, intra_epsilon, spatial_weight, intra_scale, hard_merge_weight,
-            and the Sinkhorn knobs.
+        config: uses intra_merge (the mode), intra_epsilon, spatial_weight, intra_scale,
+            hard_merge_weight, and the Sinkhorn knobs.
+        check_every, chunk_frames: see :func:`merged_anchor_features` (same result for any value).
     Returns:
-        (F, T, D) in the dtype of ``features``; non-anchor rows are unchanged. The arithmetic
-        runs in float32 (float64 stays float64).
+        :class:`AnchorMerge`.
 
     ``"ot"``: anchor = (1 - w) * OT merge + w * hard merge (w = hard_merge_weight; see
     :func:`merge_weights`), cost from :func:`intra_cost`, uniform marginals, one Sinkhorn over all
-    frames. ``"cosine"``: the hard merge alone. ``"prune"``: features unchanged.
+    frames. ``"cosine"``: the hard merge alone. ``"prune"``: features unchanged. The arithmetic
+    runs in float32 (float64 stays float64). :func:`write_anchors` writes the result into a copy
+    of the features; the pipeline instead pools it straight from the two tensors
+    (:func:`aot.pooling.pool_at`).
     """
-    if config.intra_merge == "prune":
-        return features
     anchor_idx, source_idx = split_by_mask(anchor_mask)
-    frames, num_anchors = anchor_idx.shape
-    num_sources = source_idx.shape[1]
-    if num_anchors == 0 or num_sources == 0:
+    if config.intra_merge == "prune" or anchor_idx.shape[1] == 0 or source_idx.shape[1] == 0:
+        return AnchorMerge(anchor_idx, None, False)
+    found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames)
+    # Finite features of norm below 1e17 give finite dot products and norm products in float32
+    # (NaN fails the test too): one host sync per video tells the rare cases apart.
+    if not bool((found.norms < SAFE_NORM).all()):
+        check_finite("features", features)  # NaN or inf inside: a ValueError naming the frame
+        found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames, rescale=True)
+    merged = merged_anchor_features(features, anchor_idx, source_idx, grid, config,
+                                    check_every=check_every, chunk_frames=chunk_frames,
+                                    similarity=found.similarity)
+    return AnchorMerge(anchor_idx, merged.to(features.dtype), True)
+
+
+def write_anchors(features: torch.Tensor, anchor_idx: torch.Tensor,
+                  merged: torch.Tensor | None) -> torch.Tensor:
+    """(F, T, D) copy of ``features`` with the (F, N, D) ``merged`` rows written at the anchors
+    (``features`` itself when ``merged`` is None)."""
+    if merged is None:
         return features
-    work = torch.promote_types(features.dtype, torch.float32)
-    x = features.to(work)
-    rows = torch.arange(frames, device=features.device)[:, None]
-    anchors = x[rows, anchor_idx]  # (F, N, D)
-    # Similarity of every token to the anchors straight from x: cheaper than gathering the
-    # M source rows of a (F, 729, 3584) tensor, and the anchor rows are simply not used.
-    eps = 1e-12  # F.normalize's floor on the norm
-    norms = x.norm(dim=-1).clamp(min=eps)
-    similarity = (x @ anchors.transpose(1, 2)) / (norms[:, :, None] * norms[rows, anchor_idx][:, None, :])
-    similarity = similarity[rows, source_idx]  # (F, M, N)
-
-    plan = None
-    if config.intra_merge == "ot":
-        distance = grid_distances(grid, features.device).to(work)[
-            source_idx[:, :, None], anchor_idx[:, None, :]]
-        cost = intra_cost(similarity, distance, config.spatial_weight)
-        a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=work, device=features.device)
-        b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=work, device=features.device)
-        plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
-                        stop_threshold=config.sinkhorn_tolerance,
-                        stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
-                        log_domain=config.log_domain).plan
-    weights, self_weight = merge_weights(plan, similarity, config)
-    # Scatter the source rows back to token positions (anchor rows stay 0): one bmm over x.
-    full = torch.zeros(frames, x.shape[1], num_anchors, dtype=work, device=features.device)
-    full[rows, source_idx] = weights
-    merged = self_weight[:, :, None] * anchors + full.transpose(1, 2) @ x
-
     out = features.clone()
+    rows = torch.arange(features.shape[0], device=features.device)[:, None]
     out[rows, anchor_idx] = merged.to(features.dtype)
     return out

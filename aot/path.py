@@ -157,6 +157,7 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
     return adapter.encode(pixels, layers, on_stage or _no_hook)
 
 
+@torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
 def reduce(encoded: Encoded, reduction: Reduction) -> AOTResult:
     """Step 2: the registered reducer on the encoded video, in float32 (the OT is not stable in
     half precision; float64 stays float64)."""

@@ -15,25 +15,34 @@ from dataclasses import dataclass
 import torch
 
 from .anchors import select_anchors
-from .budget import ExactPlan, first_in_order, plan_exact_budget
+from .budget import ExactPlan, plan_exact_budget
 from .clips import Clip, split_clips
 from .config import AOTConfig
-from .intra import intra_merge
-from .pooling import pool_grid, pooled_side
-from .temporal import KIND_ANCHOR, temporal_merge
+from .intra import aggregate_into_anchors, write_anchors
+from .ops import check_finite, first_in_order, pack_left
+from .pooling import pool_at, pool_grid, pooled_side
+from .temporal import KIND_ANCHOR, temporal_merge_packed
 
 
 @dataclass
 class IntraOutput:
-    """Result of :func:`intra_stage`.
+    """Result of :func:`intra_stage`: the input patches and the merged anchors, kept apart.
 
-    features: (F, T, D) all patch features, anchors replaced by their aggregates.
+    patches: (F, T, D) the input features, untouched (no copy is made).
+    anchor_idx: (F, N) long anchor token indices (ascending), N = 0 with the intra phase off.
+    merged: (F, N, D) anchor features after the intra merge, in the input dtype; None when the
+        merge changes nothing (``intra_merge="prune"``, phase off).
     local_anchors, global_anchors: (F, T) bool.
     deep_attention: (F, T) float32, kept to rank pooled tokens in exact-budget mode.
     grid: side of the patch grid (T = grid * grid).
+
+    ``features`` gives the (F, T, D) patches with the anchors replaced, as a new tensor (a copy
+    of the input the pipeline itself never makes: :func:`inter_stage` pools from the two parts).
     """
 
-    features: torch.Tensor
+    patches: torch.Tensor
+    anchor_idx: torch.Tensor
+    merged: torch.Tensor | None
     local_anchors: torch.Tensor
     global_anchors: torch.Tensor
     deep_attention: torch.Tensor
@@ -42,6 +51,19 @@ class IntraOutput:
     @property
     def anchors(self) -> torch.Tensor:
         return self.local_anchors | self.global_anchors
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(F, T, D) all patch features, anchors replaced by their aggregates (a new copy)."""
+        return write_anchors(self.patches, self.anchor_idx, self.merged)
+
+    def frame_means(self) -> torch.Tensor:
+        """(F, D) float32 mean of each frame's features (anchors replaced), without the copy."""
+        total = self.patches.float().sum(1)
+        if self.merged is not None:
+            rows = torch.arange(self.patches.shape[0], device=self.patches.device)[:, None]
+            total += (self.merged.float() - self.patches[rows, self.anchor_idx].float()).sum(1)
+        return total / self.patches.shape[1]
 
 
 @dataclass
@@ -116,6 +138,7 @@ class AOTResult:
         return "\n".join(lines)
 
 
+@torch.no_grad()  # training-free: top-k, quantiles and OT plans carry no useful gradient
 def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
                  deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                  frame_features: torch.Tensor | None = None) -> AOTResult:
@@ -130,6 +153,10 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
             of each frame's features).
     Returns:
         :class:`AOTResult`; ``result.tokens`` is what the LLM receives (newlines excluded).
+
+    ``features`` is never modified nor copied whole: its large passes are one norm pass, the two
+    batched products of the intra merge and the gather of the surviving pooled tokens
+    (docs/efficiency.md, "Where the time goes").
     """
     config = config or AOTConfig()
     grid = check_inputs(features, shallow_attention, deep_attention, config)
@@ -137,28 +164,46 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
                        config, frame_features=frame_features)
 
 
+def _merge_reads_features(config: AOTConfig, tokens: int) -> bool:
+    """Whether the intra merge reads every patch (its norms then double as the finite check)."""
+    return config.intra and config.intra_merge != "prune" and config.anchors_per_frame < tokens
+
+
+@torch.no_grad()
 def intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
                 deep_attention: torch.Tensor, config: AOTConfig, *,
                 grid: int | None = None) -> IntraOutput:
-    """Anchors and intra-frame aggregation on the full patch grid (shapes as reduce_video)."""
+    """Anchors and intra-frame aggregation on the full patch grid (shapes as reduce_video).
+
+    ``grid`` given = the inputs were already checked by :func:`check_inputs`.
+    """
     if grid is None:
         grid = check_inputs(features, shallow_attention, deep_attention, config)
     frames, tokens, _ = features.shape
     if not config.intra:
         none = torch.zeros(frames, tokens, dtype=torch.bool, device=features.device)
-        return IntraOutput(features, none, none.clone(), deep_attention.float(), grid)
+        no_index = torch.zeros(frames, 0, dtype=torch.long, device=features.device)
+        return IntraOutput(features, no_index, None, none, none.clone(), deep_attention.float(),
+                           grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
-    merged = intra_merge(features, local | global_, grid, config)
-    return IntraOutput(merged, local, global_, deep_attention.float(), grid)
+    merge = aggregate_into_anchors(features, local | global_, grid, config)
+    if not merge.checked and _merge_reads_features(config, tokens):
+        check_finite("features", features)  # check_inputs left it to a merge that did not run
+    return IntraOutput(features, merge.anchor_idx, merge.merged, local, global_,
+                       deep_attention.float(), grid)
 
 
+@torch.no_grad()
 def inter_stage(intra: IntraOutput, config: AOTConfig, *,
                 frame_features: torch.Tensor | None = None) -> AOTResult:
-    """Pooling with the anchor mask, then the temporal phase (or plain concatenation)."""
-    features, grid = intra.features, intra.grid
+    """Pooling with the anchor mask, then the temporal phase (or plain concatenation).
+
+    Only the surviving pooled tokens are computed (:func:`aot.pooling.pool_at`), straight from
+    the input patches and the merged anchors.
+    """
+    features, grid = intra.patches, intra.grid
     frames = features.shape[0]
     side = pooled_side(grid, config.pooling)
-    pooled = pool_grid(features, grid, config.pooling)
     if config.intra:
         mask_value = pool_grid(intra.anchors.float(), grid, config.pooling)
     else:
@@ -167,7 +212,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     clips: list[Clip] = []
     if config.inter and frames >= 2:
         if frame_features is None and config.dynamic_clips:
-            frame_features = features.float().mean(1)
+            frame_features = intra.frame_means()
         clips = split_clips(frames, config, frame_features)
 
     plan: ExactPlan | None = None
@@ -179,18 +224,21 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     else:
         survivors = mask_value >= 0.5
 
+    positions, valid = pack_left(survivors)
+    tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
+                     merged=intra.merged)  # (F, S, D): the survivors, packed to the left
     if clips:
-        out = temporal_merge(pooled, survivors, clips, config,
-                             keep_counts=plan.keep.to(features.device) if plan is not None
-                             else None)
+        out = temporal_merge_packed(tokens, positions, valid, side * side, clips, config,
+                                    keep_counts=plan.keep.to(features.device) if plan is not None
+                                    else None)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged
     else:
-        frame_ids, token_position = torch.nonzero(survivors, as_tuple=True)
-        tokens = pooled[frame_ids, token_position]
-        token_frame = frame_ids
-        token_kind = torch.zeros_like(frame_ids, dtype=torch.int8)
+        token_frame, slot = torch.nonzero(valid, as_tuple=True)  # frame-major, ascending
+        tokens = tokens[token_frame, slot]
+        token_position = positions[token_frame, slot]
+        token_kind = torch.zeros_like(token_frame, dtype=torch.int8)
         kept = torch.zeros_like(survivors)
         merged = torch.zeros_like(survivors)
 
@@ -240,16 +288,11 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig)
                              f"({frames}, {tokens}) to match features {tuple(features.shape)}")
         if x.device != features.device:
             raise ValueError(f"{name} is on {x.device} but features are on {features.device}")
-    for name, x in (("features", features), ("shallow_attention", shallow_attention),
-                    ("deep_attention", deep_attention)):
-        # A float32 sum is NaN/inf when any entry is, and costs one read (isfinite over a
-        # 32x729x3584 tensor costs 25x more); the exact scan runs only to name the frame.
-        if not bool(torch.isfinite(x.sum(dtype=torch.float32))):
-            bad = ~torch.isfinite(x.reshape(frames, -1)).all(1)
-            if bool(bad.any()):
-                frame = int(torch.nonzero(bad)[0])
-                raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
     if config.intra and config.anchors_per_frame > tokens:
         raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
                          f"tokens of a {grid}x{grid} frame")
+    check_finite("shallow_attention", shallow_attention)
+    check_finite("deep_attention", deep_attention)
+    if not _merge_reads_features(config, tokens):
+        check_finite("features", features)  # else the merge's norm pass checks (intra_stage)
     return grid

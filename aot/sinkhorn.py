@@ -1,7 +1,9 @@
 """Batched entropic optimal transport (Sinkhorn-Knopp), as AOT's released code runs it.
 
 One signature in the spirit of POT's ``ot.sinkhorn(a, b, M, reg)``, batched over a leading axis
-and vectorised: the loop is over iterations only, never over problems or tokens.
+and vectorised: the loop is over iterations only, never over problems or tokens. Two algorithms
+share one stop test (:func:`stop_test`): :func:`sinkhorn_scaling` (the released one) and
+:func:`sinkhorn_log` (log-domain, for small epsilon and half precision); :func:`sinkhorn` picks.
 
 Released iteration (aot-method.md §6)::
 
@@ -15,10 +17,25 @@ Released iteration (aot-method.md §6)::
 Padding: a problem may use fewer rows/columns than the batch tensor holds. Rows with ``a == 0``
 and columns with ``b == 0`` are padding: their kernel entries are zeroed, their scalings are 0,
 and they do not count in the stop test.
+
+Host syncs: a problem that converged is frozen (its state stops changing), so the loop only needs
+to look at the device every ``check_every`` iterations to end early, and the result does not
+depend on ``check_every``. ``check_every=0`` never looks: exactly ``max_iter`` iterations of
+fixed-shape work with no host sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and
+still the same plan.
+
+Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
+a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
+(``temporal_epsilon=1e-3`` lost half of the rows). :func:`sinkhorn` checks this once per call,
+before iterating, and then solves that call in the log domain with a ``RuntimeWarning`` (see
+docs/knobs.md). The check is skipped with ``check_every=0`` (no host sync allowed): pass
+``log_domain=True`` there for small epsilon.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +66,11 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         stopping: ``"batch"`` = one stop test averaged over every valid row of the batch (the
             released behaviour for the frames of one video); ``"problem"`` = each problem stops on
             its own test (identical to solving the problems one by one).
-        log_domain: iterate on log-scalings with logsumexp (stable for small ``reg`` and half
-            precision inputs); the stop test then uses the relative change of ``r = exp(f)``,
-            since ``r`` itself may overflow.
-        check_every: iterations between host syncs for the early stop. A problem that converged
-            is frozen at once, so the result does not depend on this value; only wasted work
-            does. Default: 1 on CPU (syncs are free), 10 elsewhere.
+        log_domain: iterate on log-scalings with logsumexp (:func:`sinkhorn_log`). Without it the
+            plain kernel is used unless it underflows (then the log domain, with a warning).
+        check_every: iterations between host syncs for the early stop; the result does not
+            depend on it. Default: 1 on CPU (syncs are free), 10 elsewhere. 0 = never sync: run
+            all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same result).
 
     Returns:
         :class:`SinkhornResult` with the (B, M, N) plan in the dtype of ``cost`` (float32 at
@@ -65,75 +81,135 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
     if cost.dim() != 3 or a.shape != cost.shape[:2] or b.shape != (cost.shape[0], cost.shape[2]):
         raise ValueError(f"sinkhorn: expected a (B, M), b (B, N), cost (B, M, N); got "
                          f"a {tuple(a.shape)}, b {tuple(b.shape)}, cost {tuple(cost.shape)}")
-    if reg <= 0:
+    if not reg > 0:
         raise ValueError(f"sinkhorn: reg={reg!r} must be > 0")
     if check_every is None:
         check_every = 1 if cost.device.type == "cpu" else 10
+    if check_every < 0:
+        raise ValueError(f"sinkhorn: check_every={check_every!r} must be >= 0")
     dtype = torch.promote_types(cost.dtype, torch.float32)
     cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
-    row_valid, col_valid = a > 0, b > 0
-    entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
-    batch = cost.shape[0]
-    iterations = torch.zeros(batch, dtype=torch.long, device=cost.device)
-    if batch == 0 or cost.shape[1] == 0 or cost.shape[2] == 0:
-        return SinkhornResult(torch.zeros_like(cost), iterations)
-
-    # Stop-test denominators: valid rows of each problem, or of the whole batch.
-    rows_per_problem = row_valid.sum(1).clamp(min=1).to(dtype)
-    rows_in_batch = row_valid.sum().clamp(min=1).to(dtype)
-    active = torch.ones(batch, dtype=torch.bool, device=cost.device)
-
+    if cost.shape[0] == 0 or cost.shape[1] == 0 or cost.shape[2] == 0:
+        return SinkhornResult(torch.zeros_like(cost),
+                              torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
+    options = dict(max_iter=max_iter, stop_threshold=stop_threshold, stopping=stopping,
+                   check_every=check_every)
     if log_domain:
-        log_k = torch.where(entry_valid, -cost / reg, -torch.inf)
-        log_a = torch.where(row_valid, a.clamp(min=torch.finfo(dtype).tiny).log(), -torch.inf)
-        log_b = torch.where(col_valid, b.clamp(min=torch.finfo(dtype).tiny).log(), -torch.inf)
-        f = torch.where(row_valid, 0.0, -torch.inf).to(dtype)  # r = exp(f) = 1 on valid rows
-        g = torch.where(col_valid, 0.0, -torch.inf).to(dtype)
-    else:
-        kernel = torch.where(entry_valid, torch.exp(-cost / reg), 0.0)
-        r = row_valid.to(dtype)
-        c = col_valid.to(dtype)
+        return sinkhorn_log(a, b, cost, reg, **options)
+    kernel = masked_kernel(cost, reg, a > 0, b > 0)
+    if check_every > 0 and bool(kernel_underflows(kernel, a > 0, b > 0)):
+        warnings.warn(f"sinkhorn: exp(-cost / reg) underflows to 0 for whole rows or columns at "
+                      f"reg={reg:g} in {dtype}; solving this call in the log domain instead "
+                      f"(set log_domain=True to choose it yourself)", RuntimeWarning, stacklevel=2)
+        return sinkhorn_log(a, b, cost, reg, **options)
+    return sinkhorn_scaling(a, b, kernel, **options)
 
+
+def masked_kernel(cost: torch.Tensor, reg: float, row_valid: torch.Tensor,
+                  col_valid: torch.Tensor) -> torch.Tensor:
+    """(B, M, N) ``exp(-cost / reg)`` with padded rows and columns set to 0."""
+    entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
+    return torch.where(entry_valid, torch.exp(cost / -reg), 0.0)
+
+
+def kernel_underflows(kernel: torch.Tensor, row_valid: torch.Tensor,
+                      col_valid: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: some valid row or column of ``kernel`` is all zeros (it cannot carry mass).
+
+    A problem without valid columns (or rows) has nothing to transport; it does not count.
+    """
+    dead_row = row_valid & col_valid.any(1, keepdim=True) & (kernel.amax(2) == 0)
+    dead_col = col_valid & row_valid.any(1, keepdim=True) & (kernel.amax(1) == 0)
+    return dead_row.any() | dead_col.any()
+
+
+def stop_test(change: torch.Tensor, row_valid: torch.Tensor, stopping: str,
+              stop_threshold: float) -> torch.Tensor:
+    """(B,) bool: the problems whose row scaling moved less than the threshold on average.
+
+    Args:
+        change: (B, M) per-row change of the row scaling this iteration (padding ignored).
+        row_valid: (B, M) bool.
+        stopping: ``"batch"``: the mean over every valid row of the batch decides for all;
+            ``"problem"``: the mean over each problem's valid rows decides for it.
+    """
+    change = change.masked_fill(~row_valid, 0.0)
+    if stopping == "batch":
+        mean = change.sum() / row_valid.sum().clamp(min=1).to(change.dtype)
+        return (mean < stop_threshold).expand(change.shape[0])
+    mean = change.sum(1) / row_valid.sum(1).clamp(min=1).to(change.dtype)
+    return mean < stop_threshold
+
+
+def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
+                     stop_threshold: float, stopping: str, check_every: int) -> SinkhornResult:
+    """Plain-domain Sinkhorn on a precomputed kernel (the released algorithm).
+
+    Args:
+        a: (B, M), b: (B, N) marginals, 0 on padding; kernel: (B, M, N), 0 on padding.
+        check_every: see :func:`sinkhorn` (0 = never sync).
+    Returns:
+        :class:`SinkhornResult`.
+    """
+    row_valid, col_valid = a > 0, b > 0
+    r, c = row_valid.to(kernel.dtype), col_valid.to(kernel.dtype)
+    active = torch.ones(kernel.shape[0], dtype=torch.bool, device=kernel.device)
+    iterations = torch.zeros(kernel.shape[0], dtype=torch.long, device=kernel.device)
+    kernel_t = kernel.transpose(1, 2)
     for it in range(max_iter):
-        if log_domain:
-            f_new = _log_update(log_a, log_k + g[:, None, :], dim=2, valid=row_valid)
-            g_new = _log_update(log_b, log_k + f_new[:, :, None], dim=1, valid=col_valid)
-        else:
-            r_new = _scale_update(a, (kernel * c[:, None, :]).sum(2), row_valid)
-            c_new = _scale_update(b, (kernel * r_new[:, :, None]).sum(1), col_valid)
-        if log_domain:  # exp(f) can overflow here: relative change |r - r_prev| / r instead
-            change = (1 - torch.exp(f - f_new)).abs().masked_fill(~row_valid, 0.0)
-        else:
-            change = (r_new - r).abs().masked_fill(~row_valid, 0.0)
-        if stopping == "batch":
-            converged = (change.sum() / rows_in_batch < stop_threshold).expand(batch)
-        else:
-            converged = change.sum(1) / rows_per_problem < stop_threshold
+        # Matrix-vector products read the kernel once; (kernel * c).sum(2) would write a copy.
+        r_new = _scale_update(a, torch.bmm(kernel, c[:, :, None])[:, :, 0], row_valid)
+        c_new = _scale_update(b, torch.bmm(kernel_t, r_new[:, :, None])[:, :, 0], col_valid)
+        converged = stop_test((r_new - r).abs(), row_valid, stopping, stop_threshold)
         # Frozen problems keep their state, so late host checks do not change the result.
-        keep = active[:, None]
-        if log_domain:
-            f = torch.where(keep, f_new, f)
-            g = torch.where(keep, g_new, g)
-        else:
-            r = torch.where(keep, r_new, r)
-            c = torch.where(keep, c_new, c)
+        r = torch.where(active[:, None], r_new, r)
+        c = torch.where(active[:, None], c_new, c)
         iterations += active.long()
         active = active & ~converged
-        if (it + 1) % check_every == 0 and not bool(active.any()):
+        if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
             break
+    return SinkhornResult(r[:, :, None] * kernel * c[:, None, :], iterations)
 
-    if log_domain:
-        plan = torch.exp(f[:, :, None] + log_k + g[:, None, :])
-    else:
-        plan = r[:, :, None] * kernel * c[:, None, :]
+
+def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
+                 max_iter: int, stop_threshold: float, stopping: str,
+                 check_every: int) -> SinkhornResult:
+    """Log-domain Sinkhorn: iterates ``f = log r``, ``g = log c`` with logsumexp.
+
+    Never underflows; the stop test uses the relative change ``|1 - r_prev / r|`` of the row
+    scaling, since ``r = exp(f)`` itself may overflow. Shapes and arguments as
+    :func:`sinkhorn_scaling`, with the (B, M, N) cost instead of the kernel.
+    """
+    row_valid, col_valid = a > 0, b > 0
+    entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
+    tiny = torch.finfo(cost.dtype).tiny
+    log_k = torch.where(entry_valid, cost / -reg, -math.inf)
+    log_a = torch.where(row_valid, a.clamp(min=tiny).log(), -math.inf)
+    log_b = torch.where(col_valid, b.clamp(min=tiny).log(), -math.inf)
+    f = torch.where(row_valid, 0.0, -math.inf).to(cost.dtype)  # r = exp(f) = 1 on valid rows
+    g = torch.where(col_valid, 0.0, -math.inf).to(cost.dtype)
+    active = torch.ones(cost.shape[0], dtype=torch.bool, device=cost.device)
+    iterations = torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device)
+    for it in range(max_iter):
+        f_new = _log_update(log_a, log_k + g[:, None, :], dim=2, valid=row_valid)
+        g_new = _log_update(log_b, log_k + f_new[:, :, None], dim=1, valid=col_valid)
+        change = torch.where(row_valid, (1 - torch.exp(f - f_new)).abs(), 0.0)
+        converged = stop_test(change, row_valid, stopping, stop_threshold)
+        f = torch.where(active[:, None], f_new, f)
+        g = torch.where(active[:, None], g_new, g)
+        iterations += active.long()
+        active = active & ~converged
+        if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
+            break
+    plan = torch.exp(f[:, :, None] + log_k + g[:, None, :])
     return SinkhornResult(plan.masked_fill(~entry_valid, 0.0), iterations)
 
 
 def _scale_update(marginal: torch.Tensor, kernel_product: torch.Tensor,
                   valid: torch.Tensor) -> torch.Tensor:
     """``marginal / kernel_product`` on valid entries, 0 on padding (and on empty rows)."""
-    safe = torch.where(valid & (kernel_product > 0), kernel_product, 1.0)
-    return torch.where(valid & (kernel_product > 0), marginal / safe, 0.0)
+    ok = valid & (kernel_product > 0)
+    return torch.where(ok, marginal / torch.where(ok, kernel_product, 1.0), 0.0)
 
 
 def _log_update(log_marginal: torch.Tensor, log_terms: torch.Tensor, dim: int,
@@ -141,7 +217,7 @@ def _log_update(log_marginal: torch.Tensor, log_terms: torch.Tensor, dim: int,
     """``log_marginal - logsumexp(log_terms, dim)`` on valid entries, -inf on padding."""
     lse = torch.logsumexp(log_terms, dim=dim)
     ok = valid & torch.isfinite(lse)
-    return torch.where(ok, log_marginal - torch.where(ok, lse, 0.0), -torch.inf)
+    return torch.where(ok, log_marginal - torch.where(ok, lse, 0.0), -math.inf)
 
 
 def uniform_marginals(valid: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .budget import first_in_order
 from .clips import Clip
 from .config import AOTConfig
-from .intra import cosine_similarity
+from .ops import cosine_similarity, first_in_order, pack_left
 from .sinkhorn import sinkhorn, uniform_marginals
 
 # Kinds of output tokens (AOTResult.token_kind).
@@ -45,10 +44,7 @@ def packed_survivors(pooled: torch.Tensor, survivors: torch.Tensor):
         tokens (F, S, D), positions (F, S) long (ascending, padding repeats arbitrary positions),
         valid (F, S) bool, with S the largest survivor count.
     """
-    counts = survivors.sum(1)
-    width = int(counts.max()) if counts.numel() else 0
-    positions = torch.argsort((~survivors).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=pooled.device)[None, :] < counts[:, None]
+    positions, valid = pack_left(survivors)
     tokens = torch.gather(pooled, 1, positions[:, :, None].expand(-1, -1, pooled.shape[-1]))
     return tokens, positions, valid
 
@@ -108,6 +104,132 @@ def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Cl
     Args:
         pooled: (F, P, D) pooled features of every frame (after the intra merge).
         survivors: (F, P) bool, pooled tokens that survived the anchor mask.
+        clips, config, keep_counts: as :func:`temporal_merge_packed`.
+    Returns:
+        :class:`TemporalOutput` (see :func:`temporal_merge_packed`).
+    """
+    tokens, positions, valid = packed_survivors(pooled, survivors)
+    return temporal_merge_packed(tokens, positions, valid, pooled.shape[1], clips, config,
+                                 keep_counts)
+
+
+@dataclass
+class ClipSteps:
+    """The clips with two or more frames, as index tensors.
+
+    keyframes: (C,) long first frame of each such clip; lengths: python list of their lengths.
+    """
+
+    keyframes: torch.Tensor
+    lengths: list[int]
+
+    def active(self, step: int) -> torch.Tensor:
+        """(C_step,) long: the clips that still have a frame at ``step`` (0-based in the clip)."""
+        ids = [i for i, length in enumerate(self.lengths) if length > step]
+        return torch.tensor(ids, dtype=torch.long).to(self.keyframes.device, non_blocking=True)
+
+
+def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
+                     y_valid: torch.Tensor, offset: int, config: AOTConfig, *,
+                     check_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well the anchors explain each token of a later frame, and where it would go.
+
+    Args:
+        x: (B, S, D) tokens of the later frames; y: (B, S', D) current anchors; *_valid: bool.
+        offset: frames between the later frame and its keyframe.
+        config: uses inter_merge, temporal_epsilon, sigma and the Sinkhorn knobs.
+    Returns:
+        score (B, S): q_i = max_j P[i, j] of the row-normalised plan (``"cosine"``: the best
+        cosine); assign (B, S, S'): P (``"cosine"``: one-hot best anchor), 0 on padding.
+    """
+    entry_valid = x_valid[:, :, None] & y_valid[:, None, :]
+    similarity = cosine_similarity(x, y)
+    if config.inter_merge == "cosine":
+        # Ablation: judged and merged by plain cosine similarity, no transport plan.
+        best = similarity.masked_fill(~entry_valid, -math.inf).max(2)
+        score = torch.where(x_valid, best.values, 0.0)
+        assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
+        return score, assign * entry_valid
+    cost = temporal_cost(similarity, entry_valid, offset, config.sigma)
+    plan = sinkhorn(uniform_marginals(x_valid, x.dtype), uniform_marginals(y_valid, x.dtype),
+                    cost, config.temporal_epsilon, max_iter=config.sinkhorn_iterations,
+                    stop_threshold=config.sinkhorn_tolerance, stopping="problem",
+                    log_domain=config.log_domain, check_every=check_every).plan
+    row_mass = plan.sum(2, keepdim=True)
+    assign = torch.where(row_mass > 0, plan / torch.where(row_mass > 0, row_mass, 1.0), 0.0)
+    return assign.max(2).values, assign
+
+
+def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tensor,
+                config: AOTConfig, keep_counts: torch.Tensor | None) -> torch.Tensor:
+    """(B, S) bool: the tokens kept as temporal dynamics (the least explained ones).
+
+    Released rule: ``q < quantile(q, keep_ratio)``; exact mode: the ``keep_counts[b]`` lowest.
+    A keyframe with no surviving token leaves nothing to merge into: everything is kept.
+    """
+    if keep_counts is not None:
+        return lowest_k(score, x_valid, keep_counts)
+    threshold = quantile_threshold(score, x_valid, config.keep_ratio)
+    keep = x_valid & (score.double() < threshold[:, None])
+    return torch.where(~y_valid.any(1)[:, None], x_valid, keep)
+
+
+def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
+                   assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig) -> torch.Tensor:
+    """Anchors after folding in the merged tokens of one later frame.
+
+    ``"ot"``: ``y_j <- (y_j + s * sum_i P[i, j] x_i) / (1 + s * sum_i P[i, j])``;
+    ``"cosine"``: ``y_j <- (s * y_j + sum_{i -> j} x_i) / (s + count_j)``; sums over merged i.
+
+    Args:
+        y: (B, S', D); y_valid: (B, S'); x: (B, S, D); assign: (B, S, S'); merge: (B, S) bool.
+    Returns:
+        (B, S', D); padded anchors unchanged.
+    """
+    weights = assign * merge[:, :, None]
+    scale = config.inter_scale
+    summed = weights.transpose(1, 2) @ x
+    load = weights.sum(1)[:, :, None]
+    if config.inter_merge == "cosine":
+        updated = (scale * y + summed) / (scale + load)
+    else:
+        updated = (y + scale * summed) / (1 + scale * load)
+    return torch.where(y_valid[:, :, None], updated, y)
+
+
+def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor,
+                  offset: int, config: AOTConfig, keep_counts: torch.Tensor | None = None, *,
+                  check_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position of every clip: score the later frame's tokens, keep the least explained,
+    fold the rest into the anchors. Sync-free with ``check_every=0`` (compiles whole).
+
+    Args:
+        x: (B, S, D) tokens of the later frames, x_valid (B, S); y: (B, S', D) current anchors,
+        y_valid (B, S'); offset: frames from the keyframe; keep_counts: (B,) or None.
+    Returns:
+        keep (B, S) bool, updated anchors (B, S', D).
+    """
+    score, assign = transport_scores(x, x_valid, y, y_valid, offset, config,
+                                     check_every=check_every)
+    keep = select_kept(score, x_valid, y_valid, config, keep_counts)
+    if config.inter_merge == "prune":
+        return keep, y
+    return keep, update_anchors(y, y_valid, x, assign, x_valid & ~keep, config)
+
+
+def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                          pooled_count: int, clips: list[Clip], config: AOTConfig,
+                          keep_counts: torch.Tensor | None = None, *,
+                          check_every: int | None = None) -> TemporalOutput:
+    """The temporal phase on survivors already packed to the left (:func:`packed_survivors`).
+
+    Step k of every clip (its k-th frame against the clip's current anchors) runs as one batch;
+    no host sync happens inside the loop except Sinkhorn's every ``check_every`` iterations
+    (``check_every=0``: none; the emission at the end syncs once for the output length).
+
+    Args:
+        tokens: (F, S, D) survivors; positions: (F, S) their pooled positions; valid: (F, S).
+        pooled_count: P, pooled tokens per frame.
         clips: consecutive (start, stop) frame ranges covering the video.
         config: uses keep_ratio, temporal_epsilon, sigma, inter_scale, inter_merge and the
             Sinkhorn knobs (each step's problems stop on their own, as if solved one by one).
@@ -119,100 +241,72 @@ def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Cl
         anchors (so the keyframe appears twice, as in the released code). A clip of one frame
         emits its survivors once.
     """
-    frames, _, dim = pooled.shape
-    work = torch.promote_types(pooled.dtype, torch.float32)
-    tokens, positions, valid = packed_survivors(pooled, survivors)
-    width = tokens.shape[1]
-    kept = torch.zeros(frames, width, dtype=torch.bool, device=pooled.device)
-
+    frames = tokens.shape[0]
+    work = torch.promote_types(tokens.dtype, torch.float32)
+    kept = torch.zeros_like(valid)
     multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
-    keyframes = torch.tensor([start for start, _ in multi], dtype=torch.long, device=pooled.device)
-    anchors = tokens[keyframes].to(work)  # (clips, S, D), updated in place step by step
-    anchor_valid = valid[keyframes]
-    longest = max((stop - start for start, stop in multi), default=0)
-    for step in range(1, longest):
-        active = torch.tensor([i for i, (s, e) in enumerate(multi) if e - s > step],
-                              dtype=torch.long, device=pooled.device)
-        frame_ids = keyframes[active] + step
+    steps = ClipSteps(torch.tensor([start for start, _ in multi], dtype=torch.long)
+                      .to(tokens.device), [stop - start for start, stop in multi])
+    anchors = tokens[steps.keyframes].to(work)  # (C, S, D), updated step by step
+    anchor_valid = valid[steps.keyframes]
+    for step in range(1, max(steps.lengths, default=0)):
+        active = steps.active(step)
+        frame_ids = steps.keyframes[active] + step
         x, x_valid = tokens[frame_ids].to(work), valid[frame_ids]
         y, y_valid = anchors[active], anchor_valid[active]
-        entry_valid = x_valid[:, :, None] & y_valid[:, None, :]
-        similarity = cosine_similarity(x, y)
-
-        if config.inter_merge == "cosine":
-            # Ablation: judged and merged by plain cosine similarity, no transport plan.
-            best = similarity.masked_fill(~entry_valid, -math.inf).max(2)
-            score = torch.where(x_valid, best.values, 0.0)
-            assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
-            assign = assign * entry_valid
-        else:
-            cost = temporal_cost(similarity, entry_valid, step, config.sigma)
-            plan = sinkhorn(uniform_marginals(x_valid, work), uniform_marginals(y_valid, work),
-                            cost, config.temporal_epsilon, max_iter=config.sinkhorn_iterations,
-                            stop_threshold=config.sinkhorn_tolerance, stopping="problem",
-                            log_domain=config.log_domain).plan
-            row_mass = plan.sum(2, keepdim=True)
-            assign = torch.where(row_mass > 0, plan / torch.where(row_mass > 0, row_mass, 1.0), 0.0)
-            score = assign.max(2).values  # q_i: how well the anchors explain token i
-
-        # Tokens of high score are explained by the anchors; the least explained are kept.
-        if keep_counts is not None:
-            keep = lowest_k(score, x_valid, keep_counts[frame_ids])
-        else:
-            threshold = quantile_threshold(score, x_valid, config.keep_ratio)
-            keep = x_valid & (score.double() < threshold[:, None])
-            # A keyframe with no surviving token leaves nothing to merge into: keep everything.
-            keep = torch.where(~y_valid.any(1)[:, None], x_valid, keep)
+        keep, anchors[active] = temporal_step(
+            x, x_valid, y, y_valid, step, config,
+            keep_counts[frame_ids] if keep_counts is not None else None, check_every=check_every)
         kept[frame_ids] = keep
 
-        if config.inter_merge != "prune":
-            weights = assign * (x_valid & ~keep)[:, :, None]
-            scale = config.inter_scale
-            if config.inter_merge == "cosine":
-                summed = weights.transpose(1, 2) @ x
-                count = weights.sum(1)[:, :, None]
-                updated = (scale * y + summed) / (scale + count)
-            else:
-                updated = (y + scale * (weights.transpose(1, 2) @ x)) / (
-                    1 + scale * weights.sum(1)[:, :, None])
-            anchors[active] = torch.where(y_valid[:, :, None], updated, y)
-
     merged = valid.clone()
-    merged[keyframes] = False
+    merged[steps.keyframes] = False
     single = [start for start, stop in clips if stop - start == 1]
     merged[single] = False
     merged &= ~kept
-    return _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips, multi,
-                 pooled.shape[1])
+    return _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
+                 pooled_count)
 
 
-def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips, multi,
+def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
           pooled_count) -> TemporalOutput:
-    """Gather the output sequence clip by clip (see :func:`temporal_merge` for the order)."""
+    """Gather the output sequence (order: see :func:`temporal_merge_packed`) with one sync.
+
+    Every candidate slot (each frame's packed slots, then each clip's anchor slots) has a place
+    in the released order, known from the clips alone; one mask in that order and one
+    ``nonzero`` select the emitted ones.
+    """
     frames, width, dim = tokens.shape
     device = tokens.device
     bank = torch.cat([tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim)])
-    clip_index = {clip: i for i, clip in enumerate(multi)}
-    rows, frame_of, kind_of = [], [], []
-
-    def emit(frame: int, mask: torch.Tensor, kind: int, offset: int) -> None:
-        slots = torch.nonzero(mask).flatten()
-        rows.append(offset + slots)
-        frame_of.append(torch.full_like(slots, frame))
-        kind_of.append(torch.full_like(slots, kind))
-
+    # Emitted as is: keyframes and one-frame clips emit their survivors, later frames the kept.
+    is_key = torch.zeros(frames, dtype=torch.bool, device=device)
+    is_key[[start for start, _ in clips]] = True
+    frame_emits = torch.where(is_key[:, None], valid, kept)
+    order, flags, frame_of, kind_of = [], [], [], []
+    slots = torch.arange(width, device=device)
+    anchor_slot = 0
     for start, stop in clips:
-        emit(start, valid[start], KIND_FRAME, start * width)
-        if stop - start < 2:
-            continue
-        for f in range(start + 1, stop):
-            emit(f, kept[f], KIND_KEPT, f * width)
-        slot = clip_index[(start, stop)]
-        emit(start, anchor_valid[slot], KIND_ANCHOR, frames * width + slot * width)
-
-    index = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=device)
-    frame_ids = torch.cat(frame_of) if frame_of else index
-    kinds = torch.cat(kind_of) if kind_of else index
+        for f in range(start, stop):
+            order.append(f * width + slots)
+            kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
+            frame_of.append(f)
+        if stop - start >= 2:
+            order.append(frames * width + anchor_slot * width + slots)
+            kind_of.append(KIND_ANCHOR)
+            frame_of.append(start)
+            anchor_slot += 1
+    flags = torch.cat([frame_emits.reshape(-1), anchor_valid.reshape(-1)])
+    if not order:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        index, frame_ids, kinds = empty, empty, empty
+    else:
+        order = torch.cat(order)
+        block = torch.arange(len(kind_of), device=device).repeat_interleave(width)
+        chosen = torch.nonzero(flags[order]).flatten()  # the one host sync of the phase
+        index = order[chosen]
+        frame_ids = torch.tensor(frame_of, dtype=torch.long).to(device)[block[chosen]]
+        kinds = torch.tensor(kind_of, dtype=torch.long).to(device)[block[chosen]]
     slot_in_frame = index % width if width else index
     token_position = positions[frame_ids, slot_in_frame] if index.numel() else index
     return TemporalOutput(

@@ -175,14 +175,17 @@ def plot_breakdown(report: dict, path: str) -> str:
             if row.get("ratios"):
                 ax.text(x, top, f"{row['ratios']['ttft_speedup']:.2f}x", ha="center",
                         va="bottom", fontsize=8)
+        ax.set_ylim(0, max(bottom, default=1.0) * 1.12 or 1.0)  # room for the speed-up labels
         ax.set_title(f"{backbone}, {frames} frames")
         ax.set_xlabel("retention")
         ax.set_ylabel("time to first token (ms, median)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(STAGES), fontsize=7, frameon=False)
     fig.suptitle(_device_title(report), fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=90)
+    fig.tight_layout()
+    # Below the panels, as many columns as fit; bbox_inches="tight" keeps it in the image.
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 2 * len(backbones)) or 1, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -229,16 +232,18 @@ def plot_ttft_vs_frames(report: dict, path: str) -> str:
         if frames and limit <= 4 * max(frames):
             ax.axvline(limit, color="grey", linestyle=":")
             ax.annotate(f"full model > context\n({env['shape']['max_context']}) beyond "
-                        f"{math.floor(limit)} frames", (limit, top), fontsize=7, ha="right")
+                        f"{math.floor(limit)} frames", (limit, 0.03), xycoords=("data", "axes fraction"),
+                        xytext=(-3, 0), textcoords="offset points", fontsize=7, ha="right",
+                        va="bottom")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("frames")
         ax.set_ylabel("time to first token (ms, median)")
         ax.set_title(backbone)
-        ax.legend(title="retention", fontsize=7)
+        ax.legend(title="retention", fontsize=7, loc="best")
     fig.suptitle(_device_title(report), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 

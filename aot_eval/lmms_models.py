@@ -5,6 +5,8 @@ They rebuild the requests exactly as the stock ``llava_onevision`` / ``llava_vid
 (frame sampling, ``<image>`` placement, ``qwen_1_5`` conversation, stopping criterion, generation
 arguments) and call ``model.generate(input_ids, images=[video], modalities=["video"], ...)`` of the
 project's :mod:`llava` package, loaded with the AOT configuration from ``--model_args``.
+Unreadable visuals and frame folders are handled as the stock wrappers handle them
+(:mod:`aot_eval.video`); ``batch_size`` > 1 gives the answers of batch size 1.
 
 Every run records the retention each video actually got (:mod:`aot_eval.recording`).
 """
@@ -26,7 +28,7 @@ from . import prompts, recording
 from aot.baselines import reducer_info
 
 from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
-from .video import load_visual
+from .video import VisualLoadError, check_frame_folders, llava_vid_frames, ov_frames
 
 VIDEO_ERROR_MODES = ("answer", "raise")
 
@@ -74,13 +76,11 @@ def generation_kwargs(gen_kwargs: dict, backbone: str) -> dict:
     gk = dict(gen_kwargs)
     gk.pop("until", None)
     gk.pop("image_aspect_ratio", None)
-    if backbone == "video":
-        temperature = gk.get("temperature", 0) or 0
-        out = {"do_sample": temperature > 0, "num_beams": gk.get("num_beams", 1),
-               "max_new_tokens": gk.get("max_new_tokens", 1024)}
-        if temperature > 0:
-            out.update(temperature=temperature, top_p=gk.get("top_p"))
-        return out
+    if backbone == "video":  # stock llava_vid passes these five, defaults filled in
+        temperature = gk.get("temperature", 0)
+        return {"do_sample": temperature > 0, "temperature": temperature,
+                "top_p": gk.get("top_p"), "num_beams": gk.get("num_beams", 1),
+                "max_new_tokens": gk.get("max_new_tokens", 1024)}
     gk.setdefault("max_new_tokens", 1024)
     if not gk.get("do_sample", False):
         for key in ("temperature", "top_p", "top_k"):
@@ -101,14 +101,18 @@ class LlavaAOTBase(lmms):
                  device_map: Optional[str] = None, batch_size=1, max_frames_num=None,
                  mm_spatial_pool_stride=2, mm_spatial_pool_mode: Optional[str] = None,
                  use_cache=True, prompt_as: str = "stock", retention_log: Optional[str] = None,
-                 on_video_error: str = "answer", **kwargs) -> None:
+                 on_video_error: str = "answer", frame_folders: str = "stock",
+                 **kwargs) -> None:
         super().__init__()
         aot_kwargs, rest = split_aot_kwargs(kwargs)
         self.extra = self._take_backbone_args(rest)
         self.spec: ReducerSpec = parse_reducer(aot_kwargs, self.BACKBONE)
-        if to_int(batch_size, "batch_size") != 1:
-            raise ValueError(f"{self.MODEL_ID}: batch_size={batch_size}; only 1 is supported "
-                             "(the paper's protocol)")
+        self.batch_size_per_device = to_int(batch_size, "batch_size")
+        if self.batch_size_per_device < 1:
+            raise ValueError(f"{self.MODEL_ID}: batch_size={batch_size}; expected a positive "
+                             "integer (1 is the paper's protocol; larger batches give the same "
+                             "answers, see docs/reproduce.md)")
+        self.frame_folders = check_frame_folders(frame_folders)
         if prompt_as not in ("stock", "own"):
             raise ValueError(f"prompt_as={prompt_as!r}: expected 'stock' or 'own'")
         if on_video_error not in VIDEO_ERROR_MODES:
@@ -143,7 +147,8 @@ class LlavaAOTBase(lmms):
                 f"{self.MODEL_ID}: unknown model_args {unknown}. Model keys: pretrained, "
                 f"model_name, conv_template, attn_implementation, torch_dtype, device_map, "
                 f"max_frames_num, mm_spatial_pool_stride, mm_spatial_pool_mode, use_cache, "
-                f"prompt_as, retention_log, on_video_error{', ' if allowed else ''}"
+                f"prompt_as, retention_log, on_video_error, frame_folders, batch_size"
+                f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
                 f"ablation and any AOTConfig field")
         return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
@@ -177,7 +182,7 @@ class LlavaAOTBase(lmms):
 
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
                       torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
-                      aot=self.spec.config)
+                      aot_config=self.spec.config)
         if self.spec.name != NO_REDUCER:
             kwargs["reducer"] = self.spec.name
             if reducer_info(self.spec.name).needs_budget:
@@ -207,7 +212,7 @@ class LlavaAOTBase(lmms):
 
     @property
     def batch_size(self):
-        return 1
+        return self.batch_size_per_device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -223,68 +228,115 @@ class LlavaAOTBase(lmms):
         raise NotImplementedError(f"{self.MODEL_ID}: multi-round generation is not supported")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Answer every request (batch size 1, in request order) and record retention."""
+        """Answer every request and record retention.
+
+        Requests are grouped as stock ``llava_onevision`` groups them (same generation
+        arguments, longest context first) into batches of ``batch_size``; batched generation
+        gives the answers of one-at-a-time generation (the model left-aligns its inputs).
+        """
+        from lmms_eval import utils
         from tqdm import tqdm
 
         if self.prompt_as == "stock":
             prompts.require_stock_prompts(self.MODEL_ID)
+
+        def longest_first(args):
+            return -len(self.tokenizer.encode(args[0], add_special_tokens=False)), args[0]
+
+        ordered = utils.Collator([r.args for r in requests], longest_first, grouping=True)
         answers = []
-        for request in tqdm(requests, disable=self.rank != 0, desc=self.MODEL_ID):
-            answers.append(self._answer(*request.args))
+        with tqdm(total=len(requests), disable=self.rank != 0, desc=self.MODEL_ID) as bar:
+            for chunk in ordered.get_batched(n=self.batch_size, batch_fn=None):
+                answers.extend(self._answer_batch(chunk))
+                bar.update(len(chunk))
         self._finish()
+        return ordered.get_original(answers)
+
+    # ---------------------------------------------------------------- one batch
+    def frames(self, visual, task: str):
+        """Frames of one visual as the stock wrapper reads them."""
+        return ov_frames(visual, self.max_frames_num, self.frame_folders)
+
+    def _answer_batch(self, chunk) -> list[str]:
+        """Answers of requests ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)`` that
+        share their generation arguments."""
+        answers: list = [None] * len(chunk)
+        todo = []  # (index, prompt, conv, video or None, record fields)
+        for index, (context, _, doc_to_visual, doc_id, task, split) in enumerate(chunk):
+            visual = doc_to_visual(self.task_dict[task][split][doc_id])
+            if is_image_visual(visual):  # images or text only: stock llava_onevision's path
+                answers[index] = self._answer_images(context, chunk[0][1], visual, doc_id, task,
+                                                     split)
+                continue
+            try:
+                frames = self.frames(visual, task)
+            except VisualLoadError as error:
+                if self.on_video_error == "raise":
+                    raise
+                eval_logger.error(f"{self.MODEL_ID}: {task} doc {doc_id}: cannot load {visual}: "
+                                  f"{error}")
+                self._records.append(recording.sample_record(task, split, doc_id, 0,
+                                                             self.per_frame, None,
+                                                             error=str(error)))
+                answer = self.unloadable(context, error)
+                if isinstance(answer, str):
+                    answers[index] = answer
+                else:  # asked without the video, as stock llava_onevision does
+                    todo.append((index, *build_prompt(answer[0], self.conv_template), None,
+                                 None))
+                continue
+            pixels = self._image_processor.preprocess(list(frames.frames), return_tensors="pt")
+            video = pixels["pixel_values"].to(self.device, self.dtype)
+            prompt, conv = build_prompt(self.question(context, frames), self.conv_template)
+            todo.append((index, prompt, conv, video, (task, split, doc_id)))
+        if todo:
+            texts, counted = self._generate([t[1] for t in todo], todo[0][2],
+                                            [t[3] for t in todo], chunk[0][1])
+            for (index, _, _, video, where), text, count in zip(todo, texts, counted):
+                answers[index] = text
+                if where is not None:
+                    self._records.append(recording.sample_record(
+                        *where, video.shape[0], self.per_frame, count))
         return answers
 
-    # ---------------------------------------------------------------- one request
-    def frame_mode(self) -> str:
-        return "uniform"
-
-    def _frames(self, visual):
-        return load_visual(visual, self.max_frames_num, self.frame_mode())
-
-    def _answer(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> str:
-        doc = self.task_dict[task][split][doc_id]
-        visual = doc_to_visual(doc)
-        if is_image_visual(visual):
-            return self._answer_images(context, gen_kwargs, visual, doc_id, task, split)
-        try:
-            frames = self._frames(visual)
-        except Exception as error:
-            if self.on_video_error == "raise":
-                raise
-            eval_logger.error(f"{self.MODEL_ID}: {task} doc {doc_id}: cannot load {visual}: {error}")
-            self._records.append(recording.sample_record(task, split, doc_id, 0, self.per_frame,
-                                                         None, error=str(error)))
-            return f"Video {visual} can not load, check the source"
-        pixels = self._image_processor.preprocess(list(frames.frames), return_tensors="pt")
-        video = pixels["pixel_values"].to(self.device, self.dtype)
-        question = self.question(context, frames)
-        prompt, conv = build_prompt(question, self.conv_template)
-        text = self._generate(prompt, conv, video, gen_kwargs)
-        self._records.append(recording.sample_record(task, split, doc_id, video.shape[0],
-                                                     self.per_frame, self.counter.last))
-        return text
+    def unloadable(self, context: str, error: VisualLoadError):
+        """What stock does when a visual cannot be read: ``llava_onevision`` asks the question
+        without the video (returned as ``(question,)``); ``llava_vid`` answers that the video
+        cannot be loaded, listing the files (a folder already globbed)."""
+        return (context,)
 
     def question(self, context: str, frames) -> str:
         return build_question(context, self.BACKBONE)
 
-    def _generate(self, prompt: str, conv, video: torch.Tensor, gen_kwargs: dict) -> str:
+    def _generate(self, prompts_: list, conv, videos: list, gen_kwargs: dict):
+        """Generate for a batch of prompts (videos: a tensor, or None for a text-only prompt).
+
+        Returns the answers and, per prompt, the visual tokens the LLM received (or None).
+        """
         from llava.constants import IMAGE_TOKEN_INDEX
         from llava.conversation import SeparatorStyle
         from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
 
         tok = self.tokenizer
-        input_ids = tokenizer_image_token(prompt, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
-        input_ids = input_ids.unsqueeze(0).to(self.device)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        rows = [tokenizer_image_token(p, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
+                for p in prompts_]
+        input_ids = pad_sequence(rows, pad, tok.padding_side).to(self.device)
         stop = conv.sep if conv.sep_style != SeparatorStyle.TWO else conv.sep2
         stopping = KeywordsStoppingCriteria([stop], tok, input_ids)
+        images = [v for v in videos if v is not None]
+        # As stock: llava_onevision passes the pad id, llava_vid leaves it to generation_config
+        pad_arg = {"pad_token_id": pad} if self.BACKBONE == "ov" else {}
         self.counter.reset()
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids, attention_mask=input_ids.ne(pad), pad_token_id=pad, images=[video],
-                modalities=["video"], use_cache=self.use_cache, stopping_criteria=[stopping],
+                input_ids, attention_mask=input_ids.ne(pad), images=images or None,
+                modalities=["video"] * max(len(images), 1), use_cache=self.use_cache,
+                stopping_criteria=[stopping], **pad_arg,
                 **generation_kwargs(gen_kwargs, self.BACKBONE))
-        return tok.batch_decode(output, skip_special_tokens=True)[0].strip()
+        texts = [t.strip() for t in tok.batch_decode(output, skip_special_tokens=True)]
+        counted = self.counter.rows or [None] * len(prompts_)
+        return texts, counted
 
     # ---------------------------------------------------------------- image docs
     def _answer_images(self, context, gen_kwargs, images, doc_id, task, split) -> str:
@@ -341,6 +393,7 @@ class LlavaAOTBase(lmms):
                 "pretrained": str(self.pretrained), "max_frames_num": self.max_frames_num,
                 "pool_mode": self.pool_mode, "tokens_per_frame_unreduced": self.per_frame,
                 "torch_dtype": self.torch_dtype, "world_size": self.world_size,
+                "batch_size": self.batch_size, "frame_folders": self.frame_folders,
                 **self.spec.describe()}
 
     def _finish(self) -> None:
@@ -387,13 +440,15 @@ class LlavaVidAOT(LlavaAOTBase):
                 "mm_newline_position": self.extra["mm_newline_position"],
                 "mm_resampler_location": self.extra["mm_resampler_location"]}
 
-    def frame_mode(self) -> str:
-        return "fps"
+    def frames(self, visual, task: str):
+        return llava_vid_frames(visual, self.max_frames_num, task,
+                                video_fps=to_int(self.extra["video_fps"], "video_fps"),
+                                force_sample=to_bool(self.extra["force_sample"], "force_sample"),
+                                frame_folders=self.frame_folders)
 
-    def _frames(self, visual):
-        return load_visual(visual, self.max_frames_num, "fps",
-                           video_fps=float(self.extra["video_fps"]),
-                           force_sample=to_bool(self.extra["force_sample"], "force_sample"))
+    def unloadable(self, context: str, error: VisualLoadError):
+        paths = "\n".join(error.paths)
+        return f"Video {paths} can not load, check the source"
 
     def question(self, context: str, frames) -> str:
         extra = (time_instruction(frames)
@@ -421,6 +476,14 @@ def image_config(config, n_images: int):
         aspect = "pad"
     return types.SimpleNamespace(image_aspect_ratio=aspect, image_grid_pinpoints=getattr(
         config, "image_grid_pinpoints", None))
+
+
+def pad_sequence(rows: list, value: int, side: str) -> torch.Tensor:
+    """(B, L) ids padded on ``side`` as the stock wrappers pad them (the tokenizer's side)."""
+    if side == "left":
+        rows = [torch.flip(row, [0]) for row in rows]
+    out = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
+    return torch.flip(out, [1]) if side == "left" else out
 
 
 def image_newline(model) -> Optional[torch.Tensor]:

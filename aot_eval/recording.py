@@ -47,8 +47,9 @@ def count_newlines(visual_rows: torch.Tensor, newline: Optional[torch.Tensor]) -
 class TokenCounter:
     """Instance-level wrapper of ``model.prepare_inputs_labels_for_multimodal``.
 
-    After a ``generate`` call, :attr:`last` holds ``{"visual_tokens", "newline_tokens"}`` of the
-    first call of that generation that carried visual tokens (batch size 1).
+    After a ``generate`` call, :attr:`rows` holds per sample of the batch ``{"visual_tokens",
+    "newline_tokens"}`` (None for a sample without ``<image>``), from the first call of that
+    generation that carried visual tokens; :attr:`last` is the first sample's.
     """
 
     def __init__(self, model, image_token_index: int, newline: Optional[torch.Tensor]):
@@ -57,39 +58,49 @@ class TokenCounter:
                             "cannot measure the visual tokens the LLM receives")
         self.image_token_index = image_token_index
         self.newline = newline
-        self.last: Optional[dict] = None
+        self.rows: Optional[list] = None
         self._original = model.prepare_inputs_labels_for_multimodal
         model.prepare_inputs_labels_for_multimodal = self._wrapped
 
+    @property
+    def last(self) -> Optional[dict]:
+        return self.rows[0] if self.rows else None
+
     def reset(self) -> None:
-        self.last = None
+        self.rows = None
 
     def _wrapped(self, input_ids, *args, **kwargs):
         output = self._original(input_ids, *args, **kwargs)
-        if self.last is None and torch.is_tensor(input_ids):
-            self._measure(input_ids, output)
+        if self.rows is None and torch.is_tensor(input_ids):
+            # LLaVA order: (input_ids, position_ids, attention_mask, ...)
+            mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+            self._measure(input_ids, mask, output)
         return output
 
-    def _measure(self, input_ids: torch.Tensor, output) -> None:
+    def _measure(self, input_ids: torch.Tensor, input_mask, output) -> None:
         is_image = input_ids == self.image_token_index
         if not bool(is_image.any()):
             return
         embeds = _embeds_of(output)
-        if embeds is None or embeds.shape[0] != 1:
+        if embeds is None or embeds.shape[0] != input_ids.shape[0]:
             return
-        text = int((~is_image[0]).sum().item())
-        length = embeds.shape[1]
+        if not torch.is_tensor(input_mask):
+            input_mask = torch.ones_like(input_ids, dtype=torch.bool)
         mask = output[2] if isinstance(output, (tuple, list)) and len(output) > 2 else None
-        if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] == length:
-            keep = mask[0].bool()
-            rows = embeds[0][keep]
-        else:
-            rows = embeds[0]
-        visual = rows.shape[0] - text
-        start = int(is_image[0].nonzero()[0].item())  # text tokens before the first <image>
-        visual_rows = rows[start:start + visual]
-        self.last = {"visual_tokens": int(visual),
-                     "newline_tokens": count_newlines(visual_rows, self.newline)}
+        if not (torch.is_tensor(mask) and mask.shape == embeds.shape[:2]):
+            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        rows = []
+        for images, real, out_real, sample in zip(is_image, input_mask.bool(), mask.bool(),
+                                                   embeds):
+            if not bool((images & real).any()):
+                rows.append(None)
+                continue
+            positions = sample[out_real]
+            visual = positions.shape[0] - int((real & ~images).sum())
+            start = int(real[:int(images.nonzero()[0])].sum())  # text before the first <image>
+            rows.append({"visual_tokens": int(visual), "newline_tokens": count_newlines(
+                positions[start:start + visual], self.newline)})
+        self.rows = rows
 
 
 def sample_record(task: str, split: str, doc_id: int, frames: int, per_frame: int,

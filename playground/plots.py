@@ -31,19 +31,31 @@ DIM = 0.55                      # alpha of the dark veil over what is dropped
 PANEL_WIDTH = 3.0               # inches per frame panel
 COLUMNS = 8
 DPI = 100
+#: Panels are drawn at most this much taller than wide (or wider than tall): a 16x4096 video
+#: would otherwise give a figure hundreds of inches tall (minutes and gigabytes to draw).
+MAX_ASPECT = 4.0
+THUMBNAIL = 320                 # pixels of the longer side of a drawn frame
 
 
-def thumbnails(frames: np.ndarray, width: int = 320) -> list[np.ndarray]:
-    """Downscale (F, H, W, 3) uint8 frames to ``width`` pixels wide (aspect kept) for drawing."""
-    height = max(1, round(frames.shape[1] * width / frames.shape[2]))
-    return [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
+def thumbnails(frames: np.ndarray, longest: int = THUMBNAIL) -> list[np.ndarray]:
+    """Downscale (F, H, W, 3) uint8 frames so that their longer side is ``longest`` pixels
+    (aspect kept) for drawing; the panels stretch them to the patch grid anyway."""
+    height, width = frames.shape[1:3]
+    scale = longest / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames]
+
+
+def panel_aspect(height: int, width: int) -> float:
+    """Height / width of a frame panel, clamped to [1 / MAX_ASPECT, MAX_ASPECT]."""
+    return min(max(height / width, 1 / MAX_ASPECT), MAX_ASPECT)
 
 
 def panel_grid(count: int, aspect: float, extra_height: float = 0.8):
     """A figure with ``count`` image panels in rows of :data:`COLUMNS`; returns (fig, axes)."""
     columns = min(COLUMNS, count)
     rows = math.ceil(count / columns)
-    panel_height = PANEL_WIDTH * aspect + 0.4
+    panel_height = PANEL_WIDTH * panel_aspect(aspect, 1.0) + 0.4
     fig, axes = plt.subplots(rows, columns, squeeze=False,
                              figsize=(columns * PANEL_WIDTH, rows * panel_height + extra_height))
     for ax in axes.flat:

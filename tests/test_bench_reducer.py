@@ -1,4 +1,5 @@
-"""scripts/bench_reducer.sh stays runnable: a tiny-width run prints both shapes' rows."""
+"""scripts/bench_reducer.sh stays runnable: a tiny-width run prints both shapes' rows, with the
+plain reference timed and checked against aot.reduce_video."""
 
 import pathlib
 import subprocess
@@ -7,19 +8,24 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_bench_reducer_prints_both_shapes():
+def test_bench_reducer_prints_both_shapes_and_the_reference_ratio():
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "bench_reducer.sh"), "--device", "cpu", "--dim", "16",
-         "--repeats", "1", "--warmup", "0"],
+         "--repeats", "1", "--warmup", "0", "--reference-repeats", "1"],
         capture_output=True, text=True, timeout=300,
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not the released code itself" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 32x729") or
             line.startswith("| 64x729")]
     assert len(rows) == 2, proc.stdout
     assert "paper-ov-mvbench" in rows[0] and "paper-video" in rows[1]
-    tokens = int(rows[0].split("|")[3])
-    assert 0 < tokens < 32 * 196
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert 0 < int(cells[2]) < 64 * 196
+        assert cells[11].endswith(")") and "x (" in cells[11]  # speed-up wall (cpu)
+        assert float(cells[12]) < 1e-4, "reference and aot.reduce_video disagree"
+        assert "->" in cells[13]  # load average at start and end
 
 
 def test_bench_reducer_rejects_missing_cuda():

@@ -78,7 +78,7 @@ def check_pictures(folder: Path, frames: int, aspect: float) -> None:
 
     columns = min(plots.COLUMNS, frames)
     rows = math.ceil(frames / columns)
-    panel_height = plots.PANEL_WIDTH * aspect + 0.4
+    panel_height = plots.PANEL_WIDTH * plots.panel_aspect(aspect, 1.0) + 0.4
     grid_size = (round(columns * plots.PANEL_WIDTH * plots.DPI),
                  round((rows * panel_height + 0.8) * plots.DPI))
     bar_size = (round(max(8.0, 0.32 * frames + 3) * plots.DPI), round(4.8 * plots.DPI))
@@ -170,6 +170,22 @@ def test_demo_on_bigbuckbunny_with_a_baseline_at_an_exact_budget(tmp_path, capsy
     assert denominator == 8 * 196
     assert tokens == math.floor(0.2 * 8 * 196 + 0.5)
     check_pictures(out_dir, 8, aspect=720 / 1280)
+
+
+def test_tall_video_draws_bounded_pictures(tmp_path, capsys):
+    """A 32 x 1024 video (aspect 32): pictures stay a few megapixels (a 16 x 4096 one gave
+    150 MB PNGs and took 6.5 GB)."""
+    from PIL import Image
+
+    tall = write_clip(tmp_path / "tall.mp4", 8, width=32, height=1024)
+    out_dir = tmp_path / "out"
+    code, out, err = run_main(demo, ["--video", tall, "--frames", 8, "--out", out_dir,
+                                     "--max-new-tokens", 1], capsys)
+    assert code == 0, err
+    check_pictures(out_dir, 8, aspect=1024 / 32)
+    for name in PICTURES:
+        with Image.open(out_dir / name) as image:
+            assert image.size[0] * image.size[1] < 4e6, (name, image.size)
 
 
 def test_sweep_writes_table_and_plot(clip, tmp_path, capsys):

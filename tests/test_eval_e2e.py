@@ -309,3 +309,223 @@ def test_baseline_reducers_run_at_the_exact_budget(workspace, tmp_path, monkeypa
     assert retention["reducer"] == reducer
     for record in retention["samples"]:
         assert record["retention"] == 0.25 and record["visual_tokens"] == FRAMES * 49 + 1
+
+
+# ---------------------------------------------------------------- identity with the stock models
+# Stock lmms-eval `llava_onevision` / `llava_vid` run on this project's `llava` package, and our
+# plugin with reducer=none must build the same prompts, pixels and generation arguments and give
+# the same answers, doc by doc. The task's name contains "mvbench" (stock llava_vid reads frame
+# folders only then); its docs: short mp4s, an 8 s clip at 29.97 fps (stock time stamps differ
+# from true times there) and a folder of jpgs written in shuffled order (MVBench
+# episodic_reasoning's layout). The LLaVA-Video checkpoint ships generation_config.json.
+STOCK_TASK = "aot_tinymvbench"
+STOCK_YAML = TASK_YAML.replace("task: aot_tinyvid", f"task: {STOCK_TASK}").replace(
+    "max_new_tokens: 4", "max_new_tokens: 12")
+OV_FRAMES, VID_FRAMES = 4, 8
+
+
+def write_frame_folder(folder: Path, count: int = 20) -> None:
+    """``count`` jpgs frame_000.jpg..., created in shuffled order (so directory order may differ
+    from name order, as on a real file system)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i in rng.permutation(count).tolist():
+        image = rng.integers(0, 80, (64, 96, 3), dtype=np.uint8)
+        image[10:40, (i * 3) % 70:(i * 3) % 70 + 20] = [30, 220, 60]
+        Image.fromarray(image).save(folder / f"frame_{i:03d}.jpg", quality=95)
+
+
+def write_ntsc_clip(path: Path, seconds: int = 8) -> None:
+    """A clip at 30000/1001 fps (stock llava_vid stamps frame i as i / 30, not i / 29.97)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(11)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(int(seconds * 30000 / 1001)):
+            image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
+            image[20:44, (i // 10) % 70:(i // 10) % 70 + 24] = [90, 90, 220]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def stock_workspace(workspace):
+    root = workspace["root"] / "stock"
+    (root / "videos").mkdir(parents=True)
+    rows = []
+    for i in range(2):
+        write_video(root / "videos" / f"clip{i}.mp4", seed=i + 5)
+        rows.append(str(root / "videos" / f"clip{i}.mp4"))
+    write_ntsc_clip(root / "videos" / "ntsc.mp4")
+    rows.append(str(root / "videos" / "ntsc.mp4"))
+    write_frame_folder(root / "videos" / "tvqa_frames")
+    rows.append(str(root / "videos" / "tvqa_frames"))
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "video": video, "answer": "AB"[i % 2],
+                                        "question": f"What colour is the square in video {i}?"})
+                            + "\n" for i, video in enumerate(rows)))
+    tasks = root / "tasks" / STOCK_TASK
+    tasks.mkdir(parents=True)
+    (tasks / f"{STOCK_TASK}.yaml").write_text(STOCK_YAML.format(data=data, ov_post=OV_POST,
+                                                                vid_post=VID_POST))
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    ckpt = root / "llava-qwen-video-genconf"
+    from llava.tiny import VIDEO_GENERATION_CONFIG
+
+    llava_testkit.write_checkpoint(ckpt, "video", seed=2, generation_config=VIDEO_GENERATION_CONFIG)
+    return {"root": root, "tasks": root / "tasks", "docs": len(rows),
+            "ckpt": {"ov": workspace["ckpt"]["ov"], "video": ckpt}}
+
+
+@pytest.fixture
+def generate_log(monkeypatch):
+    """Every ``generate`` call of the llava model, per batch row: prompt ids (padding removed),
+    the pixels' shape and digest, the plain generation arguments and the new tokens."""
+    import hashlib
+
+    import torch
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.model import LlavaQwenForCausalLM
+
+    log = []
+    original = LlavaQwenForCausalLM.generate
+
+    def logged(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        ids = args[0] if args else kwargs["inputs"]
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        videos = iter(kwargs.get("images") or [])
+        plain = {k: v for k, v in kwargs.items() if k != "modalities"  # "video" or ["video"]
+                 and (isinstance(v, (bool, int, float, str)) or v is None)}
+        for row, keep, new in zip(ids, mask.bool(), output):
+            row = row[keep].tolist()
+            pixels = next(videos) if IMAGE_TOKEN_INDEX in row else None
+            digest = None if pixels is None else (
+                tuple(pixels.shape), str(pixels.dtype),
+                hashlib.sha1(pixels.float().cpu().numpy().tobytes()).hexdigest())
+            log.append({"prompt": tuple(row), "pixels": digest, "kwargs": plain,
+                        "answer": [t for t in new.tolist() if t != plain.get("pad_token_id")]})
+        return output
+
+    monkeypatch.setattr(LlavaQwenForCausalLM, "generate", logged)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # stock needs device_map=auto
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    return log
+
+
+def evaluate_stock(ws, model_id: str, model_args: str, log: list, **kwargs) -> dict:
+    """One evaluation (stock or ours); returns {doc_id: answer} and the generate calls by
+    prompt, and empties ``log``."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from aot_eval import manifests, prompts
+
+    if model_id.endswith("_aot"):
+        manifests.register()
+        manager = prompts.task_manager("WARNING", include_path=str(ws["tasks"]),
+                                       include_defaults=False, model_name=model_id)
+    else:
+        manager = TaskManager("WARNING", include_path=str(ws["tasks"]), include_defaults=False,
+                              model_name=model_id)
+    results = simple_evaluate(model=model_id, model_args=model_args, tasks=[STOCK_TASK],
+                              device="cpu", log_samples=True, task_manager=manager,
+                              batch_size=kwargs.pop("batch_size", 1), **kwargs)
+    answers = {s["doc_id"]: s["filtered_resps"] for s in results["samples"][STOCK_TASK]}
+    calls = {call["prompt"]: call for call in log}
+    assert len(calls) == len(log), "two generate calls with the same prompt"
+    log.clear()
+    return {"answers": answers, "calls": calls}
+
+
+def assert_same_calls(ours: dict, stock: dict) -> None:
+    """Same prompts; per prompt the same pixels, generation arguments and new tokens."""
+    assert sorted(ours) == sorted(stock), "the prompts differ"
+    for prompt, call in stock.items():
+        for field in ("pixels", "kwargs", "answer"):
+            assert ours[prompt][field] == call[field], (field, ours[prompt][field], call[field])
+
+
+def stock_args(ws, backbone: str) -> str:
+    if backbone == "ov":
+        return (f"pretrained={ws['ckpt']['ov']},conv_template=qwen_1_5,model_name=llava_qwen,"
+                f"device_map=auto,max_frames_num={OV_FRAMES}")
+    return (f"pretrained={ws['ckpt']['video']},conv_template=qwen_1_5,device_map=auto,"
+            f"max_frames_num={VID_FRAMES},add_time_instruction=true")
+
+
+def our_args(ws, backbone: str, tmp_path: Path) -> str:
+    frames = OV_FRAMES if backbone == "ov" else VID_FRAMES
+    extra = "" if backbone == "ov" else ",add_time_instruction=true"
+    return (f"pretrained={ws['ckpt'][backbone]},conv_template=qwen_1_5,max_frames_num={frames},"
+            f"torch_dtype=float16,reducer=none,retention_log={tmp_path}{extra}")
+
+
+def folder_call(run: dict, ws) -> dict:
+    """The generate call of the frame-folder doc (its question names video 3)."""
+    from llava.model.builder import load_pretrained_model  # noqa: F401  (tokenizer below)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ws["ckpt"]["ov"])
+    hits = [c for p, c in run["calls"].items()
+            if "video 3?" in tok.decode([t for t in p if t >= 0])]
+    assert len(hits) == 1
+    return hits[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["ov", "video"])
+def test_stock_models_and_ours_identical(stock_workspace, generate_log, tmp_path, backbone):
+    """Prompts, pixels, generation arguments and answers identical to the stock wrapper, doc by
+    doc (mp4s, a 29.97 fps clip with time stamps, a frame folder; generation_config.json);
+    then batch_size=2 with frame_folders=sorted: the same answers elsewhere, frames for the
+    folder, both recorded."""
+    ws = stock_workspace
+    stock_id = "llava_onevision" if backbone == "ov" else "llava_vid"
+    ours_id = stock_id + "_aot"
+    stock = evaluate_stock(ws, stock_id, stock_args(ws, backbone), generate_log)
+    ours = evaluate_stock(ws, ours_id, our_args(ws, backbone, tmp_path), generate_log)
+    assert sorted(stock["answers"]) == list(range(ws["docs"]))
+    assert ours["answers"] == stock["answers"]
+    assert_same_calls(ours["calls"], stock["calls"])
+    assert any(call["answer"] for call in stock["calls"].values())  # something was generated
+
+    folder = folder_call(stock, ws)
+    if backbone == "ov":  # stock cannot decode the folder: question without <image>
+        assert folder["pixels"] is None and -200 not in folder["prompt"]
+    else:  # stock reads it (task name has "mvbench"), 8 of 20 files in directory order
+        assert folder["pixels"][0] == (VID_FRAMES, 3, 384, 384)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(ws["ckpt"]["video"])
+        texts = [tok.decode([t for t in p if t >= 0]) for p in stock["calls"]]
+        assert any("These frames are located at 0.00s,1.00s," in t and "6.00s,7.00s." in t
+                   for t in texts), texts  # i / round(29.97): 210 / 30 = 7.00 (true 7.01)
+
+    # --batch_size 2 with the frame folder read in name order: the other docs' answers stay
+    # (batched answers equal one-at-a-time ones), the folder doc gets its frames.
+    option = evaluate_stock(ws, ours_id, our_args(ws, backbone, tmp_path)
+                            + ",frame_folders=sorted", generate_log, batch_size=2)
+    folder_doc = ws["docs"] - 1
+    assert {k: v for k, v in option["answers"].items() if k != folder_doc} == \
+        {k: v for k, v in stock["answers"].items() if k != folder_doc}
+    sorted_folder = folder_call(option, ws)
+    assert sorted_folder["pixels"][0][0] == (OV_FRAMES if backbone == "ov" else VID_FRAMES)
+    records = sorted(tmp_path.glob(f"aot_retention_{ours_id}_*.json"))
+    written = {(r["frame_folders"], r["batch_size"]): r
+               for r in (json.loads(p.read_text()) for p in records)}
+    assert sorted(written) == [("sorted", 2), ("stock", 1)]
+    tokens = {mode: {s["doc_id"]: s["visual_tokens"] for s in r["samples"]}
+              for mode, r in written.items()}  # counted per row of a batch
+    assert tokens[("sorted", 2)].pop(folder_doc) is not None
+    assert tokens[("sorted", 2)] == {k: v for k, v in tokens[("stock", 1)].items()
+                                     if k != folder_doc}
+    assert all(v for v in tokens[("sorted", 2)].values())

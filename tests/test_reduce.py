@@ -146,14 +146,27 @@ def test_approximate_retention_lands_near_target():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_follows_float32(dtype):
-    feats, shallow, deep = video(8)
-    ref = aot.reduce_video(feats, shallow, deep, aot.AOTConfig())
-    half = aot.reduce_video(feats.to(dtype), shallow.to(dtype), deep.to(dtype), aot.AOTConfig())
+@pytest.mark.parametrize("preset", ["paper-ov-mvbench", "paper-video"])
+def test_half_precision_follows_float32(dtype, preset):
+    feats, shallow, deep = video(16)
+    cfg = aot.AOTConfig.preset(preset)
+    ref = aot.reduce_video(feats, shallow, deep, cfg)
+    # Half-precision features (attention stays float32, as the model captures it): the OT runs
+    # in float32 on the rounded input, so the same number of tokens comes out, at the same
+    # positions except near-ties of the temporal quantile (bfloat16 here: 1 of ~300), with
+    # values that differ from float32 by the rounding of the input (docs/efficiency.md).
+    half = aot.reduce_video(feats.to(dtype), shallow, deep, cfg)
     assert half.tokens.dtype == dtype
-    assert torch.isfinite(half.tokens.float()).all()
-    # Attention rounding can move a few anchors; the token count stays close.
-    assert abs(half.num_tokens - ref.num_tokens) <= 0.1 * ref.num_tokens
+    assert half.num_tokens == ref.num_tokens
+    same = (half.token_position == ref.token_position) & (half.token_frame == ref.token_frame)
+    assert int((~same).sum()) <= 0.02 * ref.num_tokens
+    rel = (half.tokens.float() - ref.tokens).norm(dim=-1) / ref.tokens.norm(dim=-1)
+    as_is = same & (ref.token_kind == aot.KIND_FRAME)  # merged anchors absorb a moved token
+    assert float(rel[as_is].max()) < 0.05
+    # Attention rounded too: rounding can move a few anchors; the token count stays close.
+    both = aot.reduce_video(feats.to(dtype), shallow.to(dtype), deep.to(dtype), cfg)
+    assert torch.isfinite(both.tokens.float()).all()
+    assert abs(both.num_tokens - ref.num_tokens) <= 0.1 * ref.num_tokens
 
 
 def test_log_domain_and_per_frame_stopping_are_options_that_run():

@@ -16,7 +16,7 @@ from glob import glob
 import torch
 from transformers import AutoTokenizer
 
-import aot as _aot  # load_pretrained_model has an argument named aot
+import aot
 from .language_model.llava_qwen import LlavaQwenConfig, LlavaQwenForCausalLM
 from .vision import build_vision_config
 
@@ -38,7 +38,7 @@ class CheckpointError(ValueError):
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False,
                           load_4bit=False, device_map="auto", torch_dtype="float16",
                           attn_implementation="sdpa", customized_config=None,
-                          overwrite_config=None, *, aot: "_aot.AOTConfig | str | None" = None,
+                          overwrite_config=None, *, aot_config: "aot.AOTConfig | str | None" = None,
                           reducer: str = "aot", retention: float | None = None,
                           vision_chunk_size: int = 8, **kwargs):
     """Load a LLaVA-Qwen checkpoint (LLaVA-NeXT signature).
@@ -55,7 +55,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             the vision tower uses eager if ``"eager"``, else SDPA.
         customized_config: a config object (or dict of fields) replacing config.json's values.
         overwrite_config: dict of config fields to set (e.g. ``mm_spatial_pool_mode``).
-        aot: an :class:`aot.AOTConfig`, a preset name, or None (no reduction).
+        aot_config: an :class:`aot.AOTConfig`, a preset name, or None (no reduction).
         reducer: which reducer runs with that config (``aot.baselines.get_reducer`` names:
             ``"aot"``, ``"uniform"``, ``"visionzip"``, ``"dycoke"``, ``"random"``, ...).
         retention: for the baselines, the exact retention to run at when the config has no
@@ -80,18 +80,30 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     load_weights(model, folder)
     model.to(device=device, dtype=dtype).eval()
     refresh_rotary(model)
+    model.generation_config = load_generation_config(folder)
     model.vision_chunk_size = vision_chunk_size
-    if isinstance(aot, str):
-        aot = _aot.AOTConfig.preset(aot)
-    if aot is not None and retention is not None and aot.exact_retention is None \
-            and _aot.baselines.reducer_info(reducer).needs_budget:
-        aot = aot.replace(exact_retention=retention)
-    model.set_aot(aot, reducer=reducer)
+    if isinstance(aot_config, str):
+        aot_config = aot.AOTConfig.preset(aot_config)
+    if aot_config is not None and retention is not None and aot_config.exact_retention is None \
+            and aot.baselines.reducer_info(reducer).needs_budget:
+        aot_config = aot_config.replace(exact_retention=retention)
+    model.set_aot(aot_config, reducer=reducer)
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     image_processor = build_image_processor(model.get_vision_tower().image_size)
     max_length = getattr(config, "max_sequence_length", 2048)
     return tokenizer, model, image_processor, max_length
+
+
+def load_tokenizer(folder: str):
+    """The checkpoint's tokenizer (``tokenizer.json`` / vocab files next to the weights)."""
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{folder!r}: no usable tokenizer ({' '.join(str(error).split())}); "
+                              "the checkpoint folder must hold the tokenizer files it was "
+                              "published with (tokenizer.json, tokenizer_config.json, ...)") \
+            from None
 
 
 def resolve_checkpoint(model_path) -> str:
@@ -114,8 +126,14 @@ def load_config(folder: str, customized_config=None, overwrite_config=None) -> L
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder!r} has no config.json")
-    with open(path) as handle:
-        raw = json.load(handle)
+    try:
+        with open(path) as handle:
+            raw = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, "
+                              f"column {error.colno})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(raw).__name__}, not an object")
     model_type = raw.get("model_type")
     if model_type != "llava_qwen":
         raise CheckpointError(f"{path}: model_type={model_type!r}; only 'llava_qwen' "
@@ -124,10 +142,31 @@ def load_config(folder: str, customized_config=None, overwrite_config=None) -> L
         fields = customized_config if isinstance(customized_config, dict) else \
             customized_config.to_dict()
         raw.update({k: v for k, v in fields.items() if k != "model_type"})
-    config = LlavaQwenConfig.from_dict(raw)
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        config = LlavaQwenConfig.from_dict(raw)
+    except (TypeError, ValueError, StrictDataclassError) as error:  # a field's type or value
+        raise CheckpointError(f"{path}: {' '.join(str(error).split())}") from None
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)
     return config
+
+
+def load_generation_config(folder: str):
+    """The checkpoint's generation defaults, read exactly as transformers' ``from_pretrained``
+    reads them (LLaVA-NeXT loads with ``from_pretrained``): ``generation_config.json`` when the
+    folder has one (lmms-lab's LLaVA-Video-7B-Qwen2 ships ``repetition_penalty`` 1.05 and two eos
+    ids there, which change greedy answers), else the generation fields of ``config.json``.
+    The task's generation arguments override these per ``generate`` call, as in stock.
+    """
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(folder, local_files_only=True)
+    except OSError:  # no generation_config.json
+        return GenerationConfig.from_pretrained(folder, config_file_name="config.json",
+                                                _from_model_config=True, local_files_only=True)
 
 
 def resolve_device(device_map) -> torch.device:
@@ -181,7 +220,11 @@ def read_state_dict(folder: str) -> dict[str, torch.Tensor]:
         files = sorted(glob(os.path.join(folder, "*.safetensors")))
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(file, device="cpu"))
+        try:
+            state.update(load_file(file, device="cpu"))
+        except Exception as error:  # safetensors raises its own error type for a broken file
+            raise CheckpointError(f"{file} cannot be read ({' '.join(str(error).split())}): "
+                                  "truncated or corrupt download? Download it again") from None
     if not files:
         for file in sorted(glob(os.path.join(folder, "pytorch_model*.bin"))):
             state.update(torch.load(file, map_location="cpu", weights_only=True))
@@ -254,15 +297,15 @@ def _names(names: list[str], limit: int = 20) -> str:
 
 def build_image_processor(image_size: int = 384):
     """SigLIP preprocessing (resize to image_size, bicubic, rescale 1/255, normalise 0.5/0.5),
-    from built-in values. Uses the PIL backend when torchvision is missing."""
-    from transformers.utils import is_torchvision_available
+    from built-in values.
 
-    if is_torchvision_available():
-        from transformers import SiglipImageProcessor as Processor
-    else:
-        from transformers.models.siglip.image_processing_pil_siglip import (
-            SiglipImageProcessorPil as Processor,
-        )
-    return Processor(size={"height": image_size, "width": image_size}, resample=3,
-                     do_resize=True, do_rescale=True, rescale_factor=1 / 255,
-                     do_normalize=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    Always transformers' PIL backend, whatever is installed: LLaVA-NeXT preprocesses with PIL,
+    and the torchvision backend (transformers' default when torchvision imports, i.e. on every
+    GPU install) resizes differently, 1-2 levels off in 0.1-0.4 % of the pixel values.
+    """
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    return SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, resample=3, do_resize=True,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5])

@@ -161,13 +161,16 @@ class LlavaMetaForCausalLM:
         if tiles.shape[0] == 1:
             return torch.cat([features[0], newline[None].to(features.dtype)], dim=0)
         aspect = getattr(self.config, "image_aspect_ratio", None)
+        video_hint = (f"; if these {tiles.shape[0]} tensors are the frames of a video, pass "
+                      "modalities=['video']")
         if not anyres.is_anyres(aspect):
             raise ValueError(f"an image came with {tiles.shape[0]} tiles but image_aspect_ratio="
                              f"{aspect!r} makes one per image; preprocess with "
-                             "llava.mm_utils.process_images and this model's config")
+                             f"llava.mm_utils.process_images and this model's config{video_hint}")
         if image_size is None:
             raise ValueError(f"an anyres image ({tiles.shape[0]} tiles) needs its original size: "
-                             "pass image_sizes=[image.size, ...] (width, height) with images")
+                             "pass image_sizes=[image.size, ...] (width, height) with images"
+                             f"{video_hint}")
         return anyres.pack_image(features, tuple(int(v) for v in image_size),
                                  self.config.image_grid_pinpoints,
                                  self.get_vision_tower().image_size, anyres.max_tiles_of(aspect),
@@ -281,9 +284,11 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
         raise ValueError(f"tokenizer_padding_side={padding_side!r}: expected 'right' or 'left'")
     placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
     if placeholders != len(visual):
+        hint = ("; a 4-D tensor without modalities=['video'] is a batch of images: pass "
+                "modalities=['video'] for one video" if placeholders < len(visual) else "")
         raise ValueError(f"input_ids hold {placeholders} image placeholder(s) "
                          f"(IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but {len(visual)} visual "
-                         "input(s) were given; put one '<image>' per image or video")
+                         f"input(s) were given; put one '<image>' per image or video{hint}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     if labels is None:

@@ -148,7 +148,7 @@ def test_end_to_end_video_file_with_aot(video_checkpoint, clip):
     tokenizer, model, processor, _ = load_pretrained_model(
         folder, None, "llava_qwen", device_map="auto", torch_dtype="float16",
         overwrite_config={"mm_spatial_pool_mode": "average", "mm_newline_position": "grid"},
-        aot=config)
+        aot_config=config)
     frames = read_video_fps(clip, max_frames=64).frames
     video = processor.preprocess(frames, return_tensors="pt")["pixel_values"].half()
     conv = copy.deepcopy(conv_templates["qwen_1_5"])

@@ -62,7 +62,7 @@ def test_load_matches_written_weights_and_generates(ov_checkpoint, ov):
 def test_load_with_aot_preset_and_dtype(ov_checkpoint, tokenizer):
     folder, _ = ov_checkpoint
     _, model, _, _ = load_pretrained_model(folder, None, "llava_qwen", device_map="cpu",
-                                           torch_dtype="bfloat16", aot=OV_AOT)
+                                           torch_dtype="bfloat16", aot_config=OV_AOT)
     assert model.aot_config == OV_AOT
     assert model.lm_head.weight.dtype == torch.bfloat16
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32

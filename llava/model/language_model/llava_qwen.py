@@ -37,7 +37,7 @@ class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
 
 class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
     """Qwen2ForCausalLM whose ``forward`` / ``generate`` also take ``images`` and ``modalities``
-    (LLaVA-NeXT signature). AOT: :meth:`set_aot` or ``load_pretrained_model(..., aot=...)``."""
+    (LLaVA-NeXT signature). AOT: :meth:`set_aot` or ``load_pretrained_model(..., aot_config=...)``."""
 
     config_class = LlavaQwenConfig
 
@@ -92,5 +92,51 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         else:
             self.last_aot_results = []
             inputs_embeds = self.get_model().embed_tokens(inputs)
+        inputs_embeds, attention_mask = left_align(inputs_embeds, attention_mask)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 **kwargs)
+
+    def _get_logits_processor(self, *args, **kwargs):
+        """transformers' processors, with the repetition penalty counting every generated token.
+
+        transformers skips each row's first ``left padding`` tokens of ``input_ids`` in the
+        penalty, meant for prompt ids; generating from ``inputs_embeds`` (always, here)
+        ``input_ids`` holds only new tokens, so a padded row would lose the penalty on its first
+        answer tokens and answer differently than alone (lmms-lab's LLaVA-Video checkpoint
+        ships ``repetition_penalty`` 1.05). Unpadded rows are unaffected.
+        """
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        processors = super()._get_logits_processor(*args, **kwargs)
+        for processor in processors:
+            if isinstance(processor, RepetitionPenaltyLogitsProcessor):
+                processor.prompt_ignore_length = None
+        return processors
+
+
+def left_align(embeds: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Move each row's real positions to the end of the row (left padding).
+
+    Generation appends every new token after the last column, so a right-padded row (lmms-lab
+    configs say ``tokenizer_padding_side: right``, which is how visual tokens are spliced in)
+    would continue after its padding. Left-aligned, every row continues right after its own last
+    token and batched answers equal one-at-a-time answers whatever the padding side.
+
+    Args:
+        embeds: (B, L, D) input embeddings.
+        attention_mask: (B, L), nonzero at real positions, or None (no padding).
+    Returns:
+        (B, L, D) embeddings and (B, L) mask with the real positions last, in their order;
+        unchanged when the mask is None or already left-aligned.
+    """
+    if attention_mask is None:
+        return embeds, None
+    real = attention_mask.bool()
+    counts = real.sum(dim=1, keepdim=True)
+    columns = torch.arange(real.shape[1], device=real.device)
+    target = columns >= real.shape[1] - counts  # (B, L) where real positions go
+    if torch.equal(real, target):
+        return embeds, attention_mask
+    aligned = embeds.new_zeros(embeds.shape)
+    aligned[target] = embeds[real]  # row-major order keeps each row's positions in order
+    return aligned, target.to(attention_mask.dtype)

@@ -1,0 +1,84 @@
+"""Generic tensor helpers shared by the AOT stages and the baselines (one home for each).
+
+Everything here is batched over a leading axis, sync-free (no ``.item()`` or data-dependent
+shapes unless a width is not given) and breaks ties towards the lower index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def pack_left(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of each row's True entries packed to the left, in ascending order.
+
+    Args:
+        mask: (B, P) bool.
+        width: slots to return (default: the largest row count, which costs one host sync).
+    Returns:
+        positions (B, S) long (slots past a row's count hold the row's False positions, in
+        ascending order) and valid (B, S) bool, ``valid[b, s] = s < count[b]``.
+    """
+    counts = mask.sum(1)
+    if width is None:
+        width = int(counts.max()) if counts.numel() else 0
+    positions = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return positions, valid
+
+
+def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool: True for the first ``counts[b]`` entries of row b in ``order``.
+
+    Args:
+        order: (B, M) a permutation of 0..M-1 per row (e.g. a stable sort's indices).
+        counts: (B,) how many to take per row.
+    """
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank < counts.to(order.device)[:, None]
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit L2 norm; zero rows stay zero.
+
+    Overflow-safe: rows are first divided by their largest absolute entry, so features of any
+    finite magnitude (even 3e38) give finite unit vectors, where ``x / x.norm()`` would give
+    ``inf / inf = NaN``.
+
+    Args:
+        x: (..., D) floating point.
+    Returns:
+        (..., D) same dtype.
+    """
+    peak = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True)  # max |x|, no copy
+    scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    return scaled / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, M, D), (B, N, D) -> (B, M, N) cosine similarities (0 against a zero row).
+
+    Overflow-safe (see :func:`unit_rows`); meant for the small token sets of a frame or a clip.
+    For the full (F, 729, D) patch tensor, :func:`aot.intra.anchor_similarity` avoids the
+    normalised copy of the features.
+    """
+    return unit_rows(x) @ unit_rows(y).transpose(1, 2)
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError naming the first frame of ``x`` (F, ...) that holds NaN or inf.
+
+    A float32 sum is NaN/inf when any entry is, in one read (isfinite over a 32x729x3584 tensor
+    costs 25x more); it can also overflow for huge finite values, so the exact scan runs only
+    to confirm and to name the frame. One host sync.
+    """
+    if bool(torch.isfinite(x.sum(dtype=torch.float32))):
+        return
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        frame = int(torch.nonzero(bad)[0])
+        raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
