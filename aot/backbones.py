@@ -106,11 +106,35 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+#: Backbones reached only through transformers' own classes (:mod:`aot.hf`); kept apart from
+#: :data:`BACKBONES`, whose entries are also the ``llava/`` models, the benchmark's and the
+#: demo's choices. transformers' LLaVA-OneVision class is the ``"ov"`` backbone.
+HF_BACKBONES: dict[str, Backbone] = {
+    # Qwen2.5-VL: the grid is the 2x2 merger's output (the LLM's tokens; 448 px frames give
+    # 16x16), a "frame" is a temporal patch (two video frames), the merger is the pooling.
+    # Layers 7 and 31 are the first and last full-attention blocks (fullatt_block_indexes);
+    # windowed blocks only see 112-px windows (docs/knobs.md).
+    "qwen2_5_vl": Backbone("qwen2_5_vl", "Qwen2.5-VL in transformers (Qwen/Qwen2.5-VL-*)",
+                           (16, 16), pooling="none", newline="no_token", shallow_layer=7,
+                           deep_layer=31, preset="paper-ov-mvbench", frames=16,
+                           prompt_template="chat_template", positions="mrope"),
+    # Qwen3-VL: a SigLIP-2-style 27-block ViT with full attention everywhere (the paper's 5 and
+    # 24 keep their roles), 16-px patches, 2x2 merger (512 px frames give 16x16), DeepStack.
+    "qwen3_vl": Backbone("qwen3_vl", "Qwen3-VL in transformers (Qwen/Qwen3-VL-*)", (16, 16),
+                         pooling="none", newline="no_token", shallow_layer=5, deep_layer=24,
+                         preset="paper-ov-mvbench", frames=16, prompt_template="chat_template",
+                         positions="mrope"),
+}
+
+
 def get_backbone(name: str) -> Backbone:
-    """The declared :class:`Backbone` called ``name``."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
-    return BACKBONES[name]
+    """The declared :class:`Backbone` called ``name`` (:data:`BACKBONES` or
+    :data:`HF_BACKBONES`)."""
+    facts = BACKBONES.get(name) or HF_BACKBONES.get(name)
+    if facts is None:
+        raise ValueError(f"unknown backbone {name!r}; expected one of "
+                         f"{sorted(BACKBONES) + sorted(HF_BACKBONES)}")
+    return facts
 
 
 def backbone_for_pooling(pooling: str) -> Backbone:
