@@ -10,7 +10,7 @@ from .clips import dynamic_clips, fixed_clips, split_clips
 from .config import ABLATIONS, PRESETS, AOTConfig
 from .intra import aggregate_into_anchors
 from .pooling import pool_at, pool_grid, pooled_side
-from .reduce import AOTResult, IntraOutput, inter_stage, intra_stage, reduce_video
+from .reduce import ReducedVideo, IntraOutput, inter_stage, intra_stage, reduce_video
 from .sinkhorn import SinkhornResult, sinkhorn
 from .temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT, temporal_merge
 
@@ -20,7 +20,7 @@ from . import backbones, baselines, path  # noqa: E402  (they import the names a
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABLATIONS", "AOTConfig", "AOTResult", "ExactPlan", "IntraOutput", "KIND_ANCHOR", "KIND_FRAME",
+    "ABLATIONS", "AOTConfig", "ReducedVideo", "ExactPlan", "IntraOutput", "KIND_ANCHOR", "KIND_FRAME",
     "KIND_KEPT", "PRESETS", "SinkhornResult", "aggregate_into_anchors", "dynamic_clips",
     "exact_budget", "fixed_clips", "inter_stage", "intra_stage", "plan_exact_budget", "pool_at",
     "pool_grid", "pooled_side", "received_attention", "reduce_video", "select_anchors", "sinkhorn",

@@ -24,7 +24,7 @@ import torch
 
 from .backbones import Backbone
 from .config import AOTConfig
-from .reduce import AOTResult
+from .reduce import ReducedVideo
 
 #: Called with a stage name when that stage has finished (``"vision"``, ``"projector"``,
 #: ``"reduce"``); e.g. a clock's ``lap``.
@@ -100,13 +100,13 @@ class VisualSequence:
 
     tokens: (L, D) the visual sequence in the model's dtype, newlines included.
     newline_tokens: how many of the L are newline tokens.
-    result: the reducer's :class:`AOTResult` (None for the unreduced model).
+    result: the reducer's :class:`ReducedVideo` (None for the unreduced model).
     encoded: the encoder output the sequence was made from.
     """
 
     tokens: torch.Tensor
     newline_tokens: int
-    result: AOTResult | None
+    result: ReducedVideo | None
     encoded: Encoded
 
     @property
@@ -126,7 +126,7 @@ class VideoAdapter(Protocol):
         ``"projector"`` to ``on_stage``.
     pool(encoded): the unreduced model's native pooling, (F, P, D) in the model's dtype.
     pack_pooled(pooled): unreduced (F, P, D) -> (L, D) sequence with the backbone's newlines.
-    pack_result(result, dtype): a reducer's :class:`AOTResult` -> (L, D) sequence in ``dtype``
+    pack_result(result, dtype): a reducer's :class:`ReducedVideo` -> (L, D) sequence in ``dtype``
         with the backbone's newlines.
     """
 
@@ -141,7 +141,7 @@ class VideoAdapter(Protocol):
 
     def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor: ...
 
-    def pack_result(self, result: AOTResult, dtype: torch.dtype) -> torch.Tensor: ...
+    def pack_result(self, result: ReducedVideo, dtype: torch.dtype) -> torch.Tensor: ...
 
 
 def _no_hook(stage: str) -> None:
@@ -158,7 +158,7 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
 
 
 @torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
-def reduce(encoded: Encoded, reduction: Reduction) -> AOTResult:
+def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     """Step 2: the registered reducer on the encoded video, in float32 (the OT is not stable in
     half precision; float64 stays float64)."""
     from .baselines import get_reducer, matched_budget
@@ -180,7 +180,7 @@ def reduce(encoded: Encoded, reduction: Reduction) -> AOTResult:
                                                                 budget=budget)
 
 
-def pack(adapter: VideoAdapter, encoded: Encoded, result: AOTResult | None) -> VisualSequence:
+def pack(adapter: VideoAdapter, encoded: Encoded, result: ReducedVideo | None) -> VisualSequence:
     """Step 3: the sequence the LLM reads: the reducer's tokens (or, with ``result`` None, the
     natively pooled features) with the backbone's newline tokens, in the model's dtype."""
     dtype = encoded.features.dtype

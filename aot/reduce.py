@@ -67,8 +67,9 @@ class IntraOutput:
 
 
 @dataclass
-class AOTResult:
-    """What AOT feeds the LLM for one video, and everything needed to inspect it.
+class ReducedVideo:
+    """What a reducer (AOT or any baseline of :mod:`aot.baselines`) feeds the LLM for one video,
+    and everything needed to inspect it.
 
     tokens: (T_out, D) the visual token sequence (no newline tokens), in the released order.
     token_frame: (T_out,) frame each token comes from (a merged anchor counts for its keyframe).
@@ -141,7 +142,7 @@ class AOTResult:
 @torch.no_grad()  # training-free: top-k, quantiles and OT plans carry no useful gradient
 def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
                  deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
-                 frame_features: torch.Tensor | None = None) -> AOTResult:
+                 frame_features: torch.Tensor | None = None) -> ReducedVideo:
     """Reduce one video's visual tokens with AOT.
 
     Args:
@@ -152,7 +153,7 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
         frame_features: (F, D') per-frame global features for dynamic clips (default: the mean
             of each frame's features).
     Returns:
-        :class:`AOTResult`; ``result.tokens`` is what the LLM receives (newlines excluded).
+        :class:`ReducedVideo`; ``result.tokens`` is what the LLM receives (newlines excluded).
 
     ``features`` is never modified nor copied whole: its large passes are one norm pass, the two
     batched products of the intra merge and the gather of the surviving pooled tokens
@@ -197,7 +198,7 @@ def intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
 
 @torch.no_grad()
 def inter_stage(intra: IntraOutput, config: AOTConfig, *,
-                frame_features: torch.Tensor | None = None) -> AOTResult:
+                frame_features: torch.Tensor | None = None) -> ReducedVideo:
     """Pooling with the anchor mask, then the temporal phase (or plain concatenation).
 
     Only the surviving pooled tokens are computed (:func:`aot.pooling.pool_at`), straight from
@@ -246,7 +247,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
 
     square = (frames, grid, grid)
     pooled_square = (frames, side, side)
-    return AOTResult(
+    return ReducedVideo(
         tokens=tokens, token_frame=token_frame, token_position=token_position,
         token_kind=token_kind, local_anchors=intra.local_anchors.reshape(square),
         global_anchors=intra.global_anchors.reshape(square),

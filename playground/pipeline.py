@@ -212,7 +212,7 @@ def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
 class Reduction:
     """What the reducer did: the model's visual sequence, the settings and the stage times.
 
-    sequence: the :class:`aot.path.VisualSequence` the LLM reads (``.result`` the AOTResult).
+    sequence: the :class:`aot.path.VisualSequence` the LLM reads (``.result`` the ReducedVideo).
     budget: the token count given to a budgeted reducer (AOT's count for this video), or None.
     times: stage name -> seconds (``reduce`` = reducer + pooling + newline packing).
     """
@@ -224,7 +224,7 @@ class Reduction:
     times: dict = field(default_factory=dict)
 
     @property
-    def result(self) -> aot.AOTResult:
+    def result(self) -> aot.ReducedVideo:
         return self.sequence.result
 
 

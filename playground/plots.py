@@ -63,12 +63,12 @@ def panel_grid(count: int, aspect: float, extra_height: float = 0.8):
     return fig, axes.flat
 
 
-def clip_of(result: aot.AOTResult) -> dict[int, int]:
+def clip_of(result: aot.ReducedVideo) -> dict[int, int]:
     """Frame index -> clip index (empty without a temporal phase)."""
     return {f: i for i, (start, stop) in enumerate(result.clips) for f in range(start, stop)}
 
 
-def keyframes(result: aot.AOTResult) -> set[int]:
+def keyframes(result: aot.ReducedVideo) -> set[int]:
     """Frames that anchor a clip of two or more frames."""
     return {start for start, stop in result.clips if stop - start >= 2}
 
@@ -92,7 +92,7 @@ def _frame_title(index: int, timestamps, clip: dict[int, int]) -> str:
     return title
 
 
-def plot_anchors(frames: np.ndarray, result: aot.AOTResult, path: str, *, title: str,
+def plot_anchors(frames: np.ndarray, result: aot.ReducedVideo, path: str, *, title: str,
                  timestamps=None) -> str:
     """Frames in a grid; local anchors (cyan) and global anchors (magenta) on the patch grid,
     the rest veiled; thin lines mark AOT's local-anchor windows. Returns ``path``."""
@@ -126,7 +126,7 @@ def plot_anchors(frames: np.ndarray, result: aot.AOTResult, path: str, *, title:
     return _finish(fig, path, title, handles)
 
 
-def plot_tokens(frames: np.ndarray, result: aot.AOTResult, path: str, *, title: str,
+def plot_tokens(frames: np.ndarray, result: aot.ReducedVideo, path: str, *, title: str,
                 timestamps=None) -> str:
     """Per frame, the pooled grid: tokens that survive pooling and what the temporal phase did
     (keyframe token, kept as dynamics, merged into the keyframe's anchors). Returns ``path``."""
@@ -172,7 +172,7 @@ def plot_tokens(frames: np.ndarray, result: aot.AOTResult, path: str, *, title: 
     return _finish(fig, path, title, handles)
 
 
-def plot_tokens_per_frame(result: aot.AOTResult, path: str, *, title: str) -> str:
+def plot_tokens_per_frame(result: aot.ReducedVideo, path: str, *, title: str) -> str:
     """Stacked bars per frame: keyframe / kept / merged-anchor tokens sent to the LLM, with the
     survivors of the intra phase (after pooling) as markers and clips shaded. Returns ``path``."""
     frames = result.num_frames

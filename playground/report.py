@@ -8,7 +8,7 @@ import aot
 from aot.temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
 
 
-def clip_rows(result: aot.AOTResult) -> list[dict]:
+def clip_rows(result: aot.ReducedVideo) -> list[dict]:
     """Per clip of the temporal phase: frames, keyframe tokens, kept, merged anchors, total.
 
     Without a temporal phase (no clips) the list is empty.
@@ -30,7 +30,7 @@ def clip_rows(result: aot.AOTResult) -> list[dict]:
     return rows
 
 
-def summary(result: aot.AOTResult) -> dict:
+def summary(result: aot.ReducedVideo) -> dict:
     """Token counts of ``result`` as plain numbers (what the table prints)."""
     anchors_local = result.local_anchors.flatten(1).sum(1).float()
     anchors_global = result.global_anchors.flatten(1).sum(1).float()

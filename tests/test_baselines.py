@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aot import AOTConfig, AOTResult, exact_budget, pool_grid, pooled_side, reduce_video
+from aot import AOTConfig, ReducedVideo, exact_budget, pool_grid, pooled_side, reduce_video
 from aot.baselines import (
     REDUCERS,
     DyCokeConfig,
@@ -43,10 +43,10 @@ def pooled_reference(features, config):
     return pool_grid(features.float(), 27, config.pooling)
 
 
-def check_result(result: AOTResult, frames: int, config: AOTConfig, count: int,
+def check_result(result: ReducedVideo, frames: int, config: AOTConfig, count: int,
                  dtype=torch.float32):
     side = pooled_side(27, config.pooling)
-    assert isinstance(result, AOTResult)
+    assert isinstance(result, ReducedVideo)
     assert result.tokens.shape == (count, DIM) and result.tokens.dtype == dtype
     for field in (result.token_frame, result.token_position, result.token_kind):
         assert field.shape == (count,)

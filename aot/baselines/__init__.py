@@ -7,7 +7,7 @@ Every reducer is called as::
 
 with features (F, T, D) projected patch features on a square grid, attention (F, T) received at
 AOT's shallow and deep layers, an :class:`aot.AOTConfig` (``pooling`` picks the backbone's pooled
-grid, ``exact_retention`` the budget), and returns an :class:`aot.AOTResult` whose ``tokens`` are
+grid, ``exact_retention`` the budget), and returns an :class:`aot.ReducedVideo` whose ``tokens`` are
 what the LLM receives (post-pooling tokens, newlines excluded).
 
 Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
@@ -28,14 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ABLATIONS, AOTConfig
-from ..reduce import AOTResult, reduce_video
+from ..reduce import ReducedVideo, reduce_video
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
 from .uniform import pooling_matrix, reduce_uniform
 from .visionzip import VisionZipConfig, reduce_visionzip
 
-Reducer = Callable[..., AOTResult]
+Reducer = Callable[..., ReducedVideo]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ReducerInfo:
 
     name: the registry name.
     function: the reducer, ``(features, shallow, deep, config, *, budget=None,
-        frame_features=None[, options=...]) -> AOTResult``.
+        frame_features=None[, options=...]) -> ReducedVideo``.
     needs_budget: True when the reducer has no count of its own: it must be given
         ``config.exact_retention`` or ``budget=`` (AOT and its ablations run their released
         thresholds without one).
@@ -128,7 +128,7 @@ def get_reducer(name: str, **options) -> Reducer:
             :class:`aot.AOTConfig` passed at call time.
     Returns:
         a callable ``(features, shallow_attention, deep_attention, config=None, *, budget=None,
-        frame_features=None) -> AOTResult``.
+        frame_features=None) -> ReducedVideo``.
     """
     info = reducer_info(name)
     if info.options is not None:

@@ -11,7 +11,7 @@ import torch
 
 from ..config import ABLATIONS, AOTConfig
 from ..pooling import pooled_side
-from ..reduce import AOTResult, check_inputs, reduce_video
+from ..reduce import ReducedVideo, check_inputs, reduce_video
 from .common import resolve_budget, retention_for_budget
 
 
@@ -39,7 +39,7 @@ def config_for_budget(config: AOTConfig, budget, frames: int, pooled_per_frame: 
 def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
                deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                budget: int | None = None, frame_features: torch.Tensor | None = None,
-               ablation: str | None = None) -> AOTResult:
+               ablation: str | None = None) -> ReducedVideo:
     """:func:`aot.reduce_video` with an optional exact ``budget`` and a named ablation.
 
     Args:
@@ -50,7 +50,7 @@ def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
         budget: exact token count; switches AOT to exact mode at that count.
         ablation: a key of :data:`aot.config.ABLATIONS`, applied on top of ``config``.
     Returns:
-        :class:`AOTResult`.
+        :class:`ReducedVideo`.
     """
     config = config or AOTConfig()
     if ablation is not None:
@@ -66,7 +66,7 @@ def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
 def reduce_random(features: torch.Tensor, shallow_attention: torch.Tensor,
                   deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                   budget: int | None = None, frame_features: torch.Tensor | None = None
-                  ) -> AOTResult:
+                  ) -> ReducedVideo:
     """AOT with random anchors (the paper's ablation): V anchors per frame drawn uniformly from
     ``config.seed``, then AOT's OT aggregation, pooling and temporal phase unchanged."""
     return reduce_aot(features, shallow_attention, deep_attention, config, budget=budget,

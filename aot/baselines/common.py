@@ -1,9 +1,9 @@
 """Shared plumbing of the baseline reducers: budgets, per-frame counts, packing the output.
 
 Every reducer in :mod:`aot.baselines` has AOT's call signature and returns an
-:class:`aot.AOTResult`, so model code, the demo and the benchmarks treat all reducers alike. The
+:class:`aot.ReducedVideo`, so model code, the demo and the benchmarks treat all reducers alike. The
 helpers here turn a token budget into per-frame counts and per-frame padded selections into the
-flat, frame-major token sequence that ``AOTResult`` describes.
+flat, frame-major token sequence that ``ReducedVideo`` describes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from ..budget import exact_budget, spread
 from ..config import AOTConfig
 from ..pooling import pooled_side
-from ..reduce import AOTResult, check_inputs
+from ..reduce import ReducedVideo, check_inputs
 
 
 def validate(features: torch.Tensor, shallow_attention: torch.Tensor,
@@ -92,7 +92,7 @@ def retention_for_budget(budget: int, frames: int, pooled_per_frame: int) -> flo
 
 def flatten_slots(tokens: torch.Tensor, positions: torch.Tensor, kinds: torch.Tensor,
                   valid: torch.Tensor):
-    """Per-frame padded slots -> the flat frame-major sequence of AOTResult.
+    """Per-frame padded slots -> the flat frame-major sequence of ReducedVideo.
 
     Args:
         tokens: (F, S, D); positions, kinds: (F, S); valid: (F, S) bool.
@@ -107,8 +107,8 @@ def flatten_slots(tokens: torch.Tensor, positions: torch.Tensor, kinds: torch.Te
 
 def make_result(tokens, token_frame, token_position, token_kind, *, frames: int, grid: int,
                 side: int, survivors: torch.Tensor, kept: torch.Tensor | None = None,
-                merged: torch.Tensor | None = None, clips=None) -> AOTResult:
-    """An AOTResult for a reducer without AOT anchors (anchor masks all False).
+                merged: torch.Tensor | None = None, clips=None) -> ReducedVideo:
+    """An ReducedVideo for a reducer without AOT anchors (anchor masks all False).
 
     survivors / kept / merged: (F, side*side) bool on the pooled grid (kept / merged default to
     all False: no temporal phase).
@@ -117,7 +117,7 @@ def make_result(tokens, token_frame, token_position, token_kind, *, frames: int,
     no_anchor = torch.zeros(frames, grid, grid, dtype=torch.bool, device=device)
     pooled_square = (frames, side, side)
     none = torch.zeros(pooled_square, dtype=torch.bool, device=device)
-    return AOTResult(
+    return ReducedVideo(
         tokens=tokens, token_frame=token_frame, token_position=token_position,
         token_kind=token_kind, local_anchors=no_anchor, global_anchors=no_anchor.clone(),
         survivors=survivors.reshape(pooled_square),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..config import AOTConfig
 from ..ops import gather_rows, pack_left
 from ..pooling import pool_grid
-from ..reduce import AOTResult
+from ..reduce import ReducedVideo
 from ..temporal import KIND_FRAME, KIND_KEPT, lowest_k
 from .common import (
     flatten_slots,
@@ -125,7 +125,7 @@ def merge_into_kept(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
                   deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                   budget: int | None = None, frame_features: torch.Tensor | None = None,
-                  options: DyCokeConfig | None = None) -> AOTResult:
+                  options: DyCokeConfig | None = None) -> ReducedVideo:
     """DyCoke-style temporal merging of tokens that repeat the previous frame.
 
     Args:
@@ -137,7 +137,7 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
         frame_features: ignored (accepted for AOT's signature).
         options: :class:`DyCokeConfig`.
     Returns:
-        :class:`AOTResult`, frame-major, kept tokens in ascending position; frame 0's tokens are
+        :class:`ReducedVideo`, frame-major, kept tokens in ascending position; frame 0's tokens are
         ``KIND_FRAME``, later frames' ``KIND_KEPT``; ``temporal_kept`` / ``temporal_merged`` mark
         later-frame tokens kept / merged away; ``clips`` = [(0, F)].
 

@@ -17,7 +17,7 @@ import torch
 
 from ..config import AOTConfig
 from ..pooling import pool_grid
-from ..reduce import AOTResult
+from ..reduce import ReducedVideo
 from ..temporal import KIND_FRAME
 from .common import flatten_slots, frame_counts, make_result, resolve_budget, validate, work_dtype
 
@@ -90,7 +90,7 @@ def pool_to_counts(pooled: torch.Tensor, side: int, counts: torch.Tensor):
 def reduce_uniform(features: torch.Tensor, shallow_attention: torch.Tensor,
                    deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                    budget: int | None = None, frame_features: torch.Tensor | None = None
-                   ) -> AOTResult:
+                   ) -> ReducedVideo:
     """Uniform spatial pooling of every frame to its share of the budget.
 
     Args:
@@ -100,7 +100,7 @@ def reduce_uniform(features: torch.Tensor, shallow_attention: torch.Tensor,
         budget: exact token count; overrides ``config.exact_retention``.
         frame_features: ignored (accepted for AOT's signature).
     Returns:
-        :class:`AOTResult` with exactly the budget's tokens, frame-major; frame f gets
+        :class:`ReducedVideo` with exactly the budget's tokens, frame-major; frame f gets
         ``spread(budget, F)[f]`` tokens. ``token_position`` / ``survivors`` mark the centre
         cell of each pooled region.
     """

@@ -22,7 +22,7 @@ import torch
 from ..config import AOTConfig
 from ..ops import cosine_similarity, first_in_order, gather_rows, pack_left
 from ..pooling import pool_grid
-from ..reduce import AOTResult
+from ..reduce import ReducedVideo
 from ..temporal import KIND_ANCHOR, KIND_FRAME
 from .common import (
     flatten_slots,
@@ -131,7 +131,7 @@ def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Te
 def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
                      deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                      budget: int | None = None, frame_features: torch.Tensor | None = None,
-                     options: VisionZipConfig | None = None) -> AOTResult:
+                     options: VisionZipConfig | None = None) -> ReducedVideo:
     """VisionZip-style dominant + contextual tokens per frame, at the pooled level.
 
     Args:
@@ -143,7 +143,7 @@ def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
         frame_features: ignored (accepted for AOT's signature).
         options: :class:`VisionZipConfig` (default 54:10, deep attention).
     Returns:
-        :class:`AOTResult`, frame-major; per frame its dominant tokens (ascending position,
+        :class:`ReducedVideo`, frame-major; per frame its dominant tokens (ascending position,
         ``KIND_FRAME``) then its contextual tokens (ascending target position, ``KIND_ANCHOR``:
         a token that absorbed others). ``survivors`` = dominant tokens and contextual targets.
     """

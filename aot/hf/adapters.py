@@ -13,7 +13,7 @@ import torch
 
 from ..backbones import Backbone, get_backbone
 from ..path import Encoded, Reduction
-from ..reduce import AOTResult
+from ..reduce import ReducedVideo
 from .capture import capturing, qwen_vision_received, siglip_received
 
 
@@ -59,7 +59,7 @@ class HFAdapter:
         """(3, B, L) unreduced M-RoPE positions, or None for 1-D positions."""
         return None
 
-    def slots(self, encoded: Encoded, result: AOTResult | None) -> torch.Tensor:
+    def slots(self, encoded: Encoded, result: ReducedVideo | None) -> torch.Tensor:
         """(L_v,) index of each packed token's placeholder in the unreduced run."""
         per_frame = self._per_frame(encoded)
         frames = encoded.num_frames
@@ -139,7 +139,7 @@ class OneVisionAdapter(HFAdapter):
     def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.cat([pooled.reshape(-1, pooled.shape[-1]), self._newline(pooled.dtype)])
 
-    def pack_result(self, result: AOTResult, dtype: torch.dtype) -> torch.Tensor:
+    def pack_result(self, result: ReducedVideo, dtype: torch.dtype) -> torch.Tensor:
         return torch.cat([result.tokens.to(dtype), self._newline(dtype)])
 
     def _newline(self, dtype) -> torch.Tensor:
@@ -219,7 +219,7 @@ class Qwen25VLAdapter(HFAdapter):
     def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled.reshape(-1, pooled.shape[-1])
 
-    def pack_result(self, result: AOTResult, dtype: torch.dtype) -> torch.Tensor:
+    def pack_result(self, result: ReducedVideo, dtype: torch.dtype) -> torch.Tensor:
         return result.tokens.to(dtype)
 
     def positions(self, inputs: dict) -> torch.Tensor:

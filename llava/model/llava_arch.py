@@ -79,7 +79,7 @@ class LlavaMetaForCausalLM:
     reduction: video_path.Reduction | None = None
     #: Frames encoded per tower call (bounds the capture memory: chunk x heads x T^2 floats).
     vision_chunk_size: int = 8
-    #: AOTResults of the videos of the last call, in input order (None for unreduced items).
+    #: ReducedVideo results of the videos of the last call, in input order (None for unreduced items).
     last_aot_results: list
 
     # ------------------------------------------------------------------ accessors
@@ -135,7 +135,7 @@ class LlavaMetaForCausalLM:
         return video_path.visual_sequence(self.video_adapter(), frames, self.reduction, on_stage)
 
     def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, AOTResult or None)."""
+        """One video (F, 3, S, S) -> ((L, hidden) tokens with newlines, ReducedVideo or None)."""
         sequence = self.video_sequence(frames)
         return sequence.tokens, sequence.result
 

@@ -9,7 +9,7 @@ LLaVA-NeXT's ``flat`` patch merge):
 * ``"frame"``: each frame's tokens followed by one newline.
 * ``"no_token"``: tokens only.
 
-With AOT (:func:`pack_aot`) the tokens are those of an :class:`aot.AOTResult`. ``one_token`` and
+With AOT (:func:`pack_aot`) the tokens are those of an :class:`aot.ReducedVideo`. ``one_token`` and
 ``no_token`` keep AOT's order exactly (the released OV behaviour). ``grid`` and ``frame`` lay the
 tokens out on their frames: tokens are sorted by (frame, row, position, kind) and every row (or
 frame) gets its newline even when none of its tokens survived. With the temporal phase off this
@@ -94,7 +94,7 @@ def pack_frames(pooled: torch.Tensor, newline: torch.Tensor | None, position: st
 
 def pack_aot(result, newline: torch.Tensor | None, position: str,
              dtype: torch.dtype | None = None) -> torch.Tensor:
-    """AOT-reduced video: ``result`` (an :class:`aot.AOTResult`) -> (L, D) sequence.
+    """AOT-reduced video: ``result`` (an :class:`aot.ReducedVideo`) -> (L, D) sequence.
 
     L = result.num_tokens + newlines, newlines = F * side (grid), F (frame), 1 (one_token),
     0 (no_token or ``newline`` None).
