@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_eval_script_stops_before_launch_on_a_missing_checkpoint(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "eval_ov_mvbench.sh"), "--retention",
                            "0.1", "--model", str(tmp_path / "missing"), "--output",
                            str(tmp_path / "out")], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=120)
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing" in lines[0] and "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ BENCH_TASKS = {"mvbench": "mvbench", "egoschema": "egoschema",
 
 
 def run(args, env=None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
+    # The scripts' Python: this interpreter (a checkout without .venv would fall back to `python`).
+    full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=60)
 
