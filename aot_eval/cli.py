@@ -106,6 +106,16 @@ def finish_unscored(output_path: Path, since: float) -> int:
     return 0
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group (if any) before the interpreter exits: left to interpreter
+    shutdown, a gloo rank can abort with "terminate called without an active exception" after
+    all work is done (seen once in CI with two CPU processes), failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -119,6 +129,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     since = time.time() - 1
     run_lmms_eval(argv)
+    shutdown_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     return finish(Path(output), since)

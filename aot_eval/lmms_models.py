@@ -13,8 +13,7 @@ Every run records the retention each video actually got (:mod:`aot_eval.recordin
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -133,7 +132,8 @@ class LlavaAOTBase(lmms):
         self._setup_devices(device, device_map)
         self._load(pretrained, model_name, attn_implementation)
         self._records: list = []
-        self._stamp = time.strftime("%Y%m%d-%H%M%S")
+        # microseconds: two runs started in the same second must not overwrite each other's record
+        self._stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         eval_logger.info(f"{self.MODEL_ID}: reducer={self.spec.name} ({self.spec.source}), "
                          f"{self.max_frames_num} frames, {self.per_frame} tokens/frame unreduced")
 
