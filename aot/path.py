@@ -157,14 +157,11 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
     return adapter.encode(pixels, layers, on_stage or _no_hook)
 
 
-@torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
-def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
-    """Step 2: the registered reducer on the encoded video, in float32 (the OT is not stable in
-    half precision; float64 stays float64)."""
-    from .baselines import get_reducer, matched_budget
-
-    config, budget = reduction.config, reduction.budget
-    missing = [layer for layer in reduction.layers if layer not in encoded.attention]
+def reducer_inputs(encoded: Encoded, config: AOTConfig):
+    """What every reducer reads from an encoding under ``config``: (F, T, D) features in float32
+    (the OT is not stable in half precision; float64 stays float64) and the (F, T) attention
+    received at the config's shallow and deep layers."""
+    missing = sorted({config.shallow_layer, config.deep_layer} - set(encoded.attention))
     if missing:
         raise ValueError(f"the encoding holds no received attention at vision layer(s) {missing} "
                          f"(it has {sorted(encoded.attention)}): encode with this reduction, "
@@ -172,12 +169,28 @@ def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     features = encoded.features
     if features.dtype not in (torch.float32, torch.float64):
         features = features.float()
-    shallow = encoded.attention[config.shallow_layer]
-    deep = encoded.attention[config.deep_layer]
+    return features, encoded.attention[config.shallow_layer], encoded.attention[config.deep_layer]
+
+
+@torch.no_grad()
+def aot_count(encoded: Encoded, config: AOTConfig) -> int:
+    """AOT's token count under ``config`` for this encoding: the budget ``"aot"`` gives a
+    budgeted reducer (runs AOT once)."""
+    from .baselines import matched_budget
+
+    return matched_budget(*reducer_inputs(encoded, config), config)
+
+
+@torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
+def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
+    """Step 2: the registered reducer on the encoded video (inputs: :func:`reducer_inputs`)."""
+    from .baselines import get_reducer
+
+    config, budget = reduction.config, reduction.budget
     if budget == MATCH_AOT:
-        budget = matched_budget(features, shallow, deep, config)
-    return get_reducer(reduction.reducer, **reduction.options)(features, shallow, deep, config,
-                                                                budget=budget)
+        budget = aot_count(encoded, config)
+    return get_reducer(reduction.reducer, **reduction.options)(
+        *reducer_inputs(encoded, config), config, budget=budget)
 
 
 def pack(adapter: VideoAdapter, encoded: Encoded, result: ReducedVideo | None) -> VisualSequence:

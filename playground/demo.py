@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from aot_bench.timing import StageClock
+
 from . import pipeline, plots, report
 from .pipeline import DEFAULT_QUESTION, DemoError
 
@@ -128,10 +130,10 @@ def run(args: argparse.Namespace) -> dict:
           f"({clip.duration:.1f} s video), resized to {pixels.shape[-1]}px",
           times["decode + preprocess"])
 
-    timer = pipeline.StageTimer()
-    encoded = pipeline.encode(loaded, pixels, config, timer)
-    times["vision encoder"] = timer.times["vision"]
-    times["projector"] = timer.times["projector"]
+    clock = StageClock(pixels.device)
+    encoded = pipeline.encode(loaded, pixels, config, clock)
+    times["vision encoder"] = clock.stages["vision"]
+    times["projector"] = clock.stages["projector"]
     tower = loaded.model.get_vision_tower()
     stage(2, "vision encoder", f"SigLIP, {tower.num_layers} layers, {tower.grid}x{tower.grid} "
           f"patches/frame, attention read at layers {config.shallow_layer} and "

@@ -13,7 +13,6 @@ import copy
 import importlib.util
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,8 @@ import torch
 
 import aot
 from aot import path as video_path
-from aot.baselines import matched_budget, reducer_info, reducer_names
+from aot.baselines import reducer_info, reducer_names
+from aot_bench.timing import StageClock
 from llava.video import VideoReadError, read_frames, uniform_indices
 
 DEFAULT_QUESTION = "What happens in the video? Answer in one sentence."
@@ -180,30 +180,14 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
     return pixels.to(device=tower.device, dtype=tower.dtype)
 
 
-class StageTimer:
-    """The path's ``on_stage`` callback: seconds since the previous stage, by stage name."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-        self.last = time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.times[stage] = self.times.get(stage, 0.0) + now - self.last
-        self.last = now
-
-    def restart(self) -> None:
-        self.last = time.perf_counter()
-
-
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           timer: StageTimer | None = None) -> video_path.Encoded:
+           clock: StageClock | None = None) -> video_path.Encoded:
     """The path's first step: vision tower with attention capture at the config's two layers,
-    then the projector (stages ``vision`` and ``projector`` reported to ``timer``)."""
+    then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
     try:
         return video_path.encode(loaded.model.video_adapter(), pixels,
-                                 video_path.Reduction(config), timer)
+                                 video_path.Reduction(config), clock and clock.lap)
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 
@@ -234,9 +218,8 @@ def reduction_for(encoded: video_path.Encoded, config: aot.AOTConfig,
     count under ``config`` for this video (so reducers compare at the same count)."""
     budget = None
     if reducer_info(reducer).needs_budget and config.exact_retention is None:
-        features = encoded.features.float()
-        budget = matched_budget(features, encoded.attention[config.shallow_layer],
-                                encoded.attention[config.deep_layer], config)
+        # counted here, not with budget="aot", so the reducer's timing excludes the AOT run
+        budget = video_path.aot_count(encoded, config)
     return video_path.Reduction(config, reducer, budget=budget)
 
 
@@ -245,11 +228,11 @@ def reduce(loaded: LoadedModel, encoded: video_path.Encoded, config: aot.AOTConf
            reducer: str = "aot") -> Reduction:
     """The path's reduce and pack steps on an encoding (timed: ``reduce``)."""
     reduction = reduction_for(encoded, config, reducer)
-    timer = StageTimer()
+    clock = StageClock(encoded.features.device)
     result = video_path.reduce(encoded, reduction)
     sequence = video_path.pack(loaded.model.video_adapter(), encoded, result)
-    timer("reduce")
-    return Reduction(sequence, config, reducer, reduction.budget, timer.times)
+    clock.lap("reduce")
+    return Reduction(sequence, config, reducer, reduction.budget, clock.stages)
 
 
 def prompt_ids(loaded: LoadedModel, question: str) -> torch.Tensor:

@@ -36,6 +36,26 @@ USAGE
 
 aot_eval_die() { echo "$(basename "$0"): $*" >&2; exit 2; }
 
+# aot_eval_python ROOT: the interpreter the scripts run ($PYTHON, else ROOT/.venv/bin/python if
+# it exists, else python).
+aot_eval_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
+  elif [ -x "$1/.venv/bin/python" ]; then echo "$1/.venv/bin/python"
+  else echo python; fi
+}
+
+# aot_eval_preflight PY ARGS...: `PY -m aot_eval.preflight ARGS`; on failure, exit 2 with its
+# error line (the last one, after any warnings), or say how to get a usable interpreter.
+aot_eval_preflight() {
+  local py=$1 problem; shift
+  problem=$("$py" -m aot_eval.preflight "$@" 2>&1 >/dev/null) && return 0
+  problem=${problem##*$'\n'}
+  case "$problem" in
+    error:*) aot_eval_die "${problem#error: }" ;;
+    *) aot_eval_die "cannot run '$py' with this project ($problem); run 'bash setup.sh --eval' and use .venv/bin/python, or set PYTHON" ;;
+  esac
+}
+
 aot_eval_check_int() {
   [[ "$2" =~ ^[1-9][0-9]*$ ]] || aot_eval_die "$1 '$2' must be a positive integer"
 }
@@ -111,10 +131,7 @@ aot_eval_run() {
   fi
 
   local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  local py=${PYTHON:-}
-  if [ -z "$py" ]; then
-    if [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python; else py=python; fi
-  fi
+  local py; py=$(aot_eval_python "$root")
   export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
   # The AOT arguments, checked by the same parser the model uses (one rule everywhere).
   local -a check=(reducer="$reducer")
@@ -122,14 +139,8 @@ aot_eval_run() {
   [ -z "$preset" ] || check+=(preset="$preset")
   [ -z "$ablation" ] || check+=(ablation="$ablation")
   [ "$exact" = 0 ] || check+=(exact=true)
-  local problem
-  if [ "${AOT_EVAL_ARGS_CHECKED:-0}" != 1 ] && ! problem=$("$py" -m aot_eval.preflight args --backbone "$backbone" "${check[@]}" 2>&1 >/dev/null); then
-    problem=${problem##*$'\n'}  # the last line: the error, after any warnings
-    case "$problem" in
-      error:*) aot_eval_die "${problem#error: }" ;;
-      *) aot_eval_die "cannot run '$py' with this project ($problem); run 'bash setup.sh --eval' and use .venv/bin/python, or set PYTHON" ;;
-    esac
-  fi
+  [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 1 ] ||
+    aot_eval_preflight "$py" args --backbone "$backbone" "${check[@]}"
 
   # model_args: the stock wrapper's protocol settings, then the reducer.
   local margs="pretrained=$model,conv_template=qwen_1_5,max_frames_num=$frames,torch_dtype=$dtype,attn_implementation=$attn"
@@ -168,10 +179,7 @@ aot_eval_run() {
   echo "[eval] $backbone / $benchmark ($task_id): $tag, $frames frames, $nproc process(es)"
   echo "[eval] command: ${cmd[*]}"
   if [ "$dry_run" = 1 ]; then return 0; fi
-  if ! problem=$("$py" -m aot_eval.preflight launch --model "$model" --nproc "$nproc" ${device:+--device "$device"} 2>&1 >/dev/null); then
-    problem=${problem##*$'\n'}
-    aot_eval_die "${problem#error: }"
-  fi
+  aot_eval_preflight "$py" launch --model "$model" --nproc "$nproc" ${device:+--device "$device"}
 
   mkdir -p "$output"
   local stamp; stamp=$(mktemp); trap 'rm -f "$stamp"' RETURN

@@ -52,20 +52,16 @@ done
 
 # Check every reducer/retention once, in one Python call (the same parser the model uses); the
 # eval scripts then skip their own per-run check.
+# shellcheck source=scripts/eval_common.sh
+. "$here/eval_common.sh"
 root=$(cd "$here/.." && pwd)
-py=${PYTHON:-}
-if [ -z "$py" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python; else py=python; fi
-fi
+py=$(aot_eval_python "$root")
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 checks=()
 for reducer in $reducers; do
   for r in $retentions; do checks+=(--set "reducer=$reducer retention=$r"); done
 done
-if ! problem=$(PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$py" -m aot_eval.preflight args \
-    --backbone "$backbone" "${checks[@]}" 2>&1 >/dev/null); then
-  problem=${problem##*$'\n'}
-  die "${problem#error: }"
-fi
+aot_eval_preflight "$py" args --backbone "$backbone" "${checks[@]}"
 export AOT_EVAL_ARGS_CHECKED=1
 
 failed=()

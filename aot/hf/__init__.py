@@ -81,6 +81,15 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
     return base.replace(**fields)
 
 
+def _ids_as_keyword(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``generate(ids, ...)`` / ``forward(ids, ...)`` -> ``input_ids=ids`` in the keywords (the
+    wrappers read and rewrite it there)."""
+    if args:
+        kwargs["input_ids"] = args[0]
+        args = args[1:]
+    return args, kwargs
+
+
 def apply(model, reduction, *, reducer: str | None = None) -> Handle:
     """Install a reducer on ``model`` (an instance of a supported class); returns a :class:`Handle`.
 
@@ -102,9 +111,7 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
 
     @functools.wraps(stock_generate)
     def generate(*args, **kwargs):
-        if args:
-            kwargs["input_ids"] = args[0]
-            args = args[1:]
+        args, kwargs = _ids_as_keyword(args, kwargs)
         if kwargs.get("pixel_values_videos") is None:
             return stock_generate(*args, **kwargs)
         original_ids = kwargs["input_ids"]
@@ -114,9 +121,7 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
 
     @functools.wraps(stock_forward)
     def forward(*args, **kwargs):
-        if args:
-            kwargs["input_ids"] = args[0]
-            args = args[1:]
+        args, kwargs = _ids_as_keyword(args, kwargs)
         if kwargs.get("pixel_values_videos") is None:
             return stock_forward(*args, **kwargs)
         return stock_forward(*args, **_reduce_inputs(handle, kwargs))
