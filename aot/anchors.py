@@ -6,9 +6,12 @@ the selection is deterministic on any device.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import AOTConfig
+from .pooling import check_grid_tokens, grid_shape
 
 
 def received_attention(attention_probs: torch.Tensor) -> torch.Tensor:
@@ -41,22 +44,63 @@ def anchor_counts(config: AOTConfig, num_windows: int) -> tuple[int, int]:
     return local_share // num_windows, v - local_share
 
 
+def window_spans(length: int, window: int) -> list[tuple[int, int]]:
+    """How one grid axis of ``length`` tokens is cut into windows of at most ``window``.
+
+    ``n = ceil(length / window)`` spans ``[floor(i * length / n), floor((i + 1) * length / n))``:
+    they cover the axis, never exceed ``window``, and differ in length by at most one. When
+    ``window`` divides ``length`` these are the released windows (27 / 9: three spans of 9).
+    """
+    count = -(-length // window)
+    bounds = [i * length // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def window_index(grid, window: int, device=None) -> torch.Tensor:
+    """(rows*cols,) long: the local-anchor window of every token, windows in row-major order.
+
+    A window is a block of a row span and a column span of :func:`window_spans`, so any
+    ``rows x cols`` grid is tiled by ``ceil(rows / window) * ceil(cols / window)`` windows of at
+    most ``window x window`` tokens, each token in exactly one window.
+    """
+    rows, cols = grid_shape(grid)
+
+    def span_of(length: int) -> torch.Tensor:
+        spans = window_spans(length, window)
+        return torch.repeat_interleave(torch.arange(len(spans)),
+                                       torch.tensor([stop - start for start, stop in spans]))
+
+    row_span, col_span = span_of(rows), span_of(cols)
+    windows_per_row = int(col_span[-1]) + 1
+    index = row_span[:, None] * windows_per_row + col_span[None, :]
+    return index.reshape(-1).to(device)
+
+
 def select_anchors(shallow_attention: torch.Tensor, deep_attention: torch.Tensor,
-                   grid: int, config: AOTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                   grid, config: AOTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Local and global anchor masks per frame.
 
     Args:
-        shallow_attention: (F, grid*grid) attention received at the shallow layer (local anchors).
-        deep_attention: (F, grid*grid) attention received at the deep layer (global anchors).
-        grid: side of the square patch grid (27 for SigLIP-384).
+        shallow_attention: (F, T) attention received at the shallow layer (local anchors),
+            T = rows * cols.
+        deep_attention: (F, T) attention received at the deep layer (global anchors).
+        grid: the patch grid, a square's side (27 for SigLIP-384) or ``(rows, cols)``.
         config: uses anchors_per_frame, global_share, window, local/global/random switches, seed.
     Returns:
-        (local_mask, global_mask), each (F, grid*grid) bool, disjoint.
+        (local_mask, global_mask), each (F, T) bool, disjoint.
 
-    Local: the grid is cut into ``window x window`` windows; each window contributes its top-k
-    tokens by shallow attention. Global: the top tokens by deep attention among the non-local
-    ones (the released code zeroes the local scores instead; received attention is positive, so
-    the two agree, and excluding them also holds for arbitrary scores).
+    Local: the grid is tiled by windows of at most ``window x window`` tokens
+    (:func:`window_index`; on 27x27 with window 9 the released 3x3 windows of 9x9); each window
+    contributes its top-k tokens by shallow attention, k from :func:`anchor_counts`. A window
+    with fewer than k tokens gives all of them and its shortfall goes to the global anchors
+    (when they are on), so a frame never gets more than V anchors and every frame of a grid gets
+    the same count. Global: the top tokens by deep attention among the non-local ones (the
+    released code zeroes the local scores instead; received attention is positive, so the two
+    agree, and excluding them also holds for arbitrary scores).
+
+    Raises:
+        ValueError: the settings give no anchor at all on this grid (e.g. global anchors off and
+            fewer anchors than windows), which would silently drop every token.
     """
     frames, tokens = shallow_attention.shape
     if config.random_anchors:
@@ -66,18 +110,25 @@ def select_anchors(shallow_attention: torch.Tensor, deep_attention: torch.Tensor
         mask = _indices_to_mask(picked, tokens)
         return torch.zeros_like(mask), mask
 
-    if grid % config.window:
-        raise ValueError(f"window={config.window} does not divide the {grid}x{grid} patch grid; "
-                         f"pick a divisor of {grid} (e.g. {_divisors(grid)})")
-    num_windows = (grid // config.window) ** 2
+    rows, cols = check_grid_tokens(grid, tokens, "shallow_attention")
+    window_of = _window_index((rows, cols), config.window, shallow_attention.device)
+    sizes = torch.bincount(window_of)
+    num_windows = sizes.shape[0]
     per_window, global_count = anchor_counts(config, num_windows)
+    local_counts = sizes.clamp(max=per_window)
+    if config.global_anchors:
+        global_count += per_window * num_windows - int(local_counts.sum())
+    if int(local_counts.sum()) + global_count == 0:
+        raise ValueError(
+            f"anchors_per_frame={config.anchors_per_frame} gives no anchor on the {rows}x{cols} "
+            f"grid: its {num_windows} windows of at most {config.window}x{config.window} get "
+            f"{per_window} local anchors each and there are no global anchors "
+            f"(global_anchors={config.global_anchors}, global_share={config.global_share}); "
+            f"give at least {num_windows} anchors per frame, a larger window or global anchors")
 
     local = torch.zeros(frames, tokens, dtype=torch.bool, device=shallow_attention.device)
     if per_window > 0:
-        window_scores, window_tokens = _windows(shallow_attention, grid, config.window)
-        best = _top_indices(window_scores, per_window)  # (F, windows, k) positions in window
-        chosen = torch.gather(window_tokens.expand(frames, -1, -1), 2, best)
-        local = _indices_to_mask(chosen.reshape(frames, -1), tokens)
+        local = _top_per_window(shallow_attention.float(), window_of, sizes, local_counts)
 
     global_mask = torch.zeros_like(local)
     if global_count > 0:
@@ -86,21 +137,31 @@ def select_anchors(shallow_attention: torch.Tensor, deep_attention: torch.Tensor
     return local, global_mask
 
 
-def _windows(scores: torch.Tensor, grid: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores regrouped per window.
+@functools.lru_cache(maxsize=32)
+def _window_index(grid: tuple[int, int], window: int, device: torch.device) -> torch.Tensor:
+    return window_index(grid, window, device)
 
-    Returns (F, windows, window*window) scores and the (1, windows, window*window) token index
-    of every entry, windows in row-major order, tokens row-major inside each window.
+
+def _top_per_window(scores: torch.Tensor, window_of: torch.Tensor, sizes: torch.Tensor,
+                    counts: torch.Tensor) -> torch.Tensor:
+    """(F, T) bool: in every window w its counts[w] highest scores (ties: lower token index).
+
+    Two stable sorts group the tokens by window, best first inside each window, so any tiling
+    (windows of unequal sizes included) is one batched operation.
+
+    Args:
+        scores: (F, T); window_of: (T,) window of each token; sizes, counts: (W,) long.
     """
-    frames = scores.shape[0]
-    per_side = grid // window
-    index = torch.arange(grid * grid, device=scores.device).reshape(1, grid, grid)
-
-    def regroup(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], per_side, window, per_side, window).permute(0, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], per_side * per_side, window * window)
-
-    return regroup(scores.float().reshape(frames, grid, grid)), regroup(index)
+    frames, tokens = scores.shape
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    by_window = torch.sort(window_of[order], dim=1, stable=True)
+    order = torch.gather(order, 1, by_window.indices)     # grouped by window, best first
+    window = by_window.values
+    start = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(tokens, device=scores.device)[None, :] - start[window]
+    chosen = rank < counts[window]
+    return torch.zeros(frames, tokens, dtype=torch.bool, device=scores.device).scatter_(
+        1, order, chosen)
 
 
 def _top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,7 +174,3 @@ def _indices_to_mask(indices: torch.Tensor, size: int) -> torch.Tensor:
     """(F, k) indices -> (F, size) bool mask."""
     mask = torch.zeros(indices.shape[0], size, dtype=torch.bool, device=indices.device)
     return mask.scatter_(1, indices, True)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]

@@ -28,6 +28,7 @@ from .ops import (  # noqa: F401
     pack_left,
     unit_rows,
 )
+from .pooling import grid_shape
 from .sinkhorn import sinkhorn
 
 # Frames per chunk of the passes over the (F, T, D) tensor: big enough for the matrix products
@@ -39,22 +40,26 @@ CHUNK_FRAMES = 32
 SAFE_NORM = 1e17
 
 
-def grid_coordinates(grid: int, device=None) -> torch.Tensor:
-    """(grid*grid, 2) coordinates ``(col, row) / (grid - 1)`` in [0, 1], row-major tokens."""
-    steps = torch.arange(grid, device=device, dtype=torch.float32) / max(grid - 1, 1)
-    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
-    return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)
+def grid_coordinates(grid, device=None) -> torch.Tensor:
+    """(rows*cols, 2) coordinates ``(col / (cols - 1), row / (rows - 1))`` in [0, 1], row-major
+    tokens; ``grid`` is a square's side or ``(rows, cols)``. Each axis is scaled on its own (a
+    landscape frame's columns and rows both span [0, 1]); an axis of length 1 is 0."""
+    rows, cols = grid_shape(grid)
+    row_steps = torch.arange(rows, device=device, dtype=torch.float32) / max(rows - 1, 1)
+    col_steps = torch.arange(cols, device=device, dtype=torch.float32) / max(cols - 1, 1)
+    row_at, col_at = torch.meshgrid(row_steps, col_steps, indexing="ij")
+    return torch.stack([col_at.reshape(-1), row_at.reshape(-1)], dim=-1)
 
 
 @functools.lru_cache(maxsize=8)
-def _grid_distances(grid: int, device: torch.device) -> torch.Tensor:
+def _grid_distances(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
     xy = grid_coordinates(grid, device)
     return (xy[:, None, :] - xy[None, :, :]).pow(2).sum(-1).sqrt()
 
 
-def grid_distances(grid: int, device=None) -> torch.Tensor:
+def grid_distances(grid, device=None) -> torch.Tensor:
     """(T, T) Euclidean distances between the scaled grid coordinates of every token pair."""
-    return _grid_distances(grid, torch.device(device or "cpu"))
+    return _grid_distances(grid_shape(grid), torch.device(device or "cpu"))
 
 
 def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +209,7 @@ def apply_merge_weights(features: torch.Tensor, anchor_idx: torch.Tensor,
 
 
 def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
-                           source_idx: torch.Tensor, grid: int, config: AOTConfig, *,
+                           source_idx: torch.Tensor, grid, config: AOTConfig, *,
                            check_every: int | None = None,
                            chunk_frames: int | None = CHUNK_FRAMES,
                            similarity: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,9 +219,9 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
     ``torch.compile(merged_anchor_features, fullgraph=True)`` traces it whole.
 
     Args:
-        features: (F, T, D) projected features of all patches, T = grid * grid.
+        features: (F, T, D) projected features of all patches, T = rows * cols.
         anchor_idx: (F, N), source_idx: (F, M) ascending token indices, N + M = T, N, M >= 1.
-        grid: side of the patch grid.
+        grid: the patch grid, a square's side or ``(rows, cols)`` (:func:`grid_coordinates`).
         config: uses intra_merge ("ot" or "cosine"), intra_epsilon, spatial_weight, intra_scale,
             hard_merge_weight and the Sinkhorn knobs.
         check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`).
@@ -261,15 +266,15 @@ class AnchorMerge:
     checked: bool
 
 
-def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, grid: int,
+def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, grid,
                            config: AOTConfig, *, check_every: int | None = None,
                            chunk_frames: int | None = CHUNK_FRAMES) -> AnchorMerge:
     """Intra-frame OT of a video: every anchor absorbs the other tokens of its frame.
 
     Args:
-        features: (F, T, D) projected features of all patches, T = grid * grid.
+        features: (F, T, D) projected features of all patches, T = rows * cols.
         anchor_mask: (F, T) bool, the same number of anchors in every frame.
-        grid: side of the patch grid.
+        grid: the patch grid, a square's side or ``(rows, cols)``.
         config: uses intra_merge (the mode), intra_epsilon, spatial_weight, intra_scale,
             hard_merge_weight, and the Sinkhorn knobs.
         check_every, chunk_frames: see :func:`merged_anchor_features` (same result for any value).

@@ -79,14 +79,15 @@ class Reduction:
 class Encoded:
     """One video after the vision tower and the projector.
 
-    features: (F, T, D) projected patch features in the model's dtype, T = grid * grid.
-    grid: side of the square patch grid of a frame.
+    features: (F, T, D) projected patch features in the model's dtype, T = rows * cols.
+    grid: the patch grid of a frame (the tokens the reducer sees): ``(rows, cols)``, or the side
+        of a square one (LLaVA's 27). A native-resolution backbone gives each video its own.
     attention: vision layer -> (F, T) float32 attention each patch receives at that layer, for
         the layers the reduction reads (empty for the unreduced model).
     """
 
     features: torch.Tensor
-    grid: int
+    grid: int | tuple[int, int]
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -178,7 +179,7 @@ def aot_count(encoded: Encoded, config: AOTConfig) -> int:
     budgeted reducer (runs AOT once)."""
     from .baselines import matched_budget
 
-    return matched_budget(*reducer_inputs(encoded, config), config)
+    return matched_budget(*reducer_inputs(encoded, config), config, grid=encoded.grid)
 
 
 @torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
@@ -190,7 +191,7 @@ def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     if budget == MATCH_AOT:
         budget = aot_count(encoded, config)
     return get_reducer(reduction.reducer, **reduction.options)(
-        *reducer_inputs(encoded, config), config, budget=budget)
+        *reducer_inputs(encoded, config), config, budget=budget, grid=encoded.grid)
 
 
 def pack(adapter: VideoAdapter, encoded: Encoded, result: ReducedVideo | None) -> VisualSequence:

@@ -1,9 +1,17 @@
-"""The backbones' native 2x2 pooling, applied alike to features and to anchor masks (§4)."""
+"""Patch-grid geometry and the backbones' native 2x2 pooling, applied alike to features and to
+anchor masks (§4).
+
+A frame's patch grid is ``(rows, cols)``; tokens are laid out row-major (token ``r * cols + c``).
+Every function that takes a ``grid`` accepts the side of a square grid (``27``, as the released
+code) or a ``(rows, cols)`` pair (native-resolution backbones such as Qwen2.5-VL give e.g. 12x20
+landscape or 20x12 portrait frames); :func:`grid_shape` is the one place that reads it.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +19,39 @@ import torch.nn.functional as F
 from .config import POOLING_MODES
 
 
+def grid_shape(grid) -> tuple[int, int]:
+    """``(rows, cols)`` of a patch grid given as a square's side or as a ``(rows, cols)`` pair.
+
+    Raises:
+        ValueError: not a positive side or a pair of positive integers.
+    """
+    try:
+        if isinstance(grid, bool):
+            raise TypeError
+        if isinstance(grid, (tuple, list, torch.Size)):
+            rows, cols = (operator.index(x) for x in grid)
+        else:
+            rows = cols = operator.index(grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid={grid!r}: expected the side of a square patch grid or a "
+                         f"(rows, cols) pair of positive integers") from None
+    if isinstance(rows, bool) or isinstance(cols, bool) or rows < 1 or cols < 1:
+        raise ValueError(f"grid={grid!r}: expected positive rows and cols")
+    return int(rows), int(cols)
+
+
+def check_grid_tokens(grid, tokens: int, name: str = "features") -> tuple[int, int]:
+    """:func:`grid_shape` of ``grid``, checked against a frame's token count."""
+    rows, cols = grid_shape(grid)
+    if rows * cols != tokens:
+        raise ValueError(f"grid {rows}x{cols} has {rows * cols} tokens but {name} hold {tokens} "
+                         f"tokens per frame")
+    return rows, cols
+
+
 def pooled_side(grid: int, mode: str) -> int:
-    """Side of the pooled grid: ceil(grid / 2) for bilinear (OV), floor(grid / 2) for average,
-    the grid itself for none."""
+    """Length of one pooled axis: ceil(n / 2) for bilinear (OV), floor(n / 2) (at least 1) for
+    average, n itself for none."""
     if mode not in POOLING_MODES:
         raise ValueError(f"pooling={mode!r}: expected one of {POOLING_MODES}")
     if mode == "none":
@@ -21,55 +59,68 @@ def pooled_side(grid: int, mode: str) -> int:
     return math.ceil(grid / 2) if mode == "bilinear" else max(grid // 2, 1)
 
 
-def pool_grid(values: torch.Tensor, grid: int, mode: str) -> torch.Tensor:
-    """Pool per-token values laid out on a square grid.
+def pooled_shape(grid, mode: str) -> tuple[int, int]:
+    """``(rows, cols)`` of the pooled grid: :func:`pooled_side` applied to each axis."""
+    rows, cols = grid_shape(grid)
+    return pooled_side(rows, mode), pooled_side(cols, mode)
+
+
+def pool_grid(values: torch.Tensor, grid, mode: str) -> torch.Tensor:
+    """Pool per-token values laid out on a patch grid.
 
     Args:
-        values: (F, grid*grid, D) token features, or (F, grid*grid) scalars (masks, scores).
-        grid: side of the grid.
-        mode: ``"bilinear"``: resize to ceil(grid/2) with ``align_corners=False`` (LLaVA-OV);
-            ``"average"``: 2x2 average pool, stride 2, dropping an odd last row/column
-            (LLaVA-Video); a 1x1 grid stays as it is; ``"none"``: unchanged.
+        values: (F, rows*cols, D) token features, or (F, rows*cols) scalars (masks, scores).
+        grid: the square's side or ``(rows, cols)``.
+        mode: ``"bilinear"``: resize each axis to ceil(n/2) with ``align_corners=False``
+            (LLaVA-OV); ``"average"``: 2x2 average pool, stride 2, dropping an odd last
+            row/column (LLaVA-Video); an axis of length 1 is not pooled (a 1x1 grid stays as it
+            is); ``"none"``: unchanged (Qwen, whose merger already pooled).
     Returns:
-        (F, side*side, D) or (F, side*side), row-major, in the input dtype.
+        (F, pr*pc, D) or (F, pr*pc), row-major, in the input dtype, (pr, pc) =
+        :func:`pooled_shape`.
     """
     if mode == "none":
         return values
     squeeze = values.dim() == 2
     x = values[..., None] if squeeze else values
     frames, tokens, dim = x.shape
-    side = pooled_side(grid, mode)
-    x = x.reshape(frames, grid, grid, dim).permute(0, 3, 1, 2)
+    rows, cols = check_grid_tokens(grid, tokens, "values")
+    out_rows, out_cols = pooled_shape((rows, cols), mode)
+    x = x.reshape(frames, rows, cols, dim).permute(0, 3, 1, 2)
     if mode == "bilinear":
-        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-    elif grid >= 2:
-        x = F.avg_pool2d(x, kernel_size=2, stride=2)
-    x = x.permute(0, 2, 3, 1).reshape(frames, side * side, dim)
+        x = F.interpolate(x, size=(out_rows, out_cols), mode="bilinear", align_corners=False)
+    else:
+        kernel = (2 if rows >= 2 else 1, 2 if cols >= 2 else 1)
+        if kernel != (1, 1):
+            x = F.avg_pool2d(x, kernel_size=kernel, stride=kernel)
+    x = x.permute(0, 2, 3, 1).reshape(frames, out_rows * out_cols, dim)
     return x[..., 0] if squeeze else x
 
 
 @functools.lru_cache(maxsize=16)
-def _pooling_taps(grid: int, mode: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = grid * grid
-    matrix = pool_grid(torch.eye(tokens, dtype=torch.float64)[None], grid, mode)[0]  # (S2, T)
+def _pooling_taps(grid: tuple[int, int], mode: str,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = grid[0] * grid[1]
+    matrix = pool_grid(torch.eye(tokens, dtype=torch.float64)[None], grid, mode)[0]  # (P, T)
     width = int((matrix != 0).sum(1).max())
     taps = torch.sort(torch.topk(matrix.abs(), width, dim=1).indices, dim=1).values
     return taps.to(device), matrix.gather(1, taps).to(device)
 
 
-def pooling_taps(grid: int, mode: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pooling_taps(grid, mode: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooling as a stencil: pooled token p = sum_k weights[p, k] * token taps[p, k].
 
     Read off :func:`pool_grid` applied to the identity, so it is the same operation by
     construction (bilinear 27 -> 14: 4 taps per pooled token; average: 4 taps of 1/4).
 
     Returns:
-        taps (S*S, K) long, weights (S*S, K) float64 (a zero weight pads a shorter stencil).
+        taps (P, K) long, weights (P, K) float64 (a zero weight pads a shorter stencil),
+        P = pooled tokens per frame.
     """
-    return _pooling_taps(grid, mode, torch.device(device or "cpu"))
+    return _pooling_taps(grid_shape(grid), mode, torch.device(device or "cpu"))
 
 
-def pool_at(features: torch.Tensor, positions: torch.Tensor, grid: int, mode: str, *,
+def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
             anchor_idx: torch.Tensor | None = None, merged: torch.Tensor | None = None,
             chunk_frames: int = 32) -> torch.Tensor:
     """Selected pooled tokens of the features with the anchor rows replaced by ``merged``.
@@ -81,7 +132,7 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid: int, mode: st
     tokens are read (about 15% of the patch rows for the ~27 survivors of 196 on OV).
 
     Args:
-        features: (F, T, D) patch features, T = grid * grid.
+        features: (F, T, D) patch features, T = rows * cols of ``grid``.
         positions: (F, S) long pooled-token indices to compute.
         anchor_idx: (F, N) long; merged: (F, N, D), or both None (plain pooling).
         chunk_frames: frames per gather when a half-precision input is upcast chunk by chunk

@@ -20,7 +20,7 @@ from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
 from .intra import aggregate_into_anchors, write_anchors
 from .ops import check_finite, first_in_order, pack_left
-from .pooling import pool_at, pool_grid, pooled_side
+from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
 from .temporal import KIND_ANCHOR, temporal_merge_packed
 
 
@@ -34,7 +34,7 @@ class IntraOutput:
         merge changes nothing (``intra_merge="prune"``, phase off).
     local_anchors, global_anchors: (F, T) bool.
     deep_attention: (F, T) float32, kept to rank pooled tokens in exact-budget mode.
-    grid: side of the patch grid (T = grid * grid).
+    grid: (rows, cols) of the patch grid (T = rows * cols).
 
     ``features`` gives the (F, T, D) patches with the anchors replaced, as a new tensor (a copy
     of the input the pipeline itself never makes: :func:`inter_stage` pools from the two parts).
@@ -46,7 +46,7 @@ class IntraOutput:
     local_anchors: torch.Tensor
     global_anchors: torch.Tensor
     deep_attention: torch.Tensor
-    grid: int
+    grid: tuple[int, int]
 
     @property
     def anchors(self) -> torch.Tensor:
@@ -76,12 +76,17 @@ class ReducedVideo:
     token_position: (T_out,) index of the token on its frame's pooled grid (row-major).
     token_kind: (T_out,) int8, 0 = survivor emitted as is, 1 = kept by the temporal phase,
         2 = merged temporal anchor (``aot.temporal.KIND_*``).
-    local_anchors, global_anchors: (F, grid, grid) bool anchor masks on the patch grid.
-    survivors: (F, side, side) bool, pooled tokens that survived the anchor mask.
-    temporal_kept, temporal_merged: (F, side, side) bool, survivors of later frames that the
-        temporal phase kept / merged into the anchors (all False with the phase off).
+    local_anchors, global_anchors: (F, rows, cols) bool anchor masks on the patch grid.
+    survivors: (F, pooled_rows, pooled_cols) bool, pooled tokens that survived the anchor mask.
+    temporal_kept, temporal_merged: (F, pooled_rows, pooled_cols) bool, survivors of later
+        frames that the temporal phase kept / merged into the anchors (all False with the
+        phase off).
     clips: (start, stop) frame ranges of the temporal phase ([] with it off).
-    grid, pooled_grid: sides of the patch grid and of the pooled grid.
+    grid_shape, pooled_shape: (rows, cols) of the patch grid and of the pooled grid
+        (``token_position`` = row * pooled_cols + col).
+
+    ``grid`` / ``pooled_grid`` are the sides of square grids (27 and 14 on LLaVA-OneVision), as
+    before non-square grids existed; on a non-square grid they raise and name ``grid_shape``.
     """
 
     tokens: torch.Tensor
@@ -94,8 +99,24 @@ class ReducedVideo:
     temporal_kept: torch.Tensor
     temporal_merged: torch.Tensor
     clips: list[Clip]
-    grid: int
-    pooled_grid: int
+    grid_shape: tuple[int, int]
+    pooled_shape: tuple[int, int]
+
+    @property
+    def grid(self) -> int:
+        """Side of a square patch grid (a ValueError on a non-square one: read grid_shape)."""
+        return _square_side(self.grid_shape, "grid")
+
+    @property
+    def pooled_grid(self) -> int:
+        """Side of a square pooled grid (a ValueError on a non-square one: read
+        pooled_shape)."""
+        return _square_side(self.pooled_shape, "pooled_grid")
+
+    @property
+    def pooled_per_frame(self) -> int:
+        """Tokens per frame of the unreduced pooled grid (newlines excluded)."""
+        return self.pooled_shape[0] * self.pooled_shape[1]
 
     @property
     def num_frames(self) -> int:
@@ -108,7 +129,7 @@ class ReducedVideo:
     @property
     def denominator(self) -> int:
         """Tokens of the unreduced video: frames x pooled tokens per frame (newlines excluded)."""
-        return self.num_frames * self.pooled_grid ** 2
+        return self.num_frames * self.pooled_per_frame
 
     @property
     def retention(self) -> float:
@@ -130,7 +151,7 @@ class ReducedVideo:
         for f in range(self.num_frames):
             lines.append(
                 f"{f:>5} {clip_of.get(f, '-'):>5} {int(self.local_anchors[f].sum()):>5} "
-                f"{int(self.global_anchors[f].sum()):>6} {self.pooled_grid ** 2:>6} "
+                f"{int(self.global_anchors[f].sum()):>6} {self.pooled_per_frame:>6} "
                 f"{int(self.survivors[f].sum()):>5} {int(self.temporal_kept[f].sum()):>5} "
                 f"{int(self.temporal_merged[f].sum()):>6} {int(per_frame[f]):>7}"
                 + (f"  (incl. {int(anchors_out[f])} merged anchors)" if anchors_out[f] else ""))
@@ -139,19 +160,29 @@ class ReducedVideo:
         return "\n".join(lines)
 
 
+def _square_side(shape: tuple[int, int], name: str) -> int:
+    if shape[0] != shape[1]:
+        shape_name = "grid_shape" if name == "grid" else "pooled_shape"
+        raise ValueError(f"ReducedVideo.{name} is the side of a square grid but this grid is "
+                         f"{shape[0]}x{shape[1]}; read ReducedVideo.{shape_name} (rows, cols)")
+    return shape[0]
+
+
 @torch.no_grad()  # training-free: top-k, quantiles and OT plans carry no useful gradient
 def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
                  deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
-                 frame_features: torch.Tensor | None = None) -> ReducedVideo:
+                 frame_features: torch.Tensor | None = None, grid=None) -> ReducedVideo:
     """Reduce one video's visual tokens with AOT.
 
     Args:
-        features: (F, T, D) projected patch features, T = grid * grid (27 * 27 for SigLIP-384).
+        features: (F, T, D) projected patch features, T = rows * cols (27 * 27 for SigLIP-384).
         shallow_attention: (F, T) attention each token receives at the shallow layer.
         deep_attention: (F, T) attention each token receives at the deep layer.
         config: an :class:`AOTConfig` (default: the ``paper-ov-mvbench`` preset).
         frame_features: (F, D') per-frame global features for dynamic clips (default: the mean
             of each frame's features).
+        grid: the patch grid, ``(rows, cols)`` (e.g. (12, 20) for a landscape Qwen2.5-VL frame)
+            or a square's side; default: the square grid of T tokens.
     Returns:
         :class:`ReducedVideo`; ``result.tokens`` is what the LLM receives (newlines excluded).
 
@@ -160,10 +191,10 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
     (docs/efficiency.md, "Where the time goes").
     """
     config = config or AOTConfig()
-    grid = check_inputs(features, shallow_attention, deep_attention, config)
+    grid = check_inputs(features, shallow_attention, deep_attention, config, grid)
     if frame_features is not None:  # checked even when no clip would read it (inter off)
         check_frame_features(frame_features, features.shape[0])
-    return inter_stage(intra_stage(features, shallow_attention, deep_attention, config, grid=grid),
+    return inter_stage(_intra_stage(features, shallow_attention, deep_attention, config, grid),
                        config, frame_features=frame_features)
 
 
@@ -175,13 +206,17 @@ def _merge_reads_features(config: AOTConfig, tokens: int) -> bool:
 @torch.no_grad()
 def intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
                 deep_attention: torch.Tensor, config: AOTConfig, *,
-                grid: int | None = None) -> IntraOutput:
-    """Anchors and intra-frame aggregation on the full patch grid (shapes as reduce_video).
+                grid=None) -> IntraOutput:
+    """Anchors and intra-frame aggregation on the full patch grid (shapes and ``grid`` as
+    :func:`reduce_video`)."""
+    grid = check_inputs(features, shallow_attention, deep_attention, config, grid)
+    return _intra_stage(features, shallow_attention, deep_attention, config, grid)
 
-    ``grid`` given = the inputs were already checked by :func:`check_inputs`.
-    """
-    if grid is None:
-        grid = check_inputs(features, shallow_attention, deep_attention, config)
+
+def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
+                 deep_attention: torch.Tensor, config: AOTConfig,
+                 grid: tuple[int, int]) -> IntraOutput:
+    """:func:`intra_stage` on inputs :func:`check_inputs` already checked."""
     frames, tokens, _ = features.shape
     if not config.intra:
         none = torch.zeros(frames, tokens, dtype=torch.bool, device=features.device)
@@ -206,11 +241,12 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     """
     features, grid = intra.patches, intra.grid
     frames = features.shape[0]
-    side = pooled_side(grid, config.pooling)
+    pooled = pooled_shape(grid, config.pooling)
+    pooled_count = pooled[0] * pooled[1]
     if config.intra:
         mask_value = pool_grid(intra.anchors.float(), grid, config.pooling)
     else:
-        mask_value = torch.ones(frames, side * side, device=features.device)
+        mask_value = torch.ones(frames, pooled_count, device=features.device)
 
     clips: list[Clip] = []
     if config.inter and frames >= 2:
@@ -220,7 +256,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
 
     plan: ExactPlan | None = None
     if config.exact_retention is not None:
-        plan = plan_exact_budget(config.exact_retention, frames, side * side,
+        plan = plan_exact_budget(config.exact_retention, frames, pooled_count,
                                  clips if config.inter else [], keep_ratio=config.keep_ratio)
         priority = pool_grid(intra.deep_attention, grid, config.pooling)
         survivors = _top_survivors(mask_value, priority, plan.survivors)
@@ -231,7 +267,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
                      merged=intra.merged)  # (F, S, D): the survivors, packed to the left
     if clips:
-        out = temporal_merge_packed(tokens, positions, valid, side * side, clips, config,
+        out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
                                     else None)
         tokens, token_frame, token_position, token_kind = (
@@ -245,14 +281,15 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
         kept = torch.zeros_like(survivors)
         merged = torch.zeros_like(survivors)
 
-    square = (frames, grid, grid)
-    pooled_square = (frames, side, side)
+    patch_maps = (frames, *grid)
+    pooled_maps = (frames, *pooled)
     return ReducedVideo(
         tokens=tokens, token_frame=token_frame, token_position=token_position,
-        token_kind=token_kind, local_anchors=intra.local_anchors.reshape(square),
-        global_anchors=intra.global_anchors.reshape(square),
-        survivors=survivors.reshape(pooled_square), temporal_kept=kept.reshape(pooled_square),
-        temporal_merged=merged.reshape(pooled_square), clips=clips, grid=grid, pooled_grid=side)
+        token_kind=token_kind, local_anchors=intra.local_anchors.reshape(patch_maps),
+        global_anchors=intra.global_anchors.reshape(patch_maps),
+        survivors=survivors.reshape(pooled_maps), temporal_kept=kept.reshape(pooled_maps),
+        temporal_merged=merged.reshape(pooled_maps), clips=clips, grid_shape=grid,
+        pooled_shape=pooled)
 
 
 def _top_survivors(mask_value: torch.Tensor, priority: torch.Tensor,
@@ -266,8 +303,10 @@ def _top_survivors(mask_value: torch.Tensor, priority: torch.Tensor,
     return first_in_order(order, counts)
 
 
-def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig) -> int:
-    """Validate reduce_video's inputs; returns the grid side. Errors name the offending value."""
+def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
+                 grid=None) -> tuple[int, int]:
+    """Validate reduce_video's inputs; returns the grid's (rows, cols) (``grid`` None: the
+    square grid of the features' token count). Errors name the offending value."""
     if not isinstance(config, AOTConfig):
         raise TypeError(f"config must be an AOTConfig, got {type(config).__name__}")
     for name, x in (("features", features), ("shallow_attention", shallow_attention),
@@ -281,10 +320,14 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig)
     frames, tokens, dim = features.shape
     if frames < 1 or dim < 1:
         raise ValueError(f"features {tuple(features.shape)}: need at least one frame and one channel")
-    grid = math.isqrt(tokens)
-    if grid * grid != tokens:
-        raise ValueError(f"features hold {tokens} tokens per frame, not a square grid "
-                         f"(27*27 = 729 for SigLIP-384); strip [CLS]/newline tokens first")
+    if grid is None:
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ValueError(f"features hold {tokens} tokens per frame, not a square grid "
+                             f"(27*27 = 729 for SigLIP-384): pass grid=(rows, cols) for a "
+                             f"non-square frame, or strip [CLS]/newline tokens first")
+        grid = side
+    rows, cols = check_grid_tokens(grid, tokens)
     for name, x in (("shallow_attention", shallow_attention), ("deep_attention", deep_attention)):
         if tuple(x.shape) != (frames, tokens):
             raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (frames, tokens) = "
@@ -293,9 +336,9 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig)
             raise ValueError(f"{name} is on {x.device} but features are on {features.device}")
     if config.intra and config.anchors_per_frame > tokens:
         raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
-                         f"tokens of a {grid}x{grid} frame")
+                         f"tokens of a {rows}x{cols} frame")
     check_finite("shallow_attention", shallow_attention)
     check_finite("deep_attention", deep_attention)
     if not _merge_reads_features(config, tokens):
         check_finite("features", features)  # else the merge's norm pass checks (intra_stage)
-    return grid
+    return rows, cols

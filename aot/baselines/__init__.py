@@ -3,9 +3,10 @@
 Every reducer is called as::
 
     result = reducer(features, shallow_attention, deep_attention, config, budget=None,
-                     frame_features=None)
+                     frame_features=None, grid=None)
 
-with features (F, T, D) projected patch features on a square grid, attention (F, T) received at
+with features (F, T, D) projected patch features on a ``grid`` of (rows, cols) (None: the square
+grid of T tokens; native-resolution backbones pass e.g. (12, 20)), attention (F, T) received at
 AOT's shallow and deep layers, an :class:`aot.AOTConfig` (``pooling`` picks the backbone's pooled
 grid, ``exact_retention`` the budget), and returns an :class:`aot.ReducedVideo` whose ``tokens`` are
 what the LLM receives (post-pooling tokens, newlines excluded).
@@ -44,7 +45,7 @@ class ReducerInfo:
 
     name: the registry name.
     function: the reducer, ``(features, shallow, deep, config, *, budget=None,
-        frame_features=None[, options=...]) -> ReducedVideo``.
+        frame_features=None, grid=None[, options=...]) -> ReducedVideo``.
     needs_budget: True when the reducer has no count of its own: it must be given
         ``config.exact_retention`` or ``budget=`` (AOT and its ablations run their released
         thresholds without one).
@@ -128,7 +129,7 @@ def get_reducer(name: str, **options) -> Reducer:
             :class:`aot.AOTConfig` passed at call time.
     Returns:
         a callable ``(features, shallow_attention, deep_attention, config=None, *, budget=None,
-        frame_features=None) -> ReducedVideo``.
+        frame_features=None, grid=None) -> ReducedVideo``.
     """
     info = reducer_info(name)
     if info.options is not None:
@@ -145,11 +146,11 @@ def _no_options(name: str, options: dict) -> None:
 
 def matched_budget(features: torch.Tensor, shallow_attention: torch.Tensor,
                    deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
-                   frame_features: torch.Tensor | None = None) -> int:
+                   frame_features: torch.Tensor | None = None, grid=None) -> int:
     """AOT's token count for this video under ``config`` (exact or released thresholds), to pass
     as ``budget=`` to another reducer. Runs AOT once."""
     return reduce_video(features, shallow_attention, deep_attention, config,
-                        frame_features=frame_features).num_tokens
+                        frame_features=frame_features, grid=grid).num_tokens
 
 
 __all__ = [

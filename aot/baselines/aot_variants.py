@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ABLATIONS, AOTConfig
-from ..pooling import pooled_side
+from ..pooling import pooled_shape
 from ..reduce import ReducedVideo, check_inputs, reduce_video
 from .common import resolve_budget, retention_for_budget
 
@@ -39,7 +39,7 @@ def config_for_budget(config: AOTConfig, budget, frames: int, pooled_per_frame: 
 def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
                deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                budget: int | None = None, frame_features: torch.Tensor | None = None,
-               ablation: str | None = None) -> ReducedVideo:
+               ablation: str | None = None, grid=None) -> ReducedVideo:
     """:func:`aot.reduce_video` with an optional exact ``budget`` and a named ablation.
 
     Args:
@@ -49,6 +49,7 @@ def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
             then varies per video; :func:`aot.baselines.matched_budget` reads it).
         budget: exact token count; switches AOT to exact mode at that count.
         ablation: a key of :data:`aot.config.ABLATIONS`, applied on top of ``config``.
+        grid: the patch grid, ``(rows, cols)`` or a square's side (as :func:`aot.reduce_video`).
     Returns:
         :class:`ReducedVideo`.
     """
@@ -56,18 +57,18 @@ def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
     if ablation is not None:
         config = ablation_config(ablation, config)
     if budget is not None:
-        grid = check_inputs(features, shallow_attention, deep_attention, config)
-        side = pooled_side(grid, config.pooling)
-        config = config_for_budget(config, budget, features.shape[0], side * side)
+        grid = check_inputs(features, shallow_attention, deep_attention, config, grid)
+        rows, cols = pooled_shape(grid, config.pooling)
+        config = config_for_budget(config, budget, features.shape[0], rows * cols)
     return reduce_video(features, shallow_attention, deep_attention, config,
-                        frame_features=frame_features)
+                        frame_features=frame_features, grid=grid)
 
 
 def reduce_random(features: torch.Tensor, shallow_attention: torch.Tensor,
                   deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
-                  budget: int | None = None, frame_features: torch.Tensor | None = None
-                  ) -> ReducedVideo:
+                  budget: int | None = None, frame_features: torch.Tensor | None = None,
+                  grid=None) -> ReducedVideo:
     """AOT with random anchors (the paper's ablation): V anchors per frame drawn uniformly from
     ``config.seed``, then AOT's OT aggregation, pooling and temporal phase unchanged."""
     return reduce_aot(features, shallow_attention, deep_attention, config, budget=budget,
-                      frame_features=frame_features, ablation="random-anchors")
+                      frame_features=frame_features, ablation="random-anchors", grid=grid)

@@ -15,23 +15,27 @@ import torch
 
 from ..budget import exact_budget, spread
 from ..config import AOTConfig
-from ..pooling import pooled_side
+from ..pooling import pooled_shape
 from ..reduce import ReducedVideo, check_inputs
 
 
 def validate(features: torch.Tensor, shallow_attention: torch.Tensor,
-             deep_attention: torch.Tensor, config: AOTConfig) -> tuple[int, int]:
+             deep_attention: torch.Tensor, config: AOTConfig, grid=None
+             ) -> tuple[tuple[int, int], tuple[int, int]]:
     """AOT's input checks for a reducer that does not pick AOT anchors.
 
+    Args:
+        grid: the patch grid, ``(rows, cols)`` or a square's side (None: the square grid of the
+            features' token count), as :func:`aot.reduce_video`.
     Returns:
-        (grid, pooled_side): sides of the patch grid and of the backbone's pooled grid.
+        (grid, pooled): (rows, cols) of the patch grid and of the backbone's pooled grid.
     """
     if not isinstance(config, AOTConfig):
         raise TypeError(f"config must be an AOTConfig, got {type(config).__name__}")
     # The anchor count only matters to AOT; a baseline on a small grid must not trip over it.
     grid = check_inputs(features, shallow_attention, deep_attention,
-                        config.replace(intra=False) if config.intra else config)
-    return grid, pooled_side(grid, config.pooling)
+                        config.replace(intra=False) if config.intra else config, grid)
+    return grid, pooled_shape(grid, config.pooling)
 
 
 def resolve_budget(config: AOTConfig, frames: int, pooled_per_frame: int,
@@ -105,17 +109,19 @@ def flatten_slots(tokens: torch.Tensor, positions: torch.Tensor, kinds: torch.Te
             kinds[frame_ids, slots].to(torch.int8))
 
 
-def make_result(tokens, token_frame, token_position, token_kind, *, frames: int, grid: int,
-                side: int, survivors: torch.Tensor, kept: torch.Tensor | None = None,
-                merged: torch.Tensor | None = None, clips=None) -> ReducedVideo:
-    """An ReducedVideo for a reducer without AOT anchors (anchor masks all False).
+def make_result(tokens, token_frame, token_position, token_kind, *, frames: int,
+                grid: tuple[int, int], pooled: tuple[int, int], survivors: torch.Tensor,
+                kept: torch.Tensor | None = None, merged: torch.Tensor | None = None,
+                clips=None) -> ReducedVideo:
+    """A ReducedVideo for a reducer without AOT anchors (anchor masks all False).
 
-    survivors / kept / merged: (F, side*side) bool on the pooled grid (kept / merged default to
-    all False: no temporal phase).
+    grid, pooled: (rows, cols) of the patch grid and of the pooled grid.
+    survivors / kept / merged: (F, pooled_rows * pooled_cols) bool on the pooled grid (kept /
+    merged default to all False: no temporal phase).
     """
     device = tokens.device
-    no_anchor = torch.zeros(frames, grid, grid, dtype=torch.bool, device=device)
-    pooled_square = (frames, side, side)
+    no_anchor = torch.zeros(frames, *grid, dtype=torch.bool, device=device)
+    pooled_square = (frames, *pooled)
     none = torch.zeros(pooled_square, dtype=torch.bool, device=device)
     return ReducedVideo(
         tokens=tokens, token_frame=token_frame, token_position=token_position,
@@ -123,7 +129,7 @@ def make_result(tokens, token_frame, token_position, token_kind, *, frames: int,
         survivors=survivors.reshape(pooled_square),
         temporal_kept=none if kept is None else kept.reshape(pooled_square),
         temporal_merged=none.clone() if merged is None else merged.reshape(pooled_square),
-        clips=list(clips or []), grid=grid, pooled_grid=side)
+        clips=list(clips or []), grid_shape=tuple(grid), pooled_shape=tuple(pooled))
 
 
 def work_dtype(x: torch.Tensor) -> torch.dtype:

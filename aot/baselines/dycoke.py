@@ -125,17 +125,18 @@ def merge_into_kept(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
                   deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                   budget: int | None = None, frame_features: torch.Tensor | None = None,
-                  options: DyCokeConfig | None = None) -> ReducedVideo:
+                  options: DyCokeConfig | None = None, grid=None) -> ReducedVideo:
     """DyCoke-style temporal merging of tokens that repeat the previous frame.
 
     Args:
-        features: (F, T, D) projected patch features, T = grid * grid.
+        features: (F, T, D) projected patch features, T = rows * cols.
         shallow_attention, deep_attention: (F, T); only validated (DyCoke's TTM uses no
             attention).
         config: uses ``pooling`` and ``exact_retention``.
         budget: exact token count; overrides ``config.exact_retention``.
         frame_features: ignored (accepted for AOT's signature).
         options: :class:`DyCokeConfig`.
+        grid: the patch grid, ``(rows, cols)`` or a square's side (as :func:`aot.reduce_video`).
     Returns:
         :class:`ReducedVideo`, frame-major, kept tokens in ascending position; frame 0's tokens are
         ``KIND_FRAME``, later frames' ``KIND_KEPT``; ``temporal_kept`` / ``temporal_merged`` mark
@@ -147,8 +148,8 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
     """
     config = config or AOTConfig()
     options = options or DyCokeConfig()
-    grid, side = validate(features, shallow_attention, deep_attention, config)
-    frames, pooled_count = features.shape[0], side * side
+    grid, pooled = validate(features, shallow_attention, deep_attention, config, grid)
+    frames, pooled_count = features.shape[0], pooled[0] * pooled[1]
     total = resolve_budget(config, frames, pooled_count, budget, reducer="dycoke")
     values = pool_grid(features.to(work_dtype(features)), grid, config.pooling)
     clips = [(0, frames)] if frames >= 2 else []
@@ -157,13 +158,13 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
     if total < pooled_count:  # not even one whole frame: pool frame 0 (documented fallback)
         counts = torch.zeros(frames, dtype=torch.long, device=device)
         counts[0] = total
-        tokens, positions, valid = pool_to_counts(values, side, counts)
+        tokens, positions, valid = pool_to_counts(values, pooled, counts)
         keep = torch.zeros(frames, pooled_count, dtype=torch.bool, device=device)
         keep[0, positions[0, :total]] = True
         kinds = torch.full_like(positions, KIND_FRAME)
         out, frame_ids, token_position, token_kind = flatten_slots(tokens, positions, kinds, valid)
         return make_result(out.to(features.dtype), frame_ids, token_position, token_kind,
-                           frames=frames, grid=grid, side=side, survivors=keep, clips=clips)
+                           frames=frames, grid=grid, pooled=pooled, survivors=keep, clips=clips)
 
     keep = keep_least_redundant(previous_frame_similarity(values), total, options.allocation)
     if options.merge:
@@ -177,7 +178,7 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
     later[0] = False
     # survivors: what reaches the output or is folded into it (all, when merging).
     return make_result(out.to(features.dtype), frame_ids, token_position, token_kind,
-                       frames=frames, grid=grid, side=side,
+                       frames=frames, grid=grid, pooled=pooled,
                        survivors=torch.ones_like(keep) if options.merge else keep,
                        kept=keep & later, merged=(~keep & later) if options.merge else None,
                        clips=clips)

@@ -131,17 +131,18 @@ def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Te
 def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
                      deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                      budget: int | None = None, frame_features: torch.Tensor | None = None,
-                     options: VisionZipConfig | None = None) -> ReducedVideo:
+                     options: VisionZipConfig | None = None, grid=None) -> ReducedVideo:
     """VisionZip-style dominant + contextual tokens per frame, at the pooled level.
 
     Args:
-        features: (F, T, D) projected patch features, T = grid * grid.
+        features: (F, T, D) projected patch features, T = rows * cols.
         shallow_attention, deep_attention: (F, T) received attention; ``options.attention``
             picks one, pooled like the features.
         config: uses ``pooling`` and ``exact_retention``.
         budget: exact token count; overrides ``config.exact_retention``.
         frame_features: ignored (accepted for AOT's signature).
         options: :class:`VisionZipConfig` (default 54:10, deep attention).
+        grid: the patch grid, ``(rows, cols)`` or a square's side (as :func:`aot.reduce_video`).
     Returns:
         :class:`ReducedVideo`, frame-major; per frame its dominant tokens (ascending position,
         ``KIND_FRAME``) then its contextual tokens (ascending target position, ``KIND_ANCHOR``:
@@ -149,8 +150,8 @@ def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
     """
     config = config or AOTConfig()
     options = options or VisionZipConfig()
-    grid, side = validate(features, shallow_attention, deep_attention, config)
-    frames, pooled_count = features.shape[0], side * side
+    grid, pooled = validate(features, shallow_attention, deep_attention, config, grid)
+    frames, pooled_count = features.shape[0], pooled[0] * pooled[1]
     total = resolve_budget(config, frames, pooled_count, budget, reducer="visionzip")
     counts = frame_counts(total, frames, features.device)
     dominant_counts = options.dominant_counts(counts)
@@ -172,4 +173,4 @@ def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
     survivors = dominant.clone()
     survivors[frame_ids, token_position] = True
     return make_result(out.to(features.dtype), frame_ids, token_position, token_kind,
-                       frames=frames, grid=grid, side=side, survivors=survivors)
+                       frames=frames, grid=grid, pooled=pooled, survivors=survivors)

@@ -61,10 +61,13 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
 
     The released OV settings with the backbone's pooling and default vision layers
     (:data:`aot.backbones.BACKBONES`), ``exact_retention=retention`` when ``exact``. On a grid
-    other than SigLIP's 27x27 (``grid``, default the backbone's declared one: Qwen2.5-VL at
-    448 px = 16x16 merged tokens) the anchor count keeps the released share of the grid
-    (126 / 729) and the window is the largest divisor of the side up to the released 9 (the
-    core tiles square grids with windows that divide the side). ``overrides`` win.
+    other than SigLIP's 27x27 (``grid`` = (rows, cols), default the backbone's declared one:
+    Qwen2.5-VL at 448 px = 16x16 merged tokens) the anchor count keeps the released share of the
+    grid (126 / 729) and the window is the span the released 9 cuts the longer side into
+    (16 -> two spans of 8; the core tiles any rows x cols grid with windows of at most
+    ``window``, :func:`aot.anchors.window_index`). Videos of other sizes run with the same
+    settings (windows of at most that size; a frame needs at least ``anchors_per_frame``
+    tokens). ``overrides`` win.
     """
     backbone = adapter_for(model).backbone
     rows, cols = backbone.grid if grid is None else grid
@@ -72,9 +75,9 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
                   deep_layer=backbone.deep_layer)
     base = PRESETS[backbone.preset]
     if (rows, cols) != (27, 27):
-        side = min(rows, cols)
+        longer = max(rows, cols)
         fields["anchors_per_frame"] = max(1, round(base.anchors_per_frame * rows * cols / 729))
-        fields["window"] = max(d for d in range(1, min(side, base.window) + 1) if side % d == 0)
+        fields["window"] = -(-longer // -(-longer // base.window))
     if exact:
         fields["exact_retention"] = retention
     fields.update(overrides)

@@ -119,7 +119,7 @@ class OneVisionAdapter(HFAdapter):
             selected = selected[:, 1:]
         features = inner.multi_modal_projector(selected)
         tokens = features.shape[1]
-        grid = int(round(tokens ** 0.5))
+        grid = int(round(tokens ** 0.5))   # SigLIP frames are square (image_size x image_size)
         received = {index: torch.cat(sinks[index]) for index in layers}
         return [Encoded(features[v * frames:(v + 1) * frames], grid,
                         {index: received[index][v * frames:(v + 1) * frames] for index in layers})
@@ -194,20 +194,17 @@ class Qwen25VLAdapter(HFAdapter):
 
     def _split(self, merged, grid_thw, received) -> list[Encoded]:
         """Packed (sum t*h*w/4, C) merger outputs and received attention -> one Encoded per
-        video, (t, h*w/4, C)."""
+        video, (t, h*w/4, C) on its own (h/2, w/2) grid of merged tokens (native resolution:
+        landscape, portrait or square, each video its own)."""
         merge = self.visual.spatial_merge_size
         encoded = []
         start = 0
         for t, h, w in grid_thw.tolist():
             rows, cols = h // merge, w // merge
-            if rows != cols:
-                raise ValueError(f"video grid {rows}x{cols} merged tokens: the AOT core handles "
-                                 "square frames only for now; resize frames to a square "
-                                 "(processor size / resized_height = resized_width)")
             count = t * rows * cols
             stop = start + count
             encoded.append(Encoded(
-                merged[start:stop].view(t, rows * cols, -1), rows,
+                merged[start:stop].view(t, rows * cols, -1), (rows, cols),
                 {index: attention[start:stop].view(t, rows * cols)
                  for index, attention in received.items()}))
             start = stop

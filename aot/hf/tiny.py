@@ -173,8 +173,8 @@ def _run(argv=None) -> None:
     parser.add_argument("--retention", type=float, nargs="+", default=[0.1, 0.25])
     args = parser.parse_args(argv)
     knobs = {"onevision": dict(anchors_per_frame=12, window=3, shallow_layer=1, deep_layer=3),
-             "qwen2_5_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3),
-             "qwen3_vl": dict(anchors_per_frame=8, window=2, shallow_layer=1, deep_layer=3)}
+             "qwen2_5_vl": dict(anchors_per_frame=8, window=3, shallow_layer=1, deep_layer=3),
+             "qwen3_vl": dict(anchors_per_frame=8, window=3, shallow_layer=1, deep_layer=3)}
     cases = {"onevision": (onevision(), onevision_inputs([16, 16])),
              "qwen2_5_vl": (qwen2_5_vl(), qwen_inputs([(8, 12, 12), (8, 12, 12)])),
              "qwen3_vl": (qwen3_vl(), qwen3_inputs([(8, 12, 12), (8, 12, 12)]))}

@@ -15,7 +15,7 @@ def test_every_reducer_maps_all_channels_alike(reducer):
     features = torch.randn(frames, grid * grid, dim, generator=g, dtype=torch.float64)
     shallow = torch.rand(frames, grid * grid, generator=g, dtype=torch.float64)
     deep = torch.rand(frames, grid * grid, generator=g, dtype=torch.float64)
-    config = aot.AOTConfig(pooling="none", anchors_per_frame=8, window=2, exact_retention=0.3)
+    config = aot.AOTConfig(pooling="none", anchors_per_frame=8, window=3, exact_retention=0.3)
     # two copies of the main features stand for main + one DeepStack level
     result = get_reducer(reducer)(torch.cat([features, features], -1), shallow, deep, config)
     assert result.num_tokens == aot.exact_budget(0.3, frames, grid * grid)

@@ -47,7 +47,7 @@ CASES = {
     "qwen": (qwen_inputs, lambda: qwen_inputs([(2, 12, 12), (3, 12, 12)])),
     "qwen3": (tiny.qwen3_inputs, lambda: tiny.qwen3_inputs([(2, 12, 12), (3, 12, 12)])),
 }
-QWEN_KNOBS = dict(KNOBS, anchors_per_frame=8, window=2)
+QWEN_KNOBS = dict(KNOBS, anchors_per_frame=8, window=3)
 
 
 def knobs_of(name):
@@ -140,7 +140,7 @@ def test_ov_exact_count_reaches_the_llm(ov, applied, frames, batch, retention):
                                    [(4, 8, 8), (2, 16, 16), (3, 12, 12)]])
 @pytest.mark.parametrize("retention", [0.1, 0.3])
 def test_qwen_exact_count_reaches_the_llm(qwen, applied, grids, retention):
-    handle = applied(qwen, aot.hf.config_for(qwen, retention, anchors_per_frame=8, window=2,
+    handle = applied(qwen, aot.hf.config_for(qwen, retention, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
@@ -196,7 +196,7 @@ def test_qwen_kept_tokens_keep_their_original_mrope_positions(qwen, applied):
                                             second_per_grid_ts=inputs["second_per_grid_ts"],
                                             attention_mask=inputs["attention_mask"])
         unreduced = qwen(**inputs).logits
-    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=2,
+    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
@@ -314,7 +314,7 @@ def test_qwen_config_pooling_is_the_backbones(qwen, applied):
     import aot
 
     handle = applied(qwen, aot.AOTConfig.from_retention(0.25, exact=True, **KNOBS,
-                                                        ).replace(anchors_per_frame=8, window=2))
+                                                        ).replace(anchors_per_frame=8, window=3))
     assert handle.reduction.config.pooling == get_backbone("qwen2_5_vl").pooling == "none"
 
 
@@ -376,7 +376,7 @@ def test_qwen_images_beside_a_video_stay_stock(qwen, applied):
         assert torch.equal(qwen.generate(**inputs, **GEN), stock)
         assert torch.equal(qwen(**inputs).logits, stock_logits)
     aot.hf.remove(qwen)
-    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=2,
+    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
