@@ -35,14 +35,15 @@ def band_count(grid, count: int) -> int:
     """Bands of rows that ``count`` region tokens of a ``(rows, cols)`` grid are laid out in.
 
     The smallest b with ``b^2 * cols >= count * rows`` (regions about as tall as wide, so
-    ``ceil(sqrt(count))`` on a square grid), kept within ``ceil(count / cols) .. rows`` so that
-    no band holds more regions than it has columns, nor are there more bands than rows.
+    ``ceil(sqrt(count))`` on a square grid), kept within ``ceil(count / cols) .. min(rows,
+    count)`` so that no band holds more regions than it has columns or none at all, nor are
+    there more bands than rows.
     """
     rows, cols = grid_shape(grid)
     bands = math.isqrt(count * rows // cols)
     while bands * bands * cols < count * rows:
         bands += 1
-    return min(max(bands, -(-count // cols), 1), rows)
+    return max(min(bands, rows, count), -(-count // cols))
 
 
 def pooling_matrix(grid, count: int) -> tuple[torch.Tensor, torch.Tensor]:
