@@ -75,6 +75,13 @@ class AOTConfig:
             (0, 1] = exact mode, the video gets exactly ``floor(r * frames * pooled + 0.5)`` tokens
             (rule in ``aot/budget.py`` and ``docs/budget.md``).
         seed: seed of the random-anchor ablation.
+
+    Input layout
+        similarity_channels: ``None`` = every feature channel is a feature; an integer c = only
+            channels ``[0, c)`` are read by the similarities (anchor costs, temporal costs, clip
+            cuts, the baselines' cosines), the other channels ride along through the same
+            selection and merge. Qwen3-VL: the main features, then its DeepStack levels
+            (``aot.hf`` sets it to the LLM width).
     """
 
     anchors_per_frame: int = 126
@@ -114,6 +121,8 @@ class AOTConfig:
     exact_retention: Optional[float] = None
     seed: int = 0
 
+    similarity_channels: Optional[int] = None
+
     def __post_init__(self) -> None:
         _check_int(self, "anchors_per_frame", low=1)
         _check_range(self, "global_share", 0.0, 1.0)
@@ -131,6 +140,8 @@ class AOTConfig:
         _check_range(self, "hard_merge_weight", 0.0, 1.0)
         _check_range(self, "keep_ratio", 0.0, 1.0)
         _check_range(self, "dynamic_threshold", -1.0, 1.0)
+        if self.similarity_channels is not None:
+            _check_int(self, "similarity_channels", low=1)
         if self.clip_length is not None:
             _check_int(self, "clip_length", low=1)
         _check_int(self, "num_clips", low=1)

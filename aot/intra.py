@@ -291,12 +291,14 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     anchor_idx, source_idx = split_by_mask(anchor_mask)
     if config.intra_merge == "prune" or anchor_idx.shape[1] == 0 or source_idx.shape[1] == 0:
         return AnchorMerge(anchor_idx, None, False)
-    found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames)
+    # the similarity reads the first similarity_channels channels; the merge moves all of them
+    similar = features[..., :config.similarity_channels]
+    found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames)
     # Finite features of norm below 1e17 give finite dot products and norm products in float32
     # (NaN fails the test too): one host sync per video tells the rare cases apart.
     if not bool((found.norms < SAFE_NORM).all()):
         check_finite("features", features)  # NaN or inf inside: a ValueError naming the frame
-        found = anchor_similarity(features, anchor_idx, source_idx, chunk_frames, rescale=True)
+        found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames, rescale=True)
     merged = merged_anchor_features(features, anchor_idx, source_idx, grid, config,
                                     check_every=check_every, chunk_frames=chunk_frames,
                                     similarity=found.similarity)

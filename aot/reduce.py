@@ -199,8 +199,10 @@ def reduce_video(features: torch.Tensor, shallow_attention: torch.Tensor,
 
 
 def _merge_reads_features(config: AOTConfig, tokens: int) -> bool:
-    """Whether the intra merge reads every patch (its norms then double as the finite check)."""
-    return config.intra and config.intra_merge != "prune" and config.anchors_per_frame < tokens
+    """Whether the intra merge's norm pass reads every channel of every patch (its norms then
+    double as the finite check)."""
+    return (config.intra and config.intra_merge != "prune" and config.anchors_per_frame < tokens
+            and config.similarity_channels is None)
 
 
 @torch.no_grad()
@@ -251,7 +253,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     clips: list[Clip] = []
     if config.inter and frames >= 2:
         if frame_features is None and config.dynamic_clips:
-            frame_features = intra.frame_means()
+            frame_features = intra.frame_means()[:, :config.similarity_channels]
         clips = split_clips(frames, config, frame_features)
 
     plan: ExactPlan | None = None
@@ -334,6 +336,9 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
                              f"({frames}, {tokens}) to match features {tuple(features.shape)}")
         if x.device != features.device:
             raise ValueError(f"{name} is on {x.device} but features are on {features.device}")
+    if config.similarity_channels is not None and config.similarity_channels > dim:
+        raise ValueError(f"similarity_channels={config.similarity_channels} exceeds the {dim} "
+                         f"feature channels of features {tuple(features.shape)}")
     if config.intra and config.anchors_per_frame > tokens:
         raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
                          f"tokens of a {rows}x{cols} frame")

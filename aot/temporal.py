@@ -143,7 +143,8 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
         cosine); assign (B, S, S'): P (``"cosine"``: one-hot best anchor), 0 on padding.
     """
     entry_valid = x_valid[:, :, None] & y_valid[:, None, :]
-    similarity = cosine_similarity(x, y)
+    channels = config.similarity_channels  # None: all (the rest ride along, e.g. DeepStack)
+    similarity = cosine_similarity(x[..., :channels], y[..., :channels])
     if config.inter_merge == "cosine":
         # Ablation: judged and merged by plain cosine similarity, no transport plan.
         best = similarity.masked_fill(~entry_valid, -math.inf).max(2)

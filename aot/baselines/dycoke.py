@@ -166,7 +166,8 @@ def reduce_dycoke(features: torch.Tensor, shallow_attention: torch.Tensor,
         return make_result(out.to(features.dtype), frame_ids, token_position, token_kind,
                            frames=frames, grid=grid, pooled=pooled, survivors=keep, clips=clips)
 
-    keep = keep_least_redundant(previous_frame_similarity(values), total, options.allocation)
+    redundancy = previous_frame_similarity(values[..., :config.similarity_channels])
+    keep = keep_least_redundant(redundancy, total, options.allocation)
     if options.merge:
         values = merge_into_kept(values, keep)
     positions, valid = pack_left(keep)

@@ -94,7 +94,8 @@ def spaced_targets(rest: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tens
 
 
 def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor,
-                     target_valid: torch.Tensor) -> torch.Tensor:
+                     target_valid: torch.Tensor, similarity_channels: int | None = None
+                     ) -> torch.Tensor:
     """Fold every remaining token into its most similar target.
 
     ``ctx_j = (t_j + sum_{m -> j} x_m) / (1 + count_j)``: the plain mean of the target and the
@@ -104,6 +105,8 @@ def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Te
         values: (F, P, D) pooled features (float32 or wider).
         rest: (F, P) bool, non-dominant tokens (targets included).
         targets: (F, C) long positions; target_valid: (F, C) bool.
+        similarity_channels: the leading channels the similarity reads (None: all); every
+            channel is averaged.
     Returns:
         (F, C, D) contextual tokens (padding rows are meaningless).
     """
@@ -111,7 +114,8 @@ def merge_contextual(values: torch.Tensor, rest: torch.Tensor, targets: torch.Te
     target_values = gather_rows(values, targets)
     if targets.shape[1] == 0:
         return target_values
-    similarity = cosine_similarity(values, target_values)  # (F, P, C)
+    similarity = cosine_similarity(values[..., :similarity_channels],
+                                   target_values[..., :similarity_channels])  # (F, P, C)
     similarity = similarity.masked_fill(~target_valid[:, None, :], -math.inf)
     assign = similarity.argmax(2)  # (F, P)
     # A target belongs to itself even if a duplicate feature ties with an earlier target;
@@ -161,7 +165,8 @@ def reduce_visionzip(features: torch.Tensor, shallow_attention: torch.Tensor,
     scores = pool_grid(scores.float(), grid, config.pooling)
     dominant = select_dominant(scores, dominant_counts)
     targets, target_valid = spaced_targets(~dominant, counts - dominant_counts)
-    contextual = merge_contextual(values, ~dominant, targets, target_valid)
+    contextual = merge_contextual(values, ~dominant, targets, target_valid,
+                                  config.similarity_channels)
 
     dom_positions, dom_valid = pack_left(dominant)
     tokens = torch.cat([gather_rows(values, dom_positions), contextual], 1)

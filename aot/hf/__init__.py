@@ -69,9 +69,10 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
     settings (windows of at most that size; a frame needs at least ``anchors_per_frame``
     tokens). ``overrides`` win.
     """
-    backbone = adapter_for(model).backbone
+    adapter = adapter_for(model)
+    backbone = adapter.backbone
     rows, cols = backbone.grid if grid is None else grid
-    fields = dict(pooling=backbone.pooling, shallow_layer=backbone.shallow_layer,
+    fields = dict(adapter.model_fields(), shallow_layer=backbone.shallow_layer,
                   deep_layer=backbone.deep_layer)
     base = PRESETS[backbone.preset]
     if (rows, cols) != (27, 27):
@@ -100,7 +101,8 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
         a float (exact retention with :func:`config_for`'s settings), or None (the unreduced
         path through the same plumbing: generate is identical to the stock model's).
         An AOTConfig whose pooling is not the backbone's gets the backbone's (pooling is a fact
-        of the model, e.g. none for Qwen, whose merger already pools).
+        of the model, e.g. none for Qwen, whose merger already pools); likewise Qwen3-VL's
+        ``similarity_channels`` (the main features, not the DeepStack levels).
     """
     if getattr(model, _ATTRIBUTE, None) is not None:
         raise ValueError("aot.hf.apply: this model already has a reducer; call "
@@ -182,19 +184,23 @@ def _as_reduction(model, adapter, reduction, reducer) -> Reduction | None:
     if isinstance(reduction, Reduction):
         if reducer is not None:
             raise ValueError("aot.hf.apply: give the reducer inside the Reduction")
-        config = reduction.config
-        if config.pooling != adapter.backbone.pooling:
-            reduction = Reduction(config.replace(pooling=adapter.backbone.pooling),
-                                  reduction.reducer, reduction.options, reduction.budget)
+        config = _with_model_fields(adapter, reduction.config)
+        if config != reduction.config:
+            reduction = Reduction(config, reduction.reducer, reduction.options, reduction.budget)
         return reduction
     if isinstance(reduction, bool) or not isinstance(reduction, (AOTConfig, int, float)):
         raise TypeError(f"aot.hf.apply: expected a Reduction, an AOTConfig, a retention or None; "
                         f"got {type(reduction).__name__}")
     if not isinstance(reduction, AOTConfig):
         reduction = config_for(model, reduction)
-    elif reduction.pooling != adapter.backbone.pooling:
-        reduction = reduction.replace(pooling=adapter.backbone.pooling)
-    return Reduction(reduction, reducer or "aot")
+    return Reduction(_with_model_fields(adapter, reduction), reducer or "aot")
+
+
+def _with_model_fields(adapter, config: AOTConfig) -> AOTConfig:
+    """``config`` with the model's facts (:meth:`HFAdapter.model_fields`)."""
+    changes = {name: value for name, value in adapter.model_fields().items()
+               if getattr(config, name) != value}
+    return config.replace(**changes) if changes else config
 
 
 def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:

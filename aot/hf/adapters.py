@@ -43,13 +43,20 @@ class HFAdapter:
     def vision_layers(self) -> int:
         raise NotImplementedError
 
+    def model_fields(self) -> dict:
+        """AOTConfig fields that are facts of this model, not choices (:func:`aot.hf.apply`
+        and :func:`aot.hf.config_for` set them): the backbone's pooling."""
+        return {"pooling": self.backbone.pooling}
+
     def check(self, reduction: Reduction) -> None:
-        """The reduction's pooling must be the backbone's, its layers inside the tower."""
+        """The reduction's model facts (pooling, ...) must be this model's, its layers inside
+        the tower."""
         config = reduction.config
-        if config.pooling != self.backbone.pooling:
-            raise ValueError(f"AOTConfig.pooling={config.pooling!r} but {self.backbone.title} "
-                             f"pools {self.backbone.pooling!r}; build the config with "
-                             f"aot.hf.config_for(model, retention)")
+        for name, value in self.model_fields().items():
+            if getattr(config, name) != value:
+                raise ValueError(f"AOTConfig.{name}={getattr(config, name)!r} but "
+                                 f"{self.backbone.title} needs {value!r}; build the config with "
+                                 f"aot.hf.config_for(model, retention)")
         for name in ("shallow_layer", "deep_layer"):
             if getattr(config, name) >= self.vision_layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
@@ -241,13 +248,20 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
 
     The reducer sees the main features and every DeepStack level concatenated along channels,
     (t, h*w/4, D * (1 + levels)): each reducer's selection and merge is a per-token linear map,
-    so one run applies the same map to all levels (their similarities then read all levels).
-    :meth:`encoder_outputs` splits them again. Each kept token stays after its own frame's
+    so one run applies the same map to all levels. Its similarities read the main features only
+    (``AOTConfig.similarity_channels = D``, :meth:`model_fields`), so the levels' values never
+    change which tokens are kept. :meth:`encoder_outputs` splits them again. Each kept token stays after its own frame's
     timestamp (:func:`aot.hf.sequence.shorten` emits it in its frame's piece).
     """
 
     backbone_name = "qwen3_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw")
+
+    def model_fields(self) -> dict:
+        """The pooling, and similarities on the main features only (the first D channels, D the
+        LLM width; the DeepStack levels follow)."""
+        return dict(super().model_fields(),
+                    similarity_channels=self.model.config.text_config.hidden_size)
 
     def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         visual = self.visual
