@@ -57,7 +57,8 @@ class Handle:
 
 def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, int] | None = None,
                **overrides) -> AOTConfig:
-    """An :class:`AOTConfig` for ``model``'s backbone at ``retention``.
+    """An :class:`AOTConfig` for ``model``'s backbone (a supported model or a declared backbone
+    name such as ``"qwen2_5_vl"``) at ``retention``.
 
     The released OV settings with the backbone's pooling and default vision layers
     (:data:`aot.backbones.BACKBONES`), ``exact_retention=retention`` when ``exact``. On a grid
@@ -66,7 +67,9 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
     (126 / 729) and the window is the largest divisor of the side up to the released 9 (the
     core tiles square grids with windows that divide the side). ``overrides`` win.
     """
-    backbone = adapter_for(model).backbone
+    from ..backbones import get_backbone
+
+    backbone = get_backbone(model) if isinstance(model, str) else adapter_for(model).backbone
     rows, cols = backbone.grid if grid is None else grid
     fields = dict(pooling=backbone.pooling, shallow_layer=backbone.shallow_layer,
                   deep_layer=backbone.deep_layer)
