@@ -161,6 +161,7 @@ class HFReducerMixin:
         self.handle = install_reducer(self.model, self.spec)
         self.counter.install_outer(self._on_generate, self._refuse_images)
         self._pending: deque = deque()  # (task, split, doc_id) fetched, not yet generated
+        self._recording = False
         self._records: list = []
         self._failures: list = []
         self._stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -174,11 +175,13 @@ class HFReducerMixin:
             prompts.require_stock_prompts(self.MODEL_ID)
         stock_docs = self.task_dict
         self.task_dict = _FetchLog(stock_docs, self._pending.append)
+        self._recording = True
         try:
             answers = super().generate_until(requests)
         finally:
             self.task_dict = stock_docs
             self._pending.clear()
+            self._recording = False
         self._finish()
         if self._failures and self.spec.name != NO_REDUCER:
             raise RuntimeError(f"{self.MODEL_ID}: generation failed for {len(self._failures)} "
@@ -186,9 +189,17 @@ class HFReducerMixin:
                                f"answers them ''); first: {self._failures[0]}")
         return answers
 
+    def generate_until_multi_round(self, requests):
+        if self.spec.name != NO_REDUCER:
+            raise NotImplementedError(f"{self.MODEL_ID}: multi-round generation with "
+                                      f"reducer={self.spec.name} is not supported")
+        return super().generate_until_multi_round(requests)
+
     # ---------------------------------------------------------------- records
     def _on_generate(self, inputs: dict, given: list, received, error) -> None:
         """One ``generate`` call: a record per batch row (its doc from the fetch queue)."""
+        if not self._recording:  # a generate outside generate_until (multi-round): no doc ids
+            return
         rows = len(given)
         docs = [self._pending.popleft() if self._pending else ("?", "?", -1)
                 for _ in range(rows)]

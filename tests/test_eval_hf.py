@@ -328,6 +328,7 @@ def write_task(root: Path, name: str, videos: list) -> None:
     rows = [{"id": i, "video": str(video), "answer": "AB"[i % 2],
              "question": f"What colour is the square in clip {i} ?"}
             for i, video in enumerate(videos)]
+    root.mkdir(parents=True, exist_ok=True)
     data = root / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     folder = root / "tasks" / name
@@ -523,3 +524,28 @@ def test_unknown_model_args_reach_the_stock_check(workspace, stand_ins):
     with pytest.raises(AssertionError, match="Unexpected kwargs"):
         Qwen2_5_VLAOT(pretrained=str(workspace["ckpt"]["qwen2_5_vl"]), device="cpu",
                       device_map="cpu", retention_typo="0.1")
+
+
+IMAGE_UTILS = e2e.TASK_UTILS.replace(
+    'def doc_to_visual(doc):\n    return [doc["video"]]',
+    'def doc_to_visual(doc):\n    from PIL import Image\n\n'
+    '    return [Image.new("RGB", (84, 84), (200, 40, 90))]')
+
+
+def test_images_refused_under_a_reducer_even_where_stock_swallows_errors(workspace, stand_ins,
+                                                                         tmp_path):
+    """Stock llava_hf answers '' when generate raises; a reduced run refuses image docs (they
+    would pass unreduced) and raises after the run, with the failure in the record."""
+    ws = workspace
+    write_task(ws["root"] / "images", "aot_tinyhf_images", ["unused"])
+    utils = ws["root"] / "images" / "tasks" / "aot_tinyhf_images" / "utils.py"
+    utils.write_text(IMAGE_UTILS)
+    assert "Image.new" in utils.read_text()
+    args = (f"pretrained={ws['ckpt']['llava_hf']},{STOCK_ARGS['llava_hf']},retention=0.25,"
+            f"exact=true,{AOT_KNOBS['llava_hf']},retention_log={tmp_path}")
+    images = {**ws, "tasks": ws["root"] / "images" / "tasks"}
+    with pytest.raises(RuntimeError, match="images with reducer=aot"):
+        evaluate(images, "llava_hf_aot", args, stand_ins, force_simple=True,
+                 task="aot_tinyhf_images")
+    sample = record_of(tmp_path, "llava_hf_aot")["samples"][0]
+    assert "NotImplementedError" in sample["error"] and sample["retention"] is None
