@@ -1,4 +1,4 @@
-"""lmms-eval models on transformers' backbones: ``qwen2_5_vl_aot``, ``qwen3_vl_aot``, ``llava_hf_aot``.
+"""lmms-eval models on transformers' backbones: qwen2_5_vl_aot, qwen3_vl_aot, llava_hf_aot.
 
 Each is the stock lmms-eval 0.7.3 class (``qwen2_5_vl``, ``qwen3_vl``, ``llava_hf``) plus a
 reducer (:mod:`aot_eval.hf_models`). Tested here on tiny random checkpoints saved from
@@ -454,10 +454,11 @@ def test_exact_retention_runs_and_is_recorded(workspace, stand_ins, tmp_path, ki
     # the logged generate is the stock one: it sees the reduced prompt, same text around it
     for prompt in reduced["calls"]:
         assert prompt.count(video) == kept + newlines
-    text = lambda calls: {tuple(t for t in p if t != video): c["answer"]  # noqa: E731
-                          for p, c in calls.items()}
-    assert sorted(text(reduced["calls"])) == sorted(text(plain["calls"]))
-    assert text(reduced["calls"]) != text(plain["calls"])  # the answers' tokens changed
+    def by_text(calls):
+        return {tuple(t for t in p if t != video): c["answer"] for p, c in calls.items()}
+
+    assert sorted(by_text(reduced["calls"])) == sorted(by_text(plain["calls"]))
+    assert by_text(reduced["calls"]) != by_text(plain["calls"])  # the answers' tokens changed
     records = sorted(tmp_path.glob(f"aot_retention_{kind}_aot_*.json"))
     record = [json.loads(p.read_text()) for p in records]
     record = next(r for r in record if r["reducer"] == "aot")
