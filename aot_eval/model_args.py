@@ -14,6 +14,10 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
+
+On the backbones reached only through transformers (``qwen2_5_vl``, ``qwen3_vl``) the settings
+are :func:`aot.hf.config_for`'s (the backbone's vision layers, its grid), and ``retention``
+needs ``exact=true`` for AOT: the approximate retention model covers the LLaVA backbones only.
 """
 
 from __future__ import annotations
