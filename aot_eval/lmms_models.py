@@ -14,7 +14,6 @@ Every run records the retention each video actually got (:mod:`aot_eval.recordin
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -397,20 +396,9 @@ class LlavaAOTBase(lmms):
                 **self.spec.describe()}
 
     def _finish(self) -> None:
-        records = recording.gather_records(self._records, self.world_size)
-        if self.rank != 0:
-            return
-        document = recording.build_document(records, self.metadata())
-        recording.FINISHED.append(document)
-        overall = document["summary"]["overall"]
-        if overall.get("measured"):
-            eval_logger.info(f"{self.MODEL_ID}: measured retention mean {overall['mean']:.4f} "
-                             f"(min {overall['min']:.4f}, max {overall['max']:.4f}) over "
-                             f"{overall['measured']} videos")
-        if self.retention_log:
-            path = Path(self.retention_log) / f"aot_retention_{self.MODEL_ID}_{self._stamp}.json"
-            recording.write_document(document, path)
-            eval_logger.info(f"{self.MODEL_ID}: retention record written to {path}")
+        recording.publish(self._records, self.metadata(), world_size=self.world_size,
+                          rank=self.rank, retention_log=self.retention_log,
+                          name=f"{self.MODEL_ID}_{self._stamp}", log=eval_logger)
 
 
 class LlavaOneVisionAOT(LlavaAOTBase):

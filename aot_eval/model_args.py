@@ -14,6 +14,10 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
+
+On the backbones reached only through transformers (``qwen2_5_vl``, ``qwen3_vl``) the settings
+are :func:`aot.hf.config_for`'s (the backbone's vision layers, its grid), and ``retention``
+needs ``exact=true`` for AOT: the approximate retention model covers the LLaVA backbones only.
 """
 
 from __future__ import annotations
@@ -71,9 +75,10 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         ValueError: unknown reducer / preset / ablation, retention outside (0, 1], preset and
             retention given together, knobs given with ``reducer=none``.
     """
-    from aot.backbones import get_backbone
+    from aot.backbones import HF_BACKBONES, get_backbone
     from aot.baselines import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
+    from aot.hf import config_for
 
     facts = get_backbone(backbone)
     kwargs = dict(aot_kwargs)
@@ -103,13 +108,25 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         raise ValueError(f"reducer={name} needs retention= (a fraction such as 0.10): it has no "
                          "token count of its own")
 
+    # Backbones reached only through transformers (Qwen) have no budget model for approximate
+    # retention, and their grids differ from SigLIP's: aot.hf.config_for adapts the preset.
+    hf_only = backbone in HF_BACKBONES
+    if hf_only and retention is not None and not exact and not reducer_info(name).needs_budget:
+        raise ValueError(f"retention={retention:g} on backbone {backbone!r} needs exact=true: "
+                         "the approximate retention model covers the LLaVA backbones only")
     if preset is not None:
         if str(preset) not in PRESETS:
             raise ValueError(f"unknown preset={preset!r}: expected one of {sorted(PRESETS)}")
         config, source = AOTConfig.preset(str(preset)), f"preset={preset}"
+    elif retention is not None and hf_only:
+        config = config_for(backbone, retention, exact=True)
+        source = f"retention={retention:g}" + (" exact" if exact else "")
     elif retention is not None:
         config = AOTConfig.from_retention(retention, backbone=backbone, exact=exact)
         source = f"retention={retention:g}" + (" exact" if exact else "")
+    elif hf_only:
+        config = config_for(backbone, None, exact=False)
+        source = f"preset={facts.preset} on the {backbone} grid (default)"
     else:
         config = AOTConfig.preset(facts.preset)
         source = f"preset={facts.preset} (default)"

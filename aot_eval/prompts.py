@@ -21,6 +21,9 @@ from __future__ import annotations
 PROMPT_IDS = {
     "llava_onevision_aot": "llava_onevision",
     "llava_vid_aot": "llava_vid",
+    "qwen2_5_vl_aot": "qwen2_5_vl",
+    "qwen3_vl_aot": "qwen3_vl",
+    "llava_hf_aot": "llava_hf",
 }
 
 _ACTIVE: dict = {"model_name": None, "prompt_name": None}

@@ -176,3 +176,25 @@ def write_document(document: dict, path: Path) -> Path:
 
 # Documents finished in this process, for the launcher to place beside the results file.
 FINISHED: list[dict] = []
+
+
+def publish(records: list[dict], meta: dict, *, world_size: int, rank: int,
+            retention_log: Optional[str], name: str, log=None) -> Optional[dict]:
+    """End of a model's run: gather every rank's records; on rank 0 build the document, keep it
+    in :data:`FINISHED`, log the measured retention and write it to
+    ``<retention_log>/aot_retention_<name>.json`` when asked. Returns the document (None on
+    other ranks)."""
+    records = gather_records(records, world_size)
+    if rank != 0:
+        return None
+    document = build_document(records, meta)
+    FINISHED.append(document)
+    overall = document["summary"]["overall"]
+    say = log.info if log is not None else print
+    if overall.get("measured"):
+        say(f"{meta['model']}: measured retention mean {overall['mean']:.4f} (min "
+            f"{overall['min']:.4f}, max {overall['max']:.4f}) over {overall['measured']} videos")
+    if retention_log:
+        path = write_document(document, Path(retention_log) / f"aot_retention_{name}.json")
+        say(f"{meta['model']}: retention record written to {path}")
+    return document

@@ -125,8 +125,10 @@ def test_manifests_use_new_ids_only():
     from aot_eval.manifests import manifests
 
     ids = {m.model_id for m in manifests()}
-    assert ids == {"llava_onevision_aot", "llava_vid_aot"}
+    assert ids == {"llava_onevision_aot", "llava_vid_aot", "qwen2_5_vl_aot", "qwen3_vl_aot",
+                   "llava_hf_aot"}
     assert not any(m.aliases for m in manifests())
+    assert set(prompts.PROMPT_IDS) == ids
 
 
 def test_require_stock_prompts_refuses_without_alias():

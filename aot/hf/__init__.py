@@ -57,7 +57,8 @@ class Handle:
 
 def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, int] | None = None,
                **overrides) -> AOTConfig:
-    """An :class:`AOTConfig` for ``model``'s backbone at ``retention``.
+    """An :class:`AOTConfig` for ``model``'s backbone (a supported model or a declared backbone
+    name such as ``"qwen2_5_vl"``) at ``retention``.
 
     The released OV settings with the backbone's pooling and default vision layers
     (:data:`aot.backbones.BACKBONES`), ``exact_retention=retention`` when ``exact``. On a grid
@@ -69,10 +70,18 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
     settings (windows of at most that size; a frame needs at least ``anchors_per_frame``
     tokens). ``overrides`` win.
     """
-    adapter = adapter_for(model)
-    backbone = adapter.backbone
+    from ..backbones import get_backbone
+
+    if isinstance(model, str):
+        # A backbone name: facts only a loaded model has (Qwen3-VL's LLM width for
+        # similarity_channels) are added by apply() (_with_model_fields).
+        backbone = get_backbone(model)
+        model_fields = {"pooling": backbone.pooling}
+    else:
+        adapter = adapter_for(model)
+        backbone, model_fields = adapter.backbone, adapter.model_fields()
     rows, cols = backbone.grid if grid is None else grid
-    fields = dict(adapter.model_fields(), shallow_layer=backbone.shallow_layer,
+    fields = dict(model_fields, shallow_layer=backbone.shallow_layer,
                   deep_layer=backbone.deep_layer)
     base = PRESETS[backbone.preset]
     if (rows, cols) != (27, 27):
