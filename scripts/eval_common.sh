@@ -23,8 +23,10 @@ Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [option
   --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
                      no-inter cosine-merge random-anchors
   --exact            exact token count per video (with --retention)
-  --frames N         frames per video (default: 64 for LLaVA-Video, else 32, as stock)
-  --max-pixels N     Qwen2.5-VL / Qwen3-VL: pixels per frame at most (stock max_pixels, 1605632)
+  --frames N         frames per video (default 32; LLaVA-Video: 64, the paper's; Qwen2.5-VL:
+                     at most N of its 2-fps frames, as stock)
+  --max-pixels N     Qwen2.5-VL / Qwen3-VL: max_pixels per frame (stock 1605632; qwen-vl-utils
+                     caps it lower, docs/reproduce.md section 10)
   --fps F            Qwen3-VL: sample F frames per second, at most --frames (stock: uniform)
   --model PATH       checkpoint folder or hub id (default: the backbone's 7B/8B checkpoint)
   --nproc N          processes / GPUs (default 1); N > 1 launches with --launcher

@@ -169,3 +169,19 @@ def test_hf_eval_script_stops_on_the_wrong_checkpoint(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "evaluate it with the qwen2_5_vl scripts" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backbone, config_class", [
+    ("qwen2_5_vl", "Qwen2_5_VLConfig"), ("qwen3_vl", "Qwen3VLConfig"),
+    ("llava_hf", "LlavaOnevisionConfig")])
+def test_launch_check_knows_transformers_model_types(tmp_path, backbone, config_class):
+    """The model_type each backbone expects is the one transformers writes for that class
+    (a config saved by transformers itself, not a string copied from here)."""
+    import transformers
+
+    pytest.importorskip("lmms_eval")
+    getattr(transformers, config_class)().save_pretrained(tmp_path)
+    assert preflight.main(["launch", "--backbone", backbone, "--model", str(tmp_path)]) == 0
+    others = [b for b in preflight.SCRIPT_BACKBONES if b != backbone]
+    assert all(preflight.main(["launch", "--backbone", b, "--model", str(tmp_path)]) == 2
+               for b in others)
