@@ -2,6 +2,9 @@
 
 Keys: backbone (``ov`` = LLaVA-OneVision-7B at 32 frames, ``video`` = LLaVA-Video-7B-Qwen2 at 64
 frames) -> row (``"full"`` or the retention as a string with two decimals) -> benchmark -> score.
+The paper evaluated no other backbone: for ``qwen2_5_vl``, ``qwen3_vl`` and ``llava_hf`` (the
+same OneVision weights in transformers, run with the stock ``llava_hf`` protocol, which is not the
+paper's) :func:`paper_value` is ``None`` and the tables leave the paper's column empty.
 """
 
 BENCHMARKS = ("mvbench", "egoschema", "longvideobench", "videomme")

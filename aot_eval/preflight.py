@@ -4,8 +4,11 @@ after the model has loaded).
 * ``python -m aot_eval.preflight args --backbone ov reducer=aot retention=0.1 ...``: the AOT keys
   of ``--model_args``, through the parser the model itself uses (:func:`parse_reducer`), so a
   typo in a preset or an ablation fails before a model loads; prints what they resolve to.
-* ``python -m aot_eval.preflight launch --model PATH_OR_ID --nproc N``: lmms-eval importable, the
-  checkpoint present (folder or hub cache), enough GPUs for N processes.
+* ``python -m aot_eval.preflight launch --model PATH_OR_ID --nproc N [--backbone B]``: lmms-eval
+  importable, the checkpoint present (folder or hub cache) and, with ``--backbone``, of the
+  architecture that backbone's model loads; enough GPUs for N processes.
+
+``--backbone`` takes the eval scripts' backbone names (:data:`SCRIPT_BACKBONES`).
 
 Either exits 0 when all is well, else prints one line ``error: ...`` saying what to do, exit 2.
 """
@@ -17,20 +20,63 @@ import importlib.util
 import sys
 
 
+#: The eval scripts' backbone -> (the :mod:`aot.backbones` facts its model is parsed with, the
+#: ``model_type`` values of ``config.json`` its lmms-eval model loads). ``llava_hf`` is
+#: transformers' LLaVA-OneVision: the ``ov`` facts, as its model parses them.
+SCRIPT_BACKBONES = {
+    "ov": ("ov", ("llava_qwen",)),
+    "video": ("video", ("llava_qwen",)),
+    "qwen2_5_vl": ("qwen2_5_vl", ("qwen2_5_vl",)),
+    "qwen3_vl": ("qwen3_vl", ("qwen3_vl",)),
+    "llava_hf": ("ov", ("llava_onevision",)),
+}
+
+
+def facts_backbone(backbone: str) -> str:
+    """The eval scripts' backbone name -> the :func:`aot.backbones.get_backbone` name."""
+    if backbone not in SCRIPT_BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of "
+                         f"{sorted(SCRIPT_BACKBONES)}")
+    return SCRIPT_BACKBONES[backbone][0]
+
+
 def check_lmms_eval() -> None:
     if importlib.util.find_spec("lmms_eval") is None:
         raise RuntimeError(f"lmms-eval is not installed in {sys.executable}; run "
                            "'bash setup.sh --eval' and use .venv/bin/python (or set PYTHON)")
 
 
-def check_checkpoint(model: str) -> None:
-    """The checkpoint is a local folder or cached in the Hugging Face hub cache (no download)."""
+def check_checkpoint(model: str, backbone: str | None = None) -> None:
+    """The checkpoint is a local folder or cached in the Hugging Face hub cache (no download)
+    and, given the scripts' ``backbone``, its ``config.json`` names a ``model_type`` that
+    backbone's model loads (a Qwen2.5-VL checkpoint given to the Qwen3-VL script fails here,
+    not after minutes of loading). A folder without a readable ``config.json`` is left to the
+    loader, whose messages say what is missing."""
+    import json
+    import os
+
     from llava.model.builder import resolve_checkpoint
 
+    if backbone is not None:
+        facts_backbone(backbone)  # an unknown name: one clear error
     try:
-        resolve_checkpoint(model)
+        folder = resolve_checkpoint(model)
     except FileNotFoundError as error:
         raise RuntimeError(" ".join(str(error).split())) from None
+    if backbone is None:
+        return
+    expected = SCRIPT_BACKBONES[backbone][1]
+    try:
+        with open(os.path.join(folder, "config.json")) as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type not in expected:
+        takers = [name for name, (_, types) in SCRIPT_BACKBONES.items() if model_type in types]
+        advice = (f"evaluate it with the {' or '.join(takers)} scripts" if takers
+                  else "no eval script loads it")
+        raise RuntimeError(f"{model} is a {model_type!r} checkpoint but the {backbone} scripts "
+                           f"load model_type {' or '.join(map(repr, expected))}; {advice}")
 
 
 def check_processes(nproc: int, device: str | None) -> None:
@@ -47,16 +93,18 @@ def check_processes(nproc: int, device: str | None) -> None:
 
 
 def check_reducer_args(backbone: str, pairs: list[str]) -> str:
-    """``key=value`` strings -> the resolved reducer description; ValueError when invalid."""
+    """``key=value`` strings -> the resolved reducer description, parsed for the scripts'
+    ``backbone`` as its model parses them; ValueError when invalid."""
     from .model_args import parse_reducer
 
+    facts = facts_backbone(backbone)
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{pair!r} is not key=value")
         kwargs[key.strip()] = value.strip()
-    spec = parse_reducer(kwargs, backbone)
+    spec = parse_reducer(kwargs, facts)
     return f"reducer={spec.name} ({spec.source})"
 
 
@@ -64,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aot_eval.preflight")
     commands = parser.add_subparsers(dest="command", required=True)
     args_parser = commands.add_parser("args", help="check the AOT keys of --model_args")
-    args_parser.add_argument("--backbone", required=True, help="ov or video")
+    args_parser.add_argument("--backbone", required=True, help=", ".join(SCRIPT_BACKBONES))
     args_parser.add_argument("pairs", nargs="*", help="key=value (reducer, retention, ...)")
     args_parser.add_argument("--set", action="append", default=[], dest="sets",
                              help="another space-separated set of key=value pairs to check")
     launch = commands.add_parser("launch", help="check lmms-eval, checkpoint and GPUs")
     launch.add_argument("--model", required=True)
+    launch.add_argument("--backbone", default=None, help="check the checkpoint's model_type")
     launch.add_argument("--nproc", type=int, default=1)
     launch.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -80,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(check_reducer_args(args.backbone, pairs))
         else:
             check_lmms_eval()
-            check_checkpoint(args.model)
+            check_checkpoint(args.model, args.backbone)
             check_processes(args.nproc, args.device)
     except (RuntimeError, ValueError, TypeError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

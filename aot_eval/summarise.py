@@ -24,7 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .paper import BENCHMARKS, LABELS, PAPER_ABLATIONS_OV_10, paper_value, retention_key
+from .paper import BENCHMARKS, LABELS, PAPER, PAPER_ABLATIONS_OV_10, paper_value, retention_key
+
+#: lmms-eval model name prefix -> backbone, in table order, and each backbone's table heading.
+#: Ours are ``<stock name>_aot``; the stock models themselves count as their backbone's full row.
+MODEL_BACKBONES = (("llava_onevision", "ov"), ("llava_vid", "video"),
+                   ("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"),
+                   ("llava_hf", "llava_hf"))
+BACKBONE_TITLES = {
+    "ov": "LLaVA-OneVision-7B (32 frames)",
+    "video": "LLaVA-Video-7B (64 frames)",
+    "qwen2_5_vl": "Qwen2.5-VL (stock lmms-eval qwen2_5_vl protocol)",
+    "qwen3_vl": "Qwen3-VL (stock lmms-eval qwen3_vl protocol)",
+    "llava_hf": "LLaVA-OneVision in transformers (stock lmms-eval llava_hf protocol)",
+}
+BACKBONE_ORDER = tuple(backbone for _, backbone in MODEL_BACKBONES)
 
 SCORE_KEYS = {"mvbench": "mvbench_accuracy", "egoschema": "submission",
               "longvideobench": "lvb_acc", "videomme": "videomme_perception_score"}
@@ -61,11 +75,11 @@ def parse_model_args(text: str) -> dict:
 
 
 def backbone_of(model: str) -> Optional[str]:
-    """``llava_onevision*`` -> ``ov``; ``llava_vid*`` -> ``video``."""
-    if model.startswith("llava_onevision"):
-        return "ov"
-    if model.startswith("llava_vid"):
-        return "video"
+    """``llava_onevision*`` -> ``ov``; ``llava_vid*`` -> ``video``; ``qwen2_5_vl*``,
+    ``qwen3_vl*``, ``llava_hf*`` -> themselves (:data:`MODEL_BACKBONES`); else None."""
+    for prefix, backbone in MODEL_BACKBONES:
+        if model.startswith(prefix):
+            return backbone
     return None
 
 
@@ -98,6 +112,10 @@ KNOWN_MODEL_KEYS = {
     "mm_spatial_pool_mode", "use_cache", "prompt_as", "retention_log", "on_video_error",
     "video_fps", "force_sample", "add_time_instruction", "mm_newline_position",
     "mm_resampler_location", "reducer", "retention", "preset", "exact", "ablation",
+    # the stock qwen2_5_vl / qwen3_vl and llava_hf keys (lmms-eval 0.7.3)
+    "max_num_frames", "min_pixels", "max_pixels", "total_pixels", "fps", "system_prompt",
+    "interleave_visuals", "reasoning_prompt", "enable_thinking", "revision", "dtype",
+    "trust_remote_code", "chat_template",
 }
 
 
@@ -216,7 +234,7 @@ def row_order(row: Row):
         rank = (1, -float(row.paper_row))
     else:
         rank = (2, 0.0)
-    return (row.backbone != "ov", rank, row.setting)
+    return (BACKBONE_ORDER.index(row.backbone), rank, row.setting)
 
 
 def fmt(value, digits=1) -> str:
@@ -281,14 +299,13 @@ def table_rows(rows: list[Row]) -> list[dict]:
 
 def markdown(rows: list[Row]) -> str:
     """The paper's table layout: per benchmark ours / paper / Δ / measured retention."""
-    names = {"ov": "LLaVA-OneVision-7B (32 frames)", "video": "LLaVA-Video-7B (64 frames)"}
     lines = []
-    for backbone in ("ov", "video"):
+    for backbone in BACKBONE_ORDER:
         mine = [r for r in rows if r.backbone == backbone]
         if not mine:
             continue
         extra = other_tasks(mine)
-        lines += [f"### {names[backbone]}", "",
+        lines += [f"### {BACKBONE_TITLES[backbone]}", "",
                   "| setting | " + " | ".join([LABELS[b] for b in BENCHMARKS] +
                                              [f"{t} (other task)" for t in extra]) + " | Avg |",
                   "|---|" + "---|" * (len(BENCHMARKS) + len(extra) + 1)]
@@ -323,6 +340,11 @@ def markdown(rows: list[Row]) -> str:
     lines.append("Scores in %; (paper value, difference ours − paper); ret. = measured retention "
                  "of visual tokens, mean [min–max] over the videos. EgoSchema is scored by its "
                  "server: 'unscored' means the submission file still has to be sent.")
+    unpublished = sorted({row.backbone for row in rows if row.backbone not in PAPER},
+                         key=BACKBONE_ORDER.index)
+    if unpublished:
+        lines.append(f"The paper has no numbers for {', '.join(unpublished)}: their paper "
+                     "values are empty.")
     if any(other_tasks([row]) for row in rows):
         lines.append("Other tasks (not one of the four benchmarks, e.g. a local --task): the "
                      "task's first metric as lmms-eval reports it, unscaled; no paper value.")

@@ -1,10 +1,15 @@
 # Shared by scripts/eval_<backbone>_<benchmark>.sh: argument parsing, model_args, launch, checks.
-# Source it and call:  aot_eval_run <ov|video> <mvbench|egoschema|longvideobench|videomme> "$@"
+# Source it and call:  aot_eval_run <backbone> <mvbench|egoschema|longvideobench|videomme> "$@"
+# with a backbone of AOT_EVAL_BACKBONES (aot_eval_backbone says what each one runs).
 # Environment: PYTHON (default: the checkout's .venv/bin/python if it exists, else python),
 # MASTER_PORT (default 29511), HF_HOME (datasets, videos).
 # The reducer/retention/preset/ablation arguments are validated once, in Python
 # (python -m aot_eval.preflight), before anything is launched (skipped when the caller, e.g.
 # sweep.sh, already checked them and exported AOT_EVAL_ARGS_CHECKED=1).
+
+# The backbones with eval scripts: ov, video (this project's llava/ package, lmms-lab
+# checkpoints) and three transformers models evaluated as stock lmms-eval evaluates them.
+AOT_EVAL_BACKBONES="ov video qwen2_5_vl qwen3_vl llava_hf"
 
 aot_eval_usage() {
   cat <<USAGE
@@ -18,13 +23,18 @@ Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [option
   --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
                      no-inter cosine-merge random-anchors
   --exact            exact token count per video (with --retention)
-  --frames N         frames per video (default: 32 OV, 64 LLaVA-Video at 1 fps)
-  --model PATH       checkpoint folder or hub id (default: the lmms-lab 7B checkpoint)
+  --frames N         frames per video (default 32; LLaVA-Video: 64, the paper's; Qwen2.5-VL:
+                     at most N of its 2-fps frames, as stock)
+  --max-pixels N     Qwen2.5-VL / Qwen3-VL: max_pixels per frame (stock 1605632; qwen-vl-utils
+                     caps it lower, docs/reproduce.md section 10)
+  --fps F            Qwen3-VL: sample F frames per second, at most --frames (stock: uniform)
+  --model PATH       checkpoint folder or hub id (default: the backbone's 7B/8B checkpoint)
   --nproc N          processes / GPUs (default 1); N > 1 launches with --launcher
   --launcher L       torchrun (default) | accelerate
   --output DIR       results folder (default: outputs/eval/<backbone>/<benchmark>/<tag>)
   --limit N          first N docs only (smoke tests; numbers are then not comparable)
-  --dtype T          float16 (default) | bfloat16 | float32
+  --dtype T          float16 | bfloat16 | float32 (default: float16 for ov/video, the
+                     checkpoint's for llava_hf; Qwen: not settable, stock loads bfloat16)
   --attn A           sdpa (default) | flash_attention_2 | eager
   --device D         lmms-eval --device (default: cuda:0 if available, else cpu)
   --model-args KV    extra model_args appended verbatim, e.g. keep_ratio=0.2,sigma=2.0
@@ -70,20 +80,68 @@ aot_eval_task_id() {
   esac
 }
 
-# The released preset for a backbone and benchmark (aot-method.md section 7).
+# The released preset for a backbone and benchmark (aot-method.md section 7); nothing for the
+# Qwen backbones, which the paper did not evaluate. llava_hf is LLaVA-OneVision.
 aot_eval_paper_preset() {
-  if [ "$1" = video ]; then echo paper-video; return; fi
+  case "$1" in
+    video) echo paper-video; return ;;
+    qwen2_5_vl|qwen3_vl) return ;;
+  esac
   case "$2" in
     mvbench|egoschema) echo paper-ov-mvbench ;;
     *) echo paper-ov-videomme ;;
   esac
 }
 
+# aot_eval_script_prefix BACKBONE: the eval scripts' name prefix (eval_<prefix>_<benchmark>.sh);
+# status 1 for an unknown backbone.
+aot_eval_script_prefix() {
+  case "$1" in
+    ov) echo ov ;;
+    video) echo vid ;;
+    qwen2_5_vl|qwen3_vl|llava_hf) echo "$1" ;;
+    *) return 1 ;;
+  esac
+}
+
+# aot_eval_table_retentions BACKBONE: a table's retention rows (the paper's for ov and video).
+aot_eval_table_retentions() {
+  if [ "$1" = video ]; then echo "0.25 0.15"; else echo "0.25 0.20 0.15 0.10"; fi
+}
+
+# aot_eval_backbone BACKBONE: what a backbone's scripts run, into the caller's variables (declare
+# them local first). The keys are the stock lmms-eval 0.7.3 class's own names:
+#   model_id         our lmms-eval model (the stock class plus the AOT keys)
+#   default_model    the checkpoint people evaluate
+#   frames_key       frames per video (default_frames: the stock default; LLaVA-Video: the paper's)
+#   dtype_key        weights' dtype ("" = fixed by the stock class), default_dtype ("" = stock's)
+#   pixels_key       pixels-per-frame budget ("" = none), default_pixels (the stock default)
+#   fps_key          frame-rate sampling ("" = none: stock qwen2_5_vl stores fps= but ignores it)
+#   conv_template    LLaVA-NeXT conversation template ("" = the checkpoint's chat template)
+aot_eval_backbone() {
+  frames_key=max_frames_num default_frames=32 dtype_key=torch_dtype default_dtype=float16
+  pixels_key="" default_pixels="" fps_key="" conv_template=""
+  case "$1" in
+    ov) model_id=llava_onevision_aot default_model=lmms-lab/llava-onevision-qwen2-7b-ov
+        conv_template=qwen_1_5 ;;
+    video) model_id=llava_vid_aot default_model=lmms-lab/LLaVA-Video-7B-Qwen2 default_frames=64
+           conv_template=qwen_1_5 ;;
+    qwen2_5_vl|qwen3_vl)
+      model_id=${1}_aot frames_key=max_num_frames dtype_key="" default_dtype=""
+      pixels_key=max_pixels default_pixels=1605632
+      if [ "$1" = qwen2_5_vl ]; then default_model=Qwen/Qwen2.5-VL-7B-Instruct
+      else default_model=Qwen/Qwen3-VL-8B-Instruct fps_key=fps; fi ;;
+    llava_hf) model_id=llava_hf_aot default_model=llava-hf/llava-onevision-qwen2-7b-ov-hf
+              dtype_key=dtype default_dtype="" ;;
+    *) aot_eval_die "unknown backbone '$1' (expected one of: $AOT_EVAL_BACKBONES)" ;;
+  esac
+}
+
 aot_eval_run() {
   local backbone=$1 benchmark=$2; shift 2
   local retention="" preset="" reducer=aot ablation="" exact=0 frames="" model="" nproc=1
-  local launcher=torchrun output="" limit="" dtype=float16 attn=sdpa device="" extra="" task=""
-  local include_path="" dry_run=0
+  local launcher=torchrun output="" limit="" dtype="" attn=sdpa device="" extra="" task=""
+  local include_path="" dry_run=0 max_pixels="" fps=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --retention) [ $# -ge 2 ] || aot_eval_die "--retention needs a value"; retention=$2; shift 2 ;;
@@ -92,6 +150,8 @@ aot_eval_run() {
       --ablation) [ $# -ge 2 ] || aot_eval_die "--ablation needs a value"; ablation=$2; shift 2 ;;
       --exact) exact=1; shift ;;
       --frames) [ $# -ge 2 ] || aot_eval_die "--frames needs a value"; frames=$2; shift 2 ;;
+      --max-pixels) [ $# -ge 2 ] || aot_eval_die "--max-pixels needs a value"; max_pixels=$2; shift 2 ;;
+      --fps) [ $# -ge 2 ] || aot_eval_die "--fps needs a value"; fps=$2; shift 2 ;;
       --model) [ $# -ge 2 ] || aot_eval_die "--model needs a value"; model=$2; shift 2 ;;
       --nproc) [ $# -ge 2 ] || aot_eval_die "--nproc needs a value"; nproc=$2; shift 2 ;;
       --launcher) [ $# -ge 2 ] || aot_eval_die "--launcher needs a value"; launcher=$2; shift 2 ;;
@@ -111,23 +171,36 @@ aot_eval_run() {
 
   local task_id; task_id=$(aot_eval_task_id "$benchmark")
   [ -n "$task" ] && task_id=$task
-  local model_id=llava_onevision_aot default_model=lmms-lab/llava-onevision-qwen2-7b-ov default_frames=32
-  if [ "$backbone" = video ]; then
-    model_id=llava_vid_aot default_model=lmms-lab/LLaVA-Video-7B-Qwen2 default_frames=64
-  elif [ "$backbone" != ov ]; then
-    aot_eval_die "unknown backbone '$backbone' (expected ov or video)"
-  fi
+  local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
+  local default_pixels fps_key conv_template
+  aot_eval_backbone "$backbone"
   model=${model:-$default_model}
   frames=${frames:-$default_frames}
 
   case "$launcher" in torchrun|accelerate) ;; *) aot_eval_die "unknown launcher '$launcher' (expected torchrun or accelerate)" ;; esac
-  case "$dtype" in float16|bfloat16|float32) ;; *) aot_eval_die "unknown dtype '$dtype' (expected float16, bfloat16, float32)" ;; esac
+  if [ -n "$dtype" ]; then
+    case "$dtype" in float16|bfloat16|float32) ;; *) aot_eval_die "unknown dtype '$dtype' (expected float16, bfloat16, float32)" ;; esac
+    [ -n "$dtype_key" ] || aot_eval_die "--dtype is not a setting of $backbone (stock lmms-eval $backbone always loads bfloat16)"
+  fi
+  dtype=${dtype:-$default_dtype}
+  if [ -n "$max_pixels" ]; then
+    [ -n "$pixels_key" ] || aot_eval_die "--max-pixels is not a setting of $backbone (its stock wrapper resizes frames to the vision tower's fixed size)"
+    aot_eval_check_int --max-pixels "$max_pixels"
+  fi
+  max_pixels=${max_pixels:-$default_pixels}
+  if [ -n "$fps" ]; then
+    [ -n "$fps_key" ] || aot_eval_die "--fps is not a setting of $backbone (only qwen3_vl samples by frame rate; use --frames)"
+    [[ "$fps" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && [[ "$fps" =~ [1-9] ]] ||
+      aot_eval_die "--fps '$fps' must be a positive number (frames per second)"
+  fi
   aot_eval_check_int --frames "$frames"
   aot_eval_check_int --nproc "$nproc"
   [ -z "$limit" ] || aot_eval_check_int --limit "$limit"
   if [ "$reducer" != none ] && [ -z "$retention$preset" ]; then
     [ "$reducer" = aot ] || aot_eval_die "--reducer $reducer needs --retention"
-    aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $(aot_eval_paper_preset "$backbone" "$benchmark")), or --reducer none"
+    local paper; paper=$(aot_eval_paper_preset "$backbone" "$benchmark")
+    [ -n "$paper" ] || aot_eval_die "give --retention R (e.g. 0.10) or --reducer none; the paper has no setting for $backbone"
+    aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $paper), or --reducer none"
   fi
 
   local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,9 +215,14 @@ aot_eval_run() {
   [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 1 ] ||
     aot_eval_preflight "$py" args --backbone "$backbone" "${check[@]}"
 
-  # model_args: the stock wrapper's protocol settings, then the reducer.
-  local margs="pretrained=$model,conv_template=qwen_1_5,max_frames_num=$frames,torch_dtype=$dtype,attn_implementation=$attn"
-  margs+=",reducer=$reducer"
+  # model_args: the stock wrapper's protocol settings under its own names, then the reducer.
+  local margs="pretrained=$model"
+  [ -z "$conv_template" ] || margs+=",conv_template=$conv_template"
+  margs+=",$frames_key=$frames"
+  [ -z "$pixels_key" ] || margs+=",$pixels_key=$max_pixels"
+  [ -z "$fps" ] || margs+=",$fps_key=$fps"
+  [ -z "$dtype" ] || margs+=",$dtype_key=$dtype"
+  margs+=",attn_implementation=$attn,reducer=$reducer"
   local tag
   if [ "$reducer" = none ]; then
     tag=full
@@ -179,7 +257,8 @@ aot_eval_run() {
   echo "[eval] $backbone / $benchmark ($task_id): $tag, $frames frames, $nproc process(es)"
   echo "[eval] command: ${cmd[*]}"
   if [ "$dry_run" = 1 ]; then return 0; fi
-  aot_eval_preflight "$py" launch --model "$model" --nproc "$nproc" ${device:+--device "$device"}
+  aot_eval_preflight "$py" launch --backbone "$backbone" --model "$model" --nproc "$nproc" \
+    ${device:+--device "$device"}
 
   mkdir -p "$output"
   local stamp; stamp=$(mktemp); trap 'rm -f "$stamp"' RETURN

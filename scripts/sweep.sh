@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run a whole table (retentions x benchmarks, plus the unreduced row) and summarise it.
-#   bash scripts/sweep.sh --backbone ov --output outputs/table-ov --nproc 8
+#   bash scripts/sweep.sh --backbone ov --output outputs/table-ov -- --nproc 8
 #   bash scripts/sweep.sh --backbone video --retentions "0.25 0.15" --reducers "aot visionzip"
+#   bash scripts/sweep.sh --backbone qwen2_5_vl --output outputs/table-qwen2_5_vl -- --nproc 8
 # Options:
-#   --backbone ov|video         (default ov)
-#   --retentions "R ..."        (default: the paper's rows, ov: 0.25 0.20 0.15 0.10; video: 0.25 0.15)
+#   --backbone B                ov (default), video, qwen2_5_vl, qwen3_vl, llava_hf
+#   --retentions "R ..."        (default: the paper's rows, video: 0.25 0.15; else 0.25 0.20 0.15 0.10)
 #   --benchmarks "B ..."        (default: mvbench egoschema longvideobench videomme)
 #   --reducers "NAME ..."       (default: aot)
 #   --no-full                   skip the unreduced row
@@ -27,16 +28,16 @@ while [ $# -gt 0 ]; do
     --no-full) full=0; shift ;;
     --output) [ $# -ge 2 ] || die "--output needs a value"; output=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     --) shift; passthrough=("$@"); break ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
-case "$backbone" in
-  ov) prefix=ov; retentions=${retentions:-0.25 0.20 0.15 0.10} ;;
-  video) prefix=vid; retentions=${retentions:-0.25 0.15} ;;
-  *) die "unknown backbone '$backbone' (expected ov or video)" ;;
-esac
+# shellcheck source=scripts/eval_common.sh
+. "$here/eval_common.sh"
+prefix=$(aot_eval_script_prefix "$backbone") ||
+  die "unknown backbone '$backbone' (expected one of: $AOT_EVAL_BACKBONES)"
+retentions=${retentions:-$(aot_eval_table_retentions "$backbone")}
 output=${output:-outputs/sweep/$backbone}
 for bench in $benchmarks; do
   [ -f "$here/eval_${prefix}_${bench}.sh" ] || die "unknown benchmark '$bench' (expected mvbench egoschema longvideobench videomme)"
@@ -52,8 +53,6 @@ done
 
 # Check every reducer/retention once, in one Python call (the same parser the model uses); the
 # eval scripts then skip their own per-run check.
-# shellcheck source=scripts/eval_common.sh
-. "$here/eval_common.sh"
 root=$(cd "$here/.." && pwd)
 py=$(aot_eval_python "$root")
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

@@ -74,3 +74,114 @@ def test_eval_script_without_a_usable_python(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "setup.sh --eval" in lines[0] and "torch" in lines[0]
+
+
+# ------------------------------------------------------------------ the transformers backbones
+@pytest.mark.parametrize("backbone, facts", [("ov", "ov"), ("video", "video"),
+                                             ("qwen2_5_vl", "qwen2_5_vl"),
+                                             ("qwen3_vl", "qwen3_vl"), ("llava_hf", "ov")])
+def test_args_check_parses_with_the_backbones_facts(backbone, facts, monkeypatch):
+    """The scripts' backbone reaches parse_reducer as the facts its model parses with:
+    llava_hf (transformers' LLaVA-OneVision) as "ov"."""
+    from aot_eval import model_args
+
+    seen = []
+    real = model_args.parse_reducer
+    monkeypatch.setattr(model_args, "parse_reducer",
+                        lambda kwargs, name: seen.append(name) or real(kwargs, name))
+    assert preflight.main(["args", "--backbone", backbone, "reducer=none"]) == 0
+    assert seen == [facts] and preflight.facts_backbone(backbone) == facts
+
+
+def test_args_check_llava_hf_resolves_as_ov(capsys):
+    """Observable without a spy: the default preset of llava_hf is OV's, not LLaVA-Video's."""
+    for backbone in ("llava_hf", "ov", "video"):
+        assert preflight.main(["args", "--backbone", backbone, "reducer=aot"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "reducer=aot (preset=paper-ov-mvbench (default))",
+        "reducer=aot (preset=paper-ov-mvbench (default))",
+        "reducer=aot (preset=paper-video (default))"]
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl", "llava_hf"])
+@pytest.mark.parametrize("pairs, message", [
+    (["reducer=aot", "preset=paper-ov-mvbenhc"], "unknown preset='paper-ov-mvbenhc'"),
+    (["reducer=bogus", "retention=0.1"], "unknown reducer='bogus'"),
+    (["reducer=aot", "retention=1.5"], "retention=1.5 is outside (0, 1]"),
+    (["reducer=none", "retention=0.1"], "reducer=none runs the unreduced model"),
+    (["reducer=uniform"], "reducer=uniform needs retention="),
+])
+def test_args_check_new_backbones_name_the_bad_value(backbone, pairs, message, capsys):
+    assert preflight.main(["args", "--backbone", backbone, *pairs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_args_check_unknown_backbone(capsys):
+    assert preflight.main(["args", "--backbone", "qwen2_vl", "reducer=none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown backbone 'qwen2_vl'" in err[0] and "llava_hf" in err[0]
+
+
+def checkpoint_folder(tmp_path, model_type, name="ckpt"):
+    folder = tmp_path / name
+    folder.mkdir()
+    if model_type is not None:
+        (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    return folder
+
+
+@pytest.mark.parametrize("backbone, model_type, advice", [
+    ("qwen3_vl", "qwen2_5_vl", "evaluate it with the qwen2_5_vl scripts"),
+    ("qwen2_5_vl", "qwen3_vl", "evaluate it with the qwen3_vl scripts"),
+    ("llava_hf", "llava_qwen", "evaluate it with the ov or video scripts"),
+    ("ov", "llava_onevision", "evaluate it with the llava_hf scripts"),
+    ("qwen3_vl", "gemma3", "no eval script loads it"),
+])
+def test_launch_check_refuses_another_backbones_checkpoint(tmp_path, capsys, backbone,
+                                                           model_type, advice):
+    folder = checkpoint_folder(tmp_path, model_type)
+    assert preflight.main(["launch", "--backbone", backbone, "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is a '{model_type}' checkpoint but the {backbone} scripts" in \
+        err[0] and err[0].endswith(advice)
+
+
+@pytest.mark.parametrize("backbone, model_type", [
+    ("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"), ("llava_hf", "llava_onevision"),
+    ("ov", "llava_qwen"), ("video", "llava_qwen"), ("qwen3_vl", None)])
+def test_launch_check_accepts_the_backbones_checkpoint(tmp_path, backbone, model_type):
+    """The right architecture passes; a folder without config.json is left to the loader."""
+    pytest.importorskip("lmms_eval")
+    folder = checkpoint_folder(tmp_path, model_type)
+    assert preflight.main(["launch", "--backbone", backbone, "--model", str(folder)]) == 0
+
+
+@pytest.mark.slow
+def test_hf_eval_script_stops_on_the_wrong_checkpoint(tmp_path):
+    """The Qwen3-VL script given a Qwen2.5-VL checkpoint: one line, before anything launches."""
+    folder = checkpoint_folder(tmp_path, "qwen2_5_vl")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "eval_qwen3_vl_mvbench.sh"),
+                           "--reducer", "none", "--model", str(folder), "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "evaluate it with the qwen2_5_vl scripts" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backbone, config_class", [
+    ("qwen2_5_vl", "Qwen2_5_VLConfig"), ("qwen3_vl", "Qwen3VLConfig"),
+    ("llava_hf", "LlavaOnevisionConfig")])
+def test_launch_check_knows_transformers_model_types(tmp_path, backbone, config_class):
+    """The model_type each backbone expects is the one transformers writes for that class
+    (a config saved by transformers itself, not a string copied from here)."""
+    import transformers
+
+    pytest.importorskip("lmms_eval")
+    getattr(transformers, config_class)().save_pretrained(tmp_path)
+    assert preflight.main(["launch", "--backbone", backbone, "--model", str(tmp_path)]) == 0
+    others = [b for b in preflight.SCRIPT_BACKBONES if b != backbone]
+    assert all(preflight.main(["launch", "--backbone", b, "--model", str(tmp_path)]) == 2
+               for b in others)

@@ -2,7 +2,9 @@
 # Submit one paper table as a SLURM array (retention x benchmark) plus a summary job after it.
 #   bash scripts/slurm/submit_table.sh --backbone ov --output outputs/table-ov
 #   bash scripts/slurm/submit_table.sh --backbone video --retentions "full 0.25 0.15" --gpus 4
-# Options: --backbone ov|video, --retentions "full R ...", --benchmarks "...", --reducer NAME,
+#   bash scripts/slurm/submit_table.sh --backbone qwen3_vl --output outputs/table-qwen3_vl --gpus 8
+# Options: --backbone ov|video|qwen2_5_vl|qwen3_vl|llava_hf, --retentions "full R ...",
+#   --benchmarks "...", --reducer NAME,
 #   --output DIR, --model PATH, --gpus N (per task, default 1), --extra "eval options",
 #   --sbatch-args "site options, e.g. --partition=gpu --account=me", --dry-run.
 set -euo pipefail
@@ -22,15 +24,15 @@ while [ $# -gt 0 ]; do
     --extra) [ $# -ge 2 ] || die "--extra needs a value"; extra=$2; shift 2 ;;
     --sbatch-args) [ $# -ge 2 ] || die "--sbatch-args needs a value"; sbatch_args=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
-case "$backbone" in
-  ov) retentions=${retentions:-full 0.25 0.20 0.15 0.10} ;;
-  video) retentions=${retentions:-full 0.25 0.15} ;;
-  *) die "unknown backbone '$backbone' (expected ov or video)" ;;
-esac
+# shellcheck source=scripts/eval_common.sh
+. "$here/../eval_common.sh"
+aot_eval_script_prefix "$backbone" >/dev/null ||
+  die "unknown backbone '$backbone' (expected one of: $AOT_EVAL_BACKBONES)"
+retentions=${retentions:-full $(aot_eval_table_retentions "$backbone")}
 [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus '$gpus' must be a positive integer"
 output=${output:-outputs/table-$backbone}
 read -r -a rs <<<"$retentions"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Qwen2.5-VL-7B-Instruct (stock lmms-eval qwen2_5_vl protocol: 32 frames, max_pixels 1605632)
+# on mvbench with AOT, through lmms-eval. Example:
+#   bash scripts/eval_qwen2_5_vl_mvbench.sh --retention 0.10 --nproc 8
+# Options: --help (scripts/eval_common.sh). Results: outputs/eval/qwen2_5_vl/mvbench/<tag>/ unless --output.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/eval_common.sh"
+aot_eval_run qwen2_5_vl mvbench "$@"
