@@ -88,7 +88,10 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
                          f"{reducer_names()}")
     retention = kwargs.pop("retention", None)
     preset = kwargs.pop("preset", None)
-    exact = to_bool(kwargs.pop("exact", False), "exact")
+    # Backbones reached only through transformers (Qwen) have no approximate retention model
+    # (their grids differ from SigLIP's): a retention there is an exact budget unless refused.
+    hf_only = backbone in HF_BACKBONES
+    exact = to_bool(kwargs.pop("exact", hf_only and retention is not None), "exact")
     ablations = split_names(kwargs.pop("ablation", None))
     overrides = {key: coerce_field(key, value) for key, value in kwargs.items()}
 
@@ -108,12 +111,10 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         raise ValueError(f"reducer={name} needs retention= (a fraction such as 0.10): it has no "
                          "token count of its own")
 
-    # Backbones reached only through transformers (Qwen) have no budget model for approximate
-    # retention, and their grids differ from SigLIP's: aot.hf.config_for adapts the preset.
-    hf_only = backbone in HF_BACKBONES
     if hf_only and retention is not None and not exact and not reducer_info(name).needs_budget:
-        raise ValueError(f"retention={retention:g} on backbone {backbone!r} needs exact=true: "
-                         "the approximate retention model covers the LLaVA backbones only")
+        raise ValueError(f"retention={retention:g} exact=false on backbone {backbone!r}: the "
+                         "approximate retention model covers the LLaVA backbones only; leave "
+                         "exact out (a retention is an exact budget there)")
     if preset is not None:
         if str(preset) not in PRESETS:
             raise ValueError(f"unknown preset={preset!r}: expected one of {sorted(PRESETS)}")

@@ -308,12 +308,7 @@ def test_hf_backbone_scripts_check_reducer_args(backbone):
     assert len(lines) == 1 and "unknown preset='paper-ov-mvbenhc'" in lines[0]
 
 
-@pytest.mark.parametrize("backbone", ["llava_hf", pytest.param(
-    "qwen2_5_vl", marks=pytest.mark.xfail(strict=True, reason=(
-        "aot_eval.model_args.parse_reducer takes a retention for the Qwen backbones once the "
-        "qwen lmms-eval models land (issue 13, built on another branch); remove this marker "
-        "then"))), pytest.param("qwen3_vl", marks=pytest.mark.xfail(strict=True, reason=(
-            "as qwen2_5_vl")))])
+@pytest.mark.parametrize("backbone", ["llava_hf", "qwen2_5_vl", "qwen3_vl"])
 def test_retention_passes_preflight(backbone):
     proc = run([SCRIPTS / f"eval_{backbone}_mvbench.sh", "--retention", "0.10", "--dry-run"])
     assert proc.returncode == 0, proc.stderr
