@@ -51,8 +51,11 @@ def checkpoint_type(path: str) -> str:
             model_type = json.load(handle).get("model_type")
     except FileNotFoundError:
         raise DemoError(f"--model {path!r} has no config.json") from None
-    except (OSError, ValueError) as error:
-        raise DemoError(f"--model {path!r}: config.json is not readable JSON ({error})") from None
+    except json.JSONDecodeError as error:
+        raise DemoError(f"--model {path!r}: config.json is not valid JSON ({error.msg} at line "
+                        f"{error.lineno}, column {error.colno})") from None
+    except OSError as error:
+        raise DemoError(f"--model {path!r}: config.json cannot be read ({error})") from None
     supported = [LLAVA_TYPE] + sorted(MODEL_TYPES)
     if model_type not in supported:
         raise DemoError(f"--model {path!r} has model_type {model_type!r}; the demo supports "
