@@ -19,7 +19,7 @@ import torch
 import aot
 import aot.hf
 from aot.reduce import ReducedVideo
-from playground import demo, hf, pipeline, plots
+from playground import demo, hf, pipeline, plots, report
 from playground.tiny_model import write_tiny_hf_checkpoint
 
 VIDEO = pipeline.default_video()
@@ -190,8 +190,19 @@ def test_pictures_draw_rectangular_grids(tmp_path):
         kwargs = {"window": 2} if draw is plots.plot_anchors else {}
         assert Path(draw(images, result, str(tmp_path / name), title="t", **kwargs)).is_file()
     plots.plot_tokens_per_frame(result, str(tmp_path / "bars.png"), title="t")
-    check_pictures_named = [tmp_path / n for n in ("anchors.png", "tokens.png", "bars.png")]
-    assert all(p.stat().st_size > 1000 for p in check_pictures_named)
-    info = __import__("playground.report", fromlist=["summary"]).summary(result)
+    drawn = [tmp_path / name for name in ("anchors.png", "tokens.png", "bars.png")]
+    assert all(path.stat().st_size > 1000 for path in drawn)
+    info = report.summary(result)
     assert info["patches_per_frame"] == info["pooled_per_frame"] == rows * cols
     assert info["denominator"] == frames * rows * cols and info["total"] == tokens
+
+
+def test_sweep_refuses_a_transformers_checkpoint(checkpoints, tmp_path, capsys):
+    from playground import sweep
+
+    try:
+        code = sweep.main(["--model", str(checkpoints["qwen2_5_vl"]), "--out", str(tmp_path)])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and "the sweep runs on lmms-lab llava/ checkpoints" in err
