@@ -7,6 +7,7 @@ bigbuckbunny.mp4 (1280x720, resized to square frames: aot.hf tiles square grids 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -23,6 +24,9 @@ from playground import demo, hf, pipeline, plots, report
 from playground.tiny_model import write_tiny_hf_checkpoint
 
 VIDEO = pipeline.default_video()
+#: ReducedVideo holds H x W grids (``grid_shape``) once aot's square-only limit is lifted; before,
+#: only ``grid`` / ``pooled_grid`` sides (and aot.hf refuses non-square videos).
+NON_SQUARE = "grid_shape" in {f.name for f in dataclasses.fields(ReducedVideo)}
 FRAMES = 8
 SIZE = 224
 RETENTION = 0.25
@@ -115,6 +119,30 @@ def test_a_baseline_gets_the_same_exact_budget(checkpoints, tmp_path, capsys):
     assert "AOT intra: not run" in out
 
 
+@needs_video
+@pytest.mark.skipif(not NON_SQUARE, reason="aot.hf tiles square grids only in this version")
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_demo_on_native_16_by_9_frames(kind, checkpoints, tmp_path, capsys):
+    """No --frame-size: the processor keeps bigbuckbunny's 16:9 aspect (a non-square token
+    grid); the LLM still receives exactly reduced_token_count tokens and the pictures draw the
+    H x W grid."""
+    backbone = CASES[kind][0]
+    out_dir = tmp_path / "out"
+    code, out, err = run_main(["--model", checkpoints[kind], "--frames", 4, "--shallow-layer", 1,
+                               "--deep-layer", 3, "--retention", RETENTION,
+                               "--max-new-tokens", 1, "--out", out_dir], capsys)
+    assert code == 0, err
+    received, placeholders, _ = printed_llm_tokens(out)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    t, h, w = summary["video_grid"]
+    assert w > h and t == 2
+    assert received == aot.hf.reduced_token_count(backbone, (t, h, w), RETENTION)
+    assert placeholders == t * h * w // 4 and received < placeholders
+    rows, cols = summary["patch_grid"]
+    assert (rows, cols) == (h // 2, w // 2)
+    check_pictures(out_dir)
+
+
 def test_stand_in_video_patches_match_the_stock_image_layout():
     """Two copies of one frame laid out by the stand-in equal the stock PIL image processor's
     patches of that frame (which repeats it over the temporal patch): same resize, order, grid."""
@@ -182,7 +210,8 @@ def test_pictures_draw_rectangular_grids(tmp_path):
                                                                               dtype=torch.int8),
         local_anchors=local, global_anchors=global_, survivors=survivors,
         temporal_kept=torch.zeros_like(local), temporal_merged=torch.zeros_like(local),
-        clips=[], grid=cols, pooled_grid=cols)
+        clips=[], **({"grid_shape": (rows, cols), "pooled_shape": (rows, cols)} if NON_SQUARE
+                     else {"grid": cols, "pooled_grid": cols}))
     rgba = plots.overlay({plots.LOCAL: local[0].numpy()}, rows, cols)
     assert rgba.shape == (rows, cols, 4) and rgba[0, 4, 3] == 0.6 and rgba[1, 1, 3] == plots.DIM
     images = np.random.default_rng(0).integers(0, 255, (frames, 60, 100, 3), dtype=np.uint8)
