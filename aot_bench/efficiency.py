@@ -12,7 +12,7 @@ per-stage medians and spreads, peak memory, token counts, prefill FLOPs (analyti
 with ``torch.utils.flop_counter`` on eager attention) and ratios against the full model of the
 same run. ``qwen2_5_vl`` is transformers' own ``Qwen2_5_VLForConditionalGeneration`` at the
 preset's Qwen2.5-VL shapes, reduced by :func:`aot.hf.apply` (exact budget) on square frames of
-``--qwen-frame-size`` px. Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
+``--qwen-frame-size`` (``S`` or ``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
 ``ttft_vs_frames.png`` in ``--out``.
 """
 
@@ -66,9 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["ov", "video"],
                         choices=sorted(BACKBONES) + list(HF_BENCH_BACKBONES))
-    parser.add_argument("--qwen-frame-size", type=int, default=448,
-                        help="square frame side in px for qwen2_5_vl (a multiple of 28; 448 -> "
-                             "16x16 tokens per two frames)")
+    parser.add_argument("--qwen-frame-size", default="448",
+                        help="qwen2_5_vl frames: S (square) or HxW px, multiples of 28 (448 -> "
+                             "16x16 tokens per two frames; 560x1008 = the stock video "
+                             "processor's size for a 16:9 video)")
     parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
     parser.add_argument("--retentions", nargs="+", default=list(DEFAULT_RETENTIONS),
                         help="'full' and/or fractions in (0, 1]")
@@ -104,13 +105,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max-context {args.max_context}: expected a positive token count")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
-    if args.qwen_frame_size < 28 or args.qwen_frame_size % 28:
-        parser.error(f"--qwen-frame-size {args.qwen_frame_size}: expected a positive multiple "
-                     "of 28 px (14-px patches merged 2x2)")
+    try:
+        args.qwen_frame_size = parse_frame_size(args.qwen_frame_size)
+    except ValueError as error:
+        parser.error(str(error))
     if args.checkpoint and any(b in HF_BENCH_BACKBONES for b in args.backbones):
         parser.error("--checkpoint loads lmms-lab llava/ checkpoints; qwen2_5_vl runs with "
                      "random weights at the preset's shapes")
     return args
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """``"448"`` -> (448, 448); ``"560x1008"`` -> (560, 1008); each side a positive multiple of
+    28 px (14-px patches merged 2x2), else a ValueError naming the value."""
+    parts = str(text).lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or any(side < 28 or side % 28 for side in sides):
+        raise ValueError(f"--qwen-frame-size {text!r}: expected S or HxW in px, each a positive "
+                         "multiple of 28 (14-px patches merged 2x2)")
+    return sides[0], sides[1]
 
 
 def parse_retention(text: str) -> float | None:
@@ -269,7 +287,7 @@ def environment(args, device, dtype, shape: Shape, source: str) -> dict:
             "repeats": args.repeats, "decode_tokens": args.decode_tokens,
             "text_tokens": args.text_tokens, "vision_chunk": args.vision_chunk,
             "frames": args.frames, "backbones": args.backbones,
-            "qwen_frame_size": args.qwen_frame_size,
+            "qwen_frame_size": list(args.qwen_frame_size),
             "retentions": ["full" if r is None else r for r in args.retentions],
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now().isoformat(timespec="seconds"),

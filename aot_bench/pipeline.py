@@ -99,17 +99,20 @@ def decode(model, cache, token: torch.Tensor, steps: int, device: torch.device) 
 
 
 # ------------------------------------------------------------------ Qwen2.5-VL (aot.hf)
-def qwen_grid(shape, frames: int, size: int) -> tuple[int, int, int]:
-    """(t, h, w) ``video_grid_thw`` of ``frames`` square frames of ``size`` px (a multiple of
-    patch x merge): the processor pads the frames to a multiple of the temporal patch."""
+def qwen_grid(shape, frames: int, size) -> tuple[int, int, int]:
+    """(t, h, w) ``video_grid_thw`` of ``frames`` frames of ``size`` px (an int: square, or
+    (height, width); multiples of patch x merge): the processor pads the frames to a multiple of
+    the temporal patch."""
+    height, width = (size, size) if isinstance(size, int) else size
     factor = shape.patch_size * shape.merge_size
-    if size < factor or size % factor:
-        raise ValueError(f"Qwen frame size {size}: expected a positive multiple of {factor} px")
+    if min(height, width) < factor or height % factor or width % factor:
+        raise ValueError(f"Qwen frame size {height}x{width}: expected positive multiples of "
+                         f"{factor} px")
     t = -(-frames // shape.temporal_patch_size)
-    return t, size // shape.patch_size, size // shape.patch_size
+    return t, height // shape.patch_size, width // shape.patch_size
 
 
-def make_qwen_inputs(shape, frames: int, size: int, text_tokens: int, device: torch.device,
+def make_qwen_inputs(shape, frames: int, size, text_tokens: int, device: torch.device,
                      dtype: torch.dtype, seed: int = 0) -> dict:
     """One video as ``Qwen2_5_VLProcessor`` lays it out: a quarter of ``text_tokens`` random
     text ids, ``<vision_start>``, t*h*w/4 ``<video_pad>``, ``<vision_end>``, the rest; random

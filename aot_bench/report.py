@@ -62,7 +62,7 @@ def markdown(report: dict) -> str:
         lines.append(f"  - `{backbone}`: {description}")
     if "qwen2_5_vl" in env["backbones"]:
         lines.append(f"- `qwen2_5_vl`: transformers' Qwen2_5_VLForConditionalGeneration, "
-                     f"{env.get('qwen_frame_size')}x{env.get('qwen_frame_size')} px frames (two "
+                     f"{_frame_size(env)} px frames (two "
                      "frames per temporal patch, no newline tokens), reduced by aot.hf.apply at "
                      "the exact budget; its `reducer` column is aot.hf's reduction + packing + "
                      "positions (full: the stock placeholder scatter and get_rope_index)")
@@ -87,6 +87,16 @@ def markdown(report: dict) -> str:
                "FlopCounterMode` on transformers' Qwen2 with eager attention (meta device). "
                "*paper conv.* = the paper's convention (FastV formula on visual tokens)."), ""]
     return "\n".join(lines)
+
+
+def _frame_pair(env: dict) -> tuple[int, int]:
+    """(height, width) of the Qwen frames (older reports stored one side)."""
+    size = env.get("qwen_frame_size") or 448
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _frame_size(env: dict) -> str:
+    return "x".join(str(side) for side in _frame_pair(env))
 
 
 def _latency_table(backbone: str, rows: list[dict]) -> list[str]:
@@ -212,8 +222,8 @@ def context_limit_frames(report: dict, backbone: str):
     env = report["environment"]
     max_context = (env.get("shapes") or {}).get(backbone, env["shape"])["max_context"]
     if backbone == "qwen2_5_vl":   # 2x2-merged 14-px patches of two frames, start/end tokens
-        side = env["qwen_frame_size"] // 28
-        return (max_context - env["text_tokens"] - 2) / (side * side / 2)
+        height, width = _frame_pair(env)
+        return (max_context - env["text_tokens"] - 2) / ((height // 28) * (width // 28) / 2)
     side = {"ov": 14, "video": 13}[backbone]
     per_frame = side * side + (side if backbone == "video" else 0)
     fixed = env["text_tokens"] + (1 if backbone == "ov" else 0)

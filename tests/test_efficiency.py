@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -251,9 +252,34 @@ def test_qwen_cpu_smoke_run_reduces_to_the_exact_budget(tmp_path):
 
 
 def test_qwen_arguments_are_checked():
+    assert efficiency.parse_frame_size("448") == (448, 448)
+    assert efficiency.parse_frame_size("560x1008") == (560, 1008)
+    for bad in ("100", "448x", "0", "wide"):
+        with pytest.raises(ValueError, match="multiple of 28"):
+            efficiency.parse_frame_size(bad)
     with pytest.raises(SystemExit):
         efficiency.parse_args(["--backbones", "qwen2_5_vl", "--qwen-frame-size", "100"])
     with pytest.raises(SystemExit):
         efficiency.parse_args(["--backbones", "qwen2_5_vl", "--checkpoint", "x"])
     with pytest.raises(ValueError, match="unknown model preset"):
         get_shape("13b", "qwen2_5_vl")
+
+
+@pytest.mark.skipif("grid_shape" not in {f.name for f in dataclasses.fields(aot.ReducedVideo)},
+                    reason="aot.hf tiles square grids only in this version")
+def test_qwen_benchmark_on_landscape_frames(tmp_path):
+    """HxW frames (the stock processor's 16:9 shape, scaled down): the LLM receives exactly
+    reduced_token_count tokens of the (t, h, w) grid, FLOPs counted = analytic."""
+    import aot.hf
+
+    out = tmp_path / "bench"
+    assert efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
+                            "--retentions", "full", "0.25", "--warmup", "0", "--repeats", "1",
+                            "--decode-tokens", "0", "--text-tokens", "8",
+                            "--qwen-frame-size", "112x196", "--no-plots",
+                            "--out", str(out)]) == 0
+    rows = json.loads((out / "efficiency.json").read_text())["rows"]
+    assert [r["video_grid_thw"] for r in rows] == [[2, 8, 14]] * 2
+    assert [r["visual_tokens"] for r in rows] == [
+        2 * 4 * 7, aot.hf.reduced_token_count("qwen2_5_vl", (2, 8, 14), 0.25)]
+    assert all(r["prefill_flops_counted"] == r["prefill_flops_analytic"] for r in rows)
