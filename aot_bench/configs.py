@@ -9,6 +9,16 @@ pooling and newline packing. The presets:
   in minutes (the report states the shapes). Patch grid (27x27), pooling and token counts are the
   real ones, so visual token counts and retention are exactly those of the 7B models.
 * ``tiny``: for tests (seconds).
+
+Qwen2.5-VL-7B (:data:`QWEN_SHAPES`, backbone ``qwen2_5_vl``, run through transformers' own class
+and :mod:`aot.hf`) has the same three presets. Its 7B values: transformers 5.24
+``Qwen2_5_VLVisionConfig`` defaults (depth 32, MLP 3420, 16 heads, 14-px patches, temporal patch
+2, 2x2 merger, 112-px windows, full attention in blocks 7/15/23/31, out_hidden 3584) except the
+tower width, 1280 in the published Qwen/Qwen2.5-VL-7B-Instruct config (transformers' default is
+3584): its module tree shows ``Conv3d(3, 1280, kernel_size=(2, 14, 14))``, ``qkv 1280 -> 3840``,
+``merger 5120 -> 5120 -> 3584``. The language model is Qwen2.5-7B, the same widths as the
+Qwen2-7B above (28 layers x 3584, 28 heads, 4 KV heads, MLP 18944, vocab 152064), with a
+128000-token context (max_position_embeddings of the published config).
 """
 
 from __future__ import annotations
@@ -79,8 +89,57 @@ SHAPES = {
 }
 
 
-def get_shape(name: str) -> Shape:
-    """The preset ``name`` (``7b``, ``cpu``, ``tiny``) or a ValueError listing them."""
+@dataclass(frozen=True)
+class QwenShape(Shape):
+    """A Qwen2.5-VL preset: the :class:`Shape` fields (``vision_layers`` = ViT blocks, all used)
+    plus the ViT's windowing and patching facts.
+
+    fullatt_blocks: blocks with full attention per temporal patch (the others attend inside
+        ``window_size``-px windows). patch_size, temporal_patch_size, merge_size: 14-px patches
+        of two frames, merged 2x2 into one LLM token.
+    """
+
+    fullatt_blocks: tuple[int, ...] = (7, 15, 23, 31)
+    window_size: int = 112
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+
+    def describe(self) -> str:
+        return (super().describe() + f"; ViT full attention in blocks {list(self.fullatt_blocks)}"
+                f", {self.window_size}-px windows elsewhere, {self.patch_size}-px patches x "
+                f"{self.temporal_patch_size} frames, {self.merge_size}x{self.merge_size} merger")
+
+
+QWEN_SHAPES = {
+    "7b": QwenShape("7b", lm_layers=28, lm_hidden=3584, lm_heads=28, lm_kv_heads=4,
+                    lm_intermediate=18944, vocab=152064, vision_layers=32, vision_hidden=1280,
+                    vision_heads=16, vision_intermediate=3420, shallow_layer=7, deep_layer=31,
+                    max_context=128000),
+    # LM as the llava ``cpu`` preset; ViT at 1/16 width, 4 of 32 blocks with full attention in
+    # 1 and 3 (AOT's layers, the first and last full-attention blocks as in 7B's 7 / 31).
+    "cpu": QwenShape("cpu", lm_layers=2, lm_hidden=256, lm_heads=4, lm_kv_heads=1,
+                     lm_intermediate=1352, vocab=19008, vision_layers=4, vision_hidden=80,
+                     vision_heads=1, vision_intermediate=214, shallow_layer=1, deep_layer=3,
+                     max_context=128000, fullatt_blocks=(1, 3)),
+    "tiny": QwenShape("tiny", lm_layers=2, lm_hidden=32, lm_heads=4, lm_kv_heads=2,
+                      lm_intermediate=64, vocab=512, vision_layers=4, vision_hidden=32,
+                      vision_heads=2, vision_intermediate=64, shallow_layer=1, deep_layer=3,
+                      max_context=128000, fullatt_blocks=(1, 3)),
+}
+
+#: Backbones the benchmark runs through transformers' own classes and :mod:`aot.hf`.
+HF_BENCH_BACKBONES = ("qwen2_5_vl",)
+
+
+def get_shape(name: str, backbone: str = "ov") -> Shape:
+    """The preset ``name`` (``7b``, ``cpu``, ``tiny``) of ``backbone``'s architecture (the
+    LLaVA models share :data:`SHAPES`; ``qwen2_5_vl``: :data:`QWEN_SHAPES`), or a ValueError."""
+    if backbone in HF_BENCH_BACKBONES:
+        if name not in QWEN_SHAPES:
+            raise ValueError(f"unknown model preset {name!r}; expected one of "
+                             f"{sorted(QWEN_SHAPES)}")
+        return QWEN_SHAPES[name]
     if name not in SHAPES:
         raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(SHAPES)}")
     return SHAPES[name]
@@ -136,3 +195,46 @@ def shape_from_config(config, name: str = "checkpoint") -> Shape:
                  shallow_layer=min(5, layers - 1), deep_layer=max(0, layers - 2),
                  max_context=int(getattr(config, "tokenizer_model_max_length", None)
                                  or config.max_position_embeddings))
+
+
+#: Qwen2.5-VL's special token ids (Qwen/Qwen2.5-VL-7B-Instruct's tokenizer); presets whose
+#: vocabulary is smaller take the last four ids instead.
+QWEN_TOKEN_IDS = {"vision_start_token_id": 151652, "vision_end_token_id": 151653,
+                  "image_token_id": 151655, "video_token_id": 151656}
+
+
+def qwen_token_ids(shape: QwenShape) -> dict[str, int]:
+    """The special token ids a :func:`qwen_config` of ``shape`` uses."""
+    if shape.vocab > max(QWEN_TOKEN_IDS.values()):
+        return dict(QWEN_TOKEN_IDS)
+    return {name: shape.vocab - 4 + i for i, name in enumerate(QWEN_TOKEN_IDS)}
+
+
+def qwen_config(shape: QwenShape, attn: str = "sdpa"):
+    """A transformers ``Qwen2_5_VLConfig`` at ``shape`` (the published 7B config's other values:
+    rope_theta 1e6, M-RoPE sections 16/24/24 scaled to the head size, rms_norm_eps 1e-6,
+    untied embeddings, 2 tokens per second), ``attn`` for the LLM and the ViT."""
+    from transformers import Qwen2_5_VLConfig
+
+    head = shape.lm_head_dim // 2
+    section = [head * 16 // 64, head * 24 // 64]
+    section.append(head - sum(section))
+    return Qwen2_5_VLConfig(
+        text_config={"vocab_size": shape.vocab, "hidden_size": shape.lm_hidden,
+                     "intermediate_size": shape.lm_intermediate,
+                     "num_hidden_layers": shape.lm_layers,
+                     "num_attention_heads": shape.lm_heads,
+                     "num_key_value_heads": shape.lm_kv_heads,
+                     "max_position_embeddings": shape.max_context, "rms_norm_eps": 1e-6,
+                     "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                         "mrope_section": section}},
+        vision_config={"depth": shape.vision_layers, "hidden_size": shape.vision_hidden,
+                       "intermediate_size": shape.vision_intermediate,
+                       "num_heads": shape.vision_heads, "out_hidden_size": shape.lm_hidden,
+                       "fullatt_block_indexes": list(shape.fullatt_blocks),
+                       "window_size": shape.window_size, "patch_size": shape.patch_size,
+                       "spatial_merge_size": shape.merge_size,
+                       "temporal_patch_size": shape.temporal_patch_size,
+                       "tokens_per_second": 2},
+        tie_word_embeddings=False, attn_implementation=attn, **qwen_token_ids(shape))

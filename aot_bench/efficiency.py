@@ -3,12 +3,16 @@
     python -m aot_bench.efficiency --out outputs/efficiency            # GPU: 7B shapes, bf16
     python -m aot_bench.efficiency --preset cpu --out outputs/eff_cpu  # CPU: reduced widths
     python -m aot_bench.efficiency --checkpoint lmms-lab/llava-onevision-qwen2-7b-ov ...
+    python -m aot_bench.efficiency --backbones qwen2_5_vl --frames 32 64 \
+        --retentions full 0.25 0.10                                    # Qwen2.5-VL-7B shapes
 
 For every backbone x frame count x retention (``full`` = the unreduced model) it runs warm-up
 passes, then ``--repeats`` timed passes of video + prompt -> first token (+ decode), and records
 per-stage medians and spreads, peak memory, token counts, prefill FLOPs (analytic and counted
 with ``torch.utils.flop_counter`` on eager attention) and ratios against the full model of the
-same run. Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
+same run. ``qwen2_5_vl`` is transformers' own ``Qwen2_5_VLForConditionalGeneration`` at the
+preset's Qwen2.5-VL shapes, reduced by :func:`aot.hf.apply` (exact budget) on square frames of
+``--qwen-frame-size`` (``S`` or ``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
 ``ttft_vs_frames.png`` in ``--out``.
 """
 
@@ -26,21 +30,30 @@ import torch
 
 import aot
 
-from .configs import BACKBONES, Shape, get_shape
+from .configs import BACKBONES, HF_BENCH_BACKBONES, Shape, get_shape
 from .flops import (
     counted_prefill_flops,
     llm_prefill_flops,
     paper_prefill_flops,
+    qwen_vision_flops,
     vision_flops,
 )
 from .models import (
     load_checkpoint,
     random_model,
+    random_qwen_model,
     resolve_device,
     resolve_dtype,
     set_backbone,
 )
-from .pipeline import STAGES, make_input_ids, ttft_pass
+from .pipeline import (
+    STAGES,
+    make_input_ids,
+    make_qwen_inputs,
+    qwen_grid,
+    qwen_ttft_pass,
+    ttft_pass,
+)
 from .timing import summarise
 
 DEFAULT_FRAMES = (16, 32, 64, 128)
@@ -52,7 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m aot_bench.efficiency",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["ov", "video"],
-                        choices=sorted(BACKBONES))
+                        choices=sorted(BACKBONES) + list(HF_BENCH_BACKBONES))
+    parser.add_argument("--qwen-frame-size", default="448",
+                        help="qwen2_5_vl frames: S (square) or HxW px, multiples of 28 (448 -> "
+                             "16x16 tokens per two frames; 560x1008 = the stock video "
+                             "processor's size for a 16:9 video)")
     parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
     parser.add_argument("--retentions", nargs="+", default=list(DEFAULT_RETENTIONS),
                         help="'full' and/or fractions in (0, 1]")
@@ -88,7 +105,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max-context {args.max_context}: expected a positive token count")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
+    try:
+        args.qwen_frame_size = parse_frame_size(args.qwen_frame_size)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.checkpoint and any(b in HF_BENCH_BACKBONES for b in args.backbones):
+        parser.error("--checkpoint loads lmms-lab llava/ checkpoints; qwen2_5_vl runs with "
+                     "random weights at the preset's shapes")
     return args
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """``"448"`` -> (448, 448); ``"560x1008"`` -> (560, 1008); each side a positive multiple of
+    28 px (14-px patches merged 2x2), else a ValueError naming the value."""
+    parts = str(text).lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or any(side < 28 or side % 28 for side in sides):
+        raise ValueError(f"--qwen-frame-size {text!r}: expected S or HxW in px, each a positive "
+                         "multiple of 28 (14-px patches merged 2x2)")
+    return sides[0], sides[1]
 
 
 def parse_retention(text: str) -> float | None:
@@ -116,8 +156,28 @@ def aot_config(retention: float | None, backbone: str, frames: int, shape: Shape
                                         deep_layer=shape.deep_layer)
 
 
-def expected_visual_tokens(backbone: str, frames: int, retention: float | None) -> tuple[int, int]:
-    """(visual tokens without newlines, newline tokens) that the model will produce."""
+def qwen_aot_config(model, retention: float | None, grid: tuple[int, int, int], shape: Shape):
+    """:func:`aot.hf.config_for` at ``retention`` (exact) for the merged grid of ``grid``, with
+    the preset's AOT layers (None: the stock model)."""
+    from aot.hf import config_for
+
+    if retention is None:
+        return None
+    merged = (grid[1] // shape.merge_size, grid[2] // shape.merge_size)
+    return config_for(model, retention, grid=merged, shallow_layer=shape.shallow_layer,
+                             deep_layer=shape.deep_layer)
+
+
+def expected_visual_tokens(backbone: str, frames: int, retention: float | None,
+                           grid: tuple[int, int, int] | None = None) -> tuple[int, int]:
+    """(visual tokens without newlines, newline tokens) that the model will produce; for
+    ``qwen2_5_vl`` ``grid`` is the video's (t, h, w) patch grid."""
+    if backbone in HF_BENCH_BACKBONES:
+        from aot.hf import reduced_token_count
+
+        full = grid[0] * grid[1] * grid[2] // 4
+        tokens = full if retention is None else reduced_token_count(backbone, grid, retention)
+        return tokens, 0
     facts = BACKBONES[backbone]
     denominator = frames * facts.pooled_per_frame()
     tokens = denominator if retention is None else aot.exact_budget(retention, frames,
@@ -132,11 +192,16 @@ def is_out_of_memory(error: BaseException) -> bool:
         "can't allocate memory" in text
 
 
-def measure_point(model, pixels, input_ids, args, device) -> dict:
-    """Warm-up + repeats of one configuration; per-stage statistics (seconds)."""
+def measure_point(model, pixels, input_ids, args, device, one_pass=None) -> dict:
+    """Warm-up + repeats of one configuration; per-stage statistics (seconds). ``one_pass``:
+    ``qwen_ttft_pass`` for transformers' Qwen2.5-VL (``pixels`` = the processor-shaped
+    inputs), else the llava ``ttft_pass``."""
+    if one_pass is None:
+        def one_pass(model, pixels, decode_tokens):
+            return ttft_pass(model, pixels, input_ids, decode_tokens=decode_tokens)
     for _ in range(args.warmup):
-        ttft_pass(model, pixels, input_ids, decode_tokens=min(args.decode_tokens, 2))
-    passes = [ttft_pass(model, pixels, input_ids, decode_tokens=args.decode_tokens)
+        one_pass(model, pixels, decode_tokens=min(args.decode_tokens, 2))
+    passes = [one_pass(model, pixels, decode_tokens=args.decode_tokens)
               for _ in range(args.repeats)]
     first = passes[0]
     stats = {stage: summarise([p.stages.get(stage, 0.0) for p in passes]) for stage in STAGES}
@@ -152,17 +217,24 @@ def measure_point(model, pixels, input_ids, args, device) -> dict:
     return row
 
 
+def vision_cost(shape: Shape, backbone: str, frames: int, grid=None) -> int:
+    """Analytic FLOPs of the vision encoder (+ projector / merger) for one video."""
+    if backbone in HF_BENCH_BACKBONES:
+        return qwen_vision_flops(shape, grid)
+    return vision_flops(shape, frames)
+
+
 def flops_fields(shape: Shape, reference: Shape | None, frames: int, visual: int,
-                 seq_len: int, count: bool) -> dict:
+                 seq_len: int, count: bool, backbone: str = "ov", grid=None) -> dict:
     """Prefill FLOPs (analytic, counted) for the benchmarked shapes and, when those are reduced,
     for the 7B shapes at the same sequence length; the paper's convention for 7B."""
     fields = {"prefill_flops_analytic": llm_prefill_flops(shape, seq_len),
-              "vision_flops_analytic": vision_flops(shape, frames)}
+              "vision_flops_analytic": vision_cost(shape, backbone, frames, grid)}
     if count:
         fields["prefill_flops_counted"] = counted_prefill_flops(shape, seq_len)
     if reference is not None:
         fields["prefill_flops_7b_analytic"] = llm_prefill_flops(reference, seq_len)
-        fields["vision_flops_7b_analytic"] = vision_flops(reference, frames)
+        fields["vision_flops_7b_analytic"] = vision_cost(reference, backbone, frames, grid)
         if count:
             fields["prefill_flops_7b_counted"] = counted_prefill_flops(reference, seq_len)
         fields["prefill_flops_7b_paper_convention"] = paper_prefill_flops(reference, visual)
@@ -215,6 +287,7 @@ def environment(args, device, dtype, shape: Shape, source: str) -> dict:
             "repeats": args.repeats, "decode_tokens": args.decode_tokens,
             "text_tokens": args.text_tokens, "vision_chunk": args.vision_chunk,
             "frames": args.frames, "backbones": args.backbones,
+            "qwen_frame_size": list(args.qwen_frame_size),
             "retentions": ["full" if r is None else r for r in args.retentions],
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -222,22 +295,39 @@ def environment(args, device, dtype, shape: Shape, source: str) -> dict:
 
 
 def build(args, device, dtype):
-    """(model, shape, backbones, source) for the options (random weights or checkpoint)."""
+    """(model, shape, backbones, source) of the llava backbones of the options (random weights
+    or checkpoint); None when only transformers backbones are benchmarked."""
+    llava = [b for b in args.backbones if b in BACKBONES]
+    if not llava:
+        return None
     if args.checkpoint:
         log(f"loading checkpoint {args.checkpoint} on {device} ({dtype})")
         model, shape, backbone = load_checkpoint(args.checkpoint, device, dtype, args.attn)
         if args.max_context:
             shape = dataclasses.replace(shape, max_context=args.max_context)
-        if args.backbones != [backbone]:
+        if llava != [backbone]:
             log(f"checkpoint is a {backbone!r} model; benchmarking backbone {backbone!r} only")
         return model, shape, [backbone], "checkpoint"
-    name = args.preset if args.preset != "auto" else ("7b" if device.type == "cuda" else "cpu")
-    shape = get_shape(name)
+    shape = get_shape(preset_name(args, device))
     if args.max_context:
         shape = dataclasses.replace(shape, max_context=args.max_context)
-    log(f"building random-weight model, preset {name!r}: {shape.describe()}")
-    model = random_model(shape, args.backbones[0], device, dtype, args.attn, args.seed)
-    return model, shape, list(args.backbones), "random"
+    log(f"building random-weight model, preset {shape.name!r}: {shape.describe()}")
+    model = random_model(shape, llava[0], device, dtype, args.attn, args.seed)
+    return model, shape, llava, "random"
+
+
+def preset_name(args, device) -> str:
+    """``--preset``, with ``auto`` = 7b on CUDA, cpu elsewhere."""
+    return args.preset if args.preset != "auto" else ("7b" if device.type == "cuda" else "cpu")
+
+
+def build_qwen(args, device, dtype):
+    """(model, shape) of transformers' Qwen2.5-VL at the preset's shapes, random weights."""
+    shape = get_shape(preset_name(args, device), "qwen2_5_vl")
+    if args.max_context:
+        shape = dataclasses.replace(shape, max_context=args.max_context)
+    log(f"building random-weight Qwen2.5-VL, preset {shape.name!r}: {shape.describe()}")
+    return random_qwen_model(shape, device, dtype, args.attn, args.seed), shape
 
 
 def run(args) -> dict:
@@ -245,28 +335,91 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
-    model, shape, backbones, source = build(args, device, dtype)
-    model.vision_chunk_size = args.vision_chunk
-    reference = get_shape("7b") if shape.name != "7b" and source == "random" else None
-    input_ids = make_input_ids(args.text_tokens, shape.vocab, device, args.seed)
-    grid = [(b, f, r) for b in backbones for f in args.frames for r in args.retentions]
+    built = build(args, device, dtype)
+    grid: list[tuple] = []
+    shapes: dict[str, Shape] = {}
+    env_shape, source = None, "random"
+    if built is not None:
+        model, shape, llava, source = built
+        model.vision_chunk_size = args.vision_chunk
+        reference = get_shape("7b") if shape.name != "7b" and source == "random" else None
+        input_ids = make_input_ids(args.text_tokens, shape.vocab, device, args.seed)
+        env_shape = shape
+        for backbone in llava:
+            shapes[backbone] = shape
+            grid += [(backbone, f, r, model, shape, reference, input_ids)
+                     for f in args.frames for r in args.retentions]
+    if "qwen2_5_vl" in args.backbones:
+        qwen, shape = build_qwen(args, device, dtype)
+        reference = get_shape("7b", "qwen2_5_vl") if shape.name != "7b" else None
+        shapes["qwen2_5_vl"] = shape
+        env_shape = env_shape or shape
+        grid += [("qwen2_5_vl", f, r, qwen, shape, reference, None)
+                 for f in args.frames for r in args.retentions]
+    backbones = [b for b in args.backbones if b in shapes]
     rows: list[dict] = []
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
-    for index, (backbone, frames, retention) in enumerate(grid, 1):
-        if source == "random":
-            set_backbone(model, backbone)
-        row = run_point(model, shape, reference, backbone, frames, retention, input_ids,
-                        args, device, dtype)
+    for index, (backbone, frames, retention, model, shape, reference, input_ids) in \
+            enumerate(grid, 1):
+        if backbone in HF_BENCH_BACKBONES:
+            row = run_qwen_point(model, shape, reference, frames, retention, args, device, dtype)
+        else:
+            if source == "random":
+                set_backbone(model, backbone)
+            row = run_point(model, shape, reference, backbone, frames, retention, input_ids,
+                            args, device, dtype)
         rows.append(row)
         log(f"[{index}/{len(grid)}] {progress_line(row)}")
     add_ratios(rows)
     elapsed = time.perf_counter() - started
     log(f"done in {elapsed:.1f} s")
-    env = environment(args, device, dtype, shape, source)
+    env = environment(args, device, dtype, env_shape, source)
+    env["backbones"] = backbones
+    env["shapes"] = {b: s.to_dict() for b, s in shapes.items()}
+    env["shape_descriptions"] = {b: s.describe() for b, s in shapes.items()}
     env["load_average_at_start"] = load_at_start
     env["benchmark_seconds"] = round(elapsed, 1)
     return {"environment": env, "rows": rows}
+
+
+def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype) -> dict:
+    """One Qwen2.5-VL row: processor-shaped inputs for ``frames`` frames, the stock model
+    (``retention`` None) or :func:`aot.hf.apply` at the exact budget; OOM recorded."""
+    from aot.hf import apply
+
+    grid = qwen_grid(shape, frames, args.qwen_frame_size)
+    visual, _ = expected_visual_tokens("qwen2_5_vl", frames, retention, grid)
+    seq_len = visual + 2 + args.text_tokens
+    row = {"backbone": "qwen2_5_vl", "frames": frames, "retention": retention,
+           "visual_tokens": visual, "newline_tokens": 0, "seq_len": seq_len,
+           "video_grid_thw": list(grid)}
+    row.update(flops_fields(shape, reference, frames, visual, seq_len, not args.no_count_flops,
+                            "qwen2_5_vl", grid))
+    if seq_len > shape.max_context:
+        row["status"] = "over_context"
+        return row
+    inputs = make_qwen_inputs(shape, frames, args.qwen_frame_size, args.text_tokens, device,
+                              dtype, args.seed + frames)
+    config = qwen_aot_config(model, retention, grid, shape)
+    handle = None if config is None else apply(model, config)
+    try:
+        row.update(measure_point(model, inputs, None, args, device, qwen_ttft_pass))
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error) and not isinstance(error, MemoryError):
+            raise
+        row["status"] = "oom"
+        row["error"] = str(error).splitlines()[0][:200]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    finally:
+        if handle is not None:
+            handle.remove()
+    if row["status"] == "ok" and (row["seq_len"], row["visual_tokens"]) != (seq_len, visual):
+        raise RuntimeError(f"qwen2_5_vl F={frames} r={retention}: the LLM read "
+                           f"{row['seq_len']} tokens ({row['visual_tokens']} video), expected "
+                           f"{seq_len} ({visual})")
+    return row
 
 
 def run_point(model, shape, reference, backbone, frames, retention, input_ids, args, device,

@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from .configs import Shape
+from .configs import QwenShape, Shape
 
 #: SigLIP patch grid at 384 px / 14 px patches.
 PATCHES_PER_FRAME = 27 * 27
@@ -46,6 +46,41 @@ def vision_flops(shape: Shape, frames: int) -> int:
     layer = 2 * T * 4 * c * c + 2 * 2 * T * c * i + 2 * 2 * T * T * c
     projector = 2 * T * c * H + 2 * T * H * H
     return frames * (patch + shape.vision_layers * layer + projector)
+
+
+def qwen_window_lengths(rows: int, cols: int, shape: QwenShape) -> list[int]:
+    """Patches in each attention window of one temporal patch of ``rows`` x ``cols`` merged
+    tokens: windows of ``window_size / patch_size / merge_size`` merged tokens per side (4 for
+    112 / 14 / 2), the last row / column of windows smaller where the side does not divide."""
+    side = shape.window_size // shape.patch_size // shape.merge_size
+    unit = shape.merge_size ** 2
+
+    def spans(n: int) -> list[int]:
+        return [side] * (n // side) + ([n % side] if n % side else [])
+
+    return [unit * r * c for r in spans(rows) for c in spans(cols)]
+
+
+def qwen_vision_flops(shape: QwenShape, grid_thw: tuple[int, int, int]) -> int:
+    """FLOPs of Qwen2.5-VL's ViT and merger on one video of ``grid_thw`` = (t, h, w) patches
+    (counter convention). Patch embedding (a 3-D convolution over 3 x 2 x 14 x 14 pixels),
+    per block qkv / proj / SwiGLU MLP on all N = t*h*w patches, attention over each temporal
+    patch's h*w patches in the full-attention blocks and over each window elsewhere, and the
+    merger's two layers on N / 4 merged tokens."""
+    t, h, w = (int(x) for x in grid_thw)
+    n, c, m = t * h * w, shape.vision_hidden, shape.vision_intermediate
+    unit = shape.merge_size ** 2
+    pixels = 3 * shape.temporal_patch_size * shape.patch_size ** 2
+    full = t * (h * w) ** 2
+    windowed = t * sum(k * k for k in qwen_window_lengths(h // shape.merge_size,
+                                                          w // shape.merge_size, shape))
+    total = 2 * n * c * pixels
+    for block in range(shape.vision_layers):
+        squares = full if block in shape.fullatt_blocks else windowed
+        total += 2 * n * c * 3 * c + 2 * n * c * c + 3 * 2 * n * c * m + 2 * 2 * squares * c
+    merged = n // unit
+    total += 2 * merged * (unit * c) ** 2 + 2 * merged * unit * c * shape.lm_hidden
+    return total
 
 
 def paper_prefill_flops(shape: Shape, visual_tokens: int) -> int:

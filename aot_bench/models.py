@@ -7,7 +7,7 @@ import torch
 from llava.model.adapter import backbone_name
 from llava.model.builder import DTYPES
 
-from .configs import Shape, llava_config_dict, shape_from_config
+from .configs import QwenShape, Shape, llava_config_dict, qwen_config, shape_from_config
 
 _NORM_PARTS = ("norm", "layer_norm")
 
@@ -92,3 +92,23 @@ def set_backbone(model, backbone: str) -> None:
     for key, value in llava_config_fields(backbone).items():
         setattr(model.config, key, value)
     model.set_aot(None)
+
+
+def random_qwen_model(shape: QwenShape, device: torch.device, dtype: torch.dtype,
+                      attn: str = "sdpa", seed: int = 0):
+    """transformers' ``Qwen2_5_VLForConditionalGeneration`` at ``shape`` with random weights,
+    built directly on ``device`` in ``dtype`` (transformers' own init: normal(0, 0.02) matrices,
+    unit norms; rotary buffers in float32). ``attn`` for the LLM and the ViT (FLOP counting
+    needs ``eager``)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(qwen_config(shape, attn))
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = 0
+    return model.eval()

