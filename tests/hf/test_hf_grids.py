@@ -12,7 +12,7 @@ from aot.baselines import reducer_names  # noqa: E402
 from aot.budget import exact_budget  # noqa: E402
 from aot.hf import tiny  # noqa: E402
 from aot.path import Reduction  # noqa: E402
-from test_hf_models import LLMInput, _reference_embeds, applied  # noqa: E402,F401
+from test_hf_models import LLMInput, _reference_embeds  # noqa: E402
 
 # video_grid_thw rows (t, h, w) in patches; the LLM sees (h/2) x (w/2) merged tokens per
 # temporal patch: 6x10 landscape, 10x6 portrait, 4x8 landscape.

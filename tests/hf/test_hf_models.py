@@ -72,21 +72,6 @@ class LLMInput:
         self.handle.remove()
 
 
-@pytest.fixture
-def applied():
-    handles = []
-
-    def apply(model, reduction, **kw):
-        handle = aot.hf.apply(model, reduction, **kw)
-        handles.append(handle)
-        return handle
-
-    yield apply
-    for handle in handles:
-        if getattr(handle.model, "_aot_hf_handle", None) is handle:
-            handle.remove()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_reducer_off_is_the_stock_model(request, applied, name):
