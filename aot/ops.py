@@ -88,7 +88,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     peak = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True)  # max |x|, no copy
     scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
     norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
-    return scaled / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return scaled.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
 
 
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

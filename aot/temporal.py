@@ -194,11 +194,12 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
     scale = config.inter_scale
     summed = weights.transpose(1, 2) @ x
     load = weights.sum(1)[:, :, None]
+    # In place on the new ``summed`` (sums commute exactly): one (B, S', D) tensor per step.
     if config.inter_merge == "cosine":
-        updated = (scale * y + summed) / (scale + load)
+        updated = summed.add_(scale * y).div_(scale + load)  # (s * y + agg) / (s + count)
     else:
-        updated = (y + scale * summed) / (1 + scale * load)
-    return torch.where(y_valid[:, :, None], updated, y)
+        updated = summed.mul_(scale).add_(y).div_(1 + scale * load)  # (y + s * agg) / (1 + s * load)
+    return torch.where(y_valid[:, :, None], updated, y, out=updated)
 
 
 def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor,

@@ -23,12 +23,17 @@ def test_bench_reducer_prints_both_shapes_and_the_reference_ratio():
             line.startswith("| 64x729")]
     assert len(rows) == 2, proc.stdout
     assert "paper-ov-mvbench" in rows[0] and "paper-video" in rows[1]
+    assert "floor = the two batched products" in proc.stdout
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert 0 < int(cells[2]) < 64 * 196
-        assert cells[11].endswith(")") and "x (" in cells[11]  # speed-up wall (cpu)
-        assert float(cells[12]) < 1e-4, "reference and aot.reduce_video disagree"
-        assert "->" in cells[13]  # load average at start and end
+        assert float(cells[9]) > 0 and float(cells[10]) > 0  # floor wall / cpu ms
+        for ratio in (cells[11], cells[14], cells[15]):  # aot/floor, ref/aot, ref/floor
+            assert ratio.endswith(")") and "x (" in ratio, ratio
+        # The floor is a part of the call's work: at width 16 far below the whole call.
+        assert float(cells[11].split("x")[0]) > 1, row
+        assert float(cells[16]) < 1e-4, "reference and aot.reduce_video disagree"
+        assert "->" in cells[17]  # load average at start and end
 
 
 def test_bench_reducer_rejects_missing_cuda():
