@@ -107,20 +107,21 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
     """
     s = config.intra_scale
     frames, num_sources, num_anchors = similarity.shape
-    nearest = similarity.max(-1, keepdim=True).indices  # (F, M, 1); 3x faster than argmax
+    nearest = similarity.max(-1, keepdim=True).indices  # (F, M, 1); faster than argmax on CPU
     count = torch.zeros(frames, num_anchors, dtype=similarity.dtype, device=similarity.device)
     count.scatter_add_(1, nearest[:, :, 0], torch.ones_like(nearest[:, :, 0], dtype=count.dtype))
     hard_denominator = s + count  # (F, N)
     if plan is None:
-        share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])[:, :, None]
-        return torch.zeros_like(similarity).scatter_(2, nearest, share), s / hard_denominator
+        share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
+        return (torch.zeros_like(similarity).scatter_(2, nearest, share[:, :, None]),
+                s / hard_denominator)
     w = config.hard_merge_weight
     ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
     weights = ((1 - w) * s * plan).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
-        share = (torch.full_like(hard_denominator, w) / hard_denominator).gather(1, nearest[:, :, 0])
-        weights.scatter_add_(2, nearest, share[:, :, None])
+        share = torch.full_like(hard_denominator, w) / hard_denominator
+        weights.scatter_add_(2, nearest, share.gather(1, nearest[:, :, 0])[:, :, None])
         self_weight = self_weight + w * s / hard_denominator
     return weights, self_weight
 
@@ -136,7 +137,8 @@ class AnchorSimilarity:
 
 
 def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_idx: torch.Tensor,
-                      chunk_frames: int | None = None, *, rescale: bool = False) -> AnchorSimilarity:
+                      chunk_frames: int | None = None, *,
+                      rescale: bool = False) -> AnchorSimilarity:
     """Cosine similarity of every source token to every anchor of its frame, in two reads.
 
     ``x @ anchors^T`` runs on all T rows of x (the anchor rows are computed and dropped):

@@ -198,7 +198,7 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
     if config.inter_merge == "cosine":
         updated = summed.add_(scale * y).div_(scale + load)  # (s * y + agg) / (s + count)
     else:
-        updated = summed.mul_(scale).add_(y).div_(1 + scale * load)  # (y + s * agg) / (1 + s * load)
+        updated = summed.mul_(scale).add_(y).div_(1 + scale * load)  # (y + s agg) / (1 + s load)
     return torch.where(y_valid[:, :, None], updated, y, out=updated)
 
 

@@ -132,7 +132,8 @@ def bench(backbone: str, frames: int, preset: str, args, before) -> dict:
             ours.append(t_total)
             floor_ms.append(t_floor)
         print(f"  [{backbone}] aot run {i + 1}/{args.warmup + args.repeats}"
-              f"{' (warm-up)' if i < args.warmup else ''}: {t_total:.1f} ms (floor {t_floor:.1f} ms)",
+              f"{' (warm-up)' if i < args.warmup else ''}: {t_total:.1f} ms "
+              f"(floor {t_floor:.1f} ms)",
               flush=True)
     row.update(tokens=result.num_tokens, retention=result.retention,
                intra_ms=statistics.median(intra_ms), inter_ms=statistics.median(inter_ms),

@@ -109,7 +109,8 @@ def test_uniform_marginals_and_bad_arguments():
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
 def test_sinkhorn_check_every_knob_rejects_non_counts(value):
-    with pytest.raises(ValueError, match=rf"sinkhorn_check_every={value!r}: expected an integer >= 0"):
+    expected = rf"sinkhorn_check_every={value!r}: expected an integer >= 0"
+    with pytest.raises(ValueError, match=expected):
         aot.AOTConfig(sinkhorn_check_every=value)
     for ok in (None, 0, 1, 10):
         assert aot.AOTConfig(sinkhorn_check_every=ok).sinkhorn_check_every == ok
