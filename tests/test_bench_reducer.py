@@ -41,3 +41,20 @@ def test_bench_reducer_rejects_missing_cuda():
                            "cuda"], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2 and "no CUDA device is available" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_one_call_per_frame_count():
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "bench_memory.sh"), "--frames", "4", "6", "--dim", "16"],
+        capture_output=True, text=True, timeout=300,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 4 |", "| 6 |"))]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        peak, working = float(cells[2]), float(cells[3])
+        assert peak >= 1.0 and abs(peak - 1.0 - working) < 0.02  # input once + what the call added
+        assert float(cells[6]) > 0 and int(cells[8]) > 0  # ms per frame, tokens
+        assert "->" in cells[9]  # load at start and end
