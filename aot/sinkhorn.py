@@ -20,9 +20,9 @@ and they do not count in the stop test.
 
 Host syncs: a problem that converged is frozen (its state stops changing), so the loop only needs
 to look at the device every ``check_every`` iterations to end early, and the result does not
-depend on ``check_every``. ``check_every=0`` never looks: exactly ``max_iter`` iterations of
-fixed-shape work with no host sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and
-still the same plan.
+depend on ``check_every`` (``AOTConfig.sinkhorn_check_every`` for the reducer's solves).
+``check_every=0`` never looks: exactly ``max_iter`` iterations of fixed-shape work with no host
+sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and still the same plan.
 
 Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
 a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
