@@ -69,6 +69,12 @@ class AOTConfig:
         sinkhorn_stopping: ``"video"`` (released: the intra problems of all frames of a video
             share one stop test) or ``"problem"`` (each frame stops on its own).
         log_domain: solve in the log domain (for half precision / small epsilon); changes numbers.
+        sinkhorn_check_every: Sinkhorn iterations between host syncs for the early stop of the
+            intra and temporal solves. ``None`` = 1 on CPU, 10 on other devices; ``0`` = never
+            sync: always ``sinkhorn_iterations`` iterations (fixed shapes, CUDA-graph and
+            ``torch.compile`` friendly; skips the plain-kernel underflow check, so pair it with
+            ``log_domain=True`` for small epsilon). Converged problems are frozen, so the result
+            does not depend on it.
 
     Budget
         exact_retention: ``None`` = released thresholds (retention varies per video); a value r in
@@ -117,6 +123,7 @@ class AOTConfig:
     sinkhorn_tolerance: float = 1e-2
     sinkhorn_stopping: str = "video"
     log_domain: bool = False
+    sinkhorn_check_every: Optional[int] = None
 
     exact_retention: Optional[float] = None
     seed: int = 0
@@ -146,6 +153,8 @@ class AOTConfig:
             _check_int(self, "clip_length", low=1)
         _check_int(self, "num_clips", low=1)
         _check_int(self, "sinkhorn_iterations", low=1)
+        if self.sinkhorn_check_every is not None:
+            _check_int(self, "sinkhorn_check_every", low=0)
         if self.exact_retention is not None:
             check_retention(self.exact_retention, "exact_retention")
         if self.intra and not (self.local_anchors or self.global_anchors or self.random_anchors):

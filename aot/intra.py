@@ -7,10 +7,13 @@ Cost model. The (F, T, D) patch tensor is the only large object (32 x 729 x 3584
 334 MB); everything else is (F, T, N) or smaller. The stage reads it three times: one norm
 pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. It never writes a
 tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
-surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`). The similarity
-pass runs over chunks of frames (``chunk_frames``: its gathered anchors, and the float32 copy of a
-half-precision input, exist for one chunk at a time), so the extra memory stays a fraction of the
-input; chunking does not change a single bit.
+surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`).
+
+Memory. Besides its (F, N, D) result, the stage holds a few (F, M, N) matrices (similarity,
+cost, kernel/plan; 0.03x of the input each) and the (F, N, T) merge operator. The similarity
+pass runs over chunks of frames sized by a fixed byte budget (:data:`aot.ops.SCRATCH_BYTES`: the
+gathered anchors, and the float32 copy of a half-precision input, exist for one chunk at a
+time), so its scratch does not grow with the video; chunking does not change a single bit.
 """
 
 from __future__ import annotations
@@ -23,18 +26,15 @@ import torch
 from .config import AOTConfig
 from .ops import (  # noqa: F401
     check_finite,
+    chunk_ranges,
     cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
+    frames_per_chunk,
     gather_rows,
     pack_left,
     unit_rows,
 )
 from .pooling import grid_shape
 from .sinkhorn import sinkhorn
-
-# Frames per chunk of the passes over the (F, T, D) tensor: big enough for the matrix products
-# to run at full speed, small enough that a chunk's float32 copy of a half-precision input
-# (32 x 729 x 3584 x 4 bytes = 334 MB) stays small next to a long video.
-CHUNK_FRAMES = 32
 
 # Largest patch norm whose dot products and norm products stay finite in float32 (1e34 < 3e38).
 SAFE_NORM = 1e17
@@ -101,7 +101,8 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
     hard part is ``hard_n = (s * a_n + sum_{m -> n} u_m) / (s + count_n)`` with m -> n the
     anchor of highest cosine similarity (first on ties), blended ``(1 - w) * ot + w * hard``.
     Both parts are convex combinations (``self_n + sum_m W[m, n] = 1``), so merged anchors stay
-    within the range of the features.
+    within the range of the features. The hard part has one entry per source, so it is added
+    where it lands instead of as a dense one-hot matrix (the same sums, bit for bit).
 
     Args:
         plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
@@ -110,16 +111,22 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
         (W (F, M, N), self_weight (F, N)).
     """
     s = config.intra_scale
-    nearest = torch.zeros_like(similarity).scatter_(2, similarity.argmax(-1, keepdim=True), 1.0)
-    hard_denominator = s + nearest.sum(1)  # (F, N)
+    frames, num_sources, num_anchors = similarity.shape
+    nearest = similarity.max(-1, keepdim=True).indices  # (F, M, 1); faster than argmax on CPU
+    count = torch.zeros(frames, num_anchors, dtype=similarity.dtype, device=similarity.device)
+    count.scatter_add_(1, nearest[:, :, 0], torch.ones_like(nearest[:, :, 0], dtype=count.dtype))
+    hard_denominator = s + count  # (F, N)
     if plan is None:
-        return nearest / hard_denominator[:, None, :], s / hard_denominator
+        share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
+        return (torch.zeros_like(similarity).scatter_(2, nearest, share[:, :, None]),
+                s / hard_denominator)
     w = config.hard_merge_weight
     ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
-    weights = (1 - w) * s * plan / ot_denominator[:, None, :]
+    weights = ((1 - w) * s * plan).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
-        weights = weights + w * nearest / hard_denominator[:, None, :]
+        share = torch.full_like(hard_denominator, w) / hard_denominator
+        weights.scatter_add_(2, nearest, share.gather(1, nearest[:, :, 0])[:, :, None])
         self_weight = self_weight + w * s / hard_denominator
     return weights, self_weight
 
@@ -134,13 +141,8 @@ class AnchorSimilarity:
     norms: torch.Tensor
 
 
-def _chunks(frames: int, chunk_frames: int | None) -> list[tuple[int, int]]:
-    step = chunk_frames or max(frames, 1)
-    return [(start, min(start + step, frames)) for start in range(0, frames, step)]
-
-
 def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_idx: torch.Tensor,
-                      chunk_frames: int | None = CHUNK_FRAMES, *,
+                      chunk_frames: int | None = None, *,
                       rescale: bool = False) -> AnchorSimilarity:
     """Cosine similarity of every source token to every anchor of its frame, in two reads.
 
@@ -153,65 +155,85 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     Args:
         features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
         anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
-        chunk_frames: frames per pass (None = all at once; same result): bounds the gathered
-            anchors and any upcast/rescaled copy of the input to one chunk.
+        chunk_frames: frames per pass (default: as many as fit :data:`aot.ops.SCRATCH_BYTES` of
+            gathered anchors, products and upcast/rescaled copy; any value gives the same bits).
         rescale: scale every patch to unit norm first (overflow-free, two more passes).
     Returns:
         :class:`AnchorSimilarity`.
     """
     work = torch.promote_types(features.dtype, torch.float32)
-    frames, tokens, _ = features.shape
-    similarity = torch.empty(frames, source_idx.shape[1], anchor_idx.shape[1], dtype=work,
+    frames, tokens, dim = features.shape
+    num_anchors = anchor_idx.shape[1]
+    if chunk_frames is None:
+        dense = work == features.dtype and features.is_contiguous()
+        copied = 0 if dense and not rescale else tokens * dim  # upcast/rescaled/dense copy
+        chunk_frames = frames_per_chunk(
+            (num_anchors * dim + tokens * num_anchors + copied) * work.itemsize, frames)
+    similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
-    for start, stop in _chunks(frames, chunk_frames):
+    for start, stop in chunk_ranges(frames, chunk_frames):
         x = features[start:stop].to(work)
         if rescale:
             x = unit_rows(x)
-        rows = torch.arange(stop - start, device=x.device)[:, None]
         a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
         norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
         norms[start:stop] = norm
-        dots = torch.bmm(x, gather_rows(x, a_idx).transpose(1, 2))[rows, s_idx]  # (f, M, N)
-        similarity[start:stop] = dots / (norm[rows, s_idx][:, :, None] * norm[rows, a_idx][:, None, :])
+        dots = gather_rows(torch.bmm(x, gather_rows(x, a_idx).transpose(1, 2)), s_idx)  # (f, M, N)
+        norm_products = (torch.gather(norm, 1, s_idx)[:, :, None]
+                         * torch.gather(norm, 1, a_idx)[:, None, :])
+        torch.div(dots, norm_products, out=similarity[start:stop])
     return AnchorSimilarity(similarity, norms)
 
 
-def apply_merge_weights(features: torch.Tensor, anchor_idx: torch.Tensor,
-                        source_idx: torch.Tensor, weights: torch.Tensor, self_weight: torch.Tensor,
-                        chunk_frames: int | None = CHUNK_FRAMES) -> torch.Tensor:
-    """``self_weight * anchors + W^T @ sources`` as one product over the whole patch tensor.
-
-    The weights are scattered to token positions (the anchors' own weight at their position),
-    so the product reads x as it is and no (F, N, D) copy of the anchors is kept.
+def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: torch.Tensor,
+                   self_weight: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The merge as one matrix over token positions, so that ``operator @ x`` reads x as it is
+    and no (F, N, D) copy of the anchors is needed.
 
     Args:
-        features: (F, T, D); anchor_idx: (F, N); source_idx: (F, M);
-        weights: (F, M, N) merge weights of the sources; self_weight: (F, N).
+        anchor_idx: (F, N); source_idx: (F, M); weights: (F, M, N) merge weights of the sources;
+        self_weight: (F, N) the anchors' own weight; tokens: T.
     Returns:
-        (F, N, D) merged anchors in the dtype of ``weights``.
+        (F, N, T), a transposed view of an (F, T, N) tensor whose row t holds the weights of
+        token t: ``weights[m]`` at source m, ``self_weight[n]`` at anchor n's own column.
+        Written as whole rows (one ``index_copy_`` each for sources and anchors), which is
+        2x faster than scattering single entries; the product reads it transposed for free.
+    """
+    frames, num_anchors = anchor_idx.shape
+    offsets = tokens * torch.arange(frames, device=weights.device)[:, None]
+    by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
+                           device=weights.device)
+    by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
+    by_token.index_copy_(0, (anchor_idx + offsets).reshape(-1),
+                         torch.diag_embed(self_weight).reshape(-1, num_anchors))
+    return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
+
+
+def merge_product(features: torch.Tensor, operator: torch.Tensor,
+                  chunk_frames: int | None = None) -> torch.Tensor:
+    """``operator @ features``: the (F, N, D) merged anchors in the dtype of ``operator``.
+
+    Features already in that dtype are read in place by one batched product; a half-precision
+    input is upcast chunk by chunk (default chunk: :data:`aot.ops.SCRATCH_BYTES` of copy).
     """
     frames, tokens, dim = features.shape
-    num_anchors = anchor_idx.shape[1]
-    if features.dtype == weights.dtype:
-        chunk_frames = None  # read in place: chunks only bound the upcast copy of half input
-    rows = torch.arange(frames, device=features.device)[:, None]
-    full = torch.zeros(frames, num_anchors, tokens, dtype=weights.dtype, device=features.device)
-    full[rows, :, source_idx] = weights
-    full.scatter_(2, anchor_idx[:, :, None], self_weight[:, :, None])
-    chunks = _chunks(frames, chunk_frames)
-    if len(chunks) == 1:
-        return torch.bmm(full, features.to(weights.dtype))
-    merged = torch.empty(frames, num_anchors, dim, dtype=weights.dtype, device=features.device)
-    for start, stop in chunks:
-        merged[start:stop] = torch.bmm(full[start:stop], features[start:stop].to(weights.dtype))
+    if features.dtype == operator.dtype:
+        return torch.bmm(operator, features)
+    if chunk_frames is None:
+        chunk_frames = frames_per_chunk(tokens * dim * operator.dtype.itemsize, frames)
+    merged = torch.empty(frames, operator.shape[1], dim, dtype=operator.dtype,
+                         device=features.device)
+    for start, stop in chunk_ranges(frames, chunk_frames):
+        torch.bmm(operator[start:stop], features[start:stop].to(operator.dtype),
+                  out=merged[start:stop])
     return merged
 
 
 def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
                            source_idx: torch.Tensor, grid, config: AOTConfig, *,
                            check_every: int | None = None,
-                           chunk_frames: int | None = CHUNK_FRAMES,
+                           chunk_frames: int | None = None,
                            similarity: torch.Tensor | None = None) -> torch.Tensor:
     """The merged anchor features of every frame (the intra stage without the mask split).
 
@@ -224,11 +246,16 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         grid: the patch grid, a square's side or ``(rows, cols)`` (:func:`grid_coordinates`).
         config: uses intra_merge ("ot" or "cosine"), intra_epsilon, spatial_weight, intra_scale,
             hard_merge_weight and the Sinkhorn knobs.
-        check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`).
+        check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`);
+            default ``config.sinkhorn_check_every``.
+        chunk_frames: frames per chunk of the passes over ``features`` (see
+            :func:`anchor_similarity`; same result for any value).
         similarity: (F, M, N) from :func:`anchor_similarity`, when already computed.
     Returns:
         (F, N, D) merged anchors in float32 (float64 for float64 input).
     """
+    if check_every is None:
+        check_every = config.sinkhorn_check_every
     if similarity is None:
         similarity = anchor_similarity(features, anchor_idx, source_idx, chunk_frames).similarity
     plan = None
@@ -245,9 +272,11 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
                         log_domain=config.log_domain, check_every=check_every).plan
-    weights, self_weight = merge_weights(plan, similarity, config)
-    return apply_merge_weights(features, anchor_idx, source_idx, weights, self_weight,
-                               chunk_frames)
+        del distance, cost  # the merge product is the stage's peak: hold no more than needed
+    operator = merge_operator(anchor_idx, source_idx, *merge_weights(plan, similarity, config),
+                              features.shape[1])
+    del plan
+    return merge_product(features, operator, chunk_frames)
 
 
 @dataclass
@@ -268,7 +297,7 @@ class AnchorMerge:
 
 def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, grid,
                            config: AOTConfig, *, check_every: int | None = None,
-                           chunk_frames: int | None = CHUNK_FRAMES) -> AnchorMerge:
+                           chunk_frames: int | None = None) -> AnchorMerge:
     """Intra-frame OT of a video: every anchor absorbs the other tokens of its frame.
 
     Args:

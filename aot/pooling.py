@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import POOLING_MODES
+from .ops import frames_per_chunk
 
 
 def grid_shape(grid) -> tuple[int, int]:
@@ -122,7 +123,7 @@ def pooling_taps(grid, mode: str, device=None) -> tuple[torch.Tensor, torch.Tens
 
 def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
             anchor_idx: torch.Tensor | None = None, merged: torch.Tensor | None = None,
-            chunk_frames: int = 32) -> torch.Tensor:
+            chunk_frames: int | None = None) -> torch.Tensor:
     """Selected pooled tokens of the features with the anchor rows replaced by ``merged``.
 
     ``pool_at(x, pos, ...)[f, s] == pool_grid(x', grid, mode)[f, pos[f, s]]`` where x' is x with
@@ -135,15 +136,18 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         features: (F, T, D) patch features, T = rows * cols of ``grid``.
         positions: (F, S) long pooled-token indices to compute.
         anchor_idx: (F, N) long; merged: (F, N, D), or both None (plain pooling).
-        chunk_frames: frames per gather when a half-precision input is upcast chunk by chunk
-            (float32 and float64 inputs are read in place, in one gather).
+        chunk_frames: frames per gather (default: as many as fit
+            :data:`aot.ops.SCRATCH_BYTES` of float32 sums and upcast copy of a half-precision
+            input); the result does not depend on it.
     Returns:
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
     """
     frames, tokens, dim = features.shape
     work = torch.promote_types(features.dtype, torch.float32)
-    if work == features.dtype:
-        chunk_frames = max(frames, 1)
+    if chunk_frames is None:  # the sums of a chunk (two per token) and its dense copy, if any
+        copied = tokens * dim if work != features.dtype or not features.is_contiguous() else 0
+        chunk_frames = frames_per_chunk((2 * positions.shape[1] * dim + copied) * work.itemsize,
+                                        frames)
     taps, weights = pooling_taps(grid, mode, features.device)
     width = taps.shape[1]
     slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)
@@ -160,7 +164,9 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         tap_slot = torch.gather(slot[start:stop], 1, tap.reshape(stop - start, -1)).view_as(tap)
         is_anchor = tap_slot >= 0
         pooled = F.embedding_bag(
-            (base * tokens + tap).reshape(-1, width), features[start:stop].to(work).reshape(-1, dim),
+            (base * tokens + tap).reshape(-1, width),
+            # dense rows: a strided table takes another kernel, whose sums differ in the last bit
+            features[start:stop].to(work).reshape(-1, dim).contiguous(),
             per_sample_weights=torch.where(is_anchor, 0.0, w).reshape(-1, width), mode="sum")
         if merged is not None:
             pooled += F.embedding_bag(

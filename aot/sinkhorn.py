@@ -20,9 +20,9 @@ and they do not count in the stop test.
 
 Host syncs: a problem that converged is frozen (its state stops changing), so the loop only needs
 to look at the device every ``check_every`` iterations to end early, and the result does not
-depend on ``check_every``. ``check_every=0`` never looks: exactly ``max_iter`` iterations of
-fixed-shape work with no host sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and
-still the same plan.
+depend on ``check_every`` (``AOTConfig.sinkhorn_check_every`` for the reducer's solves).
+``check_every=0`` never looks: exactly ``max_iter`` iterations of fixed-shape work with no host
+sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and still the same plan.
 
 Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
 a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
@@ -102,14 +102,14 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
                       f"reg={reg:g} in {dtype}; solving this call in the log domain instead "
                       f"(set log_domain=True to choose it yourself)", RuntimeWarning, stacklevel=2)
         return sinkhorn_log(a, b, cost, reg, **options)
-    return sinkhorn_scaling(a, b, kernel, **options)
+    return sinkhorn_scaling(a, b, kernel, overwrite_kernel=True, **options)
 
 
 def masked_kernel(cost: torch.Tensor, reg: float, row_valid: torch.Tensor,
                   col_valid: torch.Tensor) -> torch.Tensor:
     """(B, M, N) ``exp(-cost / reg)`` with padded rows and columns set to 0."""
     entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
-    return torch.where(entry_valid, torch.exp(cost / -reg), 0.0)
+    return torch.div(cost, -reg).exp_().masked_fill_(~entry_valid, 0.0)  # one new tensor
 
 
 def kernel_underflows(kernel: torch.Tensor, row_valid: torch.Tensor,
@@ -142,12 +142,15 @@ def stop_test(change: torch.Tensor, row_valid: torch.Tensor, stopping: str,
 
 
 def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
-                     stop_threshold: float, stopping: str, check_every: int) -> SinkhornResult:
+                     stop_threshold: float, stopping: str, check_every: int,
+                     overwrite_kernel: bool = False) -> SinkhornResult:
     """Plain-domain Sinkhorn on a precomputed kernel (the released algorithm).
 
     Args:
         a: (B, M), b: (B, N) marginals, 0 on padding; kernel: (B, M, N), 0 on padding.
         check_every: see :func:`sinkhorn` (0 = never sync).
+        overwrite_kernel: scale the kernel in place into the plan (one (B, M, N) tensor and one
+            pass less; the same numbers), for a kernel the caller no longer needs.
     Returns:
         :class:`SinkhornResult`.
     """
@@ -168,6 +171,8 @@ def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, 
         active = active & ~converged
         if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
             break
+    if overwrite_kernel:
+        return SinkhornResult(kernel.mul_(r[:, :, None]).mul_(c[:, None, :]), iterations)
     return SinkhornResult(r[:, :, None] * kernel * c[:, None, :], iterations)
 
 

@@ -138,6 +138,8 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
         x: (B, S, D) tokens of the later frames; y: (B, S', D) current anchors; *_valid: bool.
         offset: frames between the later frame and its keyframe.
         config: uses inter_merge, temporal_epsilon, sigma and the Sinkhorn knobs.
+        check_every: Sinkhorn iterations between host syncs; default
+            ``config.sinkhorn_check_every``.
     Returns:
         score (B, S): q_i = max_j P[i, j] of the row-normalised plan (``"cosine"``: the best
         cosine); assign (B, S, S'): P (``"cosine"``: one-hot best anchor), 0 on padding.
@@ -152,6 +154,8 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
         assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
         return score, assign * entry_valid
     cost = temporal_cost(similarity, entry_valid, offset, config.sigma)
+    if check_every is None:
+        check_every = config.sinkhorn_check_every
     plan = sinkhorn(uniform_marginals(x_valid, x.dtype), uniform_marginals(y_valid, x.dtype),
                     cost, config.temporal_epsilon, max_iter=config.sinkhorn_iterations,
                     stop_threshold=config.sinkhorn_tolerance, stopping="problem",
@@ -191,11 +195,12 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
     scale = config.inter_scale
     summed = weights.transpose(1, 2) @ x
     load = weights.sum(1)[:, :, None]
+    # In place on the new ``summed`` (sums commute exactly): one (B, S', D) tensor per step.
     if config.inter_merge == "cosine":
-        updated = (scale * y + summed) / (scale + load)
+        updated = summed.add_(scale * y).div_(scale + load)  # (s * y + agg) / (s + count)
     else:
-        updated = (y + scale * summed) / (1 + scale * load)
-    return torch.where(y_valid[:, :, None], updated, y)
+        updated = summed.mul_(scale).add_(y).div_(1 + scale * load)  # (y + s agg) / (1 + s load)
+    return torch.where(y_valid[:, :, None], updated, y, out=updated)
 
 
 def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_valid: torch.Tensor,
@@ -252,11 +257,10 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
     for step in range(1, max(steps.lengths, default=0)):
         active = steps.active(step)
         frame_ids = steps.keyframes[active] + step
-        x, x_valid = tokens[frame_ids].to(work), valid[frame_ids]
-        y, y_valid = anchors[active], anchor_valid[active]
-        keep, anchors[active] = temporal_step(
-            x, x_valid, y, y_valid, step, config,
-            keep_counts[frame_ids] if keep_counts is not None else None, check_every=check_every)
+        keep, anchors[active] = temporal_step(  # no step's copies outlive the step
+            tokens[frame_ids].to(work), valid[frame_ids], anchors[active], anchor_valid[active],
+            step, config, keep_counts[frame_ids] if keep_counts is not None else None,
+            check_every=check_every)
         kept[frame_ids] = keep
 
     merged = valid.clone()
@@ -278,7 +282,6 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
     """
     frames, width, dim = tokens.shape
     device = tokens.device
-    bank = torch.cat([tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim)])
     # Emitted as is: keyframes and one-frame clips emit their survivors, later frames the kept.
     is_key = torch.zeros(frames, dtype=torch.bool, device=device)
     is_key[[start for start, _ in clips]] = True
@@ -310,13 +313,30 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
     slot_in_frame = index % width if width else index
     token_position = positions[frame_ids, slot_in_frame] if index.numel() else index
     return TemporalOutput(
-        tokens=bank[index],
+        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
+                            index),
         token_frame=frame_ids,
         token_position=token_position,
         token_kind=kinds.to(torch.int8),
         kept=_unpack(kept, positions, pooled_count),
         merged=_unpack(merged, positions, pooled_count),
     )
+
+
+def _rows_of_two(first: torch.Tensor, second: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([first, second])[index]`` without writing the concatenation.
+
+    Args:
+        first: (A, D); second: (B, D); index: (K,) long rows of the concatenation.
+    Returns:
+        (K, D).
+    """
+    if index.numel() == 0 or second.shape[0] == 0:
+        return first[index]
+    rows = first.index_select(0, index.clamp(max=first.shape[0] - 1))
+    in_second = (index >= first.shape[0])[:, None]
+    later = second.index_select(0, (index - first.shape[0]).clamp(min=0))
+    return torch.where(in_second, later, rows, out=rows)
 
 
 def _unpack(packed: torch.Tensor, positions: torch.Tensor, pooled_count: int) -> torch.Tensor:

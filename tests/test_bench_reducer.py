@@ -23,12 +23,17 @@ def test_bench_reducer_prints_both_shapes_and_the_reference_ratio():
             line.startswith("| 64x729")]
     assert len(rows) == 2, proc.stdout
     assert "paper-ov-mvbench" in rows[0] and "paper-video" in rows[1]
+    assert "floor = the two batched products" in proc.stdout
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert 0 < int(cells[2]) < 64 * 196
-        assert cells[11].endswith(")") and "x (" in cells[11]  # speed-up wall (cpu)
-        assert float(cells[12]) < 1e-4, "reference and aot.reduce_video disagree"
-        assert "->" in cells[13]  # load average at start and end
+        assert float(cells[9]) > 0 and float(cells[10]) > 0  # floor wall / cpu ms
+        for ratio in (cells[11], cells[14], cells[15]):  # aot/floor, ref/aot, ref/floor
+            assert ratio.endswith(")") and "x (" in ratio, ratio
+        # The floor is a part of the call's work: at width 16 far below the whole call.
+        assert float(cells[11].split("x")[0]) > 1, row
+        assert float(cells[16]) < 1e-4, "reference and aot.reduce_video disagree"
+        assert "->" in cells[17]  # load average at start and end
 
 
 def test_bench_reducer_rejects_missing_cuda():
@@ -36,3 +41,20 @@ def test_bench_reducer_rejects_missing_cuda():
                            "cuda"], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2 and "no CUDA device is available" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_one_call_per_frame_count():
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "bench_memory.sh"), "--frames", "4", "6", "--dim", "16"],
+        capture_output=True, text=True, timeout=300,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 4 |", "| 6 |"))]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        peak, working = float(cells[2]), float(cells[3])
+        assert peak >= 1.0 and abs(peak - 1.0 - working) < 0.02  # input once + what the call added
+        assert float(cells[6]) > 0 and int(cells[8]) > 0  # ms per frame, tokens
+        assert "->" in cells[9]  # load at start and end

@@ -84,17 +84,47 @@ def test_intra_merge_is_sync_free_with_fixed_iterations(monkeypatch):
     assert torch.equal(fixed, early)
 
 
-def test_chunking_changes_nothing():
-    # Chunks bound the float32 copy of a half-precision input; float32 is read in one pass.
-    feats, shallow, deep = synthetic_video(7, dim=24, seed=3, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunking_changes_nothing(dtype):
+    # Chunks bound the scratch of the passes over the features (gathered anchors, the float32
+    # copy of a half-precision input) to a fixed budget; any chunk size gives the same bits.
+    feats, shallow, deep = synthetic_video(7, dim=24, seed=3, dtype=dtype)
     shallow, deep = shallow.float(), deep.float()
     cfg = aot.AOTConfig()
     local, global_ = aot.select_anchors(shallow, deep, 27, cfg)
     anchor_idx, source_idx = split_by_mask(local | global_)
-    whole = merged_anchor_features(feats, anchor_idx, source_idx, 27, cfg, chunk_frames=None)
-    for chunk in (1, 3):
+    whole = merged_anchor_features(feats, anchor_idx, source_idx, 27, cfg, chunk_frames=7)
+    for chunk in (None, 1, 3):
         parts = merged_anchor_features(feats, anchor_idx, source_idx, 27, cfg, chunk_frames=chunk)
         assert torch.equal(parts, whole), chunk
+    positions = torch.randint(0, 196, (7, 30), generator=torch.Generator().manual_seed(3))
+    pooled = pool_at(feats, positions, 27, "bilinear", anchor_idx=anchor_idx, merged=whole)
+    for chunk in (1, 4):
+        assert torch.equal(pool_at(feats, positions, 27, "bilinear", anchor_idx=anchor_idx,
+                                   merged=whole, chunk_frames=chunk), pooled), chunk
+
+
+def test_default_chunks_follow_the_byte_budget(monkeypatch):
+    # The scratch of one chunk stays within aot.ops.SCRATCH_BYTES whatever the video length:
+    # count the frames each product of the similarity pass sees.
+    feats, shallow, deep = synthetic_video(12, dim=256, seed=3)
+    feats = feats.contiguous()  # a strided input would count a dense copy per frame too
+    cfg = aot.AOTConfig()
+    local, global_ = aot.select_anchors(shallow, deep, 27, cfg)
+    anchor_idx, source_idx = split_by_mask(local | global_)
+    per_frame = (126 * 256 + 729 * 126) * 4
+    monkeypatch.setattr(aot.ops, "SCRATCH_BYTES", 5 * per_frame)
+    seen = []
+    original = torch.bmm
+
+    def counting_bmm(a, b, **kwargs):
+        if a.shape[1:] == (729, 256):
+            seen.append(a.shape[0])
+        return original(a, b, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting_bmm)
+    aot.intra.anchor_similarity(feats, anchor_idx, source_idx)
+    assert seen == [5, 5, 2]
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "average", "none"])

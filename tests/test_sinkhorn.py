@@ -1,11 +1,13 @@
-"""Batched Sinkhorn: POT as the reference solver, marginals, stopping rules, padding."""
+"""Batched Sinkhorn: POT as the reference solver, marginals, stopping rules, padding, and the
+``sinkhorn_check_every`` knob (host syncs of the early stop)."""
 
 import pytest
 import torch
 
+import aot
 from aot.sinkhorn import sinkhorn, uniform_marginals
-
-ot = pytest.importorskip("ot")
+from aot.synthetic import synthetic_video
+from test_hot_path import SyncCounter
 
 
 def random_problem(batch, m, n, seed, scale=1.0):
@@ -19,6 +21,7 @@ def random_problem(batch, m, n, seed, scale=1.0):
 @pytest.mark.parametrize("log_domain", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_plan_matches_pot_at_convergence(seed, log_domain):
+    ot = pytest.importorskip("ot")  # only this test needs POT
     a, b, cost = random_problem(3, 17, 11, seed, scale=2.0)
     ours = sinkhorn(a, b, cost, 0.1, max_iter=5000, stop_threshold=1e-14,
                     stopping="problem", log_domain=log_domain)
@@ -102,3 +105,47 @@ def test_uniform_marginals_and_bad_arguments():
         sinkhorn(a, b, cost[0], 0.1)
     with pytest.raises(ValueError, match="reg=0"):
         sinkhorn(a, b, cost, 0)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_sinkhorn_check_every_knob_rejects_non_counts(value):
+    expected = rf"sinkhorn_check_every={value!r}: expected an integer >= 0"
+    with pytest.raises(ValueError, match=expected):
+        aot.AOTConfig(sinkhorn_check_every=value)
+    for ok in (None, 0, 1, 10):
+        assert aot.AOTConfig(sinkhorn_check_every=ok).sinkhorn_check_every == ok
+
+
+@pytest.mark.parametrize("log_domain", [False, True], ids=["plain", "log"])
+@pytest.mark.parametrize("preset", ["paper-ov-mvbench", "paper-video"])
+def test_sinkhorn_check_every_knob_keeps_the_output(preset, log_domain):
+    # Converged problems are frozen, so looking at the device every iteration, every 3, once at
+    # the end (1000 > sinkhorn_iterations) or never (0: all iterations run) gives the same bits,
+    # in the intra (one stop test per video) and temporal (per problem) solves alike.
+    feats, shallow, deep = synthetic_video(12, dim=16, seed=2)
+    base = aot.AOTConfig.preset(preset, log_domain=log_domain)
+    ref = aot.reduce_video(feats, shallow, deep, base)
+    assert ref.num_tokens < ref.denominator
+    for every in (0, 1, 3, 1000):
+        out = aot.reduce_video(feats, shallow, deep, base.replace(sinkhorn_check_every=every))
+        assert torch.equal(out.tokens, ref.tokens), every
+        assert torch.equal(out.token_position, ref.token_position), every
+
+
+def test_sinkhorn_check_every_knob_removes_the_loop_syncs(monkeypatch):
+    # A tolerance no problem reaches: every solve runs all its iterations. Polling every
+    # iteration (the CPU default) costs one host sync per iteration and solve; 0 costs none,
+    # so the call's other syncs (anchor split, overflow check, output length) stay alone.
+    feats, shallow, deep = synthetic_video(16, dim=16, seed=4)  # clips of 2: one temporal step
+    counts = {}
+    for every in (None, 0):
+        for iterations in (10, 30):
+            cfg = aot.AOTConfig(sinkhorn_check_every=every, sinkhorn_iterations=iterations,
+                                sinkhorn_tolerance=0.0)
+            counter = SyncCounter(monkeypatch)
+            aot.reduce_video(feats, shallow, deep, cfg)
+            counts[every, iterations] = counter.count
+            monkeypatch.undo()
+    # 20 more iterations x 2 solves (the intra one, the temporal step's batch).
+    assert counts[None, 30] - counts[None, 10] == 40, counts
+    assert counts[0, 10] == counts[0, 30] < counts[None, 10], counts
