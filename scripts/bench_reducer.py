@@ -121,8 +121,8 @@ def bench(backbone: str, frames: int, preset: str, args, before) -> dict:
     for i in range(args.warmup + args.repeats):
         timing = i >= args.warmup
         intra, t_intra = timed(lambda: aot.intra_stage(feats, shallow, deep, cfg), args.device)
-        result, t_inter = timed(lambda: aot.inter_stage(intra, cfg), args.device)
-        del intra
+        result, t_inter = timed(lambda stage=intra: aot.inter_stage(stage, cfg), args.device)
+        del intra  # the next call's peak should not hold this one's output
         _, t_total = timed(lambda: aot.reduce_video(feats, shallow, deep, cfg), args.device,
                            ours_cpu if timing else None)
         _, t_floor = timed(floor, args.device, floor_cpu if timing else None)
