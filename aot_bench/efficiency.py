@@ -383,6 +383,16 @@ def run(args) -> dict:
     return {"environment": env, "rows": rows}
 
 
+def record_oom(row: dict, error: BaseException, device: torch.device) -> None:
+    """Mark ``row`` as out of memory (and free the CUDA cache); any other error is re-raised."""
+    if not is_out_of_memory(error) and not isinstance(error, MemoryError):
+        raise error
+    row["status"] = "oom"
+    row["error"] = str(error).splitlines()[0][:200]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype) -> dict:
     """One Qwen2.5-VL row: processor-shaped inputs for ``frames`` frames, the stock model
     (``retention`` None) or :func:`aot.hf.apply` at the exact budget; OOM recorded."""
@@ -406,12 +416,7 @@ def run_qwen_point(model, shape, reference, frames, retention, args, device, dty
     try:
         row.update(measure_point(model, inputs, None, args, device, qwen_ttft_pass))
     except (RuntimeError, MemoryError) as error:
-        if not is_out_of_memory(error) and not isinstance(error, MemoryError):
-            raise
-        row["status"] = "oom"
-        row["error"] = str(error).splitlines()[0][:200]
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        record_oom(row, error, device)
     finally:
         if handle is not None:
             handle.remove()
@@ -441,12 +446,7 @@ def run_point(model, shape, reference, backbone, frames, retention, input_ids, a
         pixels = (torch.rand(frames, 3, 384, 384, generator=generator) * 2 - 1).to(device, dtype)
         row.update(measure_point(model, pixels, input_ids, args, device))
     except (RuntimeError, MemoryError) as error:
-        if not is_out_of_memory(error) and not isinstance(error, MemoryError):
-            raise
-        row["status"] = "oom"
-        row["error"] = str(error).splitlines()[0][:200]
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        record_oom(row, error, device)
     finally:
         model.set_aot(None)
     if row["status"] == "ok" and row["seq_len"] != seq_len:

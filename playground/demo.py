@@ -207,14 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     info.update(video=video, reducer=args.reducer, model=loaded.label, times=times,
                 answer=text, config=reduction.config.to_dict(), budget=reduction.budget,
                 pictures=paths)
-    summary_path = os.path.join(args.out, "summary.json")
-    with open(summary_path, "w") as handle:
-        json.dump(info, handle, indent=1)
-    print()
-    print("Pictures:")
-    for path in paths + [summary_path]:
-        print(f"  {path}")
-    return info
+    return write_summary(info, paths, args.out)
 
 
 def run_hf(args: argparse.Namespace, video: str) -> dict:
@@ -293,12 +286,17 @@ def run_hf(args: argparse.Namespace, video: str) -> dict:
                 video_grid=list(grid), llm_video_tokens=run.llm_video_tokens,
                 unreduced_video_tokens=run.unreduced_video_tokens,
                 reduced_token_count=expected)
-    summary_path = os.path.join(args.out, "summary.json")
+    return write_summary(info, paths, args.out)
+
+
+def write_summary(info: dict, pictures: list[str], out: str) -> dict:
+    """Write ``info`` to ``out/summary.json`` and list the files the run wrote."""
+    summary_path = os.path.join(out, "summary.json")
     with open(summary_path, "w") as handle:
         json.dump(info, handle, indent=1)
     print()
     print("Pictures:")
-    for path in paths + [summary_path]:
+    for path in pictures + [summary_path]:
         print(f"  {path}")
     return info
 

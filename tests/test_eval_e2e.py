@@ -421,21 +421,27 @@ def generate_log(monkeypatch):
     return log
 
 
-def evaluate_stock(ws, model_id: str, model_args: str, log: list, **kwargs) -> dict:
-    """One evaluation (stock or ours); returns {doc_id: answer} and the generate calls by
-    prompt, and empties ``log``."""
-    from lmms_eval.evaluator import simple_evaluate
+def task_manager_for(ws: dict, model_id: str):
+    """The local tasks' TaskManager: ours (``*_aot``, registered, prompts aliased to the stock
+    model's) or the stock one."""
     from lmms_eval.tasks import TaskManager
 
     from aot_eval import manifests, prompts
 
     if model_id.endswith("_aot"):
         manifests.register()
-        manager = prompts.task_manager("WARNING", include_path=str(ws["tasks"]),
-                                       include_defaults=False, model_name=model_id)
-    else:
-        manager = TaskManager("WARNING", include_path=str(ws["tasks"]), include_defaults=False,
-                              model_name=model_id)
+        return prompts.task_manager("WARNING", include_path=str(ws["tasks"]),
+                                    include_defaults=False, model_name=model_id)
+    return TaskManager("WARNING", include_path=str(ws["tasks"]), include_defaults=False,
+                       model_name=model_id)
+
+
+def evaluate_stock(ws, model_id: str, model_args: str, log: list, **kwargs) -> dict:
+    """One evaluation (stock or ours); returns {doc_id: answer} and the generate calls by
+    prompt, and empties ``log``."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    manager = task_manager_for(ws, model_id)
     results = simple_evaluate(model=model_id, model_args=model_args, tasks=[STOCK_TASK],
                               device="cpu", log_samples=True, task_manager=manager,
                               batch_size=kwargs.pop("batch_size", 1), **kwargs)

@@ -361,17 +361,8 @@ def evaluate(ws, model_id: str, model_args: str, log: list, batch_size: int = 1,
     """One ``simple_evaluate`` of the local task (ours through the prompt-alias TaskManager);
     returns answers by doc, the logged generate rows by prompt, and empties ``log``."""
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
 
-    from aot_eval import manifests, prompts
-
-    if model_id.endswith("_aot"):
-        manifests.register()
-        manager = prompts.task_manager("WARNING", include_path=str(ws["tasks"]),
-                                       include_defaults=False, model_name=model_id)
-    else:
-        manager = TaskManager("WARNING", include_path=str(ws["tasks"]), include_defaults=False,
-                              model_name=model_id)
+    manager = e2e.task_manager_for(ws, model_id)
     results = simple_evaluate(model=model_id, model_args=model_args, tasks=[task], device="cpu",
                               log_samples=True, task_manager=manager, batch_size=batch_size,
                               force_simple=force_simple)
