@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media import write_mp4
 from playground import demo, pipeline, plots, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,21 +26,15 @@ PICTURES = ("anchors.png", "tokens.png", "tokens_per_frame.png")
 
 def write_clip(path: Path, frames: int, width: int = 96, height: int = 64) -> Path:
     """An mp4 of ``frames`` frames: a bright square moving over a gradient."""
-    import av
+    def frame(i: int) -> np.ndarray:
+        image = np.zeros((height, width, 3), dtype=np.uint8)
+        image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+        image[..., 2] = np.linspace(255, 0, height, dtype=np.uint8)[:, None]
+        x = 4 + 6 * i
+        image[20:40, x:x + 20] = 255
+        return image
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            image = np.zeros((height, width, 3), dtype=np.uint8)
-            image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
-            image[..., 2] = np.linspace(255, 0, height, dtype=np.uint8)[:, None]
-            x = 4 + 6 * i
-            image[20:40, x:x + 20] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_mp4(path, (frame(i) for i in range(frames)), rate=8, codec="mpeg4")
     return path
 
 

@@ -24,6 +24,7 @@ np = pytest.importorskip("numpy")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "llava"))
 llava_testkit = pytest.importorskip("llava_testkit")
+from media import write_mp4  # noqa: E402
 
 DOCS = 4
 FRAMES = 4
@@ -76,17 +77,14 @@ def process_results(doc, results):
 def write_video(path: Path, seed: int, seconds: float = 2.0, fps: int = 8) -> None:
     """A short H.264 clip: a coloured square moving over a noisy background."""
     rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for i in range(int(seconds * fps)):
-            image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
-            x = (i * 6 + seed * 10) % 70
-            image[20:44, x:x + 24] = [200, 40 * seed % 255, 90]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+
+    def frame(i: int) -> np.ndarray:
+        image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
+        x = (i * 6 + seed * 10) % 70
+        image[20:44, x:x + 24] = [200, 40 * seed % 255, 90]
+        return image
+
+    write_mp4(path, (frame(i) for i in range(int(seconds * fps))), rate=fps)
 
 
 @pytest.fixture(scope="module")
@@ -342,16 +340,14 @@ def write_ntsc_clip(path: Path, seconds: int = 8) -> None:
     from fractions import Fraction
 
     rng = np.random.default_rng(11)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for i in range(int(seconds * 30000 / 1001)):
-            image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
-            image[20:44, (i // 10) % 70:(i // 10) % 70 + 24] = [90, 90, 220]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+
+    def frame(i: int) -> np.ndarray:
+        image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
+        image[20:44, (i // 10) % 70:(i // 10) % 70 + 24] = [90, 90, 220]
+        return image
+
+    write_mp4(path, (frame(i) for i in range(int(seconds * 30000 / 1001))),
+              rate=Fraction(30000, 1001))
 
 
 @pytest.fixture(scope="module")

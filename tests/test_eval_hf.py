@@ -37,6 +37,7 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_eval_e2e as e2e  # noqa: E402  (local task, mp4 writer, sample helpers)
+from media import write_mp4  # noqa: E402
 
 TASK = "aot_tinyhf"
 WIDE_TASK = "aot_tinyhf_wide"
@@ -343,17 +344,14 @@ def write_square_video(path: Path, seed: int, side: int, seconds: float = 2.0,
                        fps: int = 8) -> None:
     """A short H.264 clip of ``side`` x ``side`` pixels (a moving square over noise)."""
     rng = np.random.default_rng(seed)
-    with e2e.av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
-        for i in range(int(seconds * fps)):
-            image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-            x = (i * 5 + seed * 9) % (side - 24)
-            image[20:44, x:x + 24] = [200, 40 * seed % 255, 90]
-            for packet in stream.encode(e2e.av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+
+    def frame(i: int) -> np.ndarray:
+        image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        x = (i * 5 + seed * 9) % (side - 24)
+        image[20:44, x:x + 24] = [200, 40 * seed % 255, 90]
+        return image
+
+    write_mp4(path, (frame(i) for i in range(int(seconds * fps))), rate=fps)
 
 
 def evaluate(ws, model_id: str, model_args: str, log: list, batch_size: int = 1,

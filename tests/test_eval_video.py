@@ -16,21 +16,15 @@ import pytest
 np = pytest.importorskip("numpy")
 av = pytest.importorskip("av")
 
+from media import write_mp4  # noqa: E402
 from aot_eval.video import (VisualLoadError, llava_vid_frames, llava_vid_stamps,  # noqa: E402
                             ov_frames)
 
 
 def write_clip(path, seconds: float, rate) -> str:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(int(seconds * float(rate))):
-            image = np.full((48, 64, 3), (i * 3) % 250, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    images = (np.full((48, 64, 3), (i * 3) % 250, dtype=np.uint8)
+              for i in range(int(seconds * float(rate))))
+    return write_mp4(path, images, rate=rate)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from media import write_mp4
 from llava.video import (VideoReadError, fps_indices, read_video, read_video_fps,
                          uniform_indices)
 
@@ -16,20 +17,8 @@ BACKENDS = ["pyav"] + (["decord"] if importlib.util.find_spec("decord") else [])
 
 def write_video(path, frames: int = 30, fps: int = 10, size=(64, 48)):
     """A small H.264 mp4 whose frame i is filled with grey level 8 * i (frame-index readable)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "0", "g": "5"}
-        for i in range(frames):
-            image = np.full((size[1], size[0], 3), 8 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    images = (np.full((size[1], size[0], 3), 8 * i, dtype=np.uint8) for i in range(frames))
+    return write_mp4(path, images, rate=fps, options={"crf": "0", "g": "5"})
 
 
 @pytest.fixture(scope="module")
