@@ -56,5 +56,7 @@ def test_bench_memory_measures_one_call_per_frame_count():
         cells = [c.strip() for c in row.split("|")[1:-1]]
         peak, working = float(cells[2]), float(cells[3])
         assert peak >= 1.0 and abs(peak - 1.0 - working) < 0.02  # input once + what the call added
-        assert float(cells[6]) > 0 and int(cells[8]) > 0  # ms per frame, tokens
-        assert "->" in cells[9]  # load at start and end
+        assert float(cells[6]) > 0 and int(cells[11]) > 0  # ms per frame, tokens
+        user, sys_, faults, touch = (float(c) for c in cells[7:11])
+        assert user > 0 and sys_ >= 0 and faults >= 0 and touch > 0
+        assert "->" in cells[12]  # load at start and end
