@@ -166,12 +166,22 @@ def bench(backbone: str, frames: int, preset: str, args, before) -> dict:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        cuda = args.device.startswith("cuda")
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities, record_shapes=not cuda) as prof:
             aot.reduce_video(feats, shallow, deep, cfg)
+            sync(args.device)
         print(f"\nprofile of one aot.reduce_video call, {row['shape']} ({preset}):")
-        print(prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total", row_limit=args.profile, max_name_column_width=28,
-            max_shapes_column_width=58))
+        events = prof.key_averages(group_by_input_shape=not cuda)
+        if cuda:  # launch-bound or not: how many kernels and host waits one call makes
+            calls = {e.key: e.count for e in events}
+            print("CUDA runtime calls: " + ", ".join(
+                f"{name} {calls.get(name, 0)}" for name in
+                ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaStreamSynchronize",
+                 "cudaMemcpyAsync", "cudaDeviceSynchronize")))
+        print(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                           row_limit=args.profile, max_name_column_width=40,
+                           max_shapes_column_width=58))
     row["load_end"] = load()
     return row
 
