@@ -119,15 +119,14 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         if str(preset) not in PRESETS:
             raise ValueError(f"unknown preset={preset!r}: expected one of {sorted(PRESETS)}")
         config, source = AOTConfig.preset(str(preset)), f"preset={preset}"
-    elif retention is not None and hf_only:
-        config = config_for(backbone, retention, exact=True)
-        source = f"retention={retention:g}" + (" exact" if exact else "")
+    elif hf_only:
+        # the released settings on the backbone's grid; a retention is an exact budget there
+        config = config_for(backbone, retention, exact=retention is not None)
+        source = (f"preset={facts.preset} on the {backbone} grid (default)" if retention is None
+                  else f"retention={retention:g}" + (" exact" if exact else ""))
     elif retention is not None:
         config = AOTConfig.from_retention(retention, backbone=backbone, exact=exact)
         source = f"retention={retention:g}" + (" exact" if exact else "")
-    elif hf_only:
-        config = config_for(backbone, None, exact=False)
-        source = f"preset={facts.preset} on the {backbone} grid (default)"
     else:
         config = AOTConfig.preset(facts.preset)
         source = f"preset={facts.preset} (default)"

@@ -8,7 +8,7 @@ after the model has loaded).
   importable, the checkpoint present (folder or hub cache) and, with ``--backbone``, of the
   architecture that backbone's model loads; enough GPUs for N processes.
 
-``--backbone`` takes the eval scripts' backbone names (:data:`SCRIPT_BACKBONES`).
+``--backbone`` takes the eval scripts' backbone names (:data:`SCRIPT_MODEL_TYPES`).
 
 Either exits 0 when all is well, else prints one line ``error: ...`` saying what to do, exit 2.
 """
@@ -20,24 +20,31 @@ import importlib.util
 import sys
 
 
-#: The eval scripts' backbone -> (the :mod:`aot.backbones` facts its model is parsed with, the
-#: ``model_type`` values of ``config.json`` its lmms-eval model loads). ``llava_hf`` is
-#: transformers' LLaVA-OneVision: the ``ov`` facts, as its model parses them.
-SCRIPT_BACKBONES = {
-    "ov": ("ov", ("llava_qwen",)),
-    "video": ("video", ("llava_qwen",)),
-    "qwen2_5_vl": ("qwen2_5_vl", ("qwen2_5_vl",)),
-    "qwen3_vl": ("qwen3_vl", ("qwen3_vl",)),
-    "llava_hf": ("ov", ("llava_onevision",)),
+#: The eval scripts' backbone -> the ``model_type`` of ``config.json`` its lmms-eval model loads:
+#: ``llava/``'s lmms-lab checkpoints, or a transformers class of :mod:`aot.hf` (``llava_hf``:
+#: transformers' LLaVA-OneVision).
+SCRIPT_MODEL_TYPES = {
+    "ov": "llava_qwen",
+    "video": "llava_qwen",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "llava_hf": "llava_onevision",
 }
 
 
 def facts_backbone(backbone: str) -> str:
-    """The eval scripts' backbone name -> the :func:`aot.backbones.get_backbone` name."""
-    if backbone not in SCRIPT_BACKBONES:
+    """The eval scripts' backbone name -> the :func:`aot.backbones.get_backbone` name its model
+    is parsed with: for a transformers class the one its :mod:`aot.hf` adapter declares
+    (``llava_hf`` -> ``"ov"``), for ``llava/`` the same name."""
+    if backbone not in SCRIPT_MODEL_TYPES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of "
-                         f"{sorted(SCRIPT_BACKBONES)}")
-    return SCRIPT_BACKBONES[backbone][0]
+                         f"{sorted(SCRIPT_MODEL_TYPES)}")
+    from aot.hf import ADAPTERS, MODEL_TYPES  # here, not at the top: aot imports torch
+
+    model_type = SCRIPT_MODEL_TYPES[backbone]
+    if model_type in MODEL_TYPES:
+        return ADAPTERS[MODEL_TYPES[model_type]].backbone_name
+    return backbone
 
 
 def check_lmms_eval() -> None:
@@ -65,18 +72,18 @@ def check_checkpoint(model: str, backbone: str | None = None) -> None:
         raise RuntimeError(" ".join(str(error).split())) from None
     if backbone is None:
         return
-    expected = SCRIPT_BACKBONES[backbone][1]
+    expected = SCRIPT_MODEL_TYPES[backbone]
     try:
         with open(os.path.join(folder, "config.json")) as handle:
             model_type = json.load(handle).get("model_type")
     except (OSError, ValueError, AttributeError):
         return
-    if model_type not in expected:
-        takers = [name for name, (_, types) in SCRIPT_BACKBONES.items() if model_type in types]
+    if model_type != expected:
+        takers = [name for name, loads in SCRIPT_MODEL_TYPES.items() if loads == model_type]
         advice = (f"evaluate it with the {' or '.join(takers)} scripts" if takers
                   else "no eval script loads it")
         raise RuntimeError(f"{model} is a {model_type!r} checkpoint but the {backbone} scripts "
-                           f"load model_type {' or '.join(map(repr, expected))}; {advice}")
+                           f"load model_type {expected!r}; {advice}")
 
 
 def check_processes(nproc: int, device: str | None) -> None:
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aot_eval.preflight")
     commands = parser.add_subparsers(dest="command", required=True)
     args_parser = commands.add_parser("args", help="check the AOT keys of --model_args")
-    args_parser.add_argument("--backbone", required=True, help=", ".join(SCRIPT_BACKBONES))
+    args_parser.add_argument("--backbone", required=True, help=", ".join(SCRIPT_MODEL_TYPES))
     args_parser.add_argument("pairs", nargs="*", help="key=value (reducer, retention, ...)")
     args_parser.add_argument("--set", action="append", default=[], dest="sets",
                              help="another space-separated set of key=value pairs to check")

@@ -26,22 +26,19 @@ import torch
 import aot
 import aot.hf
 from aot import path as video_path
+from aot.hf import MODEL_TYPES  # config.json model_type -> the transformers class aot.hf supports
 from aot_bench.timing import StageClock
 
 from .pipeline import DemoError
 
-#: config.json ``model_type`` -> the transformers class :mod:`aot.hf` supports.
-MODEL_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-               "qwen3_vl": "Qwen3VLForConditionalGeneration",
-               "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 #: model_type of our own ``llava/`` checkpoints (lmms-lab layout).
 LLAVA_TYPE = "llava_qwen"
 
 
 def checkpoint_type(path: str) -> str:
     """``model_type`` of the checkpoint folder ``path`` (``llava_qwen`` or a key of
-    :data:`MODEL_TYPES`); DemoError for a folder without a readable config.json or another
-    type."""
+    :data:`aot.hf.MODEL_TYPES`); DemoError for a folder without a readable config.json or
+    another type."""
     if not os.path.isdir(path):
         raise DemoError(f"--model {path!r} is not a checkpoint folder (expected a folder with "
                         "config.json and safetensors)")
@@ -201,7 +198,8 @@ class HFModel:
 
 
 def load(path: str) -> HFModel:
-    """Load the checkpoint folder ``path`` (a type of :data:`MODEL_TYPES`) and its processor."""
+    """Load the checkpoint folder ``path`` (a type of :data:`aot.hf.MODEL_TYPES`) and its
+    processor."""
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging
 

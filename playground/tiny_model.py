@@ -39,9 +39,12 @@ _HF_TEMPLATE = (
     "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}"
     "VIDEO{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+#: model_type -> a video in that model's chat template.
 _VIDEO_PLACEHOLDER = {"qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
                       "qwen3_vl": "<|vision_start|><|video_pad|><|vision_end|>",
                       "llava_onevision": "<video>\n"}
+#: The model types :func:`write_tiny_hf_checkpoint` writes: each of :data:`aot.hf.MODEL_TYPES`
+#: (tests/test_demo_hf.py holds them equal).
 HF_MODEL_TYPES = tuple(_VIDEO_PLACEHOLDER)
 
 

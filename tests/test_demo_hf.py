@@ -21,7 +21,7 @@ import aot
 import aot.hf
 from aot.reduce import ReducedVideo
 from playground import demo, hf, pipeline, plots, report
-from playground.tiny_model import write_tiny_hf_checkpoint
+from playground.tiny_model import HF_MODEL_TYPES, write_tiny_hf_checkpoint
 
 VIDEO = pipeline.default_video()
 #: ReducedVideo holds H x W grids (``grid_shape``) once aot's square-only limit is lifted; before,
@@ -160,6 +160,11 @@ def test_stand_in_video_patches_match_the_stock_image_layout():
     # an odd frame count is padded with the last frame, as the stock video processor does
     odd = hf.PilVideoProcessor(image_processor, "qwen")(videos=[np.stack([frame] * 3)])
     assert odd["video_grid_thw"].tolist() == [[2, 8, 10]]
+
+
+def test_every_supported_model_type_is_written_and_run():
+    """Each model type aot.hf supports has a tiny checkpoint writer and a demo case here."""
+    assert set(HF_MODEL_TYPES) == set(aot.hf.MODEL_TYPES) == set(CASES)
 
 
 def test_unsupported_model_type_is_one_line(tmp_path, capsys):

@@ -182,6 +182,6 @@ def test_launch_check_knows_transformers_model_types(tmp_path, backbone, config_
     pytest.importorskip("lmms_eval")
     getattr(transformers, config_class)().save_pretrained(tmp_path)
     assert preflight.main(["launch", "--backbone", backbone, "--model", str(tmp_path)]) == 0
-    others = [b for b in preflight.SCRIPT_BACKBONES if b != backbone]
+    others = [b for b in preflight.SCRIPT_MODEL_TYPES if b != backbone]
     assert all(preflight.main(["launch", "--backbone", b, "--model", str(tmp_path)]) == 2
                for b in others)

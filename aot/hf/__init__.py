@@ -31,7 +31,7 @@ import torch
 from ..budget import exact_budget
 from ..config import PRESETS, AOTConfig
 from ..path import Reduction, pack, reduce
-from .adapters import ADAPTERS, HFAdapter, adapter_for
+from .adapters import ADAPTERS, MODEL_TYPES, HFAdapter, adapter_for
 from .sequence import Shortened, shorten
 
 _ATTRIBUTE = "_aot_hf_handle"
@@ -294,4 +294,5 @@ def _restore_prompt(out, original_ids: torch.Tensor, short_length: int):
     return out
 
 
-__all__ = ["ADAPTERS", "Handle", "apply", "config_for", "reduced_token_count", "remove"]
+__all__ = ["ADAPTERS", "MODEL_TYPES", "Handle", "apply", "config_for", "reduced_token_count",
+           "remove"]

@@ -22,10 +22,12 @@ class HFAdapter:
 
     Attributes:
         model: the ``...ForConditionalGeneration`` instance.
+        model_type: ``config.json``'s ``model_type`` of the checkpoints this class loads.
         video_keys: processor outputs the encoder consumes (dropped before the LLM runs).
     """
 
     backbone_name = ""
+    model_type = ""
     video_keys: tuple[str, ...] = ()
 
     def __init__(self, model) -> None:
@@ -93,6 +95,7 @@ class OneVisionAdapter(HFAdapter):
     newline after the whole video; 1-D positions."""
 
     backbone_name = "ov"
+    model_type = "llava_onevision"
     video_keys = ("pixel_values_videos", "image_sizes_videos")
 
     @property
@@ -165,6 +168,7 @@ class Qwen25VLAdapter(HFAdapter):
     pools nothing), one AOT frame per temporal patch (two video frames), M-RoPE positions."""
 
     backbone_name = "qwen2_5_vl"
+    model_type = "qwen2_5_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
     @property
@@ -255,6 +259,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
     """
 
     backbone_name = "qwen3_vl"
+    model_type = "qwen3_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw")
 
     def model_fields(self) -> dict:
@@ -302,6 +307,9 @@ ADAPTERS = {
     "Qwen2_5_VLForConditionalGeneration": Qwen25VLAdapter,
     "Qwen3VLForConditionalGeneration": Qwen3VLAdapter,
 }
+
+#: ``config.json`` ``model_type`` -> the transformers class name of :data:`ADAPTERS` that loads it.
+MODEL_TYPES = {adapter.model_type: name for name, adapter in ADAPTERS.items()}
 
 
 def adapter_for(model) -> HFAdapter:

@@ -31,7 +31,10 @@ NEWLINE_POSITIONS = ("grid", "frame", "one_token", "no_token")
 
 
 def pooled_side(grid: int, mode: str, stride: int = 2) -> int:
-    """Side of the pooled grid: ceil(grid/stride) for bilinear, floor(grid/stride) otherwise."""
+    """Side of the pooled grid: ceil(grid/stride) for bilinear, floor(grid/stride) otherwise.
+
+    The checkpoint's rule (any ``mm_spatial_pool_stride``, ``max`` too, in the config's names);
+    :func:`aot.pooling.pooled_side` is AOT's stride-2 rule in ``AOTConfig.pooling``'s names."""
     check_pooling(mode, stride)
     if stride == 1:
         return grid

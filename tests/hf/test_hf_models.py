@@ -293,6 +293,19 @@ def test_bad_settings_are_named(ov, qwen):
         aot.hf.config_for(torch.nn.Linear(2, 2), 0.1)
 
 
+def test_model_types_are_those_transformers_loads(ov, qwen, qwen3):
+    """aot.hf.MODEL_TYPES (config.json model_type -> class) is transformers' own mapping, and
+    the tiny models of those classes carry their model_type."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as transformers_classes,
+    )
+
+    assert {t: transformers_classes[t] for t in aot.hf.MODEL_TYPES} == aot.hf.MODEL_TYPES
+    assert len(aot.hf.MODEL_TYPES) == len(aot.hf.ADAPTERS)
+    for model in (ov, qwen, qwen3):
+        assert aot.hf.MODEL_TYPES[model.config.model_type] == type(model).__name__
+
+
 def test_qwen_config_pooling_is_the_backbones(qwen, applied):
     """The issue's snippet passes from_retention(...) (pooling bilinear): on Qwen the merger is
     the pooling, so apply() uses pooling 'none'."""
