@@ -25,6 +25,7 @@ import torch
 
 from .config import AOTConfig
 from .ops import (  # noqa: F401
+    SCRATCH_BYTES,
     check_finite,
     chunk_ranges,
     cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
@@ -78,22 +79,41 @@ def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:, :n], order[:, n:]
 
 
-def intra_cost(similarity: torch.Tensor, distance: torch.Tensor,
-               spatial_weight: float) -> torch.Tensor:
+def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: torch.Tensor,
+               grid, spatial_weight: float, chunk_frames: int | None = None) -> torch.Tensor:
     """Cost of moving each source token to each anchor (code-only spatial term included).
 
-    ``C[m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``.
+    ``C[f, m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``, p the scaled
+    grid coordinates (:func:`grid_distances`).
+
+    One (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk (default:
+    1/16 of :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits as the
+    formula's three temporaries. Memory the process has not touched yet costs a page fault per 4 KB,
+    which on a VM grows dearer with the process's footprint (docs/efficiency.md).
 
     Args:
         similarity: (F, M, N) cosine similarity of sources and anchors.
-        distance: (F, M, N) grid distance of sources and anchors (:func:`grid_distances`).
+        source_idx: (F, M), anchor_idx: (F, N) token indices of the sources and anchors.
+        grid: the patch grid, a square's side or ``(rows, cols)``.
     Returns:
         (F, M, N) cost.
     """
-    return (1 - similarity) + spatial_weight * distance
+    frames, num_sources, num_anchors = similarity.shape
+    table = grid_distances(grid, similarity.device).to(similarity.dtype)
+    if chunk_frames is None:
+        # 1/16 of the usual budget (1 MiB): small enough for the allocator to recycle it
+        # between chunks instead of mapping fresh memory for each
+        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
+                                        SCRATCH_BYTES // 16)
+    cost = 1 - similarity
+    for start, stop in chunk_ranges(frames, chunk_frames):
+        distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
+        cost[start:stop].add_(distance.mul_(spatial_weight))  # scratch, scaled in place
+    return cost
 
 
-def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: AOTConfig):
+def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: AOTConfig, *,
+                  overwrite_plan: bool = False):
     """The intra merge written as one linear map, so one batched matmul applies it.
 
     ``anchor_n <- self_n * a_n + sum_m W[m, n] * u_m`` where the OT part is
@@ -107,6 +127,8 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
     Args:
         plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
         similarity: (F, M, N) cosine similarity of sources and anchors.
+        overwrite_plan: scale the plan in place into W (no new (F, M, N) tensor; the same
+            numbers), for a plan the caller no longer needs.
     Returns:
         (W (F, M, N), self_weight (F, N)).
     """
@@ -122,7 +144,9 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
                 s / hard_denominator)
     w = config.hard_merge_weight
     ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
-    weights = ((1 - w) * s * plan).div_(ot_denominator[:, None, :])
+    ot_share = (1 - w) * s
+    weights = (plan.mul_(ot_share) if overwrite_plan else plan * ot_share).div_(
+        ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
         share = torch.full_like(hard_denominator, w) / hard_denominator
@@ -172,6 +196,10 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
+    # One buffer for the gathered anchors of every chunk: a new one per chunk (13 MB at width
+    # 3584) may be fresh memory each time, paid in page faults (docs/efficiency.md).
+    anchor_rows = torch.empty(min(chunk_frames, frames), num_anchors, dim, dtype=work,
+                              device=features.device)
     for start, stop in chunk_ranges(frames, chunk_frames):
         x = features[start:stop].to(work)
         if rescale:
@@ -179,10 +207,13 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
         norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
         norms[start:stop] = norm
-        dots = gather_rows(torch.bmm(x, gather_rows(x, a_idx).transpose(1, 2)), s_idx)  # (f, M, N)
+        anchors = gather_rows(x, a_idx, out=anchor_rows[:stop - start])
+        # the dot products of the sources land in their place and are divided there
+        dots = gather_rows(torch.bmm(x, anchors.transpose(1, 2)), s_idx,
+                           out=similarity[start:stop])  # (f, M, N)
         norm_products = (torch.gather(norm, 1, s_idx)[:, :, None]
                          * torch.gather(norm, 1, a_idx)[:, None, :])
-        torch.div(dots, norm_products, out=similarity[start:stop])
+        dots.div_(norm_products)
     return AnchorSimilarity(similarity, norms)
 
 
@@ -197,16 +228,20 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     Returns:
         (F, N, T), a transposed view of an (F, T, N) tensor whose row t holds the weights of
         token t: ``weights[m]`` at source m, ``self_weight[n]`` at anchor n's own column.
-        Written as whole rows (one ``index_copy_`` each for sources and anchors), which is
-        2x faster than scattering single entries; the product reads it transposed for free.
+        The sources are written as whole rows (one ``index_copy_``), which is 2x faster than
+        scattering single entries; the product reads the result transposed for free.
     """
     frames, num_anchors = anchor_idx.shape
     offsets = tokens * torch.arange(frames, device=weights.device)[:, None]
     by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
                            device=weights.device)
     by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
-    by_token.index_copy_(0, (anchor_idx + offsets).reshape(-1),
-                         torch.diag_embed(self_weight).reshape(-1, num_anchors))
+    # Anchor rows: zeros with the anchor's own weight in its own column, written where they
+    # land rather than copied from an (F, N, N) diagonal matrix.
+    anchor_rows = (anchor_idx + offsets).reshape(-1)
+    by_token.index_fill_(0, anchor_rows, 0.0)
+    own_column = torch.arange(num_anchors, device=weights.device).repeat(frames)
+    by_token.index_put_((anchor_rows, own_column), self_weight.reshape(-1))
     return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
 
 
@@ -261,21 +296,23 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
     plan = None
     if config.intra_merge == "ot":
         frames, num_sources, num_anchors = similarity.shape
-        distance = grid_distances(grid, features.device).to(similarity.dtype)[
-            source_idx[:, :, None], anchor_idx[:, None, :]]
-        cost = intra_cost(similarity, distance, config.spatial_weight)
+        cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight)
         a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=similarity.dtype,
                        device=features.device)
         b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=similarity.dtype,
                        device=features.device)
+        # The cost becomes the kernel, the plan and the merge weights in turn, all in place:
+        # one (F, M, N) tensor of new memory for the whole transport.
         plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
-                        log_domain=config.log_domain, check_every=check_every).plan
-        del distance, cost  # the merge product is the stage's peak: hold no more than needed
-    operator = merge_operator(anchor_idx, source_idx, *merge_weights(plan, similarity, config),
+                        log_domain=config.log_domain, check_every=check_every,
+                        overwrite_cost=True).plan
+        del cost
+    operator = merge_operator(anchor_idx, source_idx,
+                              *merge_weights(plan, similarity, config, overwrite_plan=True),
                               features.shape[1])
-    del plan
+    del plan  # the merge product is the stage's peak: hold no more than needed
     return merge_product(features, operator, chunk_frames)
 
 
