@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import ops
 from .config import AOTConfig
 from .ops import (  # noqa: F401
-    SCRATCH_BYTES,
     check_finite,
     chunk_ranges,
     cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
@@ -80,21 +80,25 @@ def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: torch.Tensor,
-               grid, spatial_weight: float, chunk_frames: int | None = None) -> torch.Tensor:
+               grid, spatial_weight: float, *, overwrite_similarity: bool = False,
+               chunk_frames: int | None = None) -> torch.Tensor:
     """Cost of moving each source token to each anchor (code-only spatial term included).
 
     ``C[f, m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``, p the scaled
     grid coordinates (:func:`grid_distances`).
 
-    One (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk (default:
-    1/16 of :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits as the
-    formula's three temporaries. Memory the process has not touched yet costs a page fault per 4 KB,
-    which on a VM grows dearer with the process's footprint (docs/efficiency.md).
+    At most one (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk
+    (default: 1/16 of :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits
+    as the formula's three temporaries. Memory the process has not touched yet costs a page
+    fault per 4 KB, which on a VM grows dearer with the process's footprint
+    (docs/efficiency.md).
 
     Args:
         similarity: (F, M, N) cosine similarity of sources and anchors.
         source_idx: (F, M), anchor_idx: (F, N) token indices of the sources and anchors.
         grid: the patch grid, a square's side or ``(rows, cols)``.
+        overwrite_similarity: write the cost over ``similarity`` (no new (F, M, N) tensor; the
+            same numbers), for a similarity the caller no longer needs.
     Returns:
         (F, M, N) cost.
     """
@@ -104,16 +108,22 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
         # 1/16 of the usual budget (1 MiB): small enough for the allocator to recycle it
         # between chunks instead of mapping fresh memory for each
         chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
-                                        SCRATCH_BYTES // 16)
-    cost = 1 - similarity
+                                        ops.SCRATCH_BYTES // 16)
+    cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
     for start, stop in chunk_ranges(frames, chunk_frames):
         distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
         cost[start:stop].add_(distance.mul_(spatial_weight))  # scratch, scaled in place
     return cost
 
 
-def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: AOTConfig, *,
-                  overwrite_plan: bool = False):
+def nearest_anchors(similarity: torch.Tensor) -> torch.Tensor:
+    """(F, M, 1) long: each source's anchor of highest cosine similarity (first on ties), the
+    target of the hard merge; ``similarity`` (F, M, N)."""
+    return similarity.max(-1, keepdim=True).indices  # faster than argmax on CPU
+
+
+def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTConfig, *,
+                  out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The intra merge written as one linear map, so one batched matmul applies it.
 
     ``anchor_n <- self_n * a_n + sum_m W[m, n] * u_m`` where the OT part is
@@ -126,27 +136,23 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
 
     Args:
         plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
-        similarity: (F, M, N) cosine similarity of sources and anchors.
-        overwrite_plan: scale the plan in place into W (no new (F, M, N) tensor; the same
-            numbers), for a plan the caller no longer needs.
+        nearest: (F, M, 1) long, m -> n (:func:`nearest_anchors`).
+        out: (F, M, N) where W is written, in place: the plan itself, or a tensor the caller no
+            longer needs (no new (F, M, N) tensor).
     Returns:
-        (W (F, M, N), self_weight (F, N)).
+        (W (F, M, N), which is ``out``; self_weight (F, N)).
     """
     s = config.intra_scale
-    frames, num_sources, num_anchors = similarity.shape
-    nearest = similarity.max(-1, keepdim=True).indices  # (F, M, 1); faster than argmax on CPU
-    count = torch.zeros(frames, num_anchors, dtype=similarity.dtype, device=similarity.device)
+    frames, _, num_anchors = out.shape
+    count = torch.zeros(frames, num_anchors, dtype=out.dtype, device=out.device)
     count.scatter_add_(1, nearest[:, :, 0], torch.ones_like(nearest[:, :, 0], dtype=count.dtype))
     hard_denominator = s + count  # (F, N)
     if plan is None:
         share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
-        return (torch.zeros_like(similarity).scatter_(2, nearest, share[:, :, None]),
-                s / hard_denominator)
+        return out.zero_().scatter_(2, nearest, share[:, :, None]), s / hard_denominator
     w = config.hard_merge_weight
     ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
-    ot_share = (1 - w) * s
-    weights = (plan.mul_(ot_share) if overwrite_plan else plan * ot_share).div_(
-        ot_denominator[:, None, :])
+    weights = torch.mul(plan, (1 - w) * s, out=out).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
         share = torch.full_like(hard_denominator, w) / hard_denominator
@@ -285,7 +291,8 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
             default ``config.sinkhorn_check_every``.
         chunk_frames: frames per chunk of the passes over ``features`` (see
             :func:`anchor_similarity`; same result for any value).
-        similarity: (F, M, N) from :func:`anchor_similarity`, when already computed.
+        similarity: (F, M, N) from :func:`anchor_similarity`, when already computed; it is
+            overwritten (its memory holds the cost, the plan and the merge weights in turn).
     Returns:
         (F, N, D) merged anchors in float32 (float64 for float64 input).
     """
@@ -293,26 +300,28 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         check_every = config.sinkhorn_check_every
     if similarity is None:
         similarity = anchor_similarity(features, anchor_idx, source_idx, chunk_frames).similarity
+    nearest = nearest_anchors(similarity)  # read before the similarity's memory is reused
     plan = None
     if config.intra_merge == "ot":
         frames, num_sources, num_anchors = similarity.shape
-        cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight)
         a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=similarity.dtype,
                        device=features.device)
         b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=similarity.dtype,
                        device=features.device)
-        # The cost becomes the kernel, the plan and the merge weights in turn, all in place:
-        # one (F, M, N) tensor of new memory for the whole transport.
+        # The similarity becomes the cost, the kernel, the plan and (below) the merge weights
+        # in turn, each step in place: the transport writes no new (F, M, N) tensor.
+        cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,
+                          overwrite_similarity=True)
         plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
                         log_domain=config.log_domain, check_every=check_every,
                         overwrite_cost=True).plan
         del cost
-    operator = merge_operator(anchor_idx, source_idx,
-                              *merge_weights(plan, similarity, config, overwrite_plan=True),
-                              features.shape[1])
-    del plan  # the merge product is the stage's peak: hold no more than needed
+    weights, self_weight = merge_weights(plan, nearest, config,
+                                         out=similarity if plan is None else plan)
+    operator = merge_operator(anchor_idx, source_idx, weights, self_weight, features.shape[1])
+    del similarity, plan, weights  # the merge product is the stage's peak: hold no more than needed
     return merge_product(features, operator, chunk_frames)
 
 
