@@ -9,8 +9,10 @@ pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. 
 tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
 surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`).
 
-Memory. Besides its (F, N, D) result, the stage holds a few (F, M, N) matrices (similarity,
-cost, kernel/plan; 0.03x of the input each) and the (F, N, T) merge operator. The similarity
+Memory. Besides its (F, N, D) result, the stage holds one (F, M, N) matrix (0.03x of the
+input), the similarity, which becomes the cost, the kernel, the plan and the merge weights in
+turn, each step in place, and the (F, N, T) merge operator. Fewer new tensors are fewer page
+faults, which cost more per page as the process grows (docs/efficiency.md). The similarity
 pass runs over chunks of frames sized by a fixed byte budget (:data:`aot.ops.SCRATCH_BYTES`: the
 gathered anchors, and the float32 copy of a half-precision input, exist for one chunk at a
 time), so its scratch does not grow with the video; chunking does not change a single bit.
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
 from .config import AOTConfig
 from .ops import (  # noqa: F401
     check_finite,
@@ -88,8 +89,8 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
     grid coordinates (:func:`grid_distances`).
 
     At most one (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk
-    (default: 1/16 of :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits
-    as the formula's three temporaries. Memory the process has not touched yet costs a page
+    (default: :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits as the
+    formula's three temporaries. Memory the process has not touched yet costs a page
     fault per 4 KB, which on a VM grows dearer with the process's footprint
     (docs/efficiency.md).
 
@@ -105,10 +106,7 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
     frames, num_sources, num_anchors = similarity.shape
     table = grid_distances(grid, similarity.device).to(similarity.dtype)
     if chunk_frames is None:
-        # 1/16 of the usual budget (1 MiB): small enough for the allocator to recycle it
-        # between chunks instead of mapping fresh memory for each
-        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
-                                        ops.SCRATCH_BYTES // 16)
+        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames)
     cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
     for start, stop in chunk_ranges(frames, chunk_frames):
         distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
@@ -290,7 +288,8 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`);
             default ``config.sinkhorn_check_every``.
         chunk_frames: frames per chunk of the passes over ``features`` (see
-            :func:`anchor_similarity`; same result for any value).
+            :func:`anchor_similarity`) and of the distance gathers (:func:`intra_cost`); same
+            result for any value.
         similarity: (F, M, N) from :func:`anchor_similarity`, when already computed; it is
             overwritten (its memory holds the cost, the plan and the merge weights in turn).
     Returns:
@@ -311,7 +310,7 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         # The similarity becomes the cost, the kernel, the plan and (below) the merge weights
         # in turn, each step in place: the transport writes no new (F, M, N) tensor.
         cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,
-                          overwrite_similarity=True)
+                          overwrite_similarity=True, chunk_frames=chunk_frames)
         plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",

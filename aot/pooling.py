@@ -16,7 +16,6 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from . import ops
 from .config import POOLING_MODES
 from .ops import frames_per_chunk
 
@@ -137,7 +136,7 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         features: (F, T, D) patch features, T = rows * cols of ``grid``.
         positions: (F, S) long pooled-token indices to compute.
         anchor_idx: (F, N) long; merged: (F, N, D), or both None (plain pooling).
-        chunk_frames: frames per gather (default: as many as fit a quarter of
+        chunk_frames: frames per gather (default: as many as fit
             :data:`aot.ops.SCRATCH_BYTES` of float32 sums and upcast copy of a half-precision
             input); the result does not depend on it.
     Returns:
@@ -147,10 +146,8 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
     work = torch.promote_types(features.dtype, torch.float32)
     if chunk_frames is None:  # the sums of a chunk (two per token) and its dense copy, if any
         copied = tokens * dim if work != features.dtype or not features.is_contiguous() else 0
-        # a quarter of the usual budget: the allocator then recycles a chunk's sums for the
-        # next chunk instead of mapping fresh memory (page faults, docs/efficiency.md)
         chunk_frames = frames_per_chunk((2 * positions.shape[1] * dim + copied) * work.itemsize,
-                                        frames, ops.SCRATCH_BYTES // 4)
+                                        frames)
     taps, weights = pooling_taps(grid, mode, features.device)
     width = taps.shape[1]
     slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)

@@ -103,7 +103,7 @@ class FreshTensors(TorchDispatchMode):
 def test_the_transport_writes_no_new_fmn_tensor(intra_merge):
     # The similarity becomes the cost, kernel, plan and merge weights in turn; the only new
     # tensor of that size or more is the (F, T, N) merge operator (at D = 32 the merged
-    # (F, N, D) anchors are smaller). Before, OT made eight (F, M, N) tensors here (six float:
+    # (F, N, D) anchors are smaller; chunks of 2 frames keep the distance scratch below it). Before, OT made eight (F, M, N) tensors here (six float:
     # distance, three for the cost formula, kernel, weights; two bool padding masks).
     cfg = aot.AOTConfig(intra_merge=intra_merge)
     feats, anchor_idx, source_idx = frames_and_anchors(frames=6, dim=32)
@@ -112,7 +112,7 @@ def test_the_transport_writes_no_new_fmn_tensor(intra_merge):
     expected = merged_anchor_features(feats, anchor_idx, source_idx, 27, cfg)
     with FreshTensors(frames * sources * anchors) as fresh:
         merged = merged_anchor_features(feats, anchor_idx, source_idx, 27, cfg,
-                                        similarity=similarity)
+                                        similarity=similarity, chunk_frames=2)
     assert fresh.shapes == [(frames * 729, anchors)], fresh.shapes
     assert torch.equal(merged, expected)
     assert merged.shape == (frames, anchors, 32)
