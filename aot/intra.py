@@ -9,8 +9,10 @@ pass, the similarity product ``x @ anchors^T`` and the merge product ``W @ x``. 
 tensor of that size: its result is the (F, N, D) merged anchors, and the pooling reads the
 surviving tokens from the input and those anchors (:func:`aot.pooling.pool_at`).
 
-Memory. Besides its (F, N, D) result, the stage holds a few (F, M, N) matrices (similarity,
-cost, kernel/plan; 0.03x of the input each) and the (F, N, T) merge operator. The similarity
+Memory. Besides its (F, N, D) result, the stage holds one (F, M, N) matrix (0.03x of the
+input), the similarity, which becomes the cost, the kernel, the plan and the merge weights in
+turn, each step in place, and the (F, N, T) merge operator. Fewer new tensors are fewer page
+faults, which cost more per page as the process grows (docs/efficiency.md). The similarity
 pass runs over chunks of frames sized by a fixed byte budget (:data:`aot.ops.SCRATCH_BYTES`: the
 gathered anchors, and the float32 copy of a half-precision input, exist for one chunk at a
 time), so its scratch does not grow with the video; chunking does not change a single bit.
@@ -78,22 +80,48 @@ def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:, :n], order[:, n:]
 
 
-def intra_cost(similarity: torch.Tensor, distance: torch.Tensor,
-               spatial_weight: float) -> torch.Tensor:
+def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: torch.Tensor,
+               grid, spatial_weight: float, *, overwrite_similarity: bool = False,
+               chunk_frames: int | None = None) -> torch.Tensor:
     """Cost of moving each source token to each anchor (code-only spatial term included).
 
-    ``C[m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``.
+    ``C[f, m, n] = (1 - cos(u_m, a_n)) + spatial_weight * ||p(u_m) - p(a_n)||_2``, p the scaled
+    grid coordinates (:func:`grid_distances`).
+
+    At most one (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk
+    (default: :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits as the
+    formula's three temporaries. Memory the process has not touched yet costs a page
+    fault per 4 KB, which on a VM grows dearer with the process's footprint
+    (docs/efficiency.md).
 
     Args:
         similarity: (F, M, N) cosine similarity of sources and anchors.
-        distance: (F, M, N) grid distance of sources and anchors (:func:`grid_distances`).
+        source_idx: (F, M), anchor_idx: (F, N) token indices of the sources and anchors.
+        grid: the patch grid, a square's side or ``(rows, cols)``.
+        overwrite_similarity: write the cost over ``similarity`` (no new (F, M, N) tensor; the
+            same numbers), for a similarity the caller no longer needs.
     Returns:
         (F, M, N) cost.
     """
-    return (1 - similarity) + spatial_weight * distance
+    frames, num_sources, num_anchors = similarity.shape
+    table = grid_distances(grid, similarity.device).to(similarity.dtype)
+    if chunk_frames is None:
+        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames)
+    cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
+    for start, stop in chunk_ranges(frames, chunk_frames):
+        distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
+        cost[start:stop].add_(distance.mul_(spatial_weight))  # scratch, scaled in place
+    return cost
 
 
-def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: AOTConfig):
+def nearest_anchors(similarity: torch.Tensor) -> torch.Tensor:
+    """(F, M, 1) long: each source's anchor of highest cosine similarity (first on ties), the
+    target of the hard merge; ``similarity`` (F, M, N)."""
+    return similarity.max(-1, keepdim=True).indices  # faster than argmax on CPU
+
+
+def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTConfig, *,
+                  out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The intra merge written as one linear map, so one batched matmul applies it.
 
     ``anchor_n <- self_n * a_n + sum_m W[m, n] * u_m`` where the OT part is
@@ -106,23 +134,23 @@ def merge_weights(plan: torch.Tensor | None, similarity: torch.Tensor, config: A
 
     Args:
         plan: (F, M, N) transport plan, or None for the cosine ablation (hard part only).
-        similarity: (F, M, N) cosine similarity of sources and anchors.
+        nearest: (F, M, 1) long, m -> n (:func:`nearest_anchors`).
+        out: (F, M, N) where W is written, in place: the plan itself, or a tensor the caller no
+            longer needs (no new (F, M, N) tensor).
     Returns:
-        (W (F, M, N), self_weight (F, N)).
+        (W (F, M, N), which is ``out``; self_weight (F, N)).
     """
     s = config.intra_scale
-    frames, num_sources, num_anchors = similarity.shape
-    nearest = similarity.max(-1, keepdim=True).indices  # (F, M, 1); faster than argmax on CPU
-    count = torch.zeros(frames, num_anchors, dtype=similarity.dtype, device=similarity.device)
+    frames, _, num_anchors = out.shape
+    count = torch.zeros(frames, num_anchors, dtype=out.dtype, device=out.device)
     count.scatter_add_(1, nearest[:, :, 0], torch.ones_like(nearest[:, :, 0], dtype=count.dtype))
     hard_denominator = s + count  # (F, N)
     if plan is None:
         share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
-        return (torch.zeros_like(similarity).scatter_(2, nearest, share[:, :, None]),
-                s / hard_denominator)
+        return out.zero_().scatter_(2, nearest, share[:, :, None]), s / hard_denominator
     w = config.hard_merge_weight
     ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
-    weights = ((1 - w) * s * plan).div_(ot_denominator[:, None, :])
+    weights = torch.mul(plan, (1 - w) * s, out=out).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
         share = torch.full_like(hard_denominator, w) / hard_denominator
@@ -172,6 +200,10 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
+    # One buffer for the gathered anchors of every chunk: a new one per chunk (13 MB at width
+    # 3584) may be fresh memory each time, paid in page faults (docs/efficiency.md).
+    anchor_rows = torch.empty(min(chunk_frames, frames), num_anchors, dim, dtype=work,
+                              device=features.device)
     for start, stop in chunk_ranges(frames, chunk_frames):
         x = features[start:stop].to(work)
         if rescale:
@@ -179,10 +211,13 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
         norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
         norms[start:stop] = norm
-        dots = gather_rows(torch.bmm(x, gather_rows(x, a_idx).transpose(1, 2)), s_idx)  # (f, M, N)
+        anchors = gather_rows(x, a_idx, out=anchor_rows[:stop - start])
+        # the dot products of the sources land in their place and are divided there
+        dots = gather_rows(torch.bmm(x, anchors.transpose(1, 2)), s_idx,
+                           out=similarity[start:stop])  # (f, M, N)
         norm_products = (torch.gather(norm, 1, s_idx)[:, :, None]
                          * torch.gather(norm, 1, a_idx)[:, None, :])
-        torch.div(dots, norm_products, out=similarity[start:stop])
+        dots.div_(norm_products)
     return AnchorSimilarity(similarity, norms)
 
 
@@ -197,16 +232,20 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     Returns:
         (F, N, T), a transposed view of an (F, T, N) tensor whose row t holds the weights of
         token t: ``weights[m]`` at source m, ``self_weight[n]`` at anchor n's own column.
-        Written as whole rows (one ``index_copy_`` each for sources and anchors), which is
-        2x faster than scattering single entries; the product reads it transposed for free.
+        The sources are written as whole rows (one ``index_copy_``), which is 2x faster than
+        scattering single entries; the product reads the result transposed for free.
     """
     frames, num_anchors = anchor_idx.shape
     offsets = tokens * torch.arange(frames, device=weights.device)[:, None]
     by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
                            device=weights.device)
     by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
-    by_token.index_copy_(0, (anchor_idx + offsets).reshape(-1),
-                         torch.diag_embed(self_weight).reshape(-1, num_anchors))
+    # Anchor rows: zeros with the anchor's own weight in its own column, written where they
+    # land rather than copied from an (F, N, N) diagonal matrix.
+    anchor_rows = (anchor_idx + offsets).reshape(-1)
+    by_token.index_fill_(0, anchor_rows, 0.0)
+    own_column = torch.arange(num_anchors, device=weights.device).repeat(frames)
+    by_token.index_put_((anchor_rows, own_column), self_weight.reshape(-1))
     return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
 
 
@@ -249,8 +288,10 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         check_every: Sinkhorn iterations between host syncs (see :func:`aot.sinkhorn.sinkhorn`);
             default ``config.sinkhorn_check_every``.
         chunk_frames: frames per chunk of the passes over ``features`` (see
-            :func:`anchor_similarity`; same result for any value).
-        similarity: (F, M, N) from :func:`anchor_similarity`, when already computed.
+            :func:`anchor_similarity`) and of the distance gathers (:func:`intra_cost`); same
+            result for any value.
+        similarity: (F, M, N) from :func:`anchor_similarity`, when already computed; it is
+            overwritten (its memory holds the cost, the plan and the merge weights in turn).
     Returns:
         (F, N, D) merged anchors in float32 (float64 for float64 input).
     """
@@ -258,24 +299,28 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
         check_every = config.sinkhorn_check_every
     if similarity is None:
         similarity = anchor_similarity(features, anchor_idx, source_idx, chunk_frames).similarity
+    nearest = nearest_anchors(similarity)  # read before the similarity's memory is reused
     plan = None
     if config.intra_merge == "ot":
         frames, num_sources, num_anchors = similarity.shape
-        distance = grid_distances(grid, features.device).to(similarity.dtype)[
-            source_idx[:, :, None], anchor_idx[:, None, :]]
-        cost = intra_cost(similarity, distance, config.spatial_weight)
         a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=similarity.dtype,
                        device=features.device)
         b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=similarity.dtype,
                        device=features.device)
+        # The similarity becomes the cost, the kernel, the plan and (below) the merge weights
+        # in turn, each step in place: the transport writes no new (F, M, N) tensor.
+        cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,
+                          overwrite_similarity=True, chunk_frames=chunk_frames)
         plan = sinkhorn(a, b, cost, config.intra_epsilon, max_iter=config.sinkhorn_iterations,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
-                        log_domain=config.log_domain, check_every=check_every).plan
-        del distance, cost  # the merge product is the stage's peak: hold no more than needed
-    operator = merge_operator(anchor_idx, source_idx, *merge_weights(plan, similarity, config),
-                              features.shape[1])
-    del plan
+                        log_domain=config.log_domain, check_every=check_every,
+                        overwrite_cost=True).plan
+        del cost
+    weights, self_weight = merge_weights(plan, nearest, config,
+                                         out=similarity if plan is None else plan)
+    operator = merge_operator(anchor_idx, source_idx, weights, self_weight, features.shape[1])
+    del similarity, plan, weights  # the merge product is the stage's peak: hold no more than needed
     return merge_product(features, operator, chunk_frames)
 
 

@@ -61,16 +61,19 @@ def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return rank < counts.to(order.device)[:, None]
 
 
-def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, index: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, D) values, (B, K) long row indices -> (B, K, D) ``values[b, index[b, k]]``.
 
     One ``index_select`` on the flattened rows (faster on CPU than advanced indexing or
-    ``torch.gather`` with an expanded index).
+    ``torch.gather`` with an expanded index), into ``out`` when given (a contiguous (B, K, D)
+    tensor, e.g. a scratch reused by every chunk of a pass).
     """
     batch, rows, dim = values.shape
     flat = index + rows * torch.arange(batch, device=index.device)[:, None]
-    return values.reshape(batch * rows, dim).index_select(0, flat.reshape(-1)).view(
-        batch, index.shape[1], dim)
+    selected = torch.index_select(values.reshape(batch * rows, dim), 0, flat.reshape(-1),
+                                  out=None if out is None else out.view(-1, dim))
+    return selected.view(batch, index.shape[1], dim)
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:

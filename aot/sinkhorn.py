@@ -53,7 +53,8 @@ class SinkhornResult:
 
 def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
              max_iter: int = 100, stop_threshold: float = 1e-2, stopping: str = "batch",
-             log_domain: bool = False, check_every: int | None = None) -> SinkhornResult:
+             log_domain: bool = False, check_every: int | None = None,
+             overwrite_cost: bool = False) -> SinkhornResult:
     """Entropic OT plans for a batch of problems.
 
     Args:
@@ -71,6 +72,8 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         check_every: iterations between host syncs for the early stop; the result does not
             depend on it. Default: 1 on CPU (syncs are free), 10 elsewhere. 0 = never sync: run
             all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same result).
+        overwrite_cost: turn the cost in place into the kernel and then the plan (no new
+            (B, M, N) tensor; the same numbers), for a cost the caller no longer needs.
 
     Returns:
         :class:`SinkhornResult` with the (B, M, N) plan in the dtype of ``cost`` (float32 at
@@ -94,32 +97,45 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
                               torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
     options = {"max_iter": max_iter, "stop_threshold": stop_threshold, "stopping": stopping,
                "check_every": check_every}
+    # Both algorithms start from log K; the plain one exponentiates it in place. New memory is
+    # paid in page faults (docs/efficiency.md), so no step writes a second (B, M, N) tensor.
+    log_kernel = masked_log_kernel(cost, reg, a > 0, b > 0, overwrite_cost=overwrite_cost)
     if log_domain:
-        return sinkhorn_log(a, b, cost, reg, **options)
-    kernel = masked_kernel(cost, reg, a > 0, b > 0)
-    if check_every > 0 and bool(kernel_underflows(kernel, a > 0, b > 0)):
+        return sinkhorn_log(a, b, log_kernel, **options)
+    if check_every > 0 and bool(kernel_underflows(log_kernel, a > 0, b > 0)):
         warnings.warn(f"sinkhorn: exp(-cost / reg) underflows to 0 for whole rows or columns at "
                       f"reg={reg:g} in {dtype}; solving this call in the log domain instead "
                       f"(set log_domain=True to choose it yourself)", RuntimeWarning, stacklevel=2)
-        return sinkhorn_log(a, b, cost, reg, **options)
-    return sinkhorn_scaling(a, b, kernel, overwrite_kernel=True, **options)
+        return sinkhorn_log(a, b, log_kernel, **options)
+    return sinkhorn_scaling(a, b, log_kernel.exp_(), overwrite_kernel=True, **options)
 
 
-def masked_kernel(cost: torch.Tensor, reg: float, row_valid: torch.Tensor,
-                  col_valid: torch.Tensor) -> torch.Tensor:
-    """(B, M, N) ``exp(-cost / reg)`` with padded rows and columns set to 0."""
-    entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
-    return torch.div(cost, -reg).exp_().masked_fill_(~entry_valid, 0.0)  # one new tensor
+def masked_log_kernel(cost: torch.Tensor, reg: float, row_valid: torch.Tensor,
+                      col_valid: torch.Tensor, *, overwrite_cost: bool = False) -> torch.Tensor:
+    """(B, M, N) ``-cost / reg`` with padded rows and columns set to -inf (kernel entry 0), in
+    a new tensor or, with ``overwrite_cost``, in ``cost`` itself."""
+    log_kernel = cost.div_(-reg) if overwrite_cost else torch.div(cost, -reg)
+    return _fill_padding(log_kernel, row_valid, col_valid, -math.inf)
 
 
-def kernel_underflows(kernel: torch.Tensor, row_valid: torch.Tensor,
+def _fill_padding(x: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor,
+                  value: float) -> torch.Tensor:
+    """``x`` (B, M, N) with ``value`` written in place at padded rows and columns (two
+    broadcast fills: no (B, M, N) mask is built)."""
+    return (x.masked_fill_(~row_valid[:, :, None], value)
+            .masked_fill_(~col_valid[:, None, :], value))
+
+
+def kernel_underflows(log_kernel: torch.Tensor, row_valid: torch.Tensor,
                       col_valid: torch.Tensor) -> torch.Tensor:
-    """0-dim bool: some valid row or column of ``kernel`` is all zeros (it cannot carry mass).
+    """0-dim bool: some valid row or column of ``exp(log_kernel)`` is all zeros (it cannot
+    carry mass). Read on the row and column maxima: exp is monotone, so a row's largest kernel
+    entry is exp of its largest log entry.
 
     A problem without valid columns (or rows) has nothing to transport; it does not count.
     """
-    dead_row = row_valid & col_valid.any(1, keepdim=True) & (kernel.amax(2) == 0)
-    dead_col = col_valid & row_valid.any(1, keepdim=True) & (kernel.amax(1) == 0)
+    dead_row = row_valid & col_valid.any(1, keepdim=True) & (log_kernel.amax(2).exp() == 0)
+    dead_col = col_valid & row_valid.any(1, keepdim=True) & (log_kernel.amax(1).exp() == 0)
     return dead_row.any() | dead_col.any()
 
 
@@ -176,28 +192,30 @@ def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, 
     return SinkhornResult(r[:, :, None] * kernel * c[:, None, :], iterations)
 
 
-def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
+def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
                  max_iter: int, stop_threshold: float, stopping: str,
                  check_every: int) -> SinkhornResult:
     """Log-domain Sinkhorn: iterates ``f = log r``, ``g = log c`` with logsumexp.
 
     Never underflows; the stop test uses the relative change ``|1 - r_prev / r|`` of the row
     scaling, since ``r = exp(f)`` itself may overflow. Shapes and arguments as
-    :func:`sinkhorn_scaling`, with the (B, M, N) cost instead of the kernel.
+    :func:`sinkhorn_scaling`, with the (B, M, N) log kernel of :func:`masked_log_kernel`
+    instead of the kernel; it is turned in place into the plan.
     """
     row_valid, col_valid = a > 0, b > 0
-    entry_valid = row_valid[:, :, None] & col_valid[:, None, :]
-    tiny = torch.finfo(cost.dtype).tiny
-    log_k = torch.where(entry_valid, cost / -reg, -math.inf)
+    tiny = torch.finfo(log_k.dtype).tiny
     log_a = torch.where(row_valid, a.clamp(min=tiny).log(), -math.inf)
     log_b = torch.where(col_valid, b.clamp(min=tiny).log(), -math.inf)
-    f = torch.where(row_valid, 0.0, -math.inf).to(cost.dtype)  # r = exp(f) = 1 on valid rows
-    g = torch.where(col_valid, 0.0, -math.inf).to(cost.dtype)
-    active = torch.ones(cost.shape[0], dtype=torch.bool, device=cost.device)
-    iterations = torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device)
+    f = torch.where(row_valid, 0.0, -math.inf).to(log_k.dtype)  # r = exp(f) = 1 on valid rows
+    g = torch.where(col_valid, 0.0, -math.inf).to(log_k.dtype)
+    active = torch.ones(log_k.shape[0], dtype=torch.bool, device=log_k.device)
+    iterations = torch.zeros(log_k.shape[0], dtype=torch.long, device=log_k.device)
+    terms = torch.empty_like(log_k)  # one scratch for every logsumexp's terms, not one per call
     for it in range(max_iter):
-        f_new = _log_update(log_a, log_k + g[:, None, :], dim=2, valid=row_valid)
-        g_new = _log_update(log_b, log_k + f_new[:, :, None], dim=1, valid=col_valid)
+        f_new = _log_update(log_a, torch.add(log_k, g[:, None, :], out=terms), dim=2,
+                            valid=row_valid)
+        g_new = _log_update(log_b, torch.add(log_k, f_new[:, :, None], out=terms), dim=1,
+                            valid=col_valid)
         change = torch.where(row_valid, (1 - torch.exp(f - f_new)).abs(), 0.0)
         converged = stop_test(change, row_valid, stopping, stop_threshold)
         f = torch.where(active[:, None], f_new, f)
@@ -206,8 +224,8 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: floa
         active = active & ~converged
         if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
             break
-    plan = torch.exp(f[:, :, None] + log_k + g[:, None, :])
-    return SinkhornResult(plan.masked_fill(~entry_valid, 0.0), iterations)
+    plan = log_k.add_(f[:, :, None]).add_(g[:, None, :]).exp_()  # exp(f + log K + g)
+    return SinkhornResult(_fill_padding(plan, row_valid, col_valid, 0.0), iterations)
 
 
 def _scale_update(marginal: torch.Tensor, kernel_product: torch.Tensor,

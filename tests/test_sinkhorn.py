@@ -1,6 +1,8 @@
 """Batched Sinkhorn: POT as the reference solver, marginals, stopping rules, padding, and the
 ``sinkhorn_check_every`` knob (host syncs of the early stop)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -149,3 +151,25 @@ def test_sinkhorn_check_every_knob_removes_the_loop_syncs(monkeypatch):
     # 20 more iterations x 2 solves (the intra one, the temporal step's batch).
     assert counts[None, 30] - counts[None, 10] == 40, counts
     assert counts[0, 10] == counts[0, 30] < counts[None, 10], counts
+
+
+@pytest.mark.parametrize("log_domain", [False, True])
+@pytest.mark.parametrize("reg", [0.1, 0.002])  # 0.002: the plain kernel underflows (fallback)
+def test_overwrite_cost_gives_the_same_plan_in_the_cost_memory(log_domain, reg):
+    # overwrite_cost turns the caller's cost in place into the plan (no new (B, M, N) tensor):
+    # the same bits as the default, which leaves the cost as it was. Padding included.
+    a, b, cost = random_problem(3, 12, 7, 8, scale=2.0)
+    a, b, cost = a.float(), b.float(), cost.float()
+    a[1, 9:], b[2, 5:] = 0.0, 0.0
+    cost[1, 9:] = 123.0  # garbage in padding must be ignored either way
+    kept = cost.clone()
+    with warnings.catch_warnings(record=True) as fallback:
+        warnings.simplefilter("always")
+        ref = sinkhorn(a, b, cost, reg, stopping="problem", log_domain=log_domain)
+        assert torch.equal(cost, kept)
+        out = sinkhorn(a, b, cost, reg, stopping="problem", log_domain=log_domain,
+                       overwrite_cost=True)
+    assert len(fallback) == (0 if log_domain or reg == 0.1 else 2)
+    assert torch.equal(out.plan, ref.plan) and torch.equal(out.iterations, ref.iterations)
+    assert out.plan.data_ptr() == cost.data_ptr()
+    assert float(out.plan[1, 9:].abs().sum() + out.plan[2, :, 5:].abs().sum()) == 0.0
