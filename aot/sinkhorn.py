@@ -177,8 +177,8 @@ def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, 
     On a GPU the loop is launch-bound (each op is a kernel launch on tiny vectors), so
     everything that does not change between iterations is made once before it: the
     valid-row counts of the stop test (:class:`StopRule`), the marginals with their padding
-    set to 0 (:func:`_scale_update`) and a 0 on the device (a Python 0 in ``torch.where`` is a
-    host-to-device copy on CUDA each time).
+    set to 0 (:func:`_scale_update`) and a 0 on the device (a Python 0 in ``torch.where`` is
+    made into a new device tensor, one more kernel, each time).
     """
     row_valid, col_valid = a > 0, b > 0
     zero = kernel.new_zeros(())
