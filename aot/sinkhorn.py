@@ -149,12 +149,32 @@ def stop_test(change: torch.Tensor, row_valid: torch.Tensor, stopping: str,
         stopping: ``"batch"``: the mean over every valid row of the batch decides for all;
             ``"problem"``: the mean over each problem's valid rows decides for it.
     """
-    change = change.masked_fill(~row_valid, 0.0)
-    if stopping == "batch":
-        mean = change.sum() / row_valid.sum().clamp(min=1).to(change.dtype)
-        return (mean < stop_threshold).expand(change.shape[0])
-    mean = change.sum(1) / row_valid.sum(1).clamp(min=1).to(change.dtype)
-    return mean < stop_threshold
+    rule = StopRule(row_valid, stopping, stop_threshold, change.dtype)
+    return rule(change.masked_fill(~row_valid, 0.0))
+
+
+class StopRule:
+    """:func:`stop_test` with its loop invariant, the valid-row counts, computed once per solve.
+
+    The counts do not change between iterations; computing them in the loop cost four tensor
+    ops (= four kernel launches on a GPU) per iteration. The rule itself is :func:`stop_test`'s,
+    bit for bit: the same sums divided by the same counts, compared the same way.
+    """
+
+    def __init__(self, row_valid: torch.Tensor, stopping: str, stop_threshold: float,
+                 dtype: torch.dtype):
+        """row_valid: (B, M) bool; stopping, stop_threshold: as :func:`stop_test`."""
+        self.per_problem = stopping == "problem"
+        self.stop_threshold = stop_threshold
+        self.batch = row_valid.shape[0]
+        counts = row_valid.sum(1) if self.per_problem else row_valid.sum()
+        self.counts = counts.clamp(min=1).to(dtype)
+
+    def __call__(self, change: torch.Tensor) -> torch.Tensor:
+        """(B,) bool converged, from the (B, M) ``change`` that is already 0 on padding rows."""
+        if self.per_problem:
+            return change.sum(1) / self.counts < self.stop_threshold
+        return (change.sum() / self.counts < self.stop_threshold).expand(self.batch)
 
 
 def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
@@ -169,22 +189,33 @@ def sinkhorn_scaling(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, 
             pass less; the same numbers), for a kernel the caller no longer needs.
     Returns:
         :class:`SinkhornResult`.
+
+    On a GPU the loop is launch-bound (each op is a kernel launch on tiny vectors), so
+    everything that does not change between iterations is made once before it: the
+    valid-row counts of the stop test (:class:`StopRule`), the marginals with their padding
+    set to 0 (:func:`_scale_update`) and a 0 on the device (a Python 0 in ``torch.where`` is
+    made into a new device tensor, one more kernel, each time).
     """
     row_valid, col_valid = a > 0, b > 0
+    zero = kernel.new_zeros(())
+    # 0 on padding (a padded marginal may be -0.0 or negative): see _scale_update.
+    a_valid, b_valid = torch.where(row_valid, a, zero), torch.where(col_valid, b, zero)
+    stop = StopRule(row_valid, stopping, stop_threshold, kernel.dtype)
     r, c = row_valid.to(kernel.dtype), col_valid.to(kernel.dtype)
     active = torch.ones(kernel.shape[0], dtype=torch.bool, device=kernel.device)
     iterations = torch.zeros(kernel.shape[0], dtype=torch.long, device=kernel.device)
     kernel_t = kernel.transpose(1, 2)
     for it in range(max_iter):
         # Matrix-vector products read the kernel once; (kernel * c).sum(2) would write a copy.
-        r_new = _scale_update(a, torch.bmm(kernel, c[:, :, None])[:, :, 0], row_valid)
-        c_new = _scale_update(b, torch.bmm(kernel_t, r_new[:, :, None])[:, :, 0], col_valid)
-        converged = stop_test((r_new - r).abs(), row_valid, stopping, stop_threshold)
+        r_new = _scale_update(a_valid, torch.bmm(kernel, c[:, :, None])[:, :, 0], zero)
+        c_new = _scale_update(b_valid, torch.bmm(kernel_t, r_new[:, :, None])[:, :, 0], zero)
+        # r and r_new are both 0 on padding rows, so the change needs no masking there.
+        converged = stop((r_new - r).abs())
         # Frozen problems keep their state, so late host checks do not change the result.
         r = torch.where(active[:, None], r_new, r)
         c = torch.where(active[:, None], c_new, c)
-        iterations += active.long()
-        active = active & ~converged
+        iterations += active
+        active = active > converged  # active and not converged, in one op (False < True)
         if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
             break
     if overwrite_kernel:
@@ -200,28 +231,31 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
     Never underflows; the stop test uses the relative change ``|1 - r_prev / r|`` of the row
     scaling, since ``r = exp(f)`` itself may overflow. Shapes and arguments as
     :func:`sinkhorn_scaling`, with the (B, M, N) log kernel of :func:`masked_log_kernel`
-    instead of the kernel; it is turned in place into the plan.
+    instead of the kernel; it is turned in place into the plan. Loop invariants are made once
+    before the loop, as there.
     """
     row_valid, col_valid = a > 0, b > 0
     tiny = torch.finfo(log_k.dtype).tiny
-    log_a = torch.where(row_valid, a.clamp(min=tiny).log(), -math.inf)
-    log_b = torch.where(col_valid, b.clamp(min=tiny).log(), -math.inf)
-    f = torch.where(row_valid, 0.0, -math.inf).to(log_k.dtype)  # r = exp(f) = 1 on valid rows
-    g = torch.where(col_valid, 0.0, -math.inf).to(log_k.dtype)
+    zero, minus_inf = log_k.new_zeros(()), log_k.new_full((), -math.inf)
+    # -inf on padding: _log_update relies on it.
+    log_a = torch.where(row_valid, a.clamp(min=tiny).log(), minus_inf)
+    log_b = torch.where(col_valid, b.clamp(min=tiny).log(), minus_inf)
+    f = torch.where(row_valid, zero, minus_inf)  # r = exp(f) = 1 on valid rows
+    g = torch.where(col_valid, zero, minus_inf)
+    stop = StopRule(row_valid, stopping, stop_threshold, log_k.dtype)
     active = torch.ones(log_k.shape[0], dtype=torch.bool, device=log_k.device)
     iterations = torch.zeros(log_k.shape[0], dtype=torch.long, device=log_k.device)
     terms = torch.empty_like(log_k)  # one scratch for every logsumexp's terms, not one per call
     for it in range(max_iter):
-        f_new = _log_update(log_a, torch.add(log_k, g[:, None, :], out=terms), dim=2,
-                            valid=row_valid)
-        g_new = _log_update(log_b, torch.add(log_k, f_new[:, :, None], out=terms), dim=1,
-                            valid=col_valid)
-        change = torch.where(row_valid, (1 - torch.exp(f - f_new)).abs(), 0.0)
-        converged = stop_test(change, row_valid, stopping, stop_threshold)
+        f_new = _log_update(log_a, torch.add(log_k, g[:, None, :], out=terms), 2, minus_inf)
+        g_new = _log_update(log_b, torch.add(log_k, f_new[:, :, None], out=terms), 1, minus_inf)
+        # Padding rows: f = f_new = -inf, so exp(f - f_new) is NaN there: masked to 0.
+        change = torch.where(row_valid, (1 - torch.exp(f - f_new)).abs(), zero)
+        converged = stop(change)
         f = torch.where(active[:, None], f_new, f)
         g = torch.where(active[:, None], g_new, g)
-        iterations += active.long()
-        active = active & ~converged
+        iterations += active
+        active = active > converged  # active and not converged, in one op (False < True)
         if check_every and (it + 1) % check_every == 0 and not bool(active.any()):
             break
     plan = log_k.add_(f[:, :, None]).add_(g[:, None, :]).exp_()  # exp(f + log K + g)
@@ -229,21 +263,37 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
 
 
 def _scale_update(marginal: torch.Tensor, kernel_product: torch.Tensor,
-                  valid: torch.Tensor) -> torch.Tensor:
-    """``marginal / kernel_product`` on valid entries, 0 on padding (and on empty rows)."""
-    ok = valid & (kernel_product > 0)
-    return torch.where(ok, marginal / torch.where(ok, kernel_product, 1.0), 0.0)
+                  zero: torch.Tensor) -> torch.Tensor:
+    """``marginal / kernel_product`` where the product is > 0, else 0 (padding, empty rows).
+
+    Args:
+        marginal: (B, K), 0 on padding; kernel_product: (B, K); zero: 0-dim 0 on the device.
+
+    The released form ``where(ok, a / where(ok, Kc, 1), 0)`` with ``ok = valid & (Kc > 0)``
+    gives the same bits in three ops instead of five: on ``ok`` entries both divide ``a`` by
+    ``Kc``; elsewhere both give +0, since a padded entry has ``a = +0`` and ``+0 / Kc = +0``
+    for any ``Kc > 0``. The division by 0 or NaN elsewhere is discarded by the ``where``.
+    """
+    return torch.where(kernel_product > 0, marginal / kernel_product, zero)
 
 
 def _log_update(log_marginal: torch.Tensor, log_terms: torch.Tensor, dim: int,
-                valid: torch.Tensor) -> torch.Tensor:
-    """``log_marginal - logsumexp(log_terms, dim)`` on valid entries, -inf on padding."""
+                minus_inf: torch.Tensor) -> torch.Tensor:
+    """``log_marginal - logsumexp(log_terms, dim)`` where the logsumexp is finite, else -inf.
+
+    Args:
+        log_marginal: (B, K), -inf on padding; log_terms: (B, M, N) with K its size after
+        reducing ``dim``; minus_inf: 0-dim -inf on the device.
+
+    The same bits as ``where(valid & isfinite(lse), log_marginal - lse, -inf)``: on a padding
+    entry ``-inf - lse`` is -inf for a finite ``lse``. ``|lse| < inf`` is ``isfinite`` in two
+    ops instead of four.
+    """
     lse = torch.logsumexp(log_terms, dim=dim)
-    ok = valid & torch.isfinite(lse)
-    return torch.where(ok, log_marginal - torch.where(ok, lse, 0.0), -math.inf)
+    return torch.where(lse.abs() < math.inf, log_marginal - lse, minus_inf)
 
 
 def uniform_marginals(valid: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, K) uniform weights ``1 / count`` over the True entries of ``valid``, 0 elsewhere."""
     counts = valid.sum(-1, keepdim=True).clamp(min=1)
-    return valid.to(dtype) / counts.to(dtype)
+    return valid.to(dtype) / counts  # the integer counts are converted to dtype, then divide

@@ -63,10 +63,13 @@ def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
     Returns:
         (B, M, N) cost (padding entries are 0).
     """
-    cost = 1 - similarity.clamp(-1 + 1e-6, 1 - 1e-6)
-    lowest = cost.masked_fill(~valid, math.inf).amin(dim=(1, 2), keepdim=True)
-    cost = torch.where(valid, cost - torch.where(torch.isfinite(lowest), lowest, 0.0), 0.0)
-    return cost * (1 - math.exp(-(offset ** 2) / (2 * sigma ** 2)))
+    invalid = ~valid
+    # Padding is set to inf for the minimum and back to 0 below, in place on the new tensor.
+    cost = (1 - similarity.clamp(-1 + 1e-6, 1 - 1e-6)).masked_fill_(invalid, math.inf)
+    lowest = cost.amin(dim=(1, 2), keepdim=True)  # inf for a problem without valid entries
+    shift = lowest.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # 0 where not finite
+    cost = torch.sub(cost, shift).masked_fill_(invalid, 0.0)
+    return cost.mul_(1 - math.exp(-(offset ** 2) / (2 * sigma ** 2)))
 
 
 def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
@@ -80,15 +83,17 @@ def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> t
     Returns:
         (B,) float64.
     """
-    values = scores.double().masked_fill(~valid, math.inf).sort(dim=1).values
+    values = scores.to(torch.float64, copy=True).masked_fill_(~valid, math.inf).sort(dim=1).values
     count = valid.sum(1)
-    pos = (count - 1).clamp(min=0).double() * q
-    low = pos.floor().long()
-    high = torch.minimum(low + 1, (count - 1).clamp(min=0))
+    last = (count - 1).clamp(min=0)  # the last valid slot (0 for an empty row)
+    pos = last.double() * q
+    # pos >= 0: truncation is floor, and frac(pos) is exactly pos - floor(pos)
+    low = pos.long()
+    high = torch.minimum(low + 1, last)
     below = values.gather(1, low[:, None])[:, 0]
     above = values.gather(1, high[:, None])[:, 0]
-    threshold = torch.lerp(below, above, pos - low.double())
-    return torch.where(count > 0, threshold, torch.full_like(threshold, math.nan))
+    threshold = torch.lerp(below, above, pos.frac())
+    return threshold.masked_fill_(count == 0, math.nan)
 
 
 def lowest_k(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -115,18 +120,40 @@ def temporal_merge(pooled: torch.Tensor, survivors: torch.Tensor, clips: list[Cl
 
 @dataclass
 class ClipSteps:
-    """The clips with two or more frames, as index tensors.
+    """The clips with two or more frames and the frames of each step, as index tensors.
 
-    keyframes: (C,) long first frame of each such clip; lengths: python list of their lengths.
+    keyframes: (C,) long first frame of each such clip; lengths: python list of their lengths;
+    frame_ids[k - 1]: (C_k,) long the frame at position k (1, 2, ...) of each clip that has one;
+    clip_ids[k - 1]: (C_k,) long those clips, or None when every clip has a frame there (equal
+    clips, the usual case: the anchors then need no gather and no scatter);
+    later: (F,) bool, the frames that are not the first of their clip.
+    They are known from the clips alone and reach the device in two copies, not one per step.
     """
 
     keyframes: torch.Tensor
     lengths: list[int]
+    frame_ids: list[torch.Tensor]
+    clip_ids: list[torch.Tensor | None]
+    later: torch.Tensor
 
-    def active(self, step: int) -> torch.Tensor:
-        """(C_step,) long: the clips that still have a frame at ``step`` (0-based in the clip)."""
-        ids = [i for i, length in enumerate(self.lengths) if length > step]
-        return torch.tensor(ids, dtype=torch.long).to(self.keyframes.device, non_blocking=True)
+    @classmethod
+    def of(cls, clips: list[Clip], frames: int, device: torch.device) -> ClipSteps:
+        """The steps of ``clips``, consecutive (start, stop) frame ranges of ``frames`` frames."""
+        multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
+        starts = [start for start, _ in multi]
+        lengths = [stop - start for start, stop in multi]
+        rows = [starts]  # keyframes, then per step: frame ids, clip ids (empty: all clips)
+        for step in range(1, max(lengths, default=0)):
+            ids = [i for i, length in enumerate(lengths) if length > step]
+            rows += [[starts[i] + step for i in ids], [] if len(ids) == len(multi) else ids]
+        flat = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+        keyframes, *per_step = flat.to(device, non_blocking=True).split([len(r) for r in rows])
+        later = [True] * frames
+        for start, _ in clips:
+            later[start] = False
+        return cls(keyframes, lengths, per_step[0::2],
+                   [ids if row else None for ids, row in zip(per_step[1::2], rows[2::2])],
+                   torch.tensor(later, dtype=torch.bool).to(device, non_blocking=True))
 
 
 def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
@@ -149,8 +176,8 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
     similarity = cosine_similarity(x[..., :channels], y[..., :channels])
     if config.inter_merge == "cosine":
         # Ablation: judged and merged by plain cosine similarity, no transport plan.
-        best = similarity.masked_fill(~entry_valid, -math.inf).max(2)
-        score = torch.where(x_valid, best.values, 0.0)
+        best = similarity.masked_fill_(~entry_valid, -math.inf).max(2)
+        score = best.values.masked_fill_(~x_valid, 0.0)
         assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
         return score, assign * entry_valid
     cost = temporal_cost(similarity, entry_valid, offset, config.sigma)
@@ -161,7 +188,8 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
                     stop_threshold=config.sinkhorn_tolerance, stopping="problem",
                     log_domain=config.log_domain, check_every=check_every).plan
     row_mass = plan.sum(2, keepdim=True)
-    assign = torch.where(row_mass > 0, plan / torch.where(row_mass > 0, row_mass, 1.0), 0.0)
+    # Rows without mass: 0 / 0 is NaN, set to 0 (as are rows whose mass is NaN).
+    assign = plan.div_(row_mass).masked_fill_(~(row_mass > 0), 0.0)
     return assign.max(2).values, assign
 
 
@@ -175,8 +203,8 @@ def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tenso
     if keep_counts is not None:
         return lowest_k(score, x_valid, keep_counts)
     threshold = quantile_threshold(score, x_valid, config.keep_ratio)
-    keep = x_valid & (score.double() < threshold[:, None])
-    return torch.where(~y_valid.any(1)[:, None], x_valid, keep)
+    keep = x_valid & (score < threshold[:, None])  # compared in float64 (type promotion)
+    return torch.where(y_valid.any(1)[:, None], keep, x_valid)
 
 
 def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
@@ -220,7 +248,8 @@ def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_val
     keep = select_kept(score, x_valid, y_valid, config, keep_counts)
     if config.inter_merge == "prune":
         return keep, y
-    return keep, update_anchors(y, y_valid, x, assign, x_valid & ~keep, config)
+    merge = x_valid > keep  # x_valid and not keep, in one op (False < True)
+    return keep, update_anchors(y, y_valid, x, assign, merge, config)
 
 
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
@@ -249,25 +278,24 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
     """
     work = torch.promote_types(tokens.dtype, torch.float32)
     kept = torch.zeros_like(valid)
-    multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
-    steps = ClipSteps(torch.tensor([start for start, _ in multi], dtype=torch.long)
-                      .to(tokens.device), [stop - start for start, stop in multi])
+    steps = ClipSteps.of(clips, tokens.shape[0], tokens.device)
     anchors = tokens[steps.keyframes].to(work)  # (C, S, D), updated step by step
     anchor_valid = valid[steps.keyframes]
-    for step in range(1, max(steps.lengths, default=0)):
-        active = steps.active(step)
-        frame_ids = steps.keyframes[active] + step
-        keep, anchors[active] = temporal_step(  # no step's copies outlive the step
-            tokens[frame_ids].to(work), valid[frame_ids], anchors[active], anchor_valid[active],
-            step, config, keep_counts[frame_ids] if keep_counts is not None else None,
-            check_every=check_every)
+    for step, (frame_ids, clip_ids) in enumerate(zip(steps.frame_ids, steps.clip_ids), start=1):
+        counts = keep_counts[frame_ids] if keep_counts is not None else None
+        # No step's copies outlive the step (its inputs are passed, not held).
+        if clip_ids is None:  # every clip has a frame at this step
+            keep, anchors = temporal_step(
+                tokens[frame_ids].to(work), valid[frame_ids], anchors, anchor_valid, step,
+                config, counts, check_every=check_every)
+        else:
+            keep, anchors[clip_ids] = temporal_step(
+                tokens[frame_ids].to(work), valid[frame_ids], anchors[clip_ids],
+                anchor_valid[clip_ids], step, config, counts, check_every=check_every)
         kept[frame_ids] = keep
 
-    merged = valid.clone()
-    merged[steps.keyframes] = False
-    single = [start for start, stop in clips if stop - start == 1]
-    merged[single] = False
-    merged &= ~kept
+    # The survivors of later frames that were not kept (kept holds later frames only).
+    merged = (valid & steps.later[:, None]) > kept  # ... and not kept, in one op (False < True)
     return _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
                  pooled_count)
 
@@ -282,36 +310,37 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
     """
     frames, width, dim = tokens.shape
     device = tokens.device
-    # Emitted as is: keyframes and one-frame clips emit their survivors, later frames the kept.
-    is_key = torch.zeros(frames, dtype=torch.bool, device=device)
-    is_key[[start for start, _ in clips]] = True
-    frame_emits = torch.where(is_key[:, None], valid, kept)
-    order, flags, frame_of, kind_of = [], [], [], []
-    slots = torch.arange(width, device=device)
+    # One block of ``width`` candidate slots per frame and per clip's anchors, in the released
+    # order: where its flags lie in cat(valid, kept, anchor_valid) (a clip's first frame emits
+    # its survivors, a later frame its kept tokens, then the anchors), where its rows lie in
+    # cat(tokens, anchors), its frame and its kind. Known from the clips: one copy to the device.
+    flag_base, row_base, frame_of, kind_of = [], [], [], []
     anchor_slot = 0
     for start, stop in clips:
         for f in range(start, stop):
-            order.append(f * width + slots)
-            kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
+            flag_base.append((f if f == start else frames + f) * width)
+            row_base.append(f * width)
             frame_of.append(f)
+            kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
         if stop - start >= 2:
-            order.append(frames * width + anchor_slot * width + slots)
-            kind_of.append(KIND_ANCHOR)
+            flag_base.append((2 * frames + anchor_slot) * width)
+            row_base.append((frames + anchor_slot) * width)
             frame_of.append(start)
+            kind_of.append(KIND_ANCHOR)
             anchor_slot += 1
-    flags = torch.cat([frame_emits.reshape(-1), anchor_valid.reshape(-1)])
-    if not order:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        index, frame_ids, kinds = empty, empty, empty
+    if not frame_of or width == 0:
+        index = torch.zeros(0, dtype=torch.long, device=device)
+        frame_ids, kinds, token_position = index, index, index
     else:
-        order = torch.cat(order)
-        block = torch.arange(len(kind_of), device=device).repeat_interleave(width)
-        chosen = torch.nonzero(flags[order]).flatten()  # the one host sync of the phase
-        index = order[chosen]
-        frame_ids = torch.tensor(frame_of, dtype=torch.long).to(device)[block[chosen]]
-        kinds = torch.tensor(kind_of, dtype=torch.long).to(device)[block[chosen]]
-    slot_in_frame = index % width if width else index
-    token_position = positions[frame_ids, slot_in_frame] if index.numel() else index
+        table = torch.tensor([flag_base, row_base, frame_of, kind_of]).to(device)
+        flags = torch.cat([valid.reshape(-1), kept.reshape(-1), anchor_valid.reshape(-1)])
+        candidates = (table[0, :, None] + torch.arange(width, device=device)).reshape(-1)
+        chosen = torch.nonzero(flags[candidates]).flatten()  # the one host sync of the phase
+        block, slot = chosen // width, chosen % width
+        index = table[1][block] + slot
+        frame_ids = table[2][block]
+        kinds = table[3][block]
+        token_position = positions[frame_ids, slot]
     return TemporalOutput(
         tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
                             index),
