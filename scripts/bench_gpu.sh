@@ -3,8 +3,11 @@
 #   1. tests/test_cuda.py (same tokens as the CPU, no host sync in the loops, CUDA-graph replay,
 #      torch.compile, half precision)
 #   2. scripts/bench_reducer.py --device cuda, float32 and bfloat16 (ours vs reference vs floor)
-#   3. scripts/bench_memory.py --device cuda at 32..1024 frames (peak / input, ms per frame)
-#   4. with --efficiency: the efficiency benchmark at 7B shapes, random weights, bfloat16
+#   3. knob sweeps of bench_reducer: sinkhorn_check_every 1..10, aot.ops.SCRATCH_BYTES 16..256 MiB
+#   4. scripts/bench_memory.py --device cuda at 32..1024 frames (peak / input, ms per frame)
+#   5. one call under torch.profiler (kernel launches, syncs, GPU time per kernel)
+#   6. with --efficiency: the efficiency benchmark at 7B shapes (LLaVA-OV, LLaVA-Video,
+#      Qwen2.5-VL), random weights, bfloat16
 # Usage: bash scripts/bench_gpu.sh [--out DIR] [--efficiency] [--skip-tests] [--quick]
 # Each step's output goes to DIR/<step>.txt (default outputs/gpu) and to stdout; a failing step
 # is reported and the next one still runs; the exit status is that of the first failure.
@@ -46,9 +49,18 @@ frames=(32 128 256 512 1024) repeats=20
 step reducer_float32 "$PY" scripts/bench_reducer.py --device cuda --repeats "$repeats" --warmup 3
 step reducer_bfloat16 "$PY" scripts/bench_reducer.py --device cuda --dtype bfloat16 \
     --repeats "$repeats" --warmup 3 --reference-repeats 0
-step memory "$PY" scripts/bench_memory.py --device cuda --frames "${frames[@]}" --repeats 5
+step sweep_check_every "$PY" scripts/bench_reducer.py --device cuda --repeats 10 --warmup 2 \
+    --reference-repeats 0 --check-every 1 2 3 5 10
+for dtype in float32 bfloat16; do
+    step "sweep_scratch_$dtype" "$PY" scripts/bench_reducer.py --device cuda --dtype "$dtype" \
+        --repeats 10 --warmup 2 --reference-repeats 0 --scratch-mib 16 64 256
+done
+step memory "$PY" scripts/bench_memory.py --device cuda --frames "${frames[@]}" --repeats 3
+step profile "$PY" scripts/bench_reducer.py --device cuda --repeats 2 --reference-repeats 0 \
+    --profile 25
 if [ "$efficiency" = 1 ]; then
-    step efficiency "$PY" -m aot_bench.efficiency --backbones ov video --frames 32 64 \
-        --retentions full 0.25 0.10 --repeats 3 --warmup 1 --out "$out/efficiency"
+    step efficiency "$PY" -m aot_bench.efficiency --backbones ov video qwen2_5_vl \
+        --frames 32 64 --retentions full 0.25 0.10 --repeats 3 --warmup 1 \
+        --out "$out/efficiency"
 fi
 exit "$status"

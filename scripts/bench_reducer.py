@@ -3,6 +3,7 @@ and against the floor of the method's arithmetic.
 
     python scripts/bench_reducer.py [--device cpu|cuda] [--repeats 5] [--reference-repeats 3]
                                     [--dtype float32] [--threads N] [--before DIR] [--profile 20]
+                                    [--check-every N [N ...]] [--scratch-mib M [M ...]]
 
 Shapes: LLaVA-OV 32 frames x 729 x 3584 (paper-ov-mvbench: 126 anchors, temporal phase on) and
 LLaVA-Video 64 frames x 729 x 3584 (paper-video: 180 anchors, average pooling, temporal off).
@@ -15,6 +16,11 @@ tokens, a host sync per selected index and per Sinkhorn iteration). Each row che
 reference and ``aot.reduce_video`` give the same tokens, and times both in the same run, with
 the machine load printed. ``--before DIR`` also times the ``aot`` package
 found in DIR (e.g. a ``git worktree`` of an older commit) on the same inputs.
+
+Knob sweeps (one row per value and shape, same inputs): ``--check-every`` sets
+``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 1 on CPU, 10 on
+CUDA), ``--scratch-mib`` sets :data:`aot.ops.SCRATCH_BYTES` (the chunk budget of the passes over
+the features) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
 
 "floor" is the work no implementation of the method can skip, timed in the same run on the
 same device (interleaved with ``aot.reduce_video``, so both see the same load): the two batched
@@ -111,12 +117,15 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def bench(backbone: str, frames: int, preset: str, args, before) -> dict:
+def bench(backbone: str, frames: int, preset: str, args, before, check_every=None,
+          scratch_mib=None) -> dict:
     dtype = getattr(torch, args.dtype)
     feats, shallow, deep = make_inputs(frames, args.dim, args.device, dtype)
-    cfg = aot.AOTConfig.preset(preset)
-    row = {"backbone": backbone, "shape": f"{frames}x729x{args.dim}", "preset": preset,
-           "load_start": load()}
+    cfg = aot.AOTConfig.preset(preset).replace(sinkhorn_check_every=check_every)
+    knobs = ([f"check_every {check_every}"] if check_every is not None else []) + \
+        ([f"scratch {scratch_mib} MiB"] if scratch_mib is not None else [])
+    row = {"backbone": backbone, "preset": preset, "load_start": load(),
+           "shape": f"{frames}x729x{args.dim}" + (f" ({', '.join(knobs)})" if knobs else "")}
     floor = floor_work(feats, shallow, deep, cfg)
     ours, ours_cpu, intra_ms, inter_ms, floor_ms, floor_cpu = [], [], [], [], [], []
     for i in range(args.warmup + args.repeats):
@@ -206,7 +215,17 @@ def main() -> None:
                         help="also print the top ROWS operators of one call (torch.profiler)")
     parser.add_argument("--before", default=None,
                         help="a checkout whose aot package is timed too (e.g. an older commit)")
+    parser.add_argument("--check-every", type=int, nargs="+", default=None,
+                        help="AOTConfig.sinkhorn_check_every values to time (one row each)")
+    parser.add_argument("--scratch-mib", type=int, nargs="+", default=None,
+                        help="aot.ops.SCRATCH_BYTES values in MiB to time (one row each)")
     args = parser.parse_args()
+    for value in args.check_every or []:
+        if value < 0:
+            parser.error(f"--check-every {value}: expected >= 0 (0 = never sync)")
+    for value in args.scratch_mib or []:
+        if value < 1:
+            parser.error(f"--scratch-mib {value}: expected >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
     if args.threads:
@@ -219,7 +238,13 @@ def main() -> None:
           f"load average 1/5/15 min at start {load()}")
     print("reference = our plain rewrite in the released code's structure "
           "(scripts/reference_reducer.py), not the released code itself")
-    rows = [bench(backbone, frames, preset, args, before) for backbone, frames, preset in SHAPES]
+    rows = []
+    for check_every in args.check_every or [None]:
+        for scratch_mib in args.scratch_mib or [None]:
+            if scratch_mib is not None:
+                aot.ops.SCRATCH_BYTES = scratch_mib * 2 ** 20
+            rows += [bench(backbone, frames, preset, args, before, check_every, scratch_mib)
+                     for backbone, frames, preset in SHAPES]
     print("\nwall = elapsed ms (median); cpu = process CPU ms summed over threads (median), "
           "less sensitive to other jobs on a shared machine")
     print("floor = the two batched products at the call's shapes + one read of the features "
