@@ -13,7 +13,7 @@ Memory. Besides its (F, N, D) result, the stage holds one (F, M, N) matrix (0.03
 input), the similarity, which becomes the cost, the kernel, the plan and the merge weights in
 turn, each step in place, and the (F, N, T) merge operator. Fewer new tensors are fewer page
 faults, which cost more per page as the process grows (docs/efficiency.md). The similarity
-pass runs over chunks of frames sized by a fixed byte budget (:data:`aot.ops.SCRATCH_BYTES`: the
+pass runs over chunks of frames sized by a fixed byte budget (:func:`aot.ops.scratch_bytes`: the
 gathered anchors, and the float32 copy of a half-precision input, exist for one chunk at a
 time), so its scratch does not grow with the video; chunking does not change a single bit.
 """
@@ -89,7 +89,7 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
     grid coordinates (:func:`grid_distances`).
 
     At most one (F, M, N) tensor is new: the spatial term is added in place, chunk by chunk
-    (default: :data:`aot.ops.SCRATCH_BYTES` of gathered distances), with the same bits as the
+    (default: :func:`aot.ops.scratch_bytes` of gathered distances), with the same bits as the
     formula's three temporaries. Memory the process has not touched yet costs a page
     fault per 4 KB, which on a VM grows dearer with the process's footprint
     (docs/efficiency.md).
@@ -106,7 +106,8 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
     frames, num_sources, num_anchors = similarity.shape
     table = grid_distances(grid, similarity.device).to(similarity.dtype)
     if chunk_frames is None:
-        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames)
+        chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
+                                        device=similarity.device)
     cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
     for start, stop in chunk_ranges(frames, chunk_frames):
         distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
@@ -183,7 +184,7 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     Args:
         features: (F, T, D) patch features (any float dtype; computed in float32 or float64).
         anchor_idx: (F, N), source_idx: (F, M) long token indices (from :func:`split_by_mask`).
-        chunk_frames: frames per pass (default: as many as fit :data:`aot.ops.SCRATCH_BYTES` of
+        chunk_frames: frames per pass (default: as many as fit :func:`aot.ops.scratch_bytes` of
             gathered anchors, products and upcast/rescaled copy; any value gives the same bits).
         rescale: scale every patch to unit norm first (overflow-free, two more passes).
     Returns:
@@ -196,7 +197,8 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         dense = work == features.dtype and features.is_contiguous()
         copied = 0 if dense and not rescale else tokens * dim  # upcast/rescaled/dense copy
         chunk_frames = frames_per_chunk(
-            (num_anchors * dim + tokens * num_anchors + copied) * work.itemsize, frames)
+            (num_anchors * dim + tokens * num_anchors + copied) * work.itemsize, frames,
+            device=features.device)
     similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
@@ -254,13 +256,14 @@ def merge_product(features: torch.Tensor, operator: torch.Tensor,
     """``operator @ features``: the (F, N, D) merged anchors in the dtype of ``operator``.
 
     Features already in that dtype are read in place by one batched product; a half-precision
-    input is upcast chunk by chunk (default chunk: :data:`aot.ops.SCRATCH_BYTES` of copy).
+    input is upcast chunk by chunk (default chunk: :func:`aot.ops.scratch_bytes` of copy).
     """
     frames, tokens, dim = features.shape
     if features.dtype == operator.dtype:
         return torch.bmm(operator, features)
     if chunk_frames is None:
-        chunk_frames = frames_per_chunk(tokens * dim * operator.dtype.itemsize, frames)
+        chunk_frames = frames_per_chunk(tokens * dim * operator.dtype.itemsize, frames,
+                                        device=features.device)
     merged = torch.empty(frames, operator.shape[1], dim, dtype=operator.dtype,
                          device=features.device)
     for start, stop in chunk_ranges(frames, chunk_frames):

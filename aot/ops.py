@@ -13,15 +13,30 @@ import torch
 # Scratch memory of one chunk of a pass over a (F, ...) per-frame tensor (gathered rows, float32
 # sums, the float32 copy of a half-precision input): a fixed budget, so the working memory of the
 # chunked passes does not grow with the video (16 MiB = 0.05x of a 32 x 729 x 3584 float32
-# input). Small chunks cost no speed: a frame's 729 x 3584 x 126 product is large enough for
-# the BLAS to run at full rate, and its operands stay in cache.
+# input). Small chunks cost no speed on a CPU: a frame's 729 x 3584 x 126 product is large
+# enough for the BLAS to run at full rate, and its operands stay in cache.
 SCRATCH_BYTES = 16 * 2 ** 20
+# The same budget on a GPU, where the passes are launch-bound (each chunk is a few kernel
+# launches that the device finishes faster than the host issues them): larger chunks mean fewer
+# launches. Measured on an H200 (docs/efficiency.md, "On the GPU"): a bfloat16 input takes
+# 37 / 42 ms at 16 MiB and 21 / 11.5 ms at 256 MiB (OV 32 / Video 64 frames). Still a fixed
+# budget: 2.4% of a 1024-frame input.
+ACCELERATOR_SCRATCH_BYTES = 256 * 2 ** 20
 
 
-def frames_per_chunk(bytes_per_frame: int, frames: int, budget: int | None = None) -> int:
+def scratch_bytes(device: torch.device | str | None = None) -> int:
+    """The chunk budget of the passes on ``device``: :data:`SCRATCH_BYTES` on the CPU (or when
+    not given), :data:`ACCELERATOR_SCRATCH_BYTES` on any other device."""
+    if device is None or torch.device(device).type == "cpu":
+        return SCRATCH_BYTES
+    return ACCELERATOR_SCRATCH_BYTES
+
+
+def frames_per_chunk(bytes_per_frame: int, frames: int, budget: int | None = None,
+                     device: torch.device | str | None = None) -> int:
     """Frames per chunk so that one chunk's scratch stays within ``budget`` bytes (default
-    :data:`SCRATCH_BYTES`); at least 1, at most ``frames``."""
-    budget = SCRATCH_BYTES if budget is None else budget
+    :func:`scratch_bytes` of ``device``); at least 1, at most ``frames``."""
+    budget = scratch_bytes(device) if budget is None else budget
     return max(1, min(frames, budget // max(bytes_per_frame, 1)))
 
 

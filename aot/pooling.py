@@ -137,7 +137,7 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         positions: (F, S) long pooled-token indices to compute.
         anchor_idx: (F, N) long; merged: (F, N, D), or both None (plain pooling).
         chunk_frames: frames per gather (default: as many as fit
-            :data:`aot.ops.SCRATCH_BYTES` of float32 sums and upcast copy of a half-precision
+            :func:`aot.ops.scratch_bytes` of float32 sums and upcast copy of a half-precision
             input); the result does not depend on it.
     Returns:
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
@@ -147,7 +147,7 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
     if chunk_frames is None:  # the sums of a chunk (two per token) and its dense copy, if any
         copied = tokens * dim if work != features.dtype or not features.is_contiguous() else 0
         chunk_frames = frames_per_chunk((2 * positions.shape[1] * dim + copied) * work.itemsize,
-                                        frames)
+                                        frames, device=features.device)
     taps, weights = pooling_taps(grid, mode, features.device)
     width = taps.shape[1]
     slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)

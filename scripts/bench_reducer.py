@@ -19,8 +19,9 @@ found in DIR (e.g. a ``git worktree`` of an older commit) on the same inputs.
 
 Knob sweeps (one row per value and shape, same inputs): ``--check-every`` sets
 ``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 1 on CPU, 10 on
-CUDA), ``--scratch-mib`` sets :data:`aot.ops.SCRATCH_BYTES` (the chunk budget of the passes over
-the features) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
+CUDA), ``--scratch-mib`` sets the chunk budget of the passes over the features on the benchmarked
+device (:func:`aot.ops.scratch_bytes`: ``SCRATCH_BYTES`` on CPU, ``ACCELERATOR_SCRATCH_BYTES``
+elsewhere) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
 
 "floor" is the work no implementation of the method can skip, timed in the same run on the
 same device (interleaved with ``aot.reduce_video``, so both see the same load): the two batched
@@ -218,7 +219,7 @@ def main() -> None:
     parser.add_argument("--check-every", type=int, nargs="+", default=None,
                         help="AOTConfig.sinkhorn_check_every values to time (one row each)")
     parser.add_argument("--scratch-mib", type=int, nargs="+", default=None,
-                        help="aot.ops.SCRATCH_BYTES values in MiB to time (one row each)")
+                        help="chunk budgets in MiB to time (aot.ops.scratch_bytes; one row each)")
     args = parser.parse_args()
     for value in args.check_every or []:
         if value < 0:
@@ -242,7 +243,8 @@ def main() -> None:
     for check_every in args.check_every or [None]:
         for scratch_mib in args.scratch_mib or [None]:
             if scratch_mib is not None:
-                aot.ops.SCRATCH_BYTES = scratch_mib * 2 ** 20
+                name = ("SCRATCH_BYTES" if args.device == "cpu" else "ACCELERATOR_SCRATCH_BYTES")
+                setattr(aot.ops, name, scratch_mib * 2 ** 20)
             rows += [bench(backbone, frames, preset, args, before, check_every, scratch_mib)
                      for backbone, frames, preset in SHAPES]
     print("\nwall = elapsed ms (median); cpu = process CPU ms summed over threads (median), "

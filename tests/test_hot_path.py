@@ -127,6 +127,19 @@ def test_default_chunks_follow_the_byte_budget(monkeypatch):
     assert seen == [5, 5, 2]
 
 
+def test_the_chunk_budget_depends_on_the_device(monkeypatch):
+    # CPU passes chunk at SCRATCH_BYTES (cache, page faults); GPU passes are launch-bound and
+    # chunk at ACCELERATOR_SCRATCH_BYTES. A budget passed explicitly wins over both.
+    monkeypatch.setattr(aot.ops, "SCRATCH_BYTES", 300)
+    monkeypatch.setattr(aot.ops, "ACCELERATOR_SCRATCH_BYTES", 1000)
+    assert aot.ops.scratch_bytes() == aot.ops.scratch_bytes("cpu") == 300
+    assert aot.ops.scratch_bytes("cuda:0") == aot.ops.scratch_bytes(torch.device("meta")) == 1000
+    assert aot.ops.frames_per_chunk(100, 50, device=torch.device("cpu")) == 3
+    assert aot.ops.frames_per_chunk(100, 50, device="cuda") == 10
+    assert aot.ops.frames_per_chunk(100, 50, budget=500, device="cuda") == 5
+    assert aot.ops.frames_per_chunk(100, 4, device="cuda") == 4  # never more than the video
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "average", "none"])
 def test_pool_at_equals_pooling_the_written_features(mode):
     g = torch.Generator().manual_seed(4)
