@@ -3,7 +3,7 @@
 #   1. tests/test_cuda.py (same tokens as the CPU, no host sync in the loops, CUDA-graph replay,
 #      torch.compile, half precision)
 #   2. scripts/bench_reducer.py --device cuda, float32 and bfloat16 (ours vs reference vs floor)
-#   3. knob sweeps of bench_reducer: sinkhorn_check_every 1..10, aot.ops.SCRATCH_BYTES 16..256 MiB
+#   3. knob sweeps of bench_reducer: sinkhorn_check_every 1..10, chunk budget (aot.ops.scratch_bytes) 16..256 MiB
 #   4. scripts/bench_memory.py --device cuda at 32..1024 frames (peak / input, ms per frame)
 #   5. one call under torch.profiler (kernel launches, syncs, GPU time per kernel)
 #   6. with --efficiency: the efficiency benchmark at 7B shapes (LLaVA-OV, LLaVA-Video,
