@@ -2,7 +2,7 @@
 
 One signature in the spirit of POT's ``ot.sinkhorn(a, b, M, reg)``, batched over a leading axis
 and vectorised: the loop is over iterations only, never over problems or tokens. Two algorithms
-share one stop test (:func:`stop_test`): :func:`sinkhorn_scaling` (the released one) and
+share one stop test (:class:`StopRule`): :func:`sinkhorn_scaling` (the released one) and
 :func:`sinkhorn_log` (log-domain, for small epsilon and half precision); :func:`sinkhorn` picks.
 
 Released iteration (aot-method.md §6)::
@@ -99,10 +99,11 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
                "check_every": check_every}
     # Both algorithms start from log K; the plain one exponentiates it in place. New memory is
     # paid in page faults (docs/efficiency.md), so no step writes a second (B, M, N) tensor.
-    log_kernel = masked_log_kernel(cost, reg, a > 0, b > 0, overwrite_cost=overwrite_cost)
+    row_valid, col_valid = a > 0, b > 0
+    log_kernel = masked_log_kernel(cost, reg, row_valid, col_valid, overwrite_cost=overwrite_cost)
     if log_domain:
         return sinkhorn_log(a, b, log_kernel, **options)
-    if check_every > 0 and bool(kernel_underflows(log_kernel, a > 0, b > 0)):
+    if check_every > 0 and bool(kernel_underflows(log_kernel, row_valid, col_valid)):
         warnings.warn(f"sinkhorn: exp(-cost / reg) underflows to 0 for whole rows or columns at "
                       f"reg={reg:g} in {dtype}; solving this call in the log domain instead "
                       f"(set log_domain=True to choose it yourself)", RuntimeWarning, stacklevel=2)
@@ -139,31 +140,20 @@ def kernel_underflows(log_kernel: torch.Tensor, row_valid: torch.Tensor,
     return dead_row.any() | dead_col.any()
 
 
-def stop_test(change: torch.Tensor, row_valid: torch.Tensor, stopping: str,
-              stop_threshold: float) -> torch.Tensor:
-    """(B,) bool: the problems whose row scaling moved less than the threshold on average.
-
-    Args:
-        change: (B, M) per-row change of the row scaling this iteration (padding ignored).
-        row_valid: (B, M) bool.
-        stopping: ``"batch"``: the mean over every valid row of the batch decides for all;
-            ``"problem"``: the mean over each problem's valid rows decides for it.
-    """
-    rule = StopRule(row_valid, stopping, stop_threshold, change.dtype)
-    return rule(change.masked_fill(~row_valid, 0.0))
-
-
 class StopRule:
-    """:func:`stop_test` with its loop invariant, the valid-row counts, computed once per solve.
+    """The stop test of both loops: the problems whose row scaling moved less than the
+    threshold on average (``"batch"``: the mean over every valid row of the batch decides for
+    all, the released behaviour; ``"problem"``: the mean over each problem's valid rows decides
+    for it).
 
-    The counts do not change between iterations; computing them in the loop cost four tensor
-    ops (= four kernel launches on a GPU) per iteration. The rule itself is :func:`stop_test`'s,
-    bit for bit: the same sums divided by the same counts, compared the same way.
+    Its loop invariant, the valid-row counts, is computed once per solve: computing it in the
+    loop cost four tensor ops (= four kernel launches on a GPU) per iteration. The rule is the
+    released one bit for bit: the same sums divided by the same counts, compared the same way.
     """
 
     def __init__(self, row_valid: torch.Tensor, stopping: str, stop_threshold: float,
                  dtype: torch.dtype):
-        """row_valid: (B, M) bool; stopping, stop_threshold: as :func:`stop_test`."""
+        """row_valid: (B, M) bool; stopping: ``"batch"`` or ``"problem"``."""
         self.per_problem = stopping == "problem"
         self.stop_threshold = stop_threshold
         self.batch = row_valid.shape[0]

@@ -21,7 +21,6 @@ from aot.sinkhorn import (
     sinkhorn,
     sinkhorn_log,
     sinkhorn_scaling,
-    stop_test,
 )
 
 
@@ -137,8 +136,6 @@ def test_stop_rule_equals_the_released_stop_test(stopping):
         change = (torch.rand(6, 40, generator=g) * 2 * scale).masked_fill(~row_valid, 0.0)
         want = released_stop_test(change, row_valid, stopping, 1e-2)
         assert torch.equal(StopRule(row_valid, stopping, 1e-2, change.dtype)(change), want)
-        noisy = change.masked_fill(~row_valid, 5.0)  # stop_test ignores padding by itself
-        assert torch.equal(stop_test(noisy, row_valid, stopping, 1e-2), want)
 
 
 def released_scaling(a, b, kernel, *, max_iter, stop_threshold, stopping, check_every):
