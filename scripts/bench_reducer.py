@@ -243,7 +243,8 @@ def main() -> None:
     for check_every in args.check_every or [None]:
         for scratch_mib in args.scratch_mib or [None]:
             if scratch_mib is not None:
-                name = ("SCRATCH_BYTES" if args.device == "cpu" else "ACCELERATOR_SCRATCH_BYTES")
+                name = ("SCRATCH_BYTES" if torch.device(args.device).type == "cpu"
+                        else "ACCELERATOR_SCRATCH_BYTES")  # the budget aot.ops.scratch_bytes reads
                 setattr(aot.ops, name, scratch_mib * 2 ** 20)
             rows += [bench(backbone, frames, preset, args, before, check_every, scratch_mib)
                      for backbone, frames, preset in SHAPES]
