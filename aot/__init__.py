@@ -10,12 +10,13 @@ from .clips import dynamic_clips, fixed_clips, split_clips
 from .config import ABLATIONS, PRESETS, AOTConfig
 from .intra import aggregate_into_anchors
 from .pooling import pool_at, pool_grid, pooled_side
-from .reduce import ReducedVideo, IntraOutput, inter_stage, intra_stage, reduce_video
+from .reduce import IntraOutput, inter_stage, intra_stage, reduce_video
+from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT, ReducedVideo
 from .sinkhorn import SinkhornResult, sinkhorn
-from .temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT, temporal_merge
+from .temporal import temporal_merge
 
-# Subpackages users reach as ``aot.baselines`` / ``aot.backbones`` / ``aot.path`` after ``import aot``.
-from . import backbones, baselines, path  # noqa: E402  (they import the names above)
+# Subpackages users reach as ``aot.reducers`` / ``aot.backbones`` / ``aot.video_path`` after ``import aot``.
+from . import backbones, reducers, video_path  # noqa: E402  (they import the names above)
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,5 @@ __all__ = [
     "exact_budget", "fixed_clips", "inter_stage", "intra_stage", "plan_exact_budget", "pool_at",
     "pool_grid", "pooled_side", "received_attention", "reduce_video", "select_anchors", "sinkhorn",
     "split_clips", "temporal_merge",
-    "backbones", "baselines", "path",
+    "backbones", "reducers", "video_path",
 ]

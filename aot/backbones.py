@@ -3,7 +3,7 @@
 Everything else that used to know "OV pools bilinear to 14, LLaVA-Video averages to 13 and adds a
 newline per row" asks this table: the retention model of :meth:`aot.AOTConfig.from_retention`,
 the eval plugin's retention denominator, the efficiency benchmark's shapes, the demo's default
-preset. Model code implements the path of :mod:`aot.path` for a backbone (an *adapter*); this
+preset. Model code implements the path of :mod:`aot.video_path` for a backbone (an *adapter*); this
 module only holds facts and is pure Python.
 
 Facts hold for the backbone's published input size; a per-video grid (native resolution, a tiny
@@ -106,7 +106,7 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-#: Backbones reached only through transformers' own classes (:mod:`aot.hf`); kept apart from
+#: Backbones reached only through transformers' own classes (:mod:`aot_integrations.hf`); kept apart from
 #: :data:`BACKBONES`, whose entries are also the ``llava/`` models, the benchmark's and the
 #: demo's choices. transformers' LLaVA-OneVision class is the ``"ov"`` backbone.
 HF_BACKBONES: dict[str, Backbone] = {

@@ -87,7 +87,7 @@ class AOTConfig:
             channels ``[0, c)`` are read by the similarities (anchor costs, temporal costs, clip
             cuts, the baselines' cosines), the other channels ride along through the same
             selection and merge. Qwen3-VL: the main features, then its DeepStack levels
-            (``aot.hf`` sets it to the LLM width).
+            (``aot_integrations.hf`` sets it to the LLM width).
     """
 
     anchors_per_frame: int = 126

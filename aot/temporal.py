@@ -14,13 +14,11 @@ import torch
 
 from .clips import Clip
 from .config import AOTConfig
+from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
 from .ops import cosine_similarity, first_in_order, pack_left
 from .sinkhorn import sinkhorn, uniform_marginals
 
 # Kinds of output tokens (ReducedVideo.token_kind).
-KIND_FRAME = 0   # a surviving pooled token emitted as it is (keyframe original, or inter off)
-KIND_KEPT = 1    # a token of a later frame kept as temporal dynamics
-KIND_ANCHOR = 2  # a keyframe token after absorbing the merged tokens of its clip
 
 
 @dataclass

@@ -11,7 +11,7 @@ pooling and newline packing. The presets:
 * ``tiny``: for tests (seconds).
 
 Qwen2.5-VL-7B (:data:`QWEN_SHAPES`, backbone ``qwen2_5_vl``, run through transformers' own class
-and :mod:`aot.hf`) has the same three presets. Its 7B values: transformers 5.24
+and :mod:`aot_integrations.hf`) has the same three presets. Its 7B values: transformers 5.24
 ``Qwen2_5_VLVisionConfig`` defaults (depth 32, MLP 3420, 16 heads, 14-px patches, temporal patch
 2, 2x2 merger, 112-px windows, full attention in blocks 7/15/23/31, out_hidden 3584) except the
 tower width, 1280 in the published Qwen/Qwen2.5-VL-7B-Instruct config (transformers' default is
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from aot.backbones import BACKBONES
-from llava.model.adapter import llava_config_fields
+from aot_integrations.llava import llava_config_fields
 
 #: Frames each backbone is evaluated at in the paper (the reference point of the plots).
 PAPER_FRAMES = {name: facts.frames for name, facts in BACKBONES.items()}
@@ -128,7 +128,7 @@ QWEN_SHAPES = {
                       max_context=128000, fullatt_blocks=(1, 3)),
 }
 
-#: Backbones the benchmark runs through transformers' own classes and :mod:`aot.hf`.
+#: Backbones the benchmark runs through transformers' own classes and :mod:`aot_integrations.hf`.
 HF_BENCH_BACKBONES = ("qwen2_5_vl",)
 
 

@@ -11,7 +11,7 @@ passes, then ``--repeats`` timed passes of video + prompt -> first token (+ deco
 per-stage medians and spreads, peak memory, token counts, prefill FLOPs (analytic and counted
 with ``torch.utils.flop_counter`` on eager attention) and ratios against the full model of the
 same run. ``qwen2_5_vl`` is transformers' own ``Qwen2_5_VLForConditionalGeneration`` at the
-preset's Qwen2.5-VL shapes, reduced by :func:`aot.hf.apply` (exact budget) on square frames of
+preset's Qwen2.5-VL shapes, reduced by :func:`aot_integrations.hf.apply` (exact budget) on square frames of
 ``--qwen-frame-size`` (``S`` or ``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
 ``ttft_vs_frames.png`` in ``--out``.
 """
@@ -157,9 +157,9 @@ def aot_config(retention: float | None, backbone: str, frames: int, shape: Shape
 
 
 def qwen_aot_config(model, retention: float | None, grid: tuple[int, int, int], shape: Shape):
-    """:func:`aot.hf.config_for` at ``retention`` (exact) for the merged grid of ``grid``, with
+    """:func:`aot_integrations.hf.config_for` at ``retention`` (exact) for the merged grid of ``grid``, with
     the preset's AOT layers (None: the stock model)."""
-    from aot.hf import config_for
+    from aot_integrations.hf import config_for
 
     if retention is None:
         return None
@@ -173,7 +173,7 @@ def expected_visual_tokens(backbone: str, frames: int, retention: float | None,
     """(visual tokens without newlines, newline tokens) that the model will produce; for
     ``qwen2_5_vl`` ``grid`` is the video's (t, h, w) patch grid."""
     if backbone in HF_BENCH_BACKBONES:
-        from aot.hf import reduced_token_count
+        from aot_integrations.hf import reduced_token_count
 
         full = grid[0] * grid[1] * grid[2] // 4
         tokens = full if retention is None else reduced_token_count(backbone, grid, retention)
@@ -395,8 +395,8 @@ def record_oom(row: dict, error: BaseException, device: torch.device) -> None:
 
 def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype) -> dict:
     """One Qwen2.5-VL row: processor-shaped inputs for ``frames`` frames, the stock model
-    (``retention`` None) or :func:`aot.hf.apply` at the exact budget; OOM recorded."""
-    from aot.hf import apply
+    (``retention`` None) or :func:`aot_integrations.hf.apply` at the exact budget; OOM recorded."""
+    from aot_integrations.hf import apply
 
     grid = qwen_grid(shape, frames, args.qwen_frame_size)
     visual, _ = expected_visual_tokens("qwen2_5_vl", frames, retention, grid)

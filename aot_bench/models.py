@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llava.model.adapter import backbone_name
+from aot_integrations.llava import backbone_name
 from llava.model.builder import DTYPES
 
 from .configs import QwenShape, Shape, llava_config_dict, qwen_config, shape_from_config
@@ -87,7 +87,7 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype, attn: s
 def set_backbone(model, backbone: str) -> None:
     """Switch pooling / newline packing of a random-weight model to ``backbone`` (the two 7B
     models share every shape, so one set of random weights serves both)."""
-    from llava.model.adapter import llava_config_fields
+    from aot_integrations.llava import llava_config_fields
 
     for key, value in llava_config_fields(backbone).items():
         setattr(model.config, key, value)

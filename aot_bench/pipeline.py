@@ -1,7 +1,7 @@
 """One instrumented time-to-first-token pass through the LLaVA model, stage by stage.
 
 The visual stages are reported by the model's own video path (``model.video_sequence``, the one
-path of :mod:`aot.path` that ``prepare_inputs_labels_for_multimodal`` runs), so the benchmark
+path of :mod:`aot.video_path` that ``prepare_inputs_labels_for_multimodal`` runs), so the benchmark
 cannot measure a different sequence than the model reads:
 
 * ``vision``: the SigLIP tower (with AOT: attention capture at its two layers);
@@ -62,7 +62,7 @@ def ttft_pass(model, pixels: torch.Tensor, input_ids: torch.Tensor,
               decode_tokens: int = 0) -> PassResult:
     """Run one video + prompt to the first token (and ``decode_tokens`` more), timed by stage,
     under the model's own reduction (``model.set_aot``): the visual sequence comes from the
-    model's one video path (:mod:`aot.path`), timed through its stage callback."""
+    model's one video path (:mod:`aot.video_path`), timed through its stage callback."""
     device = pixels.device
     embed = model.get_model().embed_tokens
     with PeakMemory(device) as memory:
@@ -98,7 +98,7 @@ def decode(model, cache, token: torch.Tensor, steps: int, device: torch.device) 
     return clock.lap("decode")
 
 
-# ------------------------------------------------------------------ Qwen2.5-VL (aot.hf)
+# ------------------------------------------------------------------ Qwen2.5-VL (aot_integrations.hf)
 def qwen_grid(shape, frames: int, size) -> tuple[int, int, int]:
     """(t, h, w) ``video_grid_thw`` of ``frames`` frames of ``size`` px (an int: square, or
     (height, width); multiples of patch x merge): the processor pads the frames to a multiple of
@@ -141,9 +141,9 @@ def make_qwen_inputs(shape, frames: int, size, text_tokens: int, device: torch.d
 @torch.no_grad()
 def qwen_ttft_pass(model, inputs: dict, decode_tokens: int = 0) -> PassResult:
     """One video + prompt to the first token on transformers' Qwen2.5-VL, under whatever
-    :func:`aot.hf.apply` installed (nothing: the stock model). Stages come from hooks on the
+    :func:`aot_integrations.hf.apply` installed (nothing: the stock model). Stages come from hooks on the
     model's modules: ``vision`` (the ViT and its merger, with attention capture when reducing),
-    ``reduce`` (aot.hf's reduction, packing and positions; for the stock model its placeholder
+    ``reduce`` (aot_integrations.hf's reduction, packing and positions; for the stock model its placeholder
     scatter and ``get_rope_index``), ``prefill`` (the language model and the first token).
     ``projector`` and ``splice`` are part of those (0 here)."""
     device = inputs["input_ids"].device

@@ -63,8 +63,8 @@ def markdown(report: dict) -> str:
     if "qwen2_5_vl" in env["backbones"]:
         lines.append(f"- `qwen2_5_vl`: transformers' Qwen2_5_VLForConditionalGeneration, "
                      f"{_frame_size(env)} px frames (two "
-                     "frames per temporal patch, no newline tokens), reduced by aot.hf.apply at "
-                     "the exact budget; its `reducer` column is aot.hf's reduction + packing + "
+                     "frames per temporal patch, no newline tokens), reduced by aot_integrations.hf.apply at "
+                     "the exact budget; its `reducer` column is aot_integrations.hf's reduction + packing + "
                      "positions (full: the stock placeholder scatter and get_rope_index)")
     if env.get("reduced_widths"):
         lines.append("- **reduced widths**: timings are of these small models, not of the 7B "

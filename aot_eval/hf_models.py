@@ -8,7 +8,7 @@ arguments and answer post-processing are the stock code, not a copy. What we add
 * the constructor takes the AOT keys out of ``--model_args`` (:mod:`aot_eval.model_args`:
   ``reducer``, ``retention``, ``exact``, ``preset``, ``ablation``, AOTConfig fields) plus
   ``retention_log`` and ``prompt_as``, hands every other key to the stock constructor, and
-  installs the reducer on the loaded model with :func:`aot.hf.apply` (nothing with
+  installs the reducer on the loaded model with :func:`aot_integrations.hf.apply` (nothing with
   ``reducer=none``: the stock model computes as loaded);
 * :class:`VideoTokenCounter` observes ``model.generate`` on the instance (arguments and outputs
   pass through untouched) and counts per batch row the video placeholders the processor wrote and
@@ -86,7 +86,7 @@ class VideoTokenCounter:
     """Observer of one model's ``generate``: per call and batch row, the video placeholders given
     (``given``) and those the stock ``generate`` receives (``received``).
 
-    :meth:`install_inner` wraps the stock ``generate`` (before :func:`aot.hf.apply`, which then
+    :meth:`install_inner` wraps the stock ``generate`` (before :func:`aot_integrations.hf.apply`, which then
     calls through it with the reduced ids); :meth:`install_outer` wraps what the caller calls
     and reports each call to ``on_call(inputs, given, received, error)`` (``check(inputs)`` may
     refuse a call first).
@@ -241,18 +241,18 @@ class HFReducerMixin:
 
 
 def install_reducer(model, spec: ReducerSpec):
-    """:func:`aot.hf.apply` with the run's reducer (None and no change for ``reducer=none``).
+    """:func:`aot_integrations.hf.apply` with the run's reducer (None and no change for ``reducer=none``).
     Budgeted baselines given ``retention`` without ``exact`` run at that exact retention."""
     if spec.name == NO_REDUCER:
         return None
-    import aot.hf
-    from aot.baselines import reducer_info
-    from aot.path import Reduction
+    import aot_integrations.hf
+    from aot.reducers import reducer_info
+    from aot.video_path import Reduction
 
     config = spec.config
     if reducer_info(spec.name).needs_budget and config.exact_retention is None:
         config = config.replace(exact_retention=spec.retention)
-    return aot.hf.apply(model, Reduction(config, spec.name))
+    return aot_integrations.hf.apply(model, Reduction(config, spec.name))
 
 
 class _FetchLog:

@@ -23,7 +23,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 from . import prompts, recording
-from aot.baselines import reducer_info
+from aot.reducers import reducer_info
 
 from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
 from .video import VisualLoadError, check_frame_folders, llava_vid_frames, ov_frames

@@ -7,7 +7,7 @@ No lmms-eval or llava import, so scripts and tests can check arguments anywhere
 Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 
 * ``reducer``: ``aot`` (default), ``none`` (unreduced model), or any name of the reducer
-  registry (:data:`aot.baselines.REGISTRY`: ``uniform``, ``visionzip``, ``dycoke``, ``random``,
+  registry (:data:`aot.reducers.REDUCERS`: ``uniform``, ``visionzip``, ``dycoke``, ``random``,
   ``aot:<ablation>``).
 * ``retention=0.10``: target share of the backbone's pooled visual tokens
   (:meth:`AOTConfig.from_retention`); ``exact=true`` asks for the exact-count mode.
@@ -16,7 +16,7 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
 
 On the backbones reached only through transformers (``qwen2_5_vl``, ``qwen3_vl``) the settings
-are :func:`aot.hf.config_for`'s (the backbone's vision layers, its grid), and ``retention``
+are :func:`aot_integrations.hf.config_for`'s (the backbone's vision layers, its grid), and ``retention``
 needs ``exact=true`` for AOT: the approximate retention model covers the LLaVA backbones only.
 """
 
@@ -35,7 +35,7 @@ AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
 class ReducerSpec:
     """What the model is asked to do with its visual tokens.
 
-    name: ``"none"`` or a name of :data:`aot.baselines.REGISTRY`.
+    name: ``"none"`` or a name of :data:`aot.reducers.REDUCERS`.
     config: the AOT configuration (``None`` for ``reducer=none``).
     retention: the requested retention, or ``None`` when a preset / explicit knobs decide it.
     source: a short human description (``"retention=0.1"``, ``"preset=paper-video"``, ...).
@@ -76,9 +76,9 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
             retention given together, knobs given with ``reducer=none``.
     """
     from aot.backbones import HF_BACKBONES, get_backbone
-    from aot.baselines import reducer_info, reducer_names
+    from aot.reducers import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
-    from aot.hf import config_for
+    from aot_integrations.hf import config_for
 
     facts = get_backbone(backbone)
     kwargs = dict(aot_kwargs)

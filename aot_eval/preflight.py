@@ -21,7 +21,7 @@ import sys
 
 
 #: The eval scripts' backbone -> the ``model_type`` of ``config.json`` its lmms-eval model loads:
-#: ``llava/``'s lmms-lab checkpoints, or a transformers class of :mod:`aot.hf` (``llava_hf``:
+#: ``llava/``'s lmms-lab checkpoints, or a transformers class of :mod:`aot_integrations.hf` (``llava_hf``:
 #: transformers' LLaVA-OneVision).
 SCRIPT_MODEL_TYPES = {
     "ov": "llava_qwen",
@@ -34,12 +34,12 @@ SCRIPT_MODEL_TYPES = {
 
 def facts_backbone(backbone: str) -> str:
     """The eval scripts' backbone name -> the :func:`aot.backbones.get_backbone` name its model
-    is parsed with: for a transformers class the one its :mod:`aot.hf` adapter declares
+    is parsed with: for a transformers class the one its :mod:`aot_integrations.hf` adapter declares
     (``llava_hf`` -> ``"ov"``), for ``llava/`` the same name."""
     if backbone not in SCRIPT_MODEL_TYPES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of "
                          f"{sorted(SCRIPT_MODEL_TYPES)}")
-    from aot.hf import ADAPTERS, MODEL_TYPES  # here, not at the top: aot imports torch
+    from aot_integrations.hf import ADAPTERS, MODEL_TYPES  # here, not at the top: aot imports torch
 
     model_type = SCRIPT_MODEL_TYPES[backbone]
     if model_type in MODEL_TYPES:

@@ -7,7 +7,7 @@
 
 ``--model`` takes an lmms-lab LLaVA-OV / LLaVA-Video folder (our ``llava/`` package) or a
 transformers checkpoint of Qwen2.5-VL, Qwen3-VL or LlavaOnevision (recognised by config.json's
-model_type; reduced through :mod:`aot.hf` at an exact budget, see docs/demo.md).
+model_type; reduced through :mod:`aot_integrations.hf` at an exact budget, see docs/demo.md).
 
 Prints one progress line per stage (decode, vision encoder, AOT intra, pooling + temporal, LLM),
 a token table and the time per stage, then the answer; writes three PNGs and summary.json to
@@ -211,9 +211,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_hf(args: argparse.Namespace, video: str) -> dict:
-    """The demo on a transformers checkpoint: the processor builds the inputs, :mod:`aot.hf`
+    """The demo on a transformers checkpoint: the processor builds the inputs, :mod:`aot_integrations.hf`
     reduces inside the stock ``generate`` (exact budget); returns the summary."""
-    import aot.hf
+    import aot_integrations.hf
 
     start = time.perf_counter()
     clip = pipeline.read_clip(video, args.frames)
@@ -233,7 +233,7 @@ def run_hf(args: argparse.Namespace, video: str) -> dict:
     reduction = hf.reduction_for(loaded, tokens_grid, retention, args.reducer,
                                  args.shallow_layer, args.deep_layer, args.seed)
     config = reduction.config
-    expected = aot.hf.reduced_token_count(loaded.model, grid, config)
+    expected = aot_integrations.hf.reduced_token_count(loaded.model, grid, config)
     try:
         run = hf.generate(loaded, inputs, reduction, args.max_new_tokens)
     except ValueError as error:
@@ -247,15 +247,15 @@ def run_hf(args: argparse.Namespace, video: str) -> dict:
     stage(1, "decode", f"{f} frames of {w}x{h} from {os.path.basename(video)} "
           f"({clip.duration:.1f} s video){resized}; {type(loaded.processor).__name__}",
           times["decode + preprocess"])
-    depth = aot.hf.adapters.adapter_for(loaded.model).vision_layers
+    depth = aot_integrations.hf.adapters.adapter_for(loaded.model).vision_layers
     unit = ("temporal patches of 2 frames" if loaded.family == "qwen" else "frames")
     stage(2, "vision encoder", f"{depth} blocks, video grid {'x'.join(map(str, grid))} patches "
           f"-> {result.num_frames} {unit} x {tokens_grid[0]}x{tokens_grid[1]} tokens, attention "
           f"read at blocks {config.shallow_layer} and {config.deep_layer}",
           times["vision encoder"])
     stage(3, f"reducer {args.reducer}", f"{result.num_tokens} tokens "
-          f"({result.num_tokens / result.num_frames:.1f}/frame) by aot.hf in generate",
-          times["reducer + packing (aot.hf)"])
+          f"({result.num_tokens / result.num_frames:.1f}/frame) by aot_integrations.hf in generate",
+          times["reducer + packing (aot_integrations.hf)"])
     for line in reduction_lines(args.reducer, result, info):
         print(f"      {line}", flush=True)
     stage(4, "LLM", f"prompt of {run.prompt_tokens} tokens ({run.llm_video_tokens} video), "
@@ -267,7 +267,7 @@ def run_hf(args: argparse.Namespace, video: str) -> dict:
     print("\n".join(report.token_table(info, args.reducer, config.pooling,
                                        run.sequence.newline_tokens)))
     print(f"  {'video tokens reaching the LLM':<40}{run.llm_video_tokens} of "
-          f"{run.unreduced_video_tokens} unreduced placeholders (aot.hf.reduced_token_count: "
+          f"{run.unreduced_video_tokens} unreduced placeholders (aot_integrations.hf.reduced_token_count: "
           f"{expected})")
     print("  time per stage:")
     print("\n".join(report.time_table(times)))

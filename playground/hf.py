@@ -1,9 +1,9 @@
-"""The demo on a transformers checkpoint (Qwen2.5-VL, Qwen3-VL, LlavaOnevision) through aot.hf.
+"""The demo on a transformers checkpoint (Qwen2.5-VL, Qwen3-VL, LlavaOnevision) through aot_integrations.hf.
 
 The checkpoint is recognised by ``config.json``'s ``model_type``, loaded with
 ``AutoModelForImageTextToText`` and its processor; the processor builds the video inputs (prompt
 placeholders, patches, M-RoPE grid, timestamps) from the demo's decoded frames, and
-:func:`aot.hf.apply` reduces the video inside the stock ``generate``. Stage times come from hooks
+:func:`aot_integrations.hf.apply` reduces the video inside the stock ``generate``. Stage times come from hooks
 on the model's own modules (vision tower / merger or projector, language model), the token
 counts from the ids the language model actually receives.
 
@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import aot
-import aot.hf
-from aot import path as video_path
-from aot.hf import MODEL_TYPES  # config.json model_type -> the transformers class aot.hf supports
+import aot_integrations.hf
+from aot import video_path
+from aot_integrations.hf import MODEL_TYPES  # config.json model_type -> the transformers class aot_integrations.hf supports
 from aot_bench.timing import StageClock
 
 from .pipeline import DemoError
@@ -37,7 +36,7 @@ LLAVA_TYPE = "llava_qwen"
 
 def checkpoint_type(path: str) -> str:
     """``model_type`` of the checkpoint folder ``path`` (``llava_qwen`` or a key of
-    :data:`aot.hf.MODEL_TYPES`); DemoError for a folder without a readable config.json or
+    :data:`aot_integrations.hf.MODEL_TYPES`); DemoError for a folder without a readable config.json or
     another type."""
     if not os.path.isdir(path):
         raise DemoError(f"--model {path!r} is not a checkpoint folder (expected a folder with "
@@ -198,7 +197,7 @@ class HFModel:
 
 
 def load(path: str) -> HFModel:
-    """Load the checkpoint folder ``path`` (a type of :data:`aot.hf.MODEL_TYPES`) and its
+    """Load the checkpoint folder ``path`` (a type of :data:`aot_integrations.hf.MODEL_TYPES`) and its
     processor."""
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging
@@ -251,7 +250,7 @@ def video_inputs(loaded: HFModel, clip, frames: np.ndarray, question: str) -> di
 
 
 def video_grid(loaded: HFModel, inputs: dict) -> tuple[tuple[int, int, int], tuple[int, int]]:
-    """(the grid :func:`aot.hf.reduced_token_count` reads, (rows, cols) of a frame's tokens):
+    """(the grid :func:`aot_integrations.hf.reduced_token_count` reads, (rows, cols) of a frame's tokens):
     Qwen ``video_grid_thw`` in patches and the 2x2-merged grid; LLaVA-OneVision (frames, g, g)
     of the SigLIP patch grid."""
     if loaded.family == "qwen":
@@ -265,17 +264,17 @@ def video_grid(loaded: HFModel, inputs: dict) -> tuple[tuple[int, int, int], tup
 
 def reduction_for(loaded: HFModel, grid: tuple[int, int], retention: float, reducer: str,
                   shallow: int | None, deep: int | None, seed: int) -> video_path.Reduction:
-    """The exact-budget settings of :func:`aot.hf.config_for` for this frame grid, with the
-    vision layers given (default: the backbone's), as a :class:`aot.path.Reduction`."""
+    """The exact-budget settings of :func:`aot_integrations.hf.config_for` for this frame grid, with the
+    vision layers given (default: the backbone's), as a :class:`aot.video_path.Reduction`."""
     overrides = {"seed": seed}
     if shallow is not None:
         overrides["shallow_layer"] = shallow
     if deep is not None:
         overrides["deep_layer"] = deep
     try:
-        config = aot.hf.config_for(loaded.model, retention, exact=True, grid=grid, **overrides)
+        config = aot_integrations.hf.config_for(loaded.model, retention, exact=True, grid=grid, **overrides)
         reduction = video_path.Reduction(config, reducer)
-        aot.hf.adapters.adapter_for(loaded.model).check(reduction)
+        aot_integrations.hf.adapters.adapter_for(loaded.model).check(reduction)
     except ValueError as error:
         raise DemoError(f"{' '.join(str(error).split())} (set --shallow-layer / --deep-layer "
                         "inside the tower)") from None
@@ -286,12 +285,12 @@ def reduction_for(loaded: HFModel, grid: tuple[int, int], retention: float, redu
 class HFRun:
     """One reduced ``generate``: the answer, the reducer's sequence and what the LLM received.
 
-    sequence: aot.hf's :class:`aot.path.VisualSequence` of the video (``.result``).
+    sequence: aot_integrations.hf's :class:`aot.video_path.VisualSequence` of the video (``.result``).
     llm_video_tokens: video placeholder ids in the ``input_ids`` the language model's prefill
         received (counted by a hook, newline included for LLaVA-OneVision).
     unreduced_video_tokens: placeholders the processor wrote.
     prompt_tokens: prompt length the LLM prefilled.
-    times: stage -> seconds (``vision encoder``, ``reducer + packing (aot.hf)``,
+    times: stage -> seconds (``vision encoder``, ``reducer + packing (aot_integrations.hf)``,
         ``LLM (prefill + generate)``).
     """
 
@@ -315,7 +314,7 @@ def _vision_modules(loaded: HFModel):
 @torch.no_grad()
 def generate(loaded: HFModel, inputs: dict, reduction: video_path.Reduction,
              max_new_tokens: int) -> HFRun:
-    """Greedy ``generate`` with ``reduction`` installed by :func:`aot.hf.apply` (removed after),
+    """Greedy ``generate`` with ``reduction`` installed by :func:`aot_integrations.hf.apply` (removed after),
     timed per stage by hooks on the model's modules."""
     model = loaded.model
     video_token = model.config.video_token_id
@@ -328,8 +327,8 @@ def generate(loaded: HFModel, inputs: dict, reduction: video_path.Reduction,
             clock.lap("vision encoder")
 
     def llm_start(module, args, kwargs):
-        if "reducer + packing (aot.hf)" not in clock.stages:
-            clock.lap("reducer + packing (aot.hf)")
+        if "reducer + packing (aot_integrations.hf)" not in clock.stages:
+            clock.lap("reducer + packing (aot_integrations.hf)")
 
     def record_ids(module, args, kwargs):
         if not seen and kwargs.get("input_ids") is not None:
@@ -338,7 +337,7 @@ def generate(loaded: HFModel, inputs: dict, reduction: video_path.Reduction,
     hooks = [last.register_forward_hook(vision_done),
              language.register_forward_pre_hook(llm_start, with_kwargs=True),
              model.model.register_forward_pre_hook(record_ids, with_kwargs=True)]
-    handle = aot.hf.apply(model, reduction)
+    handle = aot_integrations.hf.apply(model, reduction)
     try:
         clock = StageClock(model.device)
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)

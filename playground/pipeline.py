@@ -1,6 +1,6 @@
 """The demo's pipeline, one timed stage at a time: decode, vision encoder, reducer, LLM.
 
-The visual stages are the model's own video path (:mod:`aot.path` with the model's adapter), run
+The visual stages are the model's own video path (:mod:`aot.video_path` with the model's adapter), run
 as its three steps (encode, reduce, pack) so that a baseline can be given AOT's count for the same
 video and the sweep can reuse one encoding; timing comes from the path's stage callback.
 ``tests/test_demo.py`` checks that the sequence equals what ``model.generate`` with
@@ -19,12 +19,15 @@ import numpy as np
 import torch
 
 import aot
-from aot import path as video_path
-from aot.baselines import reducer_info, reducer_names
+from aot import video_path
+from aot.reducers import reducer_info, reducer_names
 from aot_bench.timing import StageClock
 from llava.video import VideoReadError, read_frames, uniform_indices
 
 DEFAULT_QUESTION = "What happens in the video? Answer in one sentence."
+
+#: Printed wherever the tiny model's output appears.
+RANDOM_LABEL = "tiny RANDOM-weight LLaVA-OV (not a trained model: its answer is meaningless)"
 
 
 class DemoError(Exception):
@@ -130,10 +133,9 @@ def load_model(path: str | None, seed: int = 0, workdir: str | None = None) -> L
     The tiny model is written to ``workdir`` (default: a fresh temp dir) and loaded through the
     same ``load_pretrained_model`` as a real checkpoint.
     """
-    from llava.model.adapter import backbone_name
+    from aot_integrations.llava import backbone_name
+    from aot_integrations.tiny import write_tiny_checkpoint
     from llava.model.builder import CheckpointError, load_pretrained_model
-
-    from .tiny_model import RANDOM_LABEL, write_tiny_checkpoint
 
     random = path is None
     if random:
@@ -196,7 +198,7 @@ def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
 class Reduction:
     """What the reducer did: the model's visual sequence, the settings and the stage times.
 
-    sequence: the :class:`aot.path.VisualSequence` the LLM reads (``.result`` the ReducedVideo).
+    sequence: the :class:`aot.video_path.VisualSequence` the LLM reads (``.result`` the ReducedVideo).
     budget: the token count given to a budgeted reducer (AOT's count for this video), or None.
     times: stage name -> seconds (``reduce`` = reducer + pooling + newline packing).
     """
@@ -214,7 +216,7 @@ class Reduction:
 
 def reduction_for(encoded: video_path.Encoded, config: aot.AOTConfig,
                   reducer: str) -> video_path.Reduction:
-    """The path's :class:`aot.path.Reduction`; a budgeted reducer without exact mode gets AOT's
+    """The path's :class:`aot.video_path.Reduction`; a budgeted reducer without exact mode gets AOT's
     count under ``config`` for this video (so reducers compare at the same count)."""
     budget = None
     if reducer_info(reducer).needs_budget and config.exact_retention is None:

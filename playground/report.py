@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import aot
-from aot.temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
+from aot.result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
 
 
 def clip_rows(result: aot.ReducedVideo) -> list[dict]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Efficiency benchmark: vision encoder (with / without AOT's attention capture), reducer, LLM
 # prefill, time to first token, decode tokens/s, peak memory, tokens and prefill FLOPs (analytic
-# and counted) for LLaVA-OV / LLaVA-Video (and transformers' Qwen2.5-VL through aot.hf with
+# and counted) for LLaVA-OV / LLaVA-Video (and transformers' Qwen2.5-VL through aot_integrations.hf with
 # --backbones qwen2_5_vl) at several frame counts and retentions, with ratios against the full
 # model of the same run. Writes efficiency.{json,md} and two PNG plots.
 #

@@ -1,7 +1,7 @@
 """Mutation check: does some test turn red when a knob is ignored?
 
 For every field of :class:`aot.AOTConfig` and of each baseline's options dataclass
-(:data:`aot.baselines.OPTIONS`), this script
+(the ``options`` of :data:`aot.reducers.REDUCERS`), this script
 
 1. copies the package code (``aot/`` and ``llava/``) and ``tests/`` into a temporary directory,
 2. rewrites every *read* of the knob in the copied code, ``config.<knob>`` (any receiver named
@@ -72,11 +72,11 @@ class Knob:
 
 def knobs() -> list[Knob]:
     """Every field of AOTConfig and of the baselines' option classes, with its default."""
-    from aot.baselines import OPTIONS
+    from aot.reducers import REDUCERS
     from aot.config import AOTConfig
 
     out = []
-    for cls in (AOTConfig, *OPTIONS.values()):
+    for cls in (AOTConfig, *{i.options for i in REDUCERS.values() if i.options}):
         for field in dataclasses.fields(cls):
             out.append(Knob(cls.__name__, field.name, field.default))
     return out
@@ -204,10 +204,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
     args = parser.parse_args()
 
-    from aot.baselines import OPTIONS
+    from aot.reducers import REDUCERS
 
     owner_files = {cls.__name__: pathlib.Path(sys.modules[cls.__module__].__file__)
-                   .relative_to(ROOT).as_posix() for cls in OPTIONS.values()}
+                   .relative_to(ROOT).as_posix() for cls in {i.options for i in REDUCERS.values() if i.options}}
     selected = [k for k in knobs() if not args.names or k.name in args.names]
     unknown = set(args.names) - {k.name for k in selected}
     if unknown:

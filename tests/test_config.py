@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import aot
-from aot.baselines import get_reducer
+from aot.reducers import get_reducer
 from aot import budget
 from aot.synthetic import synthetic_video
 

@@ -133,7 +133,7 @@ def test_demo_reports_the_newlines_the_llm_reads(backbone, newlines_per_frame, c
                                                 capsys):
     """LLaVA-Video adds a newline after every pooled row (13 per frame), OV one per video: the
     table and the prompt length say what the LLM really reads (was "+0 newline" for Video)."""
-    from llava.tiny import write_checkpoint
+    from aot_integrations.tiny import write_checkpoint
 
     frames = 8
     folder = tmp_path / backbone

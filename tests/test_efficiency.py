@@ -221,7 +221,7 @@ def test_qwen_7b_preset_builds_the_published_model():
 
 @pytest.mark.slow
 def test_qwen_cpu_smoke_run_reduces_to_the_exact_budget(tmp_path):
-    import aot.hf
+    import aot_integrations.hf
 
     out = tmp_path / "bench"
     code = efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
@@ -237,7 +237,7 @@ def test_qwen_cpu_smoke_run_reduces_to_the_exact_budget(tmp_path):
         assert row["video_grid_thw"] == list(grid)
         full = grid[0] * 64
         expected = full if retention is None else \
-            aot.hf.reduced_token_count("qwen2_5_vl", grid, retention)
+            aot_integrations.hf.reduced_token_count("qwen2_5_vl", grid, retention)
         # measured: the video ids the language model received, and its sequence length
         assert row["visual_tokens"] == expected and row["seq_len"] == expected + 2 + 16
         assert row["prefill_flops_counted"] == row["prefill_flops_analytic"]
@@ -266,11 +266,11 @@ def test_qwen_arguments_are_checked():
 
 
 @pytest.mark.skipif("grid_shape" not in {f.name for f in dataclasses.fields(aot.ReducedVideo)},
-                    reason="aot.hf tiles square grids only in this version")
+                    reason="aot_integrations.hf tiles square grids only in this version")
 def test_qwen_benchmark_on_landscape_frames(tmp_path):
     """HxW frames (the stock processor's 16:9 shape, scaled down): the LLM receives exactly
     reduced_token_count tokens of the (t, h, w) grid, FLOPs counted = analytic."""
-    import aot.hf
+    import aot_integrations.hf
 
     out = tmp_path / "bench"
     assert efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
@@ -281,5 +281,5 @@ def test_qwen_benchmark_on_landscape_frames(tmp_path):
     rows = json.loads((out / "efficiency.json").read_text())["rows"]
     assert [r["video_grid_thw"] for r in rows] == [[2, 8, 14]] * 2
     assert [r["visual_tokens"] for r in rows] == [
-        2 * 4 * 7, aot.hf.reduced_token_count("qwen2_5_vl", (2, 8, 14), 0.25)]
+        2 * 4 * 7, aot_integrations.hf.reduced_token_count("qwen2_5_vl", (2, 8, 14), 0.25)]
     assert all(r["prefill_flops_counted"] == r["prefill_flops_analytic"] for r in rows)

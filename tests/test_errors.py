@@ -9,7 +9,7 @@ import torch
 
 import aot
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.tiny import random_model
+from aot_integrations.tiny import random_model
 from playground import demo
 
 
@@ -30,9 +30,9 @@ def test_video_frames_sent_without_modalities_get_a_hint(model):
 
 
 def test_readme_import_reaches_the_baselines():
-    """README: ``import aot; aot.baselines.get_reducer(...)`` (was an AttributeError)."""
-    assert callable(aot.baselines.get_reducer("uniform"))
-    assert aot.path.visual_sequence is not None and aot.backbones.BACKBONES
+    """README: ``import aot; aot.reducers.get_reducer(...)`` (was an AttributeError)."""
+    assert callable(aot.reducers.get_reducer("uniform"))
+    assert aot.video_path.visual_sequence is not None and aot.backbones.BACKBONES
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -92,7 +92,7 @@ def _drop_tokenizer(folder):
 def test_demo_broken_checkpoint_is_one_line_exit_2(breaker, words, tmp_path, capsys):
     """Broken config.json, a field of the wrong type, truncated weights, no tokenizer: one line,
     exit 2 (were 26-42-line tracebacks, exit 1)."""
-    from llava.tiny import write_checkpoint
+    from aot_integrations.tiny import write_checkpoint
 
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, "ov", seed=0)

@@ -372,7 +372,7 @@ def stock_workspace(workspace):
                                                                 vid_post=VID_POST))
     (tasks / "utils.py").write_text(TASK_UTILS)
     ckpt = root / "llava-qwen-video-genconf"
-    from llava.tiny import VIDEO_GENERATION_CONFIG
+    from aot_integrations.tiny import VIDEO_GENERATION_CONFIG
 
     llava_testkit.write_checkpoint(ckpt, "video", seed=2, generation_config=VIDEO_GENERATION_CONFIG)
     return {"root": root, "tasks": root / "tasks", "docs": len(rows),

@@ -2,7 +2,7 @@
 
 Each is the stock lmms-eval 0.7.3 class (``qwen2_5_vl``, ``qwen3_vl``, ``llava_hf``) plus a
 reducer (:mod:`aot_eval.hf_models`). Tested here on tiny random checkpoints saved from
-transformers' config classes (:mod:`aot.hf.tiny`) with an in-memory word-level tokenizer, over a
+transformers' config classes (:mod:`aot_integrations.tiny`) with an in-memory word-level tokenizer, over a
 local lmms-eval task of real mp4s (helpers of ``tests/test_eval_e2e.py``):
 
 * reducer=none: stock and ours give the same prompts, inputs, generation arguments and answers,
@@ -87,7 +87,7 @@ def word_tokenizer():
 def write_checkpoint(path: Path, kind: str, seed: int = 0) -> None:
     """A tiny random ``kind`` checkpoint (qwen2_5_vl, qwen3_vl, llava_hf) and its tokenizer; the
     model's special ids are the tokenizer's."""
-    from aot.hf import tiny
+    from aot_integrations import tiny
 
     tok = word_tokenizer()
     model = {"qwen2_5_vl": tiny.qwen2_5_vl, "qwen3_vl": tiny.qwen3_vl,
@@ -488,7 +488,7 @@ def test_non_square_video_reduced(workspace, stand_ins, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
 def test_qwen_model_args(backbone):
-    """Qwen backbones: exact retention on aot.hf's grid-adapted settings; approximate retention
+    """Qwen backbones: exact retention on aot_integrations.hf's grid-adapted settings; approximate retention
     (a model of SigLIP grids) refused for AOT, allowed for the budgeted baselines."""
     from aot.backbones import get_backbone
     from aot_eval.model_args import parse_reducer

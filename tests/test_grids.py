@@ -12,11 +12,11 @@ import torch
 
 import aot
 from aot.anchors import select_anchors, window_index, window_spans
-from aot.baselines import get_reducer, pooling_matrix, reducer_names
+from aot.reducers import get_reducer, pooling_matrix, reducer_names
 from aot.intra import grid_coordinates
 from aot.pooling import pool_grid, pooled_shape
 from aot.synthetic import synthetic_video
-from aot.temporal import KIND_ANCHOR, KIND_FRAME
+from aot.result import KIND_ANCHOR, KIND_FRAME
 
 GRIDS = [(12, 20), (20, 12), (7, 5), (1, 6), (6, 1), (10, 10)]
 POOLINGS = ("none", "bilinear", "average")

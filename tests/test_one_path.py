@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import aot
-from aot import path as video_path
+from aot import video_path
 from aot.backbones import BACKBONES, get_backbone
-from aot.baselines import REGISTRY, get_reducer, reducer_info, reducer_names
+from aot.reducers import REDUCERS, get_reducer, reducer_info, reducer_names
 from aot_bench.timing import StageClock
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model.adapter import backbone_name, llava_layout
-from llava.tiny import random_model
+from aot_integrations.llava import backbone_name, llava_layout
+from aot_integrations.tiny import random_model
 from playground import pipeline
 
 FRAMES = 4
@@ -112,7 +112,7 @@ def test_registry_owns_the_budget_rule():
         else:
             assert get_reducer(name)(features, attention, attention, config).num_tokens > 0
             video_path.Reduction(config, name)
-    assert {n for n, i in REGISTRY.items() if i.ablation} == \
+    assert {n for n, i in REDUCERS.items() if i.ablation} == \
         {"aot:" + a for a in aot.ABLATIONS}
 
 

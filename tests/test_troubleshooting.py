@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "troubleshooting.md"
-SOURCE_DIRS = ("aot", "aot_eval", "aot_bench", "llava", "playground", "scripts")
+SOURCE_DIRS = ("aot", "aot_integrations", "aot_eval", "aot_bench", "llava", "playground", "scripts")
 SHELL_SUFFIXES = (".sh", ".sbatch")
 BULLET = re.compile(r"^- (`+) ?(.+?) ?\1(?!`)")
 PLACEHOLDER = re.compile(r"<[^<>]*>")

@@ -56,7 +56,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         customized_config: a config object (or dict of fields) replacing config.json's values.
         overwrite_config: dict of config fields to set (e.g. ``mm_spatial_pool_mode``).
         aot_config: an :class:`aot.AOTConfig`, a preset name, or None (no reduction).
-        reducer: which reducer runs with that config (``aot.baselines.get_reducer`` names:
+        reducer: which reducer runs with that config (``aot.reducers.get_reducer`` names:
             ``"aot"``, ``"uniform"``, ``"visionzip"``, ``"dycoke"``, ``"random"``, ...).
         retention: for the baselines, the exact retention to run at when the config has no
             ``exact_retention`` yet (so they emit exactly AOT-exact's count).
@@ -85,7 +85,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if isinstance(aot_config, str):
         aot_config = aot.AOTConfig.preset(aot_config)
     if aot_config is not None and retention is not None and aot_config.exact_retention is None \
-            and aot.baselines.reducer_info(reducer).needs_budget:
+            and aot.reducers.reducer_info(reducer).needs_budget:
         aot_config = aot_config.replace(exact_retention=retention)
     model.set_aot(aot_config, reducer=reducer)
 

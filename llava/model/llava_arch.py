@@ -1,8 +1,8 @@
 """Multimodal parts shared by the LLaVA models: tower + projector + newline, and the splicing of
 visual tokens into the text embeddings.
 
-A video becomes its visual sequence through the one path of :mod:`aot.path` with this model's
-adapter (:class:`llava.model.adapter.LlavaVideoAdapter`): tower (with attention capture when a
+A video becomes its visual sequence through the one path of :mod:`aot.video_path` with this model's
+adapter (:class:`aot_integrations.llava.LlavaVideoAdapter`): tower (with attention capture when a
 reducer runs), projector, any registered reducer (or the native pooling), newline packing. The
 benchmark and the demo call the same path, so their sequences equal the model's.
 With no reduction set the path is the plain LLaVA one (pool, pack) and nothing of AOT runs.
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 import aot
-from aot import path as video_path
+from aot import video_path
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from . import anyres
-from .adapter import LlavaVideoAdapter
+from aot_integrations.llava import LlavaVideoAdapter
 from .vision import SigLipVisionTower, build_vision_config
 
 PROJECTOR_TYPES = ("mlp2x_gelu",)
@@ -74,7 +74,7 @@ class VisualItem:
 class LlavaMetaForCausalLM:
     """Mixin for the causal LM: visual encoding, AOT, splicing. Needs ``get_model()``."""
 
-    #: The reduction of every video (an :class:`aot.path.Reduction`), or None for the unreduced
+    #: The reduction of every video (an :class:`aot.video_path.Reduction`), or None for the unreduced
     #: model. Use set_aot().
     reduction: video_path.Reduction | None = None
     #: Frames encoded per tower call (bounds the capture memory: chunk x heads x T^2 floats).
@@ -97,14 +97,14 @@ class LlavaMetaForCausalLM:
         return None if self.reduction is None else self.reduction.reducer
 
     def video_adapter(self) -> LlavaVideoAdapter:
-        """This model as an adapter of the one video path (:mod:`aot.path`)."""
+        """This model as an adapter of the one video path (:mod:`aot.video_path`)."""
         return LlavaVideoAdapter(self)
 
     def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot") -> None:
         """Turn reduction on with a config (or a preset name such as ``"paper-ov-mvbench"``),
         or off with None. The config's pooling must match ``mm_spatial_pool_mode``.
 
-        ``reducer``: a name of :data:`aot.baselines.REGISTRY` (``"aot"``, ``"uniform"``,
+        ``reducer``: a name of :data:`aot.reducers.REDUCERS` (``"aot"``, ``"uniform"``,
         ``"visionzip"``, ``"dycoke"``, ``"random"``, ``"aot:<ablation>"``) run on the same
         inputs; the budgeted ones need ``config.exact_retention`` (their token budget).
         """
@@ -114,7 +114,7 @@ class LlavaMetaForCausalLM:
             raise TypeError(f"aot must be an aot.AOTConfig, a preset name or None; got "
                             f"{type(config).__name__}")
         if config is None:
-            aot.baselines.reducer_info(reducer)  # unknown names fail even when turning off
+            aot.reducers.reducer_info(reducer)  # unknown names fail even when turning off
             self.reduction = None
             return
         reduction = video_path.Reduction(config, reducer)
@@ -130,7 +130,7 @@ class LlavaMetaForCausalLM:
 
     def video_sequence(self, frames: torch.Tensor,
                        on_stage: video_path.StageHook | None = None) -> video_path.VisualSequence:
-        """One video (F, 3, S, S) -> its :class:`aot.path.VisualSequence` under this model's
+        """One video (F, 3, S, S) -> its :class:`aot.video_path.VisualSequence` under this model's
         reduction (the one path; ``on_stage`` sees "vision", "projector", "reduce")."""
         return video_path.visual_sequence(self.video_adapter(), frames, self.reduction, on_stage)
 

@@ -1,18 +1,18 @@
-"""Fixtures shared by the aot.hf tests."""
+"""Fixtures shared by the aot_integrations.hf tests."""
 
 import pytest
 
 
 @pytest.fixture
 def applied():
-    """``aot.hf.apply`` that removes every handle it made when the test ends (so a failing test
+    """``aot_integrations.hf.apply`` that removes every handle it made when the test ends (so a failing test
     cannot leave a patched model to the next one of the module-scoped models)."""
-    import aot.hf
+    import aot_integrations.hf
 
     handles = []
 
     def apply(model, reduction, **kw):
-        handle = aot.hf.apply(model, reduction, **kw)
+        handle = aot_integrations.hf.apply(model, reduction, **kw)
         handles.append(handle)
         return handle
 

@@ -1,9 +1,9 @@
-"""aot.hf reads the right attention for the right token on Qwen2.5-VL and Qwen3-VL, on non-square
-grids and batches of different grids (tiny random models, aot.hf.tiny).
+"""aot_integrations.hf reads the right attention for the right token on Qwen2.5-VL and Qwen3-VL, on non-square
+grids and batches of different grids (tiny random models, aot_integrations.tiny).
 
 Two facts, each checked against the stock tower rather than against our own restore code:
 
-1. Values: the received attention :func:`aot.hf.capture.qwen_vision_received` recomputes at a
+1. Values: the received attention :func:`aot_integrations.hf.capture.qwen_vision_received` recomputes at a
    block equals the one the stock eager kernel computes there (its ``eager_attention_forward``,
    called once per ``cu_seqlens`` segment: one window in Qwen2.5-VL's windowed blocks, one
    temporal patch in full-attention blocks), row for row in the tower's order.
@@ -23,10 +23,10 @@ import torch
 
 pytest.importorskip("transformers")
 
-from aot.hf import adapters as hf_adapters
-from aot.hf import tiny
-from aot.hf.adapters import adapter_for
-from aot.hf.capture import capturing, qwen_vision_received
+from aot_integrations.hf import adapters as hf_adapters
+from aot_integrations import tiny
+from aot_integrations.hf.adapters import adapter_for
+from aot_integrations.hf.capture import capturing, qwen_vision_received
 
 # video_grid_thw rows (t, h, w) in patches: 6x10 and 10x6 merged tokens per temporal patch.
 LANDSCAPE, PORTRAIT = (2, 12, 20), (3, 20, 12)

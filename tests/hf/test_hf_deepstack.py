@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import aot
-from aot.baselines import get_reducer, reducer_names
+from aot.reducers import get_reducer, reducer_names
 
 
 @pytest.mark.parametrize("reducer", reducer_names())
@@ -90,11 +90,11 @@ def test_similarity_channels_beyond_the_features_are_named():
 
 
 def test_qwen3_reducer_ignores_deepstack_values():
-    """On the tiny Qwen3-VL: aot.hf sets similarity_channels to the LLM width, and changing the
+    """On the tiny Qwen3-VL: aot_integrations.hf sets similarity_channels to the LLM width, and changing the
     DeepStack levels the tower returns changes no kept token, only the levels that ride along."""
     pytest.importorskip("transformers")
-    import aot.hf
-    from aot.hf import tiny
+    import aot_integrations.hf
+    from aot_integrations import tiny
 
     model = tiny.qwen3_vl()
     dim = model.config.text_config.hidden_size
@@ -106,7 +106,7 @@ def test_qwen3_reducer_ignores_deepstack_values():
         output.deepstack_features = [-3 * level + 1 for level in output.deepstack_features]
         return output
 
-    handle = aot.hf.apply(model, config)
+    handle = aot_integrations.hf.apply(model, config)
     try:
         assert handle.reduction.config.similarity_channels == dim
         with torch.no_grad():
@@ -127,5 +127,5 @@ def test_qwen3_reducer_ignores_deepstack_values():
         torch.testing.assert_close(b.tokens[:, dim:], -3 * a.tokens[:, dim:] + 1, rtol=1e-4,
                                    atol=1e-4)
     with pytest.raises(ValueError, match=f"similarity_channels=None but .* needs {dim}"):
-        aot.hf.adapters.adapter_for(model).check(
-            aot.path.Reduction(config.replace(pooling="none")))
+        aot_integrations.hf.adapters.adapter_for(model).check(
+            aot.video_path.Reduction(config.replace(pooling="none")))

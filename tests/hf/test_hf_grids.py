@@ -1,17 +1,17 @@
-"""aot.hf on native-resolution Qwen grids: landscape and portrait videos (each video its own
+"""aot_integrations.hf on native-resolution Qwen grids: landscape and portrait videos (each video its own
 (rows, cols) grid of merged tokens), several frame counts, batches of different grids; tiny
-random models built offline (aot.hf.tiny)."""
+random models built offline (aot_integrations.tiny)."""
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-import aot.hf  # noqa: E402
-from aot.baselines import reducer_names  # noqa: E402
+import aot_integrations.hf  # noqa: E402
+from aot.reducers import reducer_names  # noqa: E402
 from aot.budget import exact_budget  # noqa: E402
-from aot.hf import tiny  # noqa: E402
-from aot.path import Reduction  # noqa: E402
+from aot_integrations import tiny  # noqa: E402
+from aot.video_path import Reduction  # noqa: E402
 from test_hf_models import LLMInput, _reference_embeds  # noqa: E402
 
 # video_grid_thw rows (t, h, w) in patches; the LLM sees (h/2) x (w/2) merged tokens per
@@ -29,7 +29,7 @@ def models():
 def settings(model, retention, **overrides):
     """config_for at the 6x10 grid (anchors scaled to it: 10; windows of at most 5 -> 2x2
     windows of 3x5 on 6x10, 5x3 on 10x6), the tiny towers' layers 1 and 3."""
-    return aot.hf.config_for(model, retention, grid=(6, 10), shallow_layer=1, deep_layer=3,
+    return aot_integrations.hf.config_for(model, retention, grid=(6, 10), shallow_layer=1, deep_layer=3,
                              **overrides)
 
 
@@ -59,7 +59,7 @@ def test_exact_count_reaches_the_llm(models, applied, name, grids, retention):
     per_row, _, _ = visual_counts(model, MODELS[name][1](grids))
     expected = [exact_budget(retention, t, merged_tokens((t, h, w))) for t, h, w in grids]
     assert per_row == expected
-    assert expected == [aot.hf.reduced_token_count(model, g, retention) for g in grids]
+    assert expected == [aot_integrations.hf.reduced_token_count(model, g, retention) for g in grids]
     for (t, h, w), sequence in zip(grids, handle.last):
         assert sequence.encoded.grid == (h // 2, w // 2)
         assert sequence.result.grid_shape == sequence.result.pooled_shape == (h // 2, w // 2)

@@ -1,17 +1,18 @@
-"""aot.hf on stock transformers classes: tiny random models built offline from config classes,
-inputs shaped as the processors produce them (aot.hf.tiny)."""
+"""aot_integrations.hf on stock transformers classes: tiny random models built offline from config classes,
+inputs shaped as the processors produce them (aot_integrations.tiny)."""
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-import aot.hf  # noqa: E402
+import aot  # noqa: E402
+import aot_integrations.hf  # noqa: E402
 from aot.backbones import get_backbone  # noqa: E402
-from aot.baselines import reducer_names  # noqa: E402
+from aot.reducers import reducer_names  # noqa: E402
 from aot.budget import exact_budget  # noqa: E402
-from aot.hf import tiny  # noqa: E402
-from aot.path import Reduction  # noqa: E402
+from aot_integrations import tiny  # noqa: E402
+from aot.video_path import Reduction  # noqa: E402
 
 # Tiny towers: 4 vision blocks; AOT windows of 3 on the 6x6 grids, layers 1 and 3 (full attention
 # in the tiny Qwen ViT).
@@ -93,20 +94,20 @@ def test_reducer_off_is_the_stock_model(request, applied, name):
 def test_remove_restores_the_instance_and_leaves_the_class(request, name):
     model = _model(request, name)
     cls_generate = type(model).generate
-    handle = aot.hf.apply(model, aot.hf.config_for(model, 0.3, **KNOBS))
+    handle = aot_integrations.hf.apply(model, aot_integrations.hf.config_for(model, 0.3, **KNOBS))
     assert "generate" in model.__dict__ and type(model).generate is cls_generate
     with pytest.raises(ValueError, match="already has a reducer"):
-        aot.hf.apply(model, None)
+        aot_integrations.hf.apply(model, None)
     handle.remove()
     assert "generate" not in model.__dict__ and "forward" not in model.__dict__
     with pytest.raises(ValueError, match="no reducer is installed"):
-        aot.hf.remove(model)
+        aot_integrations.hf.remove(model)
 
 
 @pytest.mark.parametrize("frames,batch", [(2, 1), (4, 2), (7, 2), (8, 3)])
 @pytest.mark.parametrize("retention", [0.1, 0.25, 0.5])
 def test_ov_exact_count_reaches_the_llm(ov, applied, frames, batch, retention):
-    handle = applied(ov, aot.hf.config_for(ov, retention, **KNOBS))
+    handle = applied(ov, aot_integrations.hf.config_for(ov, retention, **KNOBS))
     inputs = ov_inputs(batch=batch, frames=frames)
     seen = LLMInput(ov)
     try:
@@ -118,14 +119,14 @@ def test_ov_exact_count_reaches_the_llm(ov, applied, frames, batch, retention):
     expected = exact_budget(retention, frames, 9)          # 6x6 grid -> 3x3 pooled
     assert per_row == [expected + 1] * batch                # + the one newline
     assert [s.visual_tokens for s in handle.last] == [expected] * batch
-    assert expected == aot.hf.reduced_token_count(ov, (frames, 6, 6), retention) - 1
+    assert expected == aot_integrations.hf.reduced_token_count(ov, (frames, 6, 6), retention) - 1
 
 
 @pytest.mark.parametrize("grids", [[(1, 12, 12)], [(2, 12, 12), (3, 12, 12)],
                                    [(4, 8, 8), (2, 16, 16), (3, 12, 12)]])
 @pytest.mark.parametrize("retention", [0.1, 0.3])
 def test_qwen_exact_count_reaches_the_llm(qwen, applied, grids, retention):
-    handle = applied(qwen, aot.hf.config_for(qwen, retention, anchors_per_frame=8, window=3,
+    handle = applied(qwen, aot_integrations.hf.config_for(qwen, retention, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
@@ -137,12 +138,12 @@ def test_qwen_exact_count_reaches_the_llm(qwen, applied, grids, retention):
     expected = [exact_budget(retention, t, h * w // 4) for t, h, w in grids]
     assert per_row == expected
     assert [s.visual_tokens for s in handle.last] == expected
-    assert expected == [aot.hf.reduced_token_count("qwen2_5_vl", g, retention) for g in grids]
+    assert expected == [aot_integrations.hf.reduced_token_count("qwen2_5_vl", g, retention) for g in grids]
 
 
 def _reference_embeds(model, short_ids, sequences):
     """The stock embeddings of the shortened ids with every video's run replaced by the
-    reducer's tokens (independent of aot.hf's scatter)."""
+    reducer's tokens (independent of aot_integrations.hf's scatter)."""
     embeds = model.get_input_embeddings()(short_ids)
     flat = torch.cat([s.tokens for s in sequences])
     mask = short_ids == tiny.VIDEO_TOKEN
@@ -155,7 +156,7 @@ def test_ov_reduced_logits_equal_stock_model_fed_the_same_tokens(ov, applied):
     inputs = ov_inputs(batch=2, frames=4)
     with torch.no_grad():
         unreduced = ov(**inputs).logits
-    handle = applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    handle = applied(ov, aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     seen = LLMInput(ov)
     try:
         with torch.no_grad():
@@ -181,7 +182,7 @@ def test_qwen_kept_tokens_keep_their_original_mrope_positions(qwen, applied):
                                             second_per_grid_ts=inputs["second_per_grid_ts"],
                                             attention_mask=inputs["attention_mask"])
         unreduced = qwen(**inputs).logits
-    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
+    handle = applied(qwen, aot_integrations.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
@@ -220,7 +221,7 @@ def test_qwen_kept_tokens_keep_their_original_mrope_positions(qwen, applied):
 @pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_batch_of_two_videos_answers_each_as_alone(request, applied, name):
     model = _model(request, name)
-    applied(model, aot.hf.config_for(model, 0.3, **knobs_of(name)))
+    applied(model, aot_integrations.hf.config_for(model, 0.3, **knobs_of(name)))
     qwen_grids = [(2, 12, 12), (3, 12, 12)]
 
     def inputs(seeds):
@@ -246,7 +247,7 @@ def test_batch_of_two_videos_answers_each_as_alone(request, applied, name):
 def test_generate_returns_the_callers_prompt_then_the_answer(request, applied, name):
     model = _model(request, name)
     inputs = CASES[name][1]()
-    applied(model, aot.hf.config_for(model, 0.2, **knobs_of(name)))
+    applied(model, aot_integrations.hf.config_for(model, 0.2, **knobs_of(name)))
     with torch.no_grad():
         out = model.generate(**inputs, **GEN)
     assert out.shape == (inputs["input_ids"].shape[0],
@@ -258,7 +259,7 @@ def test_generate_returns_the_callers_prompt_then_the_answer(request, applied, n
 @pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_every_registered_reducer_runs_at_the_same_exact_budget(request, applied, name, reducer):
     model = _model(request, name)
-    config = aot.hf.config_for(model, 0.25, **knobs_of(name))
+    config = aot_integrations.hf.config_for(model, 0.25, **knobs_of(name))
     handle = applied(model, Reduction(config, reducer))
     inputs = (ov_inputs(batch=1, frames=4) if name == "ov"
               else CASES[name][0]([(4, 12, 12)]))
@@ -270,7 +271,7 @@ def test_every_registered_reducer_runs_at_the_same_exact_budget(request, applied
 
 
 def test_sampling_flags_pass_through(ov, applied):
-    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    applied(ov, aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     inputs = ov_inputs(batch=2, frames=2)
     with torch.no_grad():
         torch.manual_seed(3)
@@ -284,26 +285,26 @@ def test_sampling_flags_pass_through(ov, applied):
 
 def test_bad_settings_are_named(ov, qwen):
     with pytest.raises(ValueError, match="deep_layer=24 but the vision tower has blocks 0..3"):
-        aot.hf.apply(ov, aot.hf.config_for(ov, 0.25, deep_layer=24, shallow_layer=1))
+        aot_integrations.hf.apply(ov, aot_integrations.hf.config_for(ov, 0.25, deep_layer=24, shallow_layer=1))
     with pytest.raises(TypeError, match="expected a Reduction"):
-        aot.hf.apply(qwen, "aot")
+        aot_integrations.hf.apply(qwen, "aot")
     with pytest.raises(ValueError, match="needs exact mode"):
-        aot.hf.reduced_token_count("qwen2_5_vl", (2, 12, 12), aot.AOTConfig())
+        aot_integrations.hf.reduced_token_count("qwen2_5_vl", (2, 12, 12), aot.AOTConfig())
     with pytest.raises(ValueError, match="supports"):
-        aot.hf.config_for(torch.nn.Linear(2, 2), 0.1)
+        aot_integrations.hf.config_for(torch.nn.Linear(2, 2), 0.1)
 
 
 def test_model_types_are_those_transformers_loads(ov, qwen, qwen3):
-    """aot.hf.MODEL_TYPES (config.json model_type -> class) is transformers' own mapping, and
+    """aot_integrations.hf.MODEL_TYPES (config.json model_type -> class) is transformers' own mapping, and
     the tiny models of those classes carry their model_type."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as transformers_classes,
     )
 
-    assert {t: transformers_classes[t] for t in aot.hf.MODEL_TYPES} == aot.hf.MODEL_TYPES
-    assert len(aot.hf.MODEL_TYPES) == len(aot.hf.ADAPTERS)
+    assert {t: transformers_classes[t] for t in aot_integrations.hf.MODEL_TYPES} == aot_integrations.hf.MODEL_TYPES
+    assert len(aot_integrations.hf.MODEL_TYPES) == len(aot_integrations.hf.ADAPTERS)
     for model in (ov, qwen, qwen3):
-        assert aot.hf.MODEL_TYPES[model.config.model_type] == type(model).__name__
+        assert aot_integrations.hf.MODEL_TYPES[model.config.model_type] == type(model).__name__
 
 
 def test_qwen_config_pooling_is_the_backbones(qwen, applied):
@@ -317,7 +318,7 @@ def test_qwen_config_pooling_is_the_backbones(qwen, applied):
 
 
 def test_num_return_sequences_keeps_the_callers_prompt(ov, applied):
-    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    applied(ov, aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     inputs = ov_inputs(batch=2, frames=2)
     with torch.no_grad():
         torch.manual_seed(0)
@@ -330,7 +331,7 @@ def test_num_return_sequences_keeps_the_callers_prompt(ov, applied):
 def test_right_padding_forward_matches_left_padding(ov, applied):
     """Training-style right padding: the shortened batch stays right-padded; each row's last
     real token reads the same logits as with left padding."""
-    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    applied(ov, aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     left, right = ov_inputs(batch=2, frames=2), ov_inputs(batch=2, frames=2, left=False)
     with torch.no_grad():
         a = ov(**left).logits[:, -1]
@@ -341,12 +342,12 @@ def test_right_padding_forward_matches_left_padding(ov, applied):
 
 
 def test_config_for_fits_the_backbone_grid(ov, qwen):
-    assert aot.hf.config_for(ov, 0.1).window == 9                      # 27x27: released
-    assert aot.hf.config_for(ov, 0.1).anchors_per_frame == 126
-    q = aot.hf.config_for(qwen, 0.1)                                     # 16x16 merged tokens
+    assert aot_integrations.hf.config_for(ov, 0.1).window == 9                      # 27x27: released
+    assert aot_integrations.hf.config_for(ov, 0.1).anchors_per_frame == 126
+    q = aot_integrations.hf.config_for(qwen, 0.1)                                     # 16x16 merged tokens
     assert (q.window, q.anchors_per_frame, q.pooling) == (8, 44, "none")
     assert (q.shallow_layer, q.deep_layer) == (7, 31)
-    assert aot.hf.config_for(qwen, 0.1, grid=(6, 6)).window == 6
+    assert aot_integrations.hf.config_for(qwen, 0.1, grid=(6, 6)).window == 6
 
 
 def _qwen_image_and_video(grid=(2, 12, 12), image=(8, 8)):
@@ -373,8 +374,8 @@ def test_qwen_images_beside_a_video_stay_stock(qwen, applied):
     with torch.no_grad():
         assert torch.equal(qwen.generate(**inputs, **GEN), stock)
         assert torch.equal(qwen(**inputs).logits, stock_logits)
-    aot.hf.remove(qwen)
-    handle = applied(qwen, aot.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
+    aot_integrations.hf.remove(qwen)
+    handle = applied(qwen, aot_integrations.hf.config_for(qwen, 0.25, anchors_per_frame=8, window=3,
                                              shallow_layer=1, deep_layer=3))
     seen = LLMInput(qwen)
     try:
@@ -390,11 +391,11 @@ def test_qwen_images_beside_a_video_stay_stock(qwen, applied):
 
 
 def test_ov_adapter_joins_the_one_video_path(ov, applied):
-    """aot.path.visual_sequence on the hf adapter gives the tokens apply() fed the LLM."""
-    from aot.hf.adapters import OneVisionAdapter
-    from aot.path import visual_sequence
+    """aot.video_path.visual_sequence on the hf adapter gives the tokens apply() fed the LLM."""
+    from aot_integrations.hf.adapters import OneVisionAdapter
+    from aot.video_path import visual_sequence
 
-    reduction = Reduction(aot.hf.config_for(ov, 0.25, **KNOBS))
+    reduction = Reduction(aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     handle = applied(ov, reduction)
     inputs = ov_inputs(batch=1, frames=4)
     stages = []
@@ -417,7 +418,7 @@ def test_qwen3_exact_counts_deepstack_and_timestamps(qwen3, applied, grids):
         full, _ = qwen3.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                              video_grid_thw=inputs["video_grid_thw"],
                                              attention_mask=inputs["attention_mask"])
-    handle = applied(qwen3, aot.hf.config_for(qwen3, 0.3, **QWEN_KNOBS))
+    handle = applied(qwen3, aot_integrations.hf.config_for(qwen3, 0.3, **QWEN_KNOBS))
     seen = LLMInput(qwen3)
     try:
         with torch.no_grad():
@@ -468,7 +469,7 @@ def test_qwen3_exact_counts_deepstack_and_timestamps(qwen3, applied, grids):
 
 
 def test_labels_with_videos_are_refused(ov, applied):
-    applied(ov, aot.hf.config_for(ov, 0.25, **KNOBS))
+    applied(ov, aot_integrations.hf.config_for(ov, 0.25, **KNOBS))
     inputs = ov_inputs(batch=1, frames=2)
     with pytest.raises(ValueError, match="labels with videos are not supported"):
         ov(**inputs, labels=inputs["input_ids"])

@@ -1,9 +1,9 @@
-"""aot.hf.sequence.shorten: the placeholder rewrite, on hand-made batches (pure torch)."""
+"""aot_integrations.hf.sequence.shorten: the placeholder rewrite, on hand-made batches (pure torch)."""
 
 import pytest
 import torch
 
-from aot.hf.sequence import shorten
+from aot_integrations.hf.sequence import shorten
 
 V = 9   # placeholder id
 

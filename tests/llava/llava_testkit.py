@@ -1,4 +1,4 @@
-"""Test helpers: tiny lmms-lab-layout checkpoints (from :mod:`llava.tiny`) and random pixels.
+"""Test helpers: tiny lmms-lab-layout checkpoints (from :mod:`aot_integrations.tiny`) and random pixels.
 
 Test towers keep SigLIP-384's 27x27 patch grid with 4 published layers (3 used).
 """
@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from llava.tiny import config_dict, make_tokenizer, random_model
-from llava.tiny import write_checkpoint as _write_checkpoint
+from aot_integrations.tiny import config_dict, make_tokenizer, random_model
+from aot_integrations.tiny import write_checkpoint as _write_checkpoint
 
 __all__ = ["config_dict", "make_tokenizer", "random_model", "video_pixels", "write_checkpoint"]
 
 
 def write_checkpoint(folder, backbone: str = "ov", seed: int = 0, shards: int = 2, **kwargs):
-    """:func:`llava.tiny.write_checkpoint`, sharded in two files by default (as lmms-lab's)."""
+    """:func:`aot_integrations.tiny.write_checkpoint`, sharded in two files by default (as lmms-lab's)."""
     return _write_checkpoint(folder, backbone, seed, shards=shards, **kwargs)
 
 

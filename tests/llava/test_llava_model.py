@@ -207,7 +207,7 @@ def test_33_frame_video_any_frame_count(tokenizer):
     with torch.no_grad():
         embeds = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None,
                                                             [video], ["video"])[4]
-        encoded = aot.path.encode(model.video_adapter(), video, model.reduction)
+        encoded = aot.video_path.encode(model.video_adapter(), video, model.reduction)
     result = model.last_aot_results[0]
     expected = aot.reduce_video(encoded.features.float(), encoded.attention[OV_AOT.shallow_layer],
                                 encoded.attention[OV_AOT.deep_layer], OV_AOT)

@@ -25,7 +25,7 @@ from llava.conversation import conv_templates
 from llava.mm_utils import tokenizer_image_token
 from llava.model import LlavaQwenForCausalLM
 from llava.model.builder import load_pretrained_model
-from llava.tiny import VIDEO_GENERATION_CONFIG
+from aot_integrations.tiny import VIDEO_GENERATION_CONFIG
 from llava_testkit import video_pixels, write_checkpoint
 
 QUESTIONS = ["What happens in the video?", "Describe the video in one sentence.",

@@ -22,8 +22,8 @@ import torch
 from ..config import AOTConfig
 from ..ops import cosine_similarity, first_in_order, gather_rows, pack_left
 from ..pooling import pool_grid
-from ..reduce import ReducedVideo
-from ..temporal import KIND_ANCHOR, KIND_FRAME
+from ..result import ReducedVideo
+from ..result import KIND_ANCHOR, KIND_FRAME
 from .common import (
     flatten_slots,
     frame_counts,

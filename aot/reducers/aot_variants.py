@@ -11,7 +11,8 @@ import torch
 
 from ..config import ABLATIONS, AOTConfig
 from ..pooling import pooled_shape
-from ..reduce import ReducedVideo, check_inputs, reduce_video
+from ..reduce import check_inputs, reduce_video
+from ..result import ReducedVideo
 from .common import resolve_budget, retention_for_budget
 
 
@@ -46,7 +47,7 @@ def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,
         features, shallow_attention, deep_attention, frame_features: as :func:`aot.reduce_video`.
         config: an :class:`AOTConfig` (default: the paper-ov-mvbench preset). Without ``budget``
             and with ``exact_retention=None`` AOT runs with its released thresholds (its count
-            then varies per video; :func:`aot.baselines.matched_budget` reads it).
+            then varies per video; :func:`aot.reducers.matched_budget` reads it).
         budget: exact token count; switches AOT to exact mode at that count.
         ablation: a key of :data:`aot.config.ABLATIONS`, applied on top of ``config``.
         grid: the patch grid, ``(rows, cols)`` or a square's side (as :func:`aot.reduce_video`).

@@ -24,7 +24,7 @@ import torch
 
 from .backbones import Backbone
 from .config import AOTConfig
-from .reduce import ReducedVideo
+from .result import ReducedVideo
 
 #: Called with a stage name when that stage has finished (``"vision"``, ``"projector"``,
 #: ``"reduce"``); e.g. a clock's ``lap``.
@@ -39,7 +39,7 @@ class Reduction:
     """Which reducer runs on a video, with which settings (validated once, here).
 
     config: the :class:`AOTConfig` (AOT's knobs, the backbone's pooling, ``exact_retention``).
-    reducer: a name of :data:`aot.baselines.REGISTRY` (``"aot"``, ``"uniform"``, ...).
+    reducer: a name of :data:`aot.reducers.REDUCERS` (``"aot"``, ``"uniform"``, ...).
     options: the reducer's own knobs (``visionzip`` / ``dycoke`` option fields) as a dict.
     budget: None (``config.exact_retention`` or, for AOT, its released thresholds decide the
         count), an int (exactly that many tokens), or ``"aot"`` (AOT's count under ``config``
@@ -52,7 +52,7 @@ class Reduction:
     budget: int | str | None = None
 
     def __post_init__(self) -> None:
-        from .baselines import check_budget, reducer_info
+        from .reducers import check_budget, reducer_info
 
         if not isinstance(self.config, AOTConfig):
             raise TypeError(f"Reduction.config must be an aot.AOTConfig, got "
@@ -166,7 +166,7 @@ def reducer_inputs(encoded: Encoded, config: AOTConfig):
     if missing:
         raise ValueError(f"the encoding holds no received attention at vision layer(s) {missing} "
                          f"(it has {sorted(encoded.attention)}): encode with this reduction, "
-                         "aot.path.encode(adapter, pixels, reduction)")
+                         "aot.video_path.encode(adapter, pixels, reduction)")
     features = encoded.features
     if features.dtype not in (torch.float32, torch.float64):
         features = features.float()
@@ -177,7 +177,7 @@ def reducer_inputs(encoded: Encoded, config: AOTConfig):
 def aot_count(encoded: Encoded, config: AOTConfig) -> int:
     """AOT's token count under ``config`` for this encoding: the budget ``"aot"`` gives a
     budgeted reducer (runs AOT once)."""
-    from .baselines import matched_budget
+    from .reducers import matched_budget
 
     return matched_budget(*reducer_inputs(encoded, config), config, grid=encoded.grid)
 
@@ -185,7 +185,7 @@ def aot_count(encoded: Encoded, config: AOTConfig) -> int:
 @torch.no_grad()  # reducers are training-free (top-k, quantiles, OT plans): no gradient
 def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     """Step 2: the registered reducer on the encoded video (inputs: :func:`reducer_inputs`)."""
-    from .baselines import get_reducer
+    from .reducers import get_reducer
 
     config, budget = reduction.config, reduction.budget
     if budget == MATCH_AOT:

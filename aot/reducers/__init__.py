@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ABLATIONS, AOTConfig
-from ..reduce import ReducedVideo, reduce_video
+from ..reduce import reduce_video
+from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
@@ -41,9 +42,9 @@ Reducer = Callable[..., ReducedVideo]
 
 @dataclass(frozen=True)
 class ReducerInfo:
-    """What the rest of the project needs to know about a reducer (the one home of it).
+    """One reducer, as the rest of the project needs to know it (its one registry entry).
 
-    name: the registry name.
+    name: the registry name (``--reducer``, ``reducer=`` of the eval plugin, ``Reduction``).
     function: the reducer, ``(features, shallow, deep, config, *, budget=None,
         frame_features=None, grid=None[, options=...]) -> ReducedVideo``.
     needs_budget: True when the reducer has no count of its own: it must be given
@@ -51,46 +52,59 @@ class ReducerInfo:
         thresholds without one).
     options: the dataclass of the reducer's own knobs (``get_reducer(name, **fields)``), or None
         when all its knobs are :class:`AOTConfig` fields.
-    ablation: for ``aot:<ablation>`` names, the key of :data:`aot.config.ABLATIONS`.
+    inputs: what it reads besides the features: ``"shallow_attention"``, ``"deep_attention"``
+        (received attention at ``config.shallow_layer`` / ``deep_layer``), ``"frame_features"``,
+        with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
+    paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
+    ablation: for ``aot:<ablation>`` names, the key of :data:`aot.config.ABLATIONS`.
     """
 
     name: str
     function: Reducer
     needs_budget: bool
     options: type | None = None
-    ablation: str | None = None
+    inputs: tuple[str, ...] = ()
     summary: str = ""
+    paper: str = ""
+    ablation: str | None = None
 
 
 ABLATION_PREFIX = "aot:"
+_ATTENTION = ("shallow_attention", "deep_attention")
+_AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
+              "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
 
 _BASE = (
-    ReducerInfo("aot", reduce_aot, False, summary="AOT (anchors + intra/inter-frame OT)"),
-    ReducerInfo("uniform", reduce_uniform, True, summary="uniform pooling of each frame to the budget"),
-    ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig,
-                summary="VisionZip-style dominant + contextual tokens per frame"),
+    ReducerInfo("aot", reduce_aot, False, inputs=_ATTENTION + ("frame_features",),
+                summary="AOT (anchors + intra/inter-frame OT)", paper=_AOT_PAPER),
+    ReducerInfo("uniform", reduce_uniform, True,
+                summary="uniform pooling of each frame to the budget"),
+    ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig, inputs=("deep_attention",),
+                summary="VisionZip-style dominant + contextual tokens per frame",
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
     ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
-                summary="DyCoke-style temporal merge of redundant tokens"),
-    ReducerInfo("random", reduce_random, False, summary="AOT with random anchors (ablation)"),
+                summary="DyCoke-style temporal merge of redundant tokens",
+                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
+    ReducerInfo("random", reduce_random, False, inputs=("deep_attention", "frame_features"),
+                summary="AOT with random anchors (ablation)", paper=_AOT_PAPER),
 )
 
-#: name -> ReducerInfo, for every name :func:`get_reducer` accepts (``aot:<ablation>`` included).
-REGISTRY: dict[str, ReducerInfo] = {info.name: info for info in _BASE}
-REGISTRY.update({
+#: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
+#: included. Adding a reducer: one module beside this file and one entry in ``_BASE``.
+REDUCERS: dict[str, ReducerInfo] = {info.name: info for info in _BASE}
+REDUCERS.update({
     ABLATION_PREFIX + ablation: ReducerInfo(
         ABLATION_PREFIX + ablation, functools.partial(reduce_aot, ablation=ablation), False,
-        ablation=ablation, summary=f"AOT ablation {ablation}")
+        inputs=_ATTENTION + ("frame_features",), summary=f"AOT ablation {ablation}",
+        paper=_AOT_PAPER, ablation=ablation)
     for ablation in ABLATIONS})
-
-# Kept for callers that iterate over the plain reducers.
-REDUCERS: dict[str, Reducer] = {info.name: info.function for info in _BASE}
-OPTIONS: dict[str, type] = {info.name: info.options for info in _BASE if info.options}
 
 
 def reducer_names() -> list[str]:
     """Every name :func:`get_reducer` accepts: the reducers, then ``aot:<ablation>``."""
-    return list(REGISTRY)
+    return list(REDUCERS)
 
 
 def reducer_info(name: str) -> ReducerInfo:
@@ -98,13 +112,13 @@ def reducer_info(name: str) -> ReducerInfo:
     known ones."""
     if not isinstance(name, str):
         raise TypeError(f"reducer name must be a string, got {type(name).__name__}")
-    if name not in REGISTRY:
+    if name not in REDUCERS:
         if name.startswith(ABLATION_PREFIX):
             raise ValueError(f"unknown AOT ablation {name[len(ABLATION_PREFIX):]!r} in reducer "
                              f"{name!r}; expected one of "
-                             f"{[n for n in REGISTRY if n.startswith(ABLATION_PREFIX)]}")
+                             f"{[n for n in REDUCERS if n.startswith(ABLATION_PREFIX)]}")
         raise ValueError(f"unknown reducer {name!r}; expected one of {reducer_names()}")
-    return REGISTRY[name]
+    return REDUCERS[name]
 
 
 def check_budget(name: str, config: AOTConfig | None, budget=None) -> None:
@@ -122,7 +136,7 @@ def get_reducer(name: str, **options) -> Reducer:
     """The reducer called ``name``, with its own knobs bound.
 
     Args:
-        name: a name of :data:`REGISTRY` (``aot``, ``uniform``, ``visionzip``, ``dycoke``,
+        name: a name of :data:`REDUCERS` (``aot``, ``uniform``, ``visionzip``, ``dycoke``,
             ``random`` or ``aot:<ablation>``, a key of :data:`aot.config.ABLATIONS`).
         **options: knobs of reducers that have them (``visionzip``: :class:`VisionZipConfig`
             fields, ``dycoke``: :class:`DyCokeConfig` fields). AOT's knobs live in the
@@ -154,9 +168,7 @@ def matched_budget(features: torch.Tensor, shallow_attention: torch.Tensor,
 
 
 __all__ = [
-    "OPTIONS",
     "REDUCERS",
-    "REGISTRY",
     "ReducerInfo",
     "check_budget",
     "reducer_info",

@@ -2,8 +2,8 @@
 
 ::
 
-    import aot.hf
-    handle = aot.hf.apply(model, aot.hf.config_for(model, 0.10))   # exact 10 % of the tokens
+    import aot_integrations.hf
+    handle = aot_integrations.hf.apply(model, aot_integrations.hf.config_for(model, 0.10))   # exact 10 % of the tokens
     out = model.generate(**processor(text=[prompt], videos=[video], return_tensors="pt"))
     handle.remove()                                                  # the stock model again
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budget import exact_budget
-from ..config import PRESETS, AOTConfig
-from ..path import Reduction, pack, reduce
+from aot.budget import exact_budget
+from aot.config import PRESETS, AOTConfig
+from aot.video_path import Reduction, pack, reduce
 from .adapters import ADAPTERS, MODEL_TYPES, HFAdapter, adapter_for
 from .sequence import Shortened, shorten
 
@@ -42,7 +42,7 @@ class Handle:
     """What :func:`apply` installed on one model; ``remove()`` restores the stock model.
 
     adapter: the backbone adapter. reduction: the reducer and its settings (None: the unreduced
-    path, for identity checks). last: per-video :class:`aot.path.VisualSequence` of the last
+    path, for identity checks). last: per-video :class:`aot.video_path.VisualSequence` of the last
     call (token counts, the reducer's result), for inspection.
     """
 
@@ -70,7 +70,7 @@ def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, 
     settings (windows of at most that size; a frame needs at least ``anchors_per_frame``
     tokens). ``overrides`` win.
     """
-    from ..backbones import get_backbone
+    from aot.backbones import get_backbone
 
     if isinstance(model, str):
         # A backbone name: facts only a loaded model has (Qwen3-VL's LLM width for
@@ -106,7 +106,7 @@ def _ids_as_keyword(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 def apply(model, reduction, *, reducer: str | None = None) -> Handle:
     """Install a reducer on ``model`` (an instance of a supported class); returns a :class:`Handle`.
 
-    reduction: an :class:`aot.path.Reduction`, an :class:`AOTConfig` (AOT, or ``reducer``),
+    reduction: an :class:`aot.video_path.Reduction`, an :class:`AOTConfig` (AOT, or ``reducer``),
         a float (exact retention with :func:`config_for`'s settings), or None (the unreduced
         path through the same plumbing: generate is identical to the stock model's).
         An AOTConfig whose pooling is not the backbone's gets the backbone's (pooling is a fact
@@ -114,8 +114,8 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
         ``similarity_channels`` (the main features, not the DeepStack levels).
     """
     if getattr(model, _ATTRIBUTE, None) is not None:
-        raise ValueError("aot.hf.apply: this model already has a reducer; call "
-                         "aot.hf.remove(model) first")
+        raise ValueError("aot_integrations.hf.apply: this model already has a reducer; call "
+                         "aot_integrations.hf.remove(model) first")
     adapter = adapter_for(model)
     reduction = _as_reduction(model, adapter, reduction, reducer)
     if reduction is not None:
@@ -150,7 +150,7 @@ def remove(model) -> None:
     """Undo :func:`apply`: the instance's stock ``generate`` and ``forward`` again (a ValueError
     when nothing is installed)."""
     if getattr(model, _ATTRIBUTE, None) is None:
-        raise ValueError("aot.hf.remove: no reducer is installed on this model")
+        raise ValueError("aot_integrations.hf.remove: no reducer is installed on this model")
     for name in ("generate", "forward", _ATTRIBUTE):
         model.__dict__.pop(name, None)
 
@@ -170,7 +170,7 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
         floor(r * N + 0.5) visual tokens (N = unreduced visual tokens) plus the backbone's
         newline tokens.
     """
-    from ..backbones import get_backbone
+    from aot.backbones import get_backbone
 
     backbone = (get_backbone(model_or_backbone) if isinstance(model_or_backbone, str)
                 else adapter_for(model_or_backbone).backbone)
@@ -188,17 +188,17 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
 def _as_reduction(model, adapter, reduction, reducer) -> Reduction | None:
     if reduction is None:
         if reducer is not None:
-            raise ValueError("aot.hf.apply: reducer given without settings")
+            raise ValueError("aot_integrations.hf.apply: reducer given without settings")
         return None
     if isinstance(reduction, Reduction):
         if reducer is not None:
-            raise ValueError("aot.hf.apply: give the reducer inside the Reduction")
+            raise ValueError("aot_integrations.hf.apply: give the reducer inside the Reduction")
         config = _with_model_fields(adapter, reduction.config)
         if config != reduction.config:
             reduction = Reduction(config, reduction.reducer, reduction.options, reduction.budget)
         return reduction
     if isinstance(reduction, bool) or not isinstance(reduction, (AOTConfig, int, float)):
-        raise TypeError(f"aot.hf.apply: expected a Reduction, an AOTConfig, a retention or None; "
+        raise TypeError(f"aot_integrations.hf.apply: expected a Reduction, an AOTConfig, a retention or None; "
                         f"got {type(reduction).__name__}")
     if not isinstance(reduction, AOTConfig):
         reduction = config_for(model, reduction)
@@ -217,13 +217,13 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     keys replaced by ``mm_encoder_outputs``."""
     adapter, reduction, model = handle.adapter, handle.reduction, handle.model
     if kwargs.get("input_ids") is None:
-        raise ValueError("aot.hf: videos need input_ids (the processor's output), not "
+        raise ValueError("aot_integrations.hf: videos need input_ids (the processor's output), not "
                          "inputs_embeds")
     if kwargs.get("labels") is not None:
-        raise ValueError("aot.hf: labels with videos are not supported (the reduced sequence is "
-                         "shorter than the labels; aot.hf is for inference)")
+        raise ValueError("aot_integrations.hf: labels with videos are not supported (the reduced sequence is "
+                         "shorter than the labels; aot_integrations.hf is for inference)")
     if kwargs.get("mm_encoder_outputs"):
-        raise ValueError("aot.hf: pass pixel_values_videos or mm_encoder_outputs, not both")
+        raise ValueError("aot_integrations.hf: pass pixel_values_videos or mm_encoder_outputs, not both")
     layers = () if reduction is None else reduction.layers
     with torch.no_grad():
         encoded = adapter.encode_batch(kwargs, layers)

@@ -1,6 +1,6 @@
 """One adapter per stock transformers class (5.24): how its videos are encoded and packed.
 
-Each adapter follows :class:`aot.path.VideoAdapter` for the per-video steps (``check``,
+Each adapter follows :class:`aot.video_path.VideoAdapter` for the per-video steps (``check``,
 ``pool``, ``pack_pooled``, ``pack_result``); encoding works on the processor's batch at once
 (``encode_batch``), with the same tower call the stock ``get_video_features`` makes, so the
 unreduced features are bit-identical to the stock model's. ``slots`` says, for every token of a
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones import Backbone, get_backbone
-from ..path import Encoded, Reduction
-from ..reduce import ReducedVideo
+from aot.backbones import Backbone, get_backbone
+from aot.video_path import Encoded, Reduction
+from aot.result import ReducedVideo
 from .capture import capturing, qwen_vision_received, siglip_received
 
 
@@ -46,8 +46,8 @@ class HFAdapter:
         raise NotImplementedError
 
     def model_fields(self) -> dict:
-        """AOTConfig fields that are facts of this model, not choices (:func:`aot.hf.apply`
-        and :func:`aot.hf.config_for` set them): the backbone's pooling."""
+        """AOTConfig fields that are facts of this model, not choices (:func:`aot_integrations.hf.apply`
+        and :func:`aot_integrations.hf.config_for` set them): the backbone's pooling."""
         return {"pooling": self.backbone.pooling}
 
     def check(self, reduction: Reduction) -> None:
@@ -58,7 +58,7 @@ class HFAdapter:
             if getattr(config, name) != value:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)!r} but "
                                  f"{self.backbone.title} needs {value!r}; build the config with "
-                                 f"aot.hf.config_for(model, retention)")
+                                 f"aot_integrations.hf.config_for(model, retention)")
         for name in ("shallow_layer", "deep_layer"):
             if getattr(config, name) >= self.vision_layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
@@ -136,7 +136,7 @@ class OneVisionAdapter(HFAdapter):
                 for v in range(batch)]
 
     def encode(self, pixels: torch.Tensor, layers: tuple[int, ...], on_stage) -> Encoded:
-        """:class:`aot.path.VideoAdapter` step for one video, (F, 3, S, S) pixels (the tower
+        """:class:`aot.video_path.VideoAdapter` step for one video, (F, 3, S, S) pixels (the tower
         and the projector run together: ``"vision"`` and ``"projector"`` are reported at once)."""
         encoded = self.encode_batch({"pixel_values_videos": pixels[None]}, layers)[0]
         on_stage("vision")
@@ -255,7 +255,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
     so one run applies the same map to all levels. Its similarities read the main features only
     (``AOTConfig.similarity_channels = D``, :meth:`model_fields`), so the levels' values never
     change which tokens are kept. :meth:`encoder_outputs` splits them again. Each kept token stays after its own frame's
-    timestamp (:func:`aot.hf.sequence.shorten` emits it in its frame's piece).
+    timestamp (:func:`aot_integrations.hf.sequence.shorten` emits it in its frame's piece).
     """
 
     backbone_name = "qwen3_vl"
@@ -317,4 +317,4 @@ def adapter_for(model) -> HFAdapter:
     for cls in type(model).__mro__:
         if cls.__name__ in ADAPTERS:
             return ADAPTERS[cls.__name__](model)
-    raise ValueError(f"aot.hf supports {sorted(ADAPTERS)}; got {type(model).__name__}")
+    raise ValueError(f"aot_integrations.hf supports {sorted(ADAPTERS)}; got {type(model).__name__}")

@@ -1,6 +1,6 @@
 """Shared plumbing of the baseline reducers: budgets, per-frame counts, packing the output.
 
-Every reducer in :mod:`aot.baselines` has AOT's call signature and returns an
+Every reducer in :mod:`aot.reducers` has AOT's call signature and returns an
 :class:`aot.ReducedVideo`, so model code, the demo and the benchmarks treat all reducers alike. The
 helpers here turn a token budget into per-frame counts and per-frame padded selections into the
 flat, frame-major token sequence that ``ReducedVideo`` describes.
@@ -16,7 +16,8 @@ import torch
 from ..budget import exact_budget, spread
 from ..config import AOTConfig
 from ..pooling import pooled_shape
-from ..reduce import ReducedVideo, check_inputs
+from ..reduce import check_inputs
+from ..result import ReducedVideo
 
 
 def validate(features: torch.Tensor, shallow_attention: torch.Tensor,
@@ -66,7 +67,7 @@ def resolve_budget(config: AOTConfig, frames: int, pooled_per_frame: int,
     raise ValueError(
         f"{reducer}: no token budget; set config.exact_retention (e.g. "
         f"AOTConfig.from_retention(0.1, exact=True)) or pass budget=<tokens> "
-        f"(aot.baselines.matched_budget gives AOT's count for a video)")
+        f"(aot.reducers.matched_budget gives AOT's count for a video)")
 
 
 def frame_counts(budget: int, frames: int, device=None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..anchors import received_attention
+from aot.anchors import received_attention
 
 
 def siglip_received(module, args, kwargs) -> torch.Tensor:

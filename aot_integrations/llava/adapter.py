@@ -1,4 +1,4 @@
-"""LLaVA-OneVision / LLaVA-Video as an adapter of the one video path (:mod:`aot.path`).
+"""LLaVA-OneVision / LLaVA-Video as an adapter of the one video path (:mod:`aot.video_path`).
 
 The layout of a LLaVA-NeXT checkpoint (pooling mode and stride, newline position) is read from its
 config once, in :func:`llava_layout`, with LLaVA-NeXT's defaults; which declared backbone it is
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from aot.backbones import Backbone, backbone_for_pooling, get_backbone
-from aot.path import Encoded, Reduction, StageHook
+from aot.video_path import Encoded, Reduction, StageHook
 
 from . import packing
 
@@ -73,7 +73,7 @@ def backbone_name(model) -> str:
 
 
 class LlavaVideoAdapter:
-    """:class:`aot.path.VideoAdapter` of a ``LlavaMetaForCausalLM`` model (``llava/``)."""
+    """:class:`aot.video_path.VideoAdapter` of a ``LlavaMetaForCausalLM`` model (``llava/``)."""
 
     def __init__(self, model) -> None:
         self.model = model

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from ..config import AOTConfig
 from ..ops import gather_rows, pack_left
 from ..pooling import pool_grid
-from ..reduce import ReducedVideo
-from ..temporal import KIND_FRAME, KIND_KEPT, lowest_k
+from ..result import ReducedVideo
+from ..result import KIND_FRAME, KIND_KEPT
+from ..temporal import lowest_k
 from .common import (
     flatten_slots,
     make_result,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aot import AOTConfig, ReducedVideo, exact_budget, pool_grid, pooled_side, reduce_video
-from aot.baselines import (
+from aot.reducers import (
     REDUCERS,
     DyCokeConfig,
     VisionZipConfig,
@@ -22,7 +22,10 @@ from aot.baselines import (
 )
 from aot.config import ABLATIONS
 from aot.synthetic import synthetic_video
-from aot.temporal import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
+from aot.result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
+
+#: the reducers themselves (not the aot:<ablation> names)
+BASE_NAMES = [name for name, info in REDUCERS.items() if info.ablation is None]
 
 BASELINES = ("uniform", "visionzip", "dycoke")
 FRAMES = (1, 7, 32, 33)
@@ -97,7 +100,7 @@ def test_every_reducer_matches_aot_exact(frames):
     target = reduce_video(*video(frames), config).num_tokens
     assert target == exact_budget(retention, frames, 196)
     # every ablation at one frame count; the five reducers at all of them (keeps the file fast)
-    names = reducer_names() if frames == 7 else list(REDUCERS)
+    names = reducer_names() if frames == 7 else BASE_NAMES
     for name in names:
         assert get_reducer(name)(*video(frames), config).num_tokens == target, name
 
@@ -106,7 +109,7 @@ def test_matched_budget_with_released_thresholds():
     features, shallow, deep = video(32)
     config = AOTConfig.preset("paper-ov-mvbench")  # no exact mode: AOT's count varies per video
     target = matched_budget(features, shallow, deep, config)
-    for name in REDUCERS:
+    for name in BASE_NAMES:
         result = get_reducer(name)(features, shallow, deep, config, budget=target)
         assert result.num_tokens == target, name
 
@@ -206,7 +209,7 @@ def test_bad_retention_rejected():
 
 # ------------------------------------------------------------------------------ registry
 def test_registry_names():
-    assert list(REDUCERS) == ["aot", "uniform", "visionzip", "dycoke", "random"]
+    assert BASE_NAMES == ["aot", "uniform", "visionzip", "dycoke", "random"]
     assert reducer_names()[5:] == [f"aot:{name}" for name in ABLATIONS]
     with pytest.raises(ValueError, match="'tome'"):
         get_reducer("tome")
@@ -348,3 +351,23 @@ def test_dycoke_frame_allocation_and_small_budget():
     assert small.tokens_per_frame().tolist() == [50, 0, 0, 0, 0, 0, 0]
     with pytest.raises(ValueError, match="allocation='clip'"):
         DyCokeConfig(allocation="clip")
+
+
+@pytest.mark.parametrize("name", BASE_NAMES)
+def test_declared_inputs_are_the_ones_read(name):
+    """ReducerInfo.inputs is what a model must capture for the reducer: an input it does not
+    declare leaves its tokens unchanged, an attention input it declares changes them."""
+    features, shallow, deep = video(8)
+    config = AOTConfig(exact_retention=0.1)
+    info = REDUCERS[name]
+    reducer = get_reducer(name)
+    base = reducer(features, shallow, deep, config)
+    noise = torch.Generator().manual_seed(1)
+    replaced = {"shallow_attention": torch.rand(shallow.shape, generator=noise),
+                "deep_attention": torch.rand(deep.shape, generator=noise)}
+    for input_name, other in replaced.items():
+        args = dict(shallow_attention=shallow, deep_attention=deep)
+        args[input_name] = other
+        out = reducer(features, args["shallow_attention"], args["deep_attention"], config)
+        same = torch.equal(out.tokens, base.tokens)
+        assert same != (input_name in info.inputs), (name, input_name)

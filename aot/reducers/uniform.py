@@ -18,8 +18,8 @@ import torch
 
 from ..config import AOTConfig
 from ..pooling import grid_shape, pool_grid
-from ..reduce import ReducedVideo
-from ..temporal import KIND_FRAME
+from ..result import ReducedVideo
+from ..result import KIND_FRAME
 from .common import flatten_slots, frame_counts, make_result, resolve_budget, validate, work_dtype
 
 
