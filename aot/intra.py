@@ -42,26 +42,33 @@ from .sinkhorn import sinkhorn
 SAFE_NORM = 1e17
 
 
-def grid_coordinates(grid, device=None) -> torch.Tensor:
+def grid_coordinates(grid, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(rows*cols, 2) coordinates ``(col / (cols - 1), row / (rows - 1))`` in [0, 1], row-major
     tokens; ``grid`` is a square's side or ``(rows, cols)``. Each axis is scaled on its own (a
     landscape frame's columns and rows both span [0, 1]); an axis of length 1 is 0."""
     rows, cols = grid_shape(grid)
-    row_steps = torch.arange(rows, device=device, dtype=torch.float32) / max(rows - 1, 1)
-    col_steps = torch.arange(cols, device=device, dtype=torch.float32) / max(cols - 1, 1)
+    row_steps = torch.arange(rows, device=device, dtype=dtype) / max(rows - 1, 1)
+    col_steps = torch.arange(cols, device=device, dtype=dtype) / max(cols - 1, 1)
     row_at, col_at = torch.meshgrid(row_steps, col_steps, indexing="ij")
     return torch.stack([col_at.reshape(-1), row_at.reshape(-1)], dim=-1)
 
 
 @functools.lru_cache(maxsize=8)
-def _grid_distances(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    xy = grid_coordinates(grid, device)
+def _grid_distances(grid: tuple[int, int], device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    xy = grid_coordinates(grid, device, dtype)
     return (xy[:, None, :] - xy[None, :, :]).pow(2).sum(-1).sqrt()
 
 
-def grid_distances(grid, device=None) -> torch.Tensor:
-    """(T, T) Euclidean distances between the scaled grid coordinates of every token pair."""
-    return _grid_distances(grid_shape(grid), torch.device(device or "cpu"))
+def grid_distances(grid, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(T, T) Euclidean distances between the scaled grid coordinates of every token pair, in
+    ``dtype`` (float32, as released, for every input dtype but float64)."""
+    return _grid_distances(grid_shape(grid), torch.device(device or "cpu"), dtype)
+
+
+def distance_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype grid distances are computed in for a cost of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +111,9 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
         (F, M, N) cost.
     """
     frames, num_sources, num_anchors = similarity.shape
-    table = grid_distances(grid, similarity.device).to(similarity.dtype)
+    # float64 inputs get float64 distances: a float32 table would cap their precision at ~1e-8
+    table = grid_distances(grid, similarity.device, distance_dtype(similarity.dtype))
+    table = table.to(similarity.dtype)
     if chunk_frames is None:
         chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
                                         device=similarity.device)

@@ -72,7 +72,9 @@ class ReducerInfo:
 
 
 ABLATION_PREFIX = "aot:"
-_ATTENTION = ("shallow_attention", "deep_attention")
+#: What a reducer may read besides the features (``ReducerInfo.inputs``).
+INPUTS = ("shallow_attention", "deep_attention", "frame_features")
+_ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
 
@@ -100,6 +102,30 @@ REDUCERS.update({
         inputs=_ATTENTION + ("frame_features",), summary=f"AOT ablation {ablation}",
         paper=_AOT_PAPER, ablation=ablation)
     for ablation in ABLATIONS})
+
+
+def register_reducer(info: ReducerInfo) -> ReducerInfo:
+    """Add ``info`` to :data:`REDUCERS` (a reducer written outside this package); returns it.
+
+    After this the reducer is a name like any other: :func:`get_reducer`, ``Reduction(config,
+    name)`` on every model adapter, ``reducer=<name>`` of the eval plugin. A name already taken
+    raises a ValueError (unregister with ``REDUCERS.pop(name)``)."""
+    if not isinstance(info, ReducerInfo):
+        raise TypeError(f"register_reducer takes a ReducerInfo, got {type(info).__name__}")
+    if not info.name or not isinstance(info.name, str) or info.name.startswith(ABLATION_PREFIX):
+        raise ValueError(f"reducer name {info.name!r}: expected a non-empty string not starting "
+                         f"with {ABLATION_PREFIX!r}")
+    if info.name in REDUCERS:
+        raise ValueError(f"reducer {info.name!r} is already registered "
+                         f"({REDUCERS[info.name].summary or REDUCERS[info.name].function})")
+    if not callable(info.function):
+        raise TypeError(f"reducer {info.name!r}: function={info.function!r} is not callable")
+    unknown = sorted(set(info.inputs) - set(INPUTS))
+    if unknown:
+        raise ValueError(f"reducer {info.name!r}: inputs {unknown} unknown; expected names of "
+                         f"{INPUTS}")
+    REDUCERS[info.name] = info
+    return info
 
 
 def reducer_names() -> list[str]:
@@ -168,6 +194,7 @@ def matched_budget(features: torch.Tensor, shallow_attention: torch.Tensor,
 
 
 __all__ = [
+    "INPUTS",
     "REDUCERS",
     "ReducerInfo",
     "check_budget",
@@ -186,6 +213,7 @@ __all__ = [
     "reduce_uniform",
     "reduce_visionzip",
     "reducer_names",
+    "register_reducer",
     "resolve_budget",
     "retention_for_budget",
 ]
