@@ -1,4 +1,5 @@
-"""Anchor selection (aot-method.md §1-§2): attention received per token -> local and global anchors.
+"""Anchor selection: attention received per token -> local and global anchors (the rules:
+docs/architecture.md, "The method in one pass"; the knobs: docs/knobs.md).
 
 All functions are batched over frames and break ties by the lower token index (stable sorts), so
 the selection is deterministic on any device.

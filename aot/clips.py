@@ -1,4 +1,5 @@
-"""Cutting a video into the short clips of the temporal phase (§5).
+"""Cutting a video into the short clips of the temporal phase (docs/knobs.md: ``clip_length``,
+``num_clips``, ``dynamic_clips``).
 
 A clip is a half-open frame range ``(start, stop)``; clips are consecutive and cover the video.
 """

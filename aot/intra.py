@@ -1,4 +1,5 @@
-"""Intra-frame aggregation (aot-method.md §3): fold every non-anchor token into the anchors.
+"""Intra-frame aggregation: fold every non-anchor token into the anchors (the rules:
+docs/architecture.md, "The method in one pass"; the knobs: docs/knobs.md).
 
 All frames of a video are one batch: every frame has the same number of anchors, so the anchors
 gather into a dense (F, N, D) tensor and the transport runs once over all frames.
@@ -26,10 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import AOTConfig
-from .ops import (  # noqa: F401
+from .ops import (
     check_finite,
     chunk_ranges,
-    cosine_similarity,  # re-exported for callers of aot.intra.cosine_similarity (home: aot.ops)
     frames_per_chunk,
     gather_rows,
     pack_left,
@@ -243,8 +243,9 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     Returns:
         (F, N, T), a transposed view of an (F, T, N) tensor whose row t holds the weights of
         token t: ``weights[m]`` at source m, ``self_weight[n]`` at anchor n's own column.
-        The sources are written as whole rows (one ``index_copy_``), which is 2x faster than
-        scattering single entries; the product reads the result transposed for free.
+        The sources are written as whole rows (one ``index_copy_``, one contiguous copy per
+        source instead of N scattered single entries); the product reads the result transposed
+        for free.
     """
     frames, num_anchors = anchor_idx.shape
     offsets = tokens * torch.arange(frames, device=weights.device)[:, None]

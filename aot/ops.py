@@ -18,9 +18,9 @@ import torch
 SCRATCH_BYTES = 16 * 2 ** 20
 # The same budget on a GPU, where the passes are launch-bound (each chunk is a few kernel
 # launches that the device finishes faster than the host issues them): larger chunks mean fewer
-# launches. Measured on an H200 (docs/efficiency.md, "On the GPU"): a bfloat16 input takes
-# 37 / 42 ms at 16 MiB and 21 / 11.5 ms at 256 MiB (OV 32 / Video 64 frames). Still a fixed
-# budget: 2.4% of a 1024-frame input.
+# launches, which matters most for a half-precision input, whose float32 copy is made chunk by
+# chunk (the sweep that chose 256 MiB: docs/efficiency.md, "On the GPU"). Still a fixed budget:
+# about 2.5% of a 1024 x 729 x 3584 float32 input.
 ACCELERATOR_SCRATCH_BYTES = 256 * 2 ** 20
 
 
@@ -122,9 +122,9 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def check_finite(name: str, x: torch.Tensor) -> None:
     """ValueError naming the first frame of ``x`` (F, ...) that holds NaN or inf.
 
-    A float32 sum is NaN/inf when any entry is, in one read (isfinite over a 32x729x3584 tensor
-    costs 25x more); it can also overflow for huge finite values, so the exact scan runs only
-    to confirm and to name the frame. One host sync.
+    A float32 sum is NaN/inf when any entry is, in one read (``isfinite`` would also write a
+    bool tensor as large as the input and reduce it); it can also overflow for huge finite
+    values, so the exact scan runs only to confirm and to name the frame. One host sync.
     """
     if bool(torch.isfinite(x.sum(dtype=torch.float32))):
         return

@@ -1,5 +1,5 @@
 """Patch-grid geometry and the backbones' native 2x2 pooling, applied alike to features and to
-anchor masks (§4).
+anchor masks (docs/knobs.md: ``pooling``).
 
 A frame's patch grid is ``(rows, cols)``; tokens are laid out row-major (token ``r * cols + c``).
 Every function that takes a ``grid`` accepts the side of a square grid (``27``, as the released

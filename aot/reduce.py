@@ -1,10 +1,10 @@
 """The entry point: ``reduce_video(features, shallow_attention, deep_attention, config)``.
 
-It is the composition of two stages, which the LLaVA model code calls at its own hook points:
+It is the composition of two stages, also callable one at a time (the benchmarks time them
+apart):
 
-* :func:`intra_stage` (in ``encode_images``): anchors + intra-frame OT on the full patch grid;
-* :func:`inter_stage` (in ``prepare_inputs_labels_for_multimodal``): pooling with the anchor mask,
-  clips, temporal OT, and the output sequence.
+* :func:`intra_stage`: anchors + intra-frame OT on the full patch grid;
+* :func:`inter_stage`: pooling with the anchor mask, clips, temporal OT, and the output sequence.
 """
 
 from __future__ import annotations

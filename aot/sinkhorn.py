@@ -5,7 +5,7 @@ and vectorised: the loop is over iterations only, never over problems or tokens.
 share one stop test (:class:`StopRule`): :func:`sinkhorn_scaling` (the released one) and
 :func:`sinkhorn_log` (log-domain, for small epsilon and half precision); :func:`sinkhorn` picks.
 
-Released iteration (aot-method.md §6)::
+Released iteration (the Sinkhorn rows of docs/knobs.md)::
 
     r = 1, c = 1
     repeat up to max_iter times:
@@ -26,9 +26,8 @@ sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and still the same
 
 Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
 a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
-(``temporal_epsilon=1e-3`` lost half of the rows). :func:`sinkhorn` checks this once per call,
-before iterating, and then solves that call in the log domain with a ``RuntimeWarning`` (see
-docs/knobs.md). The check is skipped with ``check_every=0`` (no host sync allowed): pass
+(docs/knobs.md, "Small ε and the plain-domain kernel"). :func:`sinkhorn` checks this once per
+call, before iterating, and then solves that call in the log domain with a ``RuntimeWarning``. The check is skipped with ``check_every=0`` (no host sync allowed): pass
 ``log_domain=True`` there for small epsilon.
 """
 
@@ -146,8 +145,8 @@ class StopRule:
     all, the released behaviour; ``"problem"``: the mean over each problem's valid rows decides
     for it).
 
-    Its loop invariant, the valid-row counts, is computed once per solve: computing it in the
-    loop cost four tensor ops (= four kernel launches on a GPU) per iteration. The rule is the
+    Its loop invariant, the valid-row counts, is computed once per solve: in the loop it would
+    cost four tensor ops (four kernel launches on a GPU) per iteration. The rule is the
     released one bit for bit: the same sums divided by the same counts, compared the same way.
     """
 

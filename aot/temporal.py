@@ -1,4 +1,5 @@
-"""Inter-frame aggregation (aot-method.md §5): keyframe anchors absorb what later frames repeat.
+"""Inter-frame aggregation: keyframe anchors absorb what later frames repeat (the rules:
+docs/architecture.md, "The method in one pass"; the knobs: docs/knobs.md).
 
 Clips are independent, so step k of every clip (its k-th frame against its current anchors) runs
 as one batch; the loop is over positions inside a clip (3 steps at 32 frames, 7 at 64), because
@@ -17,8 +18,6 @@ from .config import AOTConfig
 from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
 from .ops import cosine_similarity, first_in_order, pack_left
 from .sinkhorn import sinkhorn, uniform_marginals
-
-# Kinds of output tokens (ReducedVideo.token_kind).
 
 
 @dataclass

@@ -6,8 +6,8 @@ cannot measure a different sequence than the model reads:
 
 * ``vision``: the SigLIP tower (with AOT: attention capture at its two layers);
 * ``projector``: mlp2x_gelu on all 729 patches of every frame;
-* ``reduce``: AOT's ``intra_stage`` + ``inter_stage`` + newline packing (full model: LLaVA's
-  native 2x2 pooling + newline packing);
+* ``reduce``: the model's reducer (AOT: ``intra_stage`` + ``inter_stage``) + newline packing
+  (full model: LLaVA's native 2x2 pooling + newline packing);
 * ``splice``: text embedding and splicing of the visual tokens;
 * ``prefill``: the LLM forward over the whole sequence (KV cache on, last-position logits) and
   the greedy first token.

@@ -30,7 +30,7 @@ N anchors of each frame: ``sources @ anchors^T`` for the cosines, ``T^T @ source
 aggregation), plus one read of the (F, 729, D) features. reference / floor is then the largest
 speed-up over the reference that any implementation with the same outputs could show here
 (one that aggregates only the anchors feeding a surviving pooled token could trim the second
-product by the share of unused anchors, 10-30% on these shapes; see docs/efficiency.md).
+product by the share of unused anchors; docs/efficiency.md gives that share on these shapes).
 """
 
 from __future__ import annotations

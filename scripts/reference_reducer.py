@@ -1,10 +1,12 @@
 """A plain AOT reducer in the structure of the authors' released code, for speed comparisons.
 
 The released code is not in this repository (nor available offline), so this is our own
-rewrite from docs (aot-method.md §1-§7), keeping the structure that section 7 lists as its
-defects: Python loops over frames, windows, anchors, clips and tokens; a host sync (``.item()``)
-per selected index and per Sinkhorn iteration; the intra Sinkhorn batched over the frames of a
-video with one shared stop test (§6); the anchors written into a copy of the features.
+rewrite from the method's description (docs/architecture.md, "The method in one pass", and
+docs/knobs.md), keeping the released code's structure, whose costs it exists to show: Python
+loops over frames, windows, anchors, clips and tokens; a host sync (``.item()``) per selected
+index and per Sinkhorn iteration; the intra Sinkhorn batched over the frames of a video with one
+shared stop test (``sinkhorn_stopping="video"``, docs/knobs.md); the anchors written into a copy
+of the features.
 It computes the same tokens as ``aot.reduce_video`` in the threshold mode of the presets
 (``scripts/bench_reducer.py`` checks that on every run) and is meant only as the "before"
 column of that benchmark. Float32, CPU or CUDA.

@@ -1,4 +1,5 @@
-"""Other reducers beside AOT, under AOT's call signature, at exactly matched token budgets.
+"""The registry of every reducer, AOT included, all under AOT's call signature, at exactly
+matched token budgets.
 
 Every reducer is called as::
 

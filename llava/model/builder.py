@@ -301,7 +301,8 @@ def build_image_processor(image_size: int = 384):
 
     Always transformers' PIL backend, whatever is installed: LLaVA-NeXT preprocesses with PIL,
     and the torchvision backend (transformers' default when torchvision imports, i.e. on every
-    GPU install) resizes differently, 1-2 levels off in 0.1-0.4 % of the pixel values.
+    GPU install) resizes differently, so its pixels would not be the stock model's
+    (docs/reproduce.md, the image preprocessing row).
     """
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 

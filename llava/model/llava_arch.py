@@ -237,7 +237,7 @@ class LlavaMetaForCausalLM:
                                              past_key_values, labels, images,
                                              modalities=("image",), image_sizes=None):
         """Replace every ``IMAGE_TOKEN_INDEX`` in ``input_ids`` (B, L) by the next visual input's
-        tokens (videos in AOT-reduced form when ``aot_config`` is set).
+        tokens (videos under the model's reduction when one is set, see :meth:`set_aot`).
 
         Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds (B, L', D),
         labels)`` like LLaVA-NeXT; padding side from ``config.tokenizer_padding_side``.
