@@ -1,4 +1,5 @@
-"""A deliberately plain AOT, written from aot-method.md alone, as an independent test oracle.
+"""A deliberately plain AOT, written from the released rules alone (docs/architecture.md, "The
+method in one pass"; docs/knobs.md), as an independent test oracle.
 
 One frame, one window, one clip, one token at a time; lists and dicts where the package uses
 batched tensors. Nothing from aot/ is imported: the config is only read for its field values.
@@ -116,7 +117,7 @@ def sinkhorn_joint(costs, eps, iters, tol):
 
 
 def intra_one_video(features, anchor_lists, grid, cfg):
-    """Features (F, T, D) with anchors replaced as in §3 (OT merge blended with hard merge);
+    """Features (F, T, D) with anchors replaced by the intra merge (OT merge blended with hard merge);
     ``intra_merge="cosine"``: hard merge alone; ``"prune"``: unchanged."""
     out = features.clone().double()
     frames = features.shape[0]

@@ -1,5 +1,5 @@
 """Config and clip validation: no silent wrong result from a bad knob or bad per-frame features,
-and retention targets that the approximate settings can honour (issue 14, item 1)."""
+and retention targets that the approximate settings can honour."""
 
 from __future__ import annotations
 

@@ -168,8 +168,8 @@ def test_demo_on_bigbuckbunny_with_a_baseline_at_an_exact_budget(tmp_path, capsy
 
 
 def test_tall_video_draws_bounded_pictures(tmp_path, capsys):
-    """A 32 x 1024 video (aspect 32): pictures stay a few megapixels (a 16 x 4096 one gave
-    150 MB PNGs and took 6.5 GB)."""
+    """A 32 x 1024 video (aspect 32): pictures stay a few megapixels (drawn at the frame's
+    aspect, an extreme one would otherwise give enormous images)."""
     from PIL import Image
 
     tall = write_clip(tmp_path / "tall.mp4", 8, width=32, height=1024)

@@ -7,7 +7,6 @@ bigbuckbunny.mp4 (1280x720, resized to square frames: aot_integrations.hf tiles 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -23,9 +22,6 @@ from playground import demo, hf, pipeline, plots, report
 from aot_integrations.tiny import HF_MODEL_TYPES, write_tiny_hf_checkpoint
 
 VIDEO = pipeline.default_video()
-#: ReducedVideo holds H x W grids (``grid_shape``) once aot's square-only limit is lifted; before,
-#: only ``grid`` / ``pooled_grid`` sides (and aot_integrations.hf refuses non-square videos).
-NON_SQUARE = "grid_shape" in {f.name for f in dataclasses.fields(ReducedVideo)}
 FRAMES = 8
 SIZE = 224
 RETENTION = 0.25
@@ -119,7 +115,6 @@ def test_a_baseline_gets_the_same_exact_budget(checkpoints, tmp_path, capsys):
 
 
 @needs_video
-@pytest.mark.skipif(not NON_SQUARE, reason="aot_integrations.hf tiles square grids only in this version")
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
 def test_demo_on_native_16_by_9_frames(kind, checkpoints, tmp_path, capsys):
     """No --frame-size: the processor keeps bigbuckbunny's 16:9 aspect (a non-square token
@@ -214,8 +209,7 @@ def test_pictures_draw_rectangular_grids(tmp_path):
                                                                               dtype=torch.int8),
         local_anchors=local, global_anchors=global_, survivors=survivors,
         temporal_kept=torch.zeros_like(local), temporal_merged=torch.zeros_like(local),
-        clips=[], **({"grid_shape": (rows, cols), "pooled_shape": (rows, cols)} if NON_SQUARE
-                     else {"grid": cols, "pooled_grid": cols}))
+        clips=[], grid_shape=(rows, cols), pooled_shape=(rows, cols))
     rgba = plots.overlay({plots.LOCAL: local[0].numpy()}, rows, cols)
     assert rgba.shape == (rows, cols, 4) and rgba[0, 4, 3] == 0.6 and rgba[1, 1, 3] == plots.DIM
     images = np.random.default_rng(0).integers(0, 255, (frames, 60, 100, 3), dtype=np.uint8)

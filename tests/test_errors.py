@@ -1,4 +1,4 @@
-"""Sentences where a traceback used to be (issue 14, item 3): model inputs and the demo."""
+"""Bad model inputs and demo arguments get one sentence naming the value, not a traceback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The eval scripts' preflight: one line and exit 2 before anything loads (issue 14, item 3)."""
+"""The eval scripts' preflight: one line and exit 2 before anything loads."""
 
 from __future__ import annotations
 

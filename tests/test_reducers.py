@@ -1,4 +1,4 @@
-"""Baseline reducers beside AOT: one signature, exact and matched token budgets (issue 8)."""
+"""Every registered reducer: one signature, exact and matched token budgets, declared inputs."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def test_ov_aot_token_count_matches_reduce_video(tokenizer, frames):
 
 
 def test_33_frame_video_any_frame_count(tokenizer):
-    """33 frames (the released code only took 32/64): clips cover every frame once."""
+    """33 frames (the released code accepts 32 or 64 only): clips cover every frame once."""
     model = random_model("ov", seed=4)
     model.set_aot(OV_AOT)
     ids, _ = prompt_ids(tokenizer)
