@@ -16,6 +16,7 @@ Pure torch: no model library is imported here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,6 +30,36 @@ from .result import ReducedVideo
 #: Called with a stage name when that stage has finished (``"vision"``, ``"projector"``,
 #: ``"reduce"``); e.g. a clock's ``lap``.
 StageHook = Callable[[str], object]
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on ``device`` (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageClock:
+    """Wall-clock stage timer: ``clock.lap("vision")`` records the seconds since the last lap
+    (after synchronising the device), so the stages add up to the total."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        synchronize(device)
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        """Close stage ``name`` (accumulating if it repeats); returns its seconds."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        elapsed = now - self.last
+        self.stages[name] = self.stages.get(name, 0.0) + elapsed
+        self.last = now
+        return elapsed
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
+
 
 #: ``Reduction.budget`` value that gives a budgeted reducer AOT's own count for the same video.
 MATCH_AOT = "aot"

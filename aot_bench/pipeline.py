@@ -24,7 +24,9 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.llava_arch import splice_visual_tokens
 
-from .timing import PeakMemory, StageClock, synchronize
+from aot.video_path import StageClock, synchronize
+
+from .timing import PeakMemory
 
 STAGES = ("vision", "projector", "reduce", "splice", "prefill")
 

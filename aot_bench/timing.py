@@ -1,4 +1,5 @@
-"""Timers, summary statistics and peak-memory probes (CUDA allocator or CPU resident set)."""
+"""Summary statistics and peak-memory probes (CUDA allocator or CPU resident set); stages are
+timed by :class:`aot.video_path.StageClock` through the path's ``on_stage`` hook."""
 
 from __future__ import annotations
 
@@ -7,36 +8,6 @@ import threading
 import time
 
 import torch
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on ``device`` (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class StageClock:
-    """Wall-clock stage timer: ``clock.lap("vision")`` records the seconds since the last lap
-    (after synchronising the device), so the stages add up to the total."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        synchronize(device)
-        self.start = self.last = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, name: str) -> float:
-        """Close stage ``name`` (accumulating if it repeats); returns its seconds."""
-        synchronize(self.device)
-        now = time.perf_counter()
-        elapsed = now - self.last
-        self.stages[name] = self.stages.get(name, 0.0) + elapsed
-        self.last = now
-        return elapsed
-
-    @property
-    def total(self) -> float:
-        return self.last - self.start
 
 
 def summarise(samples: list[float]) -> dict:

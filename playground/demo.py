@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from aot_bench.timing import StageClock
+from aot.video_path import StageClock
 
 from . import hf, pipeline, plots, report
 from .pipeline import DEFAULT_QUESTION, DemoError

@@ -26,7 +26,7 @@ import torch
 import aot_integrations.hf
 from aot import video_path
 from aot_integrations.hf import MODEL_TYPES  # config.json model_type -> the transformers class aot_integrations.hf supports
-from aot_bench.timing import StageClock
+from aot.video_path import StageClock
 
 from .pipeline import DemoError
 

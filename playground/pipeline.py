@@ -21,7 +21,7 @@ import torch
 import aot
 from aot import video_path
 from aot.reducers import reducer_info, reducer_names
-from aot_bench.timing import StageClock
+from aot.video_path import StageClock
 from llava.video import VideoReadError, read_frames, uniform_indices
 
 DEFAULT_QUESTION = "What happens in the video? Answer in one sentence."

@@ -19,7 +19,7 @@ from aot_bench.flops import (
 )
 from aot_bench.models import random_model, set_backbone
 from aot_bench.pipeline import make_input_ids
-from aot_bench.timing import StageClock
+from aot.video_path import StageClock
 from llava.model.llava_arch import splice_visual_tokens
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import aot
 from aot import video_path
 from aot.backbones import BACKBONES, get_backbone
 from aot.reducers import REDUCERS, get_reducer, reducer_info, reducer_names
-from aot_bench.timing import StageClock
+from aot.video_path import StageClock
 from llava.constants import IMAGE_TOKEN_INDEX
 from aot_integrations.llava import backbone_name, llava_layout
 from aot_integrations.tiny import random_model
