@@ -260,6 +260,9 @@ def _row(mvb, ego, lvb, vmme, avg):
 
 
 # ------------------------------------------------------------------ the declared backbones
+# survivor_share: pooled survivors per frame / pooled tokens per frame, divided by V / patches,
+# measured on synthetic videos (V = 54..486). Average pooling drops the last row and column,
+# where anchors are rarer, so its share comes out higher than bilinear's.
 # The paper's numbers (lmms-eval, greedy, batch 1) are those of its tables; the paper evaluated
 # LLaVA-OneVision-7B at 32 frames and LLaVA-Video-7B-Qwen2 at 64 frames only.
 _OV_PRESETS = {"mvbench": "paper-ov-mvbench", "egoschema": "paper-ov-mvbench",
