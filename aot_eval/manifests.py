@@ -20,9 +20,8 @@ def models() -> dict:
 def chat_models() -> dict:
     """Our model id -> dotted path of its chat-protocol class, for the protocols that have one:
     lmms-eval runs a stock model as its chat class unless ``--force_simple`` is given, and our
-    ids resolve the same way. A protocol without one runs its simple class (stock chat
-    ``llava_hf`` fails on every video doc under transformers 5.24: it passes ``images=[]`` to
-    the processor, so its working video path is ``--force_simple``)."""
+    ids resolve the same way. A protocol without one runs its simple class (its record says
+    why)."""
     return {protocol.model_id: protocol.chat_plugin for protocol in eval_protocols()
             if protocol.chat_plugin}
 

@@ -22,7 +22,7 @@ import sys
 
 def facts_backbone(backbone: str) -> str:
     """The eval scripts' backbone name (an eval protocol of :mod:`aot.backbones`) -> the
-    :func:`aot.backbones.get_backbone` name its model is parsed with (``llava_hf`` -> ``"ov"``)."""
+    :func:`aot.backbones.get_backbone` name its model is parsed with: the backbone whose facts that protocol runs."""
     from aot.backbones import backbone_of_protocol  # here, not at the top: aot imports torch
 
     return backbone_of_protocol(backbone).name
