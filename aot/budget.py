@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .backbones import get_backbone
 from .clips import Clip, default_clip_length, fixed_clips
 from .ops import first_in_order  # noqa: F401  (its home is aot.ops; re-exported)
 from .pooling import pooled_side
@@ -86,23 +87,16 @@ def plan_exact_budget(retention: float, frames: int, pooled_per_frame: int, clip
 # Smallest V that still gives every one of the 9 windows a local anchor (int(V/2) // 9 >= 1).
 MIN_ANCHORS = 18
 
-# Pooled survivors per frame / pooled tokens per frame, divided by V / patches: measured by
-# scripts/calibrate_retention.py on synthetic videos (V = 54..486). Average pooling drops the
-# last row and column, where anchors are rarer, so its share comes out higher.
-SURVIVOR_SHARE = {"ov": 0.99, "video": 1.12}
-
 # Above this survivor share the linear model saturates (almost every pooled token survives), so
 # high targets use V = patches, where survival is certain and the count is exact.
 SATURATED_SHARE = 0.8
-
-POOLING_OF_BACKBONE = {"ov": "bilinear", "video": "average"}
 
 
 def clip_weights(backbone: str, frames: int) -> tuple[int, int]:
     """(A, C) of the released clips at ``frames`` frames: A = keyframe multiplicities (2 for a
     clip of two or more frames, whose keyframe is emitted as is and as merged anchors; 1 for a
     one-frame clip), C = later frames. ``"video"`` has no temporal phase: (frames, 0)."""
-    if backbone == "video":
+    if not get_backbone(backbone).temporal_phase:
         return frames, 0
     clips = fixed_clips(frames, default_clip_length(frames, 8))
     weight = sum(2 if stop - start >= 2 else 1 for start, stop in clips)
@@ -112,7 +106,8 @@ def clip_weights(backbone: str, frames: int) -> tuple[int, int]:
 def _survivor_share(backbone: str, anchors: int, patches: int) -> float:
     """Modelled share of pooled tokens that survive the anchor mask: c * V / patches, and
     exactly 1 when every patch is an anchor."""
-    return 1.0 if anchors >= patches else min(1.0, SURVIVOR_SHARE[backbone] * anchors / patches)
+    c = get_backbone(backbone).survivor_share
+    return 1.0 if anchors >= patches else min(1.0, c * anchors / patches)
 
 
 def lowest_retention(backbone: str, frames: int = 32, patches: int = 729) -> float:
@@ -128,7 +123,7 @@ def settings_for_retention(retention: float, backbone: str, frames: int = 32,
     """AOTConfig fields (anchors_per_frame, keep_ratio) aimed at ``retention``.
 
     Model: the pooled mask lets through about the same share of pooled tokens as the share of
-    patches that are anchors, times a pooling factor c (:data:`SURVIVOR_SHARE`, measured on
+    patches that are anchors, times a pooling factor c (the backbone record's ``survivor_share``, measured on
     synthetic videos by ``scripts/calibrate_retention.py``): survivors share
     s(V) ~= c * V / patches (exactly 1 at V = patches). With the released clips
     (:func:`clip_weights`: A keyframe multiplicities, C later frames),
@@ -147,9 +142,9 @@ def settings_for_retention(retention: float, backbone: str, frames: int = 32,
     Returns:
         dict of AOTConfig fields.
     """
-    c = SURVIVOR_SHARE[backbone]
+    c = get_backbone(backbone).survivor_share
     weight, later = clip_weights(backbone, frames)
-    side = pooled_side(math.isqrt(patches), POOLING_OF_BACKBONE[backbone])
+    side = pooled_side(math.isqrt(patches), get_backbone(backbone).pooling)
     pooled = side * side
     rho = keep_ratio if later else 0.0
     share = retention * frames / (weight + later * rho)  # survivors share the target needs

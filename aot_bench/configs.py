@@ -10,7 +10,7 @@ pooling and newline packing. The presets:
   real ones, so visual token counts and retention are exactly those of the 7B models.
 * ``tiny``: for tests (seconds).
 
-Qwen2.5-VL-7B (:data:`QWEN_SHAPES`, backbone ``qwen2_5_vl``, run through transformers' own class
+Qwen2.5-VL-7B (:data:`QWEN_SHAPES`, the backbone whose ``bench_shapes`` is ``qwen_vit``, run through transformers' own class
 and :mod:`aot_integrations.hf`) has the same three presets. Its 7B values: transformers 5.24
 ``Qwen2_5_VLVisionConfig`` defaults (depth 32, MLP 3420, 16 heads, 14-px patches, temporal patch
 2, 2x2 merger, 112-px windows, full attention in blocks 7/15/23/31, out_hidden 3584) except the
@@ -25,7 +25,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from aot.backbones import BACKBONES
+from aot.backbones import BACKBONES as ALL_BACKBONES
+
+#: The backbones of this project's ``llava/`` models (the benchmark's random-weight LLaVA shapes).
+BACKBONES = {name: facts for name, facts in ALL_BACKBONES.items() if facts.integration == "llava"}
 from aot_integrations.llava import llava_config_fields
 
 #: Frames each backbone is evaluated at in the paper (the reference point of the plots).
@@ -128,21 +131,26 @@ QWEN_SHAPES = {
                       max_context=128000, fullatt_blocks=(1, 3)),
 }
 
+#: A backbone record's ``bench_shapes`` -> its presets: the LLaVA models share :data:`SHAPES`,
+#: transformers' windowed-ViT Qwen model has :data:`QWEN_SHAPES`.
+SHAPE_TABLES = {"llava": SHAPES, "qwen_vit": QWEN_SHAPES}
+
 #: Backbones the benchmark runs through transformers' own classes and :mod:`aot_integrations.hf`.
-HF_BENCH_BACKBONES = ("qwen2_5_vl",)
+HF_BENCH_BACKBONES = tuple(name for name, facts in ALL_BACKBONES.items()
+                           if facts.bench_shapes == "qwen_vit")
 
 
 def get_shape(name: str, backbone: str = "ov") -> Shape:
-    """The preset ``name`` (``7b``, ``cpu``, ``tiny``) of ``backbone``'s architecture (the
-    LLaVA models share :data:`SHAPES`; ``qwen2_5_vl``: :data:`QWEN_SHAPES`), or a ValueError."""
-    if backbone in HF_BENCH_BACKBONES:
-        if name not in QWEN_SHAPES:
-            raise ValueError(f"unknown model preset {name!r}; expected one of "
-                             f"{sorted(QWEN_SHAPES)}")
-        return QWEN_SHAPES[name]
-    if name not in SHAPES:
-        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(SHAPES)}")
-    return SHAPES[name]
+    """The preset ``name`` (``7b``, ``cpu``, ``tiny``) of ``backbone``'s architecture (its
+    record's ``bench_shapes``, a key of :data:`SHAPE_TABLES`), or a ValueError."""
+    benched = {b: f.bench_shapes for b, f in ALL_BACKBONES.items() if f.bench_shapes}
+    if backbone not in benched:
+        raise ValueError(f"backbone {backbone!r} has no benchmark shapes; expected one of "
+                         f"{sorted(benched)}")
+    table = SHAPE_TABLES[benched[backbone]]
+    if name not in table:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(table)}")
+    return table[name]
 
 
 def llava_config_dict(shape: Shape, backbone: str) -> dict:

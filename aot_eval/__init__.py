@@ -9,6 +9,6 @@ Importing this package does not import lmms-eval; the plugin modules do.
 """
 
 from .model_args import ReducerSpec, parse_reducer
-from .prompts import PROMPT_IDS
+from .prompts import prompt_ids
 
-__all__ = ["PROMPT_IDS", "ReducerSpec", "parse_reducer"]
+__all__ = ["prompt_ids", "ReducerSpec", "parse_reducer"]

@@ -134,7 +134,7 @@ class HFReducerMixin:
     """What the three models add to their stock class (see the module docstring).
 
     Subclasses set ``MODEL_ID`` (ours), ``STOCK_ID`` (whose prompts the tasks must use) and
-    ``BACKBONE`` (:data:`aot.backbones.HF_BACKBONES` / ``"ov"``).
+    ``BACKBONE`` (a name of :data:`aot.backbones.BACKBONES`).
     """
 
     MODEL_ID = ""
@@ -298,7 +298,7 @@ class LlavaHfAOT(HFReducerMixin, LlavaHf):
 # The chat-protocol classes (what ``--model qwen2_5_vl_aot`` / ``qwen3_vl_aot`` run unless
 # ``--force_simple``, as for the stock ids): the task's messages (``doc_to_messages``) instead of
 # a context string, and their own frame counts and defaults, all stock. No chat llava_hf: see
-# aot_eval.manifests.CHAT_MODELS.
+# aot_eval.manifests.chat_models.
 class Qwen2_5_VLChatAOT(HFReducerMixin, Qwen2_5_VLChat):
     """Stock lmms-eval chat ``qwen2_5_vl`` with a reducer."""
 

@@ -387,7 +387,7 @@ class LlavaAOTBase(lmms):
     # ---------------------------------------------------------------- retention record
     def metadata(self) -> dict:
         """Run description stored with the per-sample retention."""
-        return {"model": self.MODEL_ID, "prompt_model": prompts.PROMPT_IDS[self.MODEL_ID]
+        return {"model": self.MODEL_ID, "prompt_model": prompts.prompt_ids()[self.MODEL_ID]
                 if self.prompt_as == "stock" else self.MODEL_ID, "backbone": self.BACKBONE,
                 "pretrained": str(self.pretrained), "max_frames_num": self.max_frames_num,
                 "pool_mode": self.pool_mode, "tokens_per_frame_unreduced": self.per_frame,

@@ -8,32 +8,32 @@
 
 from __future__ import annotations
 
-MODELS = {
-    "llava_onevision_aot": "aot_eval.lmms_models.LlavaOneVisionAOT",
-    "llava_vid_aot": "aot_eval.lmms_models.LlavaVidAOT",
-    "qwen2_5_vl_aot": "aot_eval.hf_models.Qwen2_5_VLAOT",
-    "qwen3_vl_aot": "aot_eval.hf_models.Qwen3_VLAOT",
-    "llava_hf_aot": "aot_eval.hf_models.LlavaHfAOT",
-}
+from aot.backbones import eval_protocols
 
-#: Chat-protocol classes: lmms-eval runs ``--model qwen2_5_vl`` / ``qwen3_vl`` as their chat class
-#: unless ``--force_simple`` is given, and our ids resolve the same way. ``llava_hf_aot`` has the
-#: simple class only: stock chat ``llava_hf`` fails on every video doc under transformers 5.24
-#: (it passes ``images=[]`` to the processor: IndexError), so its working video path is
-#: ``--model llava_hf --force_simple``.
-CHAT_MODELS = {
-    "qwen2_5_vl_aot": "aot_eval.hf_models.Qwen2_5_VLChatAOT",
-    "qwen3_vl_aot": "aot_eval.hf_models.Qwen3_VLChatAOT",
-}
+
+def models() -> dict:
+    """Our model id -> dotted path of its simple lmms-eval class, one per eval protocol of
+    :mod:`aot.backbones`."""
+    return {protocol.model_id: protocol.plugin for protocol in eval_protocols()}
+
+
+def chat_models() -> dict:
+    """Our model id -> dotted path of its chat-protocol class, for the protocols that have one:
+    lmms-eval runs a stock model as its chat class unless ``--force_simple`` is given, and our
+    ids resolve the same way. A protocol without one runs its simple class (its record says
+    why)."""
+    return {protocol.model_id: protocol.chat_plugin for protocol in eval_protocols()
+            if protocol.chat_plugin}
 
 
 def manifests():
     """``ModelManifest`` objects of our models; new ids only, the stock ids are left alone."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
+    chat = chat_models()
     return [ModelManifest(model_id=model_id, simple_class_path=path,
-                          chat_class_path=CHAT_MODELS.get(model_id))
-            for model_id, path in MODELS.items()]
+                          chat_class_path=chat.get(model_id))
+            for model_id, path in models().items()]
 
 
 def register() -> None:

@@ -15,9 +15,10 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
 
-On the backbones reached only through transformers (``qwen2_5_vl``, ``qwen3_vl``) the settings
-are :func:`aot_integrations.hf.config_for`'s (the backbone's vision layers, its grid), and ``retention``
-needs ``exact=true`` for AOT: the approximate retention model covers the LLaVA backbones only.
+On a backbone without an approximate retention model (``survivor_share=None`` in its
+:class:`aot.backbones.Backbone` record: those reached only through transformers) the settings
+are :func:`aot_integrations.hf.config_for`'s (the backbone's vision layers, its grid), and a
+``retention`` is an exact budget for AOT.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
         ValueError: unknown reducer / preset / ablation, retention outside (0, 1], preset and
             retention given together, knobs given with ``reducer=none``.
     """
-    from aot.backbones import HF_BACKBONES, get_backbone
+    from aot.backbones import get_backbone
     from aot.reducers import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
     from aot_integrations.hf import config_for
@@ -88,9 +89,9 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
                          f"{reducer_names()}")
     retention = kwargs.pop("retention", None)
     preset = kwargs.pop("preset", None)
-    # Backbones reached only through transformers (Qwen) have no approximate retention model
-    # (their grids differ from SigLIP's): a retention there is an exact budget unless refused.
-    hf_only = backbone in HF_BACKBONES
+    # Backbones without an approximate retention model (their grids differ from SigLIP's): a
+    # retention there is an exact budget unless refused.
+    hf_only = facts.survivor_share is None
     exact = to_bool(kwargs.pop("exact", hf_only and retention is not None), "exact")
     ablations = split_names(kwargs.pop("ablation", None))
     overrides = {key: coerce_field(key, value) for key, value in kwargs.items()}

@@ -8,7 +8,7 @@ after the model has loaded).
   importable, the checkpoint present (folder or hub cache) and, with ``--backbone``, of the
   architecture that backbone's model loads; enough GPUs for N processes.
 
-``--backbone`` takes the eval scripts' backbone names (:data:`SCRIPT_MODEL_TYPES`).
+``--backbone`` takes the eval scripts' backbone names: the eval protocols of :mod:`aot.backbones`.
 
 Either exits 0 when all is well, else prints one line ``error: ...`` saying what to do, exit 2.
 """
@@ -20,31 +20,12 @@ import importlib.util
 import sys
 
 
-#: The eval scripts' backbone -> the ``model_type`` of ``config.json`` its lmms-eval model loads:
-#: ``llava/``'s lmms-lab checkpoints, or a transformers class of :mod:`aot_integrations.hf` (``llava_hf``:
-#: transformers' LLaVA-OneVision).
-SCRIPT_MODEL_TYPES = {
-    "ov": "llava_qwen",
-    "video": "llava_qwen",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "llava_hf": "llava_onevision",
-}
-
-
 def facts_backbone(backbone: str) -> str:
-    """The eval scripts' backbone name -> the :func:`aot.backbones.get_backbone` name its model
-    is parsed with: for a transformers class the one its :mod:`aot_integrations.hf` adapter declares
-    (``llava_hf`` -> ``"ov"``), for ``llava/`` the same name."""
-    if backbone not in SCRIPT_MODEL_TYPES:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of "
-                         f"{sorted(SCRIPT_MODEL_TYPES)}")
-    from aot_integrations.hf import ADAPTERS, MODEL_TYPES  # here, not at the top: aot imports torch
+    """The eval scripts' backbone name (an eval protocol of :mod:`aot.backbones`) -> the
+    :func:`aot.backbones.get_backbone` name its model is parsed with: the backbone whose facts that protocol runs."""
+    from aot.backbones import backbone_of_protocol  # here, not at the top: aot imports torch
 
-    model_type = SCRIPT_MODEL_TYPES[backbone]
-    if model_type in MODEL_TYPES:
-        return ADAPTERS[MODEL_TYPES[model_type]].backbone_name
-    return backbone
+    return backbone_of_protocol(backbone).name
 
 
 def check_lmms_eval() -> None:
@@ -72,14 +53,16 @@ def check_checkpoint(model: str, backbone: str | None = None) -> None:
         raise RuntimeError(" ".join(str(error).split())) from None
     if backbone is None:
         return
-    expected = SCRIPT_MODEL_TYPES[backbone]
+    from aot.backbones import eval_protocols, get_protocol
+
+    expected = get_protocol(backbone).checkpoint_type
     try:
         with open(os.path.join(folder, "config.json")) as handle:
             model_type = json.load(handle).get("model_type")
     except (OSError, ValueError, AttributeError):
         return
     if model_type != expected:
-        takers = [name for name, loads in SCRIPT_MODEL_TYPES.items() if loads == model_type]
+        takers = [p.name for p in eval_protocols() if p.checkpoint_type == model_type]
         advice = (f"evaluate it with the {' or '.join(takers)} scripts" if takers
                   else "no eval script loads it")
         raise RuntimeError(f"{model} is a {model_type!r} checkpoint but the {backbone} scripts "
@@ -116,10 +99,13 @@ def check_reducer_args(backbone: str, pairs: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aot.backbones import eval_protocols
+
+    names = ", ".join(protocol.name for protocol in eval_protocols())
     parser = argparse.ArgumentParser(prog="python -m aot_eval.preflight")
     commands = parser.add_subparsers(dest="command", required=True)
     args_parser = commands.add_parser("args", help="check the AOT keys of --model_args")
-    args_parser.add_argument("--backbone", required=True, help=", ".join(SCRIPT_MODEL_TYPES))
+    args_parser.add_argument("--backbone", required=True, help=names)
     args_parser.add_argument("pairs", nargs="*", help="key=value (reducer, retention, ...)")
     args_parser.add_argument("--set", action="append", default=[], dest="sets",
                              help="another space-separated set of key=value pairs to check")

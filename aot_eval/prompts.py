@@ -8,7 +8,7 @@ example, gives ``llava_vid`` the post-prompt "The best answer is:").
 Our models run under their own ids (``llava_onevision_aot``, ``llava_vid_aot``), so the stock ids
 are never taken over. For the prompts, the AOT launcher (``python -m aot_eval``) and
 :func:`task_manager` build the tasks with :class:`PromptAliasTaskManager`, which looks prompts up
-under the stock id of *our* ids only (:data:`PROMPT_IDS`); every other id is passed through
+under the stock id of *our* ids only (:func:`prompt_ids`); every other id is passed through
 unchanged. A model built with ``prompt_as=stock`` (the default) checks that the alias was active in
 its process and refuses to run otherwise (see :func:`require_stock_prompts`), so a plain
 ``python -m lmms_eval --model llava_vid_aot`` cannot silently use the other prompt variants;
@@ -17,33 +17,33 @@ its process and refuses to run otherwise (see :func:`require_stock_prompts`), so
 
 from __future__ import annotations
 
-# our model id -> stock id whose prompt variants the tasks must use
-PROMPT_IDS = {
-    "llava_onevision_aot": "llava_onevision",
-    "llava_vid_aot": "llava_vid",
-    "qwen2_5_vl_aot": "qwen2_5_vl",
-    "qwen3_vl_aot": "qwen3_vl",
-    "llava_hf_aot": "llava_hf",
-}
+def prompt_ids() -> dict:
+    """Our model id -> the stock id whose prompt variants the tasks must use (one per eval
+    protocol of :mod:`aot.backbones`)."""
+    from aot.backbones import eval_protocols
+
+    return {protocol.model_id: protocol.stock_model for protocol in eval_protocols()}
+
 
 _ACTIVE: dict = {"model_name": None, "prompt_name": None}
 
 
 def prompt_name_for(model_name):
     """The name tasks should look prompts up under: the stock id for our ids, else unchanged."""
-    return PROMPT_IDS.get(model_name, model_name)
+    return prompt_ids().get(model_name, model_name)
 
 
 def alias_active_for(model_id: str) -> bool:
     """True when a :class:`PromptAliasTaskManager` of this process built tasks for ``model_id``."""
-    return _ACTIVE["model_name"] == model_id and _ACTIVE["prompt_name"] == PROMPT_IDS.get(model_id)
+    return (_ACTIVE["model_name"] == model_id
+            and _ACTIVE["prompt_name"] == prompt_ids().get(model_id))
 
 
 def require_stock_prompts(model_id: str) -> None:
     """Raise unless this process resolves task prompts for ``model_id`` under its stock id."""
     if alias_active_for(model_id):
         return
-    stock = PROMPT_IDS[model_id]
+    stock = prompt_ids()[model_id]
     raise RuntimeError(
         f"{model_id}: the tasks were not built with the prompts of the stock '{stock}' model "
         f"(lmms-eval keys prompt variants by --model name). Launch with "

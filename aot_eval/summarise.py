@@ -24,21 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .paper import BENCHMARKS, LABELS, PAPER, PAPER_ABLATIONS_OV_10, paper_value, retention_key
+from aot.backbones import eval_protocols, get_protocol
 
-#: lmms-eval model name prefix -> backbone, in table order, and each backbone's table heading.
-#: Ours are ``<stock name>_aot``; the stock models themselves count as their backbone's full row.
-MODEL_BACKBONES = (("llava_onevision", "ov"), ("llava_vid", "video"),
-                   ("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"),
-                   ("llava_hf", "llava_hf"))
-BACKBONE_TITLES = {
-    "ov": "LLaVA-OneVision-7B (32 frames)",
-    "video": "LLaVA-Video-7B (64 frames)",
-    "qwen2_5_vl": "Qwen2.5-VL (stock lmms-eval qwen2_5_vl protocol)",
-    "qwen3_vl": "Qwen3-VL (stock lmms-eval qwen3_vl protocol)",
-    "llava_hf": "LLaVA-OneVision in transformers (stock lmms-eval llava_hf protocol)",
-}
-BACKBONE_ORDER = tuple(backbone for _, backbone in MODEL_BACKBONES)
+from .paper import BENCHMARKS, LABELS, paper_ablation, paper_table, paper_value, retention_key
+
+
+def backbone_order() -> list[str]:
+    """The tables' order: eval protocol names (:func:`aot.backbones.eval_protocols`)."""
+    return [protocol.name for protocol in eval_protocols()]
 
 SCORE_KEYS = {"mvbench": "mvbench_accuracy", "egoschema": "submission",
               "longvideobench": "lvb_acc", "videomme": "videomme_perception_score"}
@@ -75,11 +68,12 @@ def parse_model_args(text: str) -> dict:
 
 
 def backbone_of(model: str) -> Optional[str]:
-    """``llava_onevision*`` -> ``ov``; ``llava_vid*`` -> ``video``; ``qwen2_5_vl*``,
-    ``qwen3_vl*``, ``llava_hf*`` -> themselves (:data:`MODEL_BACKBONES`); else None."""
-    for prefix, backbone in MODEL_BACKBONES:
-        if model.startswith(prefix):
-            return backbone
+    """The eval protocol name of an lmms-eval model name: ours are ``<stock model>_aot``, and the
+    stock models themselves count as their protocol's full row (``llava_onevision*`` -> ``ov``,
+    ``llava_vid*`` -> ``video``); None for any other model."""
+    for protocol in eval_protocols():
+        if model.startswith(protocol.stock_model):
+            return protocol.name
     return None
 
 
@@ -112,7 +106,7 @@ KNOWN_MODEL_KEYS = {
     "mm_spatial_pool_mode", "use_cache", "prompt_as", "retention_log", "on_video_error",
     "video_fps", "force_sample", "add_time_instruction", "mm_newline_position",
     "mm_resampler_location", "reducer", "retention", "preset", "exact", "ablation",
-    # the stock qwen2_5_vl / qwen3_vl and llava_hf keys (lmms-eval 0.7.3)
+    # the keys of the stock wrappers of transformers classes (lmms-eval 0.7.3)
     "max_num_frames", "min_pixels", "max_pixels", "total_pixels", "fps", "system_prompt",
     "interleave_visuals", "reasoning_prompt", "enable_thinking", "revision", "dtype",
     "trust_remote_code", "chat_template",
@@ -234,7 +228,7 @@ def row_order(row: Row):
         rank = (1, -float(row.paper_row))
     else:
         rank = (2, 0.0)
-    return (BACKBONE_ORDER.index(row.backbone), rank, row.setting)
+    return (backbone_order().index(row.backbone), rank, row.setting)
 
 
 def fmt(value, digits=1) -> str:
@@ -256,9 +250,12 @@ def average(row: Row) -> tuple[Optional[float], Optional[float]]:
     ours = [row.cells[b].score if b in row.cells else None for b in BENCHMARKS]
     ours_avg = statistics.fmean(ours) if all(v is not None for v in ours) else None
     paper = (paper_value(row.backbone, row.paper_row, "avg") if row.paper_row else None)
-    if row.backbone == "ov" and row.paper_row is None and "r=0.10" in row.setting:
+    ablations = get_protocol(row.backbone).paper_ablations
+    row_key = get_protocol(row.backbone).paper_ablation_row
+    if ablations and row.paper_row is None and f"r={row_key}" in row.setting:
         ablation = row.setting.split()[-1]
-        paper = PAPER_ABLATIONS_OV_10.get(ablation, paper)
+        ablated = paper_ablation(row.backbone, row_key, ablation)
+        paper = paper if ablated is None else ablated
     return ours_avg, paper
 
 
@@ -300,12 +297,12 @@ def table_rows(rows: list[Row]) -> list[dict]:
 def markdown(rows: list[Row]) -> str:
     """The paper's table layout: per benchmark ours / paper / Δ / measured retention."""
     lines = []
-    for backbone in BACKBONE_ORDER:
+    for backbone in backbone_order():
         mine = [r for r in rows if r.backbone == backbone]
         if not mine:
             continue
         extra = other_tasks(mine)
-        lines += [f"### {BACKBONE_TITLES[backbone]}", "",
+        lines += [f"### {get_protocol(backbone).title}", "",
                   "| setting | " + " | ".join([LABELS[b] for b in BENCHMARKS] +
                                              [f"{t} (other task)" for t in extra]) + " | Avg |",
                   "|---|" + "---|" * (len(BENCHMARKS) + len(extra) + 1)]
@@ -340,8 +337,9 @@ def markdown(rows: list[Row]) -> str:
     lines.append("Scores in %; (paper value, difference ours − paper); ret. = measured retention "
                  "of visual tokens, mean [min–max] over the videos. EgoSchema is scored by its "
                  "server: 'unscored' means the submission file still has to be sent.")
-    unpublished = sorted({row.backbone for row in rows if row.backbone not in PAPER},
-                         key=BACKBONE_ORDER.index)
+    published = paper_table()
+    unpublished = sorted({row.backbone for row in rows if row.backbone not in published},
+                         key=backbone_order().index)
     if unpublished:
         lines.append(f"The paper has no numbers for {', '.join(unpublished)}: their paper "
                      "values are empty.")

@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from aot.backbones import backbone_names
 from aot_integrations.llava import llava_config_fields
 
 # ---------------------------------------------------------------------- lmms-lab checkpoints (llava/)
@@ -56,7 +57,8 @@ BASE_CONFIG = {
 VIDEO_GENERATION_CONFIG = {"bos_token_id": 0, "pad_token_id": 0, "eos_token_id": [2, 0],
                            "do_sample": True, "repetition_penalty": 1.05, "temperature": 0.7,
                            "top_p": 0.8, "top_k": 20}
-BACKBONES = ("ov", "video")
+#: The backbones of our ``llava/`` models (tiny lmms-lab checkpoints).
+BACKBONES = tuple(backbone_names("llava"))
 
 
 def config_dict(backbone: str = "ov", vision_layers: int | None = None, **changes) -> dict:
@@ -309,9 +311,10 @@ def _run(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--retention", type=float, nargs="+", default=[0.1, 0.25])
     args = parser.parse_args(argv)
-    knobs = {"onevision": dict(anchors_per_frame=12, window=3, shallow_layer=1, deep_layer=3),
-             "qwen2_5_vl": dict(anchors_per_frame=8, window=3, shallow_layer=1, deep_layer=3),
-             "qwen3_vl": dict(anchors_per_frame=8, window=3, shallow_layer=1, deep_layer=3)}
+    from aot.backbones import get_backbone
+
+    knobs = {"onevision": get_backbone("ov").tiny, "qwen2_5_vl": get_backbone("qwen2_5_vl").tiny,
+             "qwen3_vl": get_backbone("qwen3_vl").tiny}
     cases = {"onevision": (onevision(), onevision_inputs([16, 16])),
              "qwen2_5_vl": (qwen2_5_vl(), qwen_inputs([(8, 12, 12), (8, 12, 12)])),
              "qwen3_vl": (qwen3_vl(), qwen3_inputs([(8, 12, 12), (8, 12, 12)]))}

@@ -1,6 +1,6 @@
 """Measure how AOT's settings land on retention, on synthetic videos (feeds docs/budget.md).
 
-1. The survivor share factor c of aot.budget.SURVIVOR_SHARE: pooled survivors share divided by
+1. The survivor share factor c (``survivor_share`` of the aot.backbones records): pooled survivors share divided by
    the anchor share V / 729, per pooling mode.
 2. The achieved retention of the paper presets and of AOTConfig.from_retention (approximate and
    exact) at 10/15/20/25%.

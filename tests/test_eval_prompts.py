@@ -128,7 +128,7 @@ def test_manifests_use_new_ids_only():
     assert ids == {"llava_onevision_aot", "llava_vid_aot", "qwen2_5_vl_aot", "qwen3_vl_aot",
                    "llava_hf_aot"}
     assert not any(m.aliases for m in manifests())
-    assert set(prompts.PROMPT_IDS) == ids
+    assert set(prompts.prompt_ids()) == ids
 
 
 def test_require_stock_prompts_refuses_without_alias():

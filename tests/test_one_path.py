@@ -9,7 +9,10 @@ import torch
 
 import aot
 from aot import video_path
-from aot.backbones import BACKBONES, get_backbone
+from aot.backbones import backbone_names, get_backbone
+
+# the backbones of our llava/ models (the benchmark's and the demo's)
+LLAVA = backbone_names("llava")
 from aot.reducers import REDUCERS, get_reducer, reducer_info, reducer_names
 from aot.video_path import StageClock
 from llava.constants import IMAGE_TOKEN_INDEX
@@ -30,7 +33,7 @@ def tiny_config(backbone: str) -> aot.AOTConfig:
 
 @pytest.fixture(scope="module")
 def models():
-    return {name: random_model(name, seed=3) for name in BACKBONES}
+    return {name: random_model(name, seed=3) for name in LLAVA}
 
 
 def pixels(seed: int = 0) -> torch.Tensor:
@@ -45,7 +48,7 @@ def model_embeds(model, video: torch.Tensor) -> torch.Tensor:
                                                           ["video"])[4][0]
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", sorted(LLAVA))
 @pytest.mark.parametrize("reducer", reducer_names())
 def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reducer):
     model = models[backbone]
@@ -79,7 +82,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
     assert full.shape[0] > embeds.shape[0]
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", sorted(LLAVA))
 def test_unreduced_path_is_the_stock_pooling(models, backbone):
     """Reduction None: native pooling + newlines, the count the backbone facts declare."""
     model = models[backbone]
@@ -143,7 +146,7 @@ def test_backbone_facts_are_the_paper_numbers():
     assert (ov.frames, video.frames) == (32, 64)
     assert aot.AOTConfig.preset(ov.preset).pooling == ov.pooling
     assert aot.AOTConfig.preset(video.preset).pooling == video.pooling
-    for facts in BACKBONES.values():
+    for facts in map(get_backbone, LLAVA):
         layout = llava_layout(type("Config", (), {
             "mm_spatial_pool_mode": facts.pooling, "mm_newline_position": facts.newline})())
         assert layout.backbone is facts

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aot_eval import preflight
+from aot.backbones import eval_protocols
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,6 +183,6 @@ def test_launch_check_knows_transformers_model_types(tmp_path, backbone, config_
     pytest.importorskip("lmms_eval")
     getattr(transformers, config_class)().save_pretrained(tmp_path)
     assert preflight.main(["launch", "--backbone", backbone, "--model", str(tmp_path)]) == 0
-    others = [b for b in preflight.SCRIPT_MODEL_TYPES if b != backbone]
+    others = [p.name for p in eval_protocols() if p.name != backbone]
     assert all(preflight.main(["launch", "--backbone", b, "--model", str(tmp_path)]) == 2
                for b in others)

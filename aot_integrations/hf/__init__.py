@@ -160,8 +160,8 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
 
     The serving contract: a pure function of the grid and the settings.
 
-    model_or_backbone: a supported model, or a declared backbone name (``"ov"``,
-        ``"qwen2_5_vl"``, ``"qwen3_vl"``).
+    model_or_backbone: a supported model, or a registered backbone name
+        (:data:`aot.backbones.BACKBONES`).
     video_grid: LLaVA-OneVision: (frames, rows, cols) of the SigLIP patch grid
         (e.g. (32, 27, 27)); Qwen: the processor's ``video_grid_thw`` row (t, h, w) in
         patches (t temporal patches, h x w before the 2x2 merger).

@@ -1,0 +1,71 @@
+"""docs/backbones.md's "Add a backbone" recipe, run exactly as printed, then every consumer of
+the backbone records asked about the new backbone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aot import backbones
+from aot_integrations.hf import adapters
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
+
+
+def recipe_code() -> str:
+    """The python code blocks of the doc's "## Add a backbone" section, joined."""
+    text = DOC.read_text()
+    section = text.split("\n## Add a backbone\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, f"no python block under '## Add a backbone' in {DOC}"
+    return "\n".join(blocks)
+
+
+@pytest.fixture
+def registries():
+    """The backbone and adapter registries as they were, restored after the test."""
+    saved = dict(backbones.BACKBONES), dict(adapters.ADAPTERS)
+    yield
+    for live, old in zip((backbones.BACKBONES, adapters.ADAPTERS), saved):
+        live.clear()
+        live.update(old)
+
+
+def test_recipe_runs_as_printed_and_every_consumer_knows_the_backbone(registries):
+    from aot_eval import manifests, paper, preflight, prompts, summarise
+
+    namespace: dict = {"__name__": "recipe"}
+    exec(compile(recipe_code(), str(DOC), "exec"), namespace)
+
+    assert backbones.get_backbone("mine") is namespace["mine"]
+    assert preflight.facts_backbone("mine") == "mine"
+    assert summarise.backbone_of("my_vl_aot") == "mine"
+    assert summarise.backbone_order()[-1] == "llava_hf"  # alternative protocols stay last
+    assert manifests.models()["my_vl_aot"] == "my_package.MyVLAOT"
+    assert prompts.prompt_name_for("my_vl_aot") == "my_vl"
+    assert paper.paper_value("mine", "full", "mvbench") is None
+
+
+def test_register_backbone_refuses_a_clash(registries):
+    ov = backbones.get_backbone("ov")
+    assert backbones.register_backbone(ov) is ov  # the same record again: a no-op
+    with pytest.raises(ValueError, match="'ov' is registered already"):
+        backbones.register_backbone(backbones.Backbone(
+            "ov", "other", (27, 27), "bilinear", "one_token", 5, 24, "paper-ov-mvbench", 32,
+            "qwen_1_5"))
+    with pytest.raises(ValueError, match="llava_hf"):
+        backbones.register_backbone(backbones.Backbone(
+            "new", "other", (27, 27), "bilinear", "one_token", 5, 24, "paper-ov-mvbench", 32,
+            "qwen_1_5", protocols=(ov.protocols[1],)))
+
+
+def test_protocols_and_adapters_agree():
+    """Each transformers checkpoint type a protocol loads has an adapter declaring the
+    protocol's backbone (preflight parses a protocol's model_args with that backbone)."""
+    for protocol in backbones.eval_protocols():
+        name = adapters.MODEL_TYPES.get(protocol.checkpoint_type)
+        if name is not None:
+            assert adapters.ADAPTERS[name].backbone_name == \
+                backbones.backbone_of_protocol(protocol.name).name
