@@ -1,7 +1,7 @@
 """What a reducer needs to know about a backbone: one declared table of facts per backbone.
 
 Everything else that used to know "OV pools bilinear to 14, LLaVA-Video averages to 13 and adds a
-newline per row" asks this table: the retention model of :meth:`aot.AOTConfig.from_retention`,
+newline per row" asks this table: the retention settings of :func:`aot.settings_for`,
 the eval plugin's retention denominator, the efficiency benchmark's shapes, the demo's default
 preset. Model code implements the path of :mod:`aot.video_path` for a backbone (an *adapter*); this
 module only holds facts and is pure Python.
@@ -25,7 +25,7 @@ POSITION_SCHEMES = ("1d", "mrope")
 class Backbone:
     """Declared facts of one video backbone.
 
-    name: short name used everywhere (``AOTConfig.from_retention(r, backbone=name)``,
+    name: short name used everywhere (``aot.settings_for(name, r)``,
         ``--backbone``, eval model ids).
     title: human name.
     grid: (rows, cols) patch grid of one frame at the published input size.

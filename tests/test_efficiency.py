@@ -115,7 +115,7 @@ def test_bad_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="unknown model preset"):
         get_shape("13b")
     assert efficiency.parse_retention("full") is None
-    assert isinstance(aot.AOTConfig.from_retention(0.1, "video", exact=True, frames=16),
+    assert isinstance(aot.settings_for("video", 0.1, frames=16),
                       aot.AOTConfig)
 
 
