@@ -502,7 +502,7 @@ def test_qwen_model_args(backbone):
     # A retention on Qwen is an exact budget (no approximate model for native grids) ...
     assert parse_reducer({"retention": "0.25"}, backbone).config.exact_retention == 0.25
     # ... and asking for the approximate mode is refused, not ignored.
-    with pytest.raises(ValueError, match="approximate retention model covers the LLaVA"):
+    with pytest.raises(ValueError, match="decides the frame count per video"):
         parse_reducer({"retention": "0.25", "exact": "false"}, backbone)
     assert parse_reducer({"reducer": "uniform", "retention": "0.1"}, backbone).retention == 0.1
     assert parse_reducer({}, backbone).config.exact_retention is None

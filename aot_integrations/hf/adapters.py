@@ -289,6 +289,10 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
     model_type = "qwen3_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw")
 
+    def default_layers(self) -> tuple[int, int]:
+        """Full attention in every block: the paper's relative layers (5 and 24 of 27 at 8B)."""
+        return relative_layers(self.vision_layers)
+
     def model_fields(self) -> dict:
         """The pooling, and similarities on the main features only (the first D channels, D the
         LLM width; the DeepStack levels follow)."""
