@@ -488,8 +488,9 @@ def test_non_square_video_reduced(workspace, stand_ins, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
 def test_qwen_model_args(backbone):
-    """Qwen backbones: exact retention on aot_integrations.hf's grid-adapted settings; approximate retention
-    (a model of SigLIP grids) refused for AOT, allowed for the budgeted baselines."""
+    """Qwen backbones: exact retention on the grid-adapted settings; approximate retention
+    (its processor decides the frame count per video) refused for AOT, allowed for the budgeted
+    baselines."""
     from aot.backbones import get_backbone
     from aot_eval.model_args import parse_reducer
 
