@@ -1,7 +1,8 @@
 """AOT: training-free visual-token reduction for video LLMs with local/global anchors and OT.
 
-Entry point: :func:`reduce_video`. Configuration: :class:`AOTConfig` (presets, retention targets,
-ablations). The stages are importable on their own for model integrations.
+Entry point: :func:`reduce_video`. Configuration: :class:`AOTConfig` (presets, ablations);
+:func:`settings_for` gives the AOTConfig of any backbone at a retention target. The stages are
+importable on their own for model integrations.
 """
 
 from .anchors import received_attention, select_anchors
@@ -12,6 +13,7 @@ from .intra import aggregate_into_anchors
 from .pooling import pool_at, pool_grid, pooled_side
 from .reduce import IntraOutput, inter_stage, intra_stage, reduce_video
 from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT, ReducedVideo
+from .settings import settings_for
 from .sinkhorn import SinkhornResult, sinkhorn
 from .temporal import temporal_merge
 
@@ -24,7 +26,7 @@ __all__ = [
     "ABLATIONS", "AOTConfig", "ReducedVideo", "ExactPlan", "IntraOutput", "KIND_ANCHOR", "KIND_FRAME",
     "KIND_KEPT", "PRESETS", "SinkhornResult", "aggregate_into_anchors", "dynamic_clips",
     "exact_budget", "fixed_clips", "inter_stage", "intra_stage", "plan_exact_budget", "pool_at",
-    "pool_grid", "pooled_side", "received_attention", "reduce_video", "select_anchors", "sinkhorn",
-    "split_clips", "temporal_merge",
+    "pool_grid", "pooled_side", "received_attention", "reduce_video", "select_anchors",
+    "settings_for", "sinkhorn", "split_clips", "temporal_merge",
     "backbones", "reducers", "video_path",
 ]

@@ -1,7 +1,7 @@
 """Every fact of a video backbone that code outside its adapter needs: one :class:`Backbone`
 record per backbone, kept in one registry (:func:`register_backbone`, :func:`get_backbone`).
 
-The retention model (:mod:`aot.budget`), the settings, the eval plugin (model ids, prompts,
+The settings (:func:`aot.settings_for`), the eval plugin (model ids, prompts,
 checkpoint checks), the eval scripts, the summary's titles and paper numbers, the efficiency
 benchmark's shapes, the demo and the tiny test models all read these records, so adding a
 backbone is one record plus one adapter (docs/backbones.md). An adapter (model code implementing
@@ -96,8 +96,8 @@ class EvalProtocol:
 class Backbone:
     """Declared facts of one video backbone.
 
-    name: short name used everywhere (``AOTConfig.from_retention(r, backbone=name)``,
-        ``--backbone``, :class:`EvalProtocol` ``name`` of its first protocol).
+    name: short name used everywhere (``aot.settings_for(name, r)``, ``--backbone``,
+        :class:`EvalProtocol` ``name`` of its first protocol).
     title: human name.
     grid: (rows, cols) patch grid of one frame at the published input size.
     pooling: the backbone's native spatial pooling, as :attr:`aot.AOTConfig.pooling` spells it:
@@ -114,11 +114,6 @@ class Backbone:
         ``"mrope"`` (kept tokens carry their original (t, h, w) positions).
     integration: where its model code lives (:data:`INTEGRATIONS`): ``"llava"`` (our ``llava/``
         models; the benchmark's and the demo's random-weight models) or ``"transformers"``.
-    survivor_share: the approximate retention model's pooling factor c (pooled survivors share
-        / anchor share, measured by ``scripts/calibrate_retention.py``); ``None``: no
-        approximate model, a retention is an exact budget.
-    temporal_phase: whether the released settings merge across frames (the retention model's
-        keyframe / later-frame split).
     bench_shapes: key of :data:`aot_bench.configs.SHAPE_TABLES` (the model shapes the efficiency
         benchmark builds), ``None``: not benchmarked.
     tiny: AOTConfig overrides that fit this backbone's tiny test model (``aot_integrations.tiny``).
@@ -137,8 +132,6 @@ class Backbone:
     prompt_template: str
     positions: str = "1d"
     integration: str = "transformers"
-    survivor_share: Optional[float] = None
-    temporal_phase: bool = True
     bench_shapes: Optional[str] = None
     tiny: Mapping = field(default_factory=dict)
     protocols: tuple[EvalProtocol, ...] = ()
@@ -260,9 +253,6 @@ def _row(mvb, ego, lvb, vmme, avg):
 
 
 # ------------------------------------------------------------------ the declared backbones
-# survivor_share: pooled survivors per frame / pooled tokens per frame, divided by V / patches,
-# measured on synthetic videos (V = 54..486). Average pooling drops the last row and column,
-# where anchors are rarer, so its share comes out higher than bilinear's.
 # The paper's numbers (lmms-eval, greedy, batch 1) are those of its tables; the paper evaluated
 # LLaVA-OneVision-7B at 32 frames and LLaVA-Video-7B-Qwen2 at 64 frames only.
 _OV_PRESETS = {"mvbench": "paper-ov-mvbench", "egoschema": "paper-ov-mvbench",
@@ -271,7 +261,7 @@ _OV_PRESETS = {"mvbench": "paper-ov-mvbench", "egoschema": "paper-ov-mvbench",
 register_backbone(Backbone(
     "ov", "LLaVA-OneVision (lmms-lab llava-onevision-qwen2-*)", (27, 27), pooling="bilinear",
     newline="one_token", shallow_layer=5, deep_layer=24, preset="paper-ov-mvbench", frames=32,
-    prompt_template="qwen_1_5", integration="llava", survivor_share=0.99, bench_shapes="llava",
+    prompt_template="qwen_1_5", integration="llava", bench_shapes="llava",
     tiny={"anchors_per_frame": 12, "window": 3, "shallow_layer": 1, "deep_layer": 3},
     protocols=(
         EvalProtocol(
@@ -302,7 +292,7 @@ register_backbone(Backbone(
 register_backbone(Backbone(
     "video", "LLaVA-Video (lmms-lab LLaVA-Video-7B-Qwen2)", (27, 27), pooling="average",
     newline="grid", shallow_layer=5, deep_layer=24, preset="paper-video", frames=64,
-    prompt_template="qwen_1_5", integration="llava", survivor_share=1.12, temporal_phase=False,
+    prompt_template="qwen_1_5", integration="llava",
     bench_shapes="llava",
     protocols=(EvalProtocol(
         "video", "llava_vid", "aot_eval.lmms_models.LlavaVidAOT", checkpoint_type="llava_qwen",

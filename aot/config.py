@@ -14,7 +14,6 @@ from typing import Optional
 POOLING_MODES = ("bilinear", "average", "none")
 MERGE_MODES = ("ot", "cosine", "prune")
 SINKHORN_STOPPING = ("video", "problem")
-BACKBONES = ("ov", "video")
 
 
 @dataclass(frozen=True)
@@ -181,47 +180,6 @@ class AOTConfig:
             raise ValueError(f"unknown AOT preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
-    @classmethod
-    def from_retention(cls, retention: float, backbone: str = "ov", *, exact: bool = False,
-                       frames: int = 32, **overrides) -> "AOTConfig":
-        """Settings that aim at ``retention`` of the backbone's pooled tokens.
-
-        ``backbone``: ``"ov"`` (LLaVA-OneVision: bilinear pooling, temporal phase on) or
-        ``"video"`` (LLaVA-Video: average pooling, temporal phase off).
-
-        ``exact=False`` picks the anchor count V (and, for OV, the keep ratio) with the model in
-        :func:`aot.budget.settings_for_retention` for ``frames`` frames of 27x27 patches: the
-        released thresholds then decide the count, so the achieved retention varies per video
-        (docs/budget.md gives the spread).
-        ``exact=True`` additionally sets ``exact_retention``: every video gets exactly
-        ``floor(retention * frames * pooled + 0.5)`` tokens.
-
-        Approximate targets below :func:`aot.budget.lowest_retention` (about 1.2% for OV and
-        2.8% for LLaVA-Video at 32 frames) are refused: no anchor count gets that low.
-        """
-        from .budget import lowest_retention, settings_for_retention
-
-        check_retention(retention, "retention")
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
-            raise ValueError(f"frames={frames!r}: expected an integer >= 1")
-        lowest = lowest_retention(backbone, frames)
-        if not exact and retention < lowest:
-            # The fewest anchors and no kept tokens still give about `lowest`: a target below it
-            # would silently land many times too high.
-            raise ValueError(
-                f"retention={retention!r} is below what the approximate settings reach "
-                f"(about {lowest:.4f} for backbone {backbone!r} at {frames} frames: "
-                f"{_min_anchors()} anchors per frame, nothing kept in later frames); use "
-                f"exact=True for an exact token count")
-        base = PRESETS["paper-ov-mvbench" if backbone == "ov" else "paper-video"]
-        fields = settings_for_retention(retention, backbone, frames=frames)
-        if exact:
-            fields["exact_retention"] = retention
-        fields.update(overrides)
-        return base.replace(**fields)
-
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(AOTConfig)]
@@ -232,12 +190,6 @@ def check_retention(value, name: str = "retention") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
         raise ValueError(f"{name}={value!r} is outside (0, 1]; give a fraction such as 0.10")
     return float(value)
-
-
-def _min_anchors() -> int:
-    from .budget import MIN_ANCHORS
-
-    return MIN_ANCHORS
 
 
 def _is_number(value) -> bool:

@@ -151,9 +151,8 @@ def aot_config(retention: float | None, backbone: str, frames: int, shape: Shape
     """The AOT config for ``retention`` (exact token count), with the tower's AOT layers."""
     if retention is None:
         return None
-    return aot.AOTConfig.from_retention(retention, backbone, exact=True, frames=frames,
-                                        shallow_layer=shape.shallow_layer,
-                                        deep_layer=shape.deep_layer)
+    return aot.settings_for(backbone, retention, exact=True, frames=frames,
+                            layers=(shape.shallow_layer, shape.deep_layer))
 
 
 def qwen_aot_config(model, retention: float | None, grid: tuple[int, int, int], shape: Shape):

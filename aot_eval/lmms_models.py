@@ -104,7 +104,9 @@ class LlavaAOTBase(lmms):
         super().__init__()
         aot_kwargs, rest = split_aot_kwargs(kwargs)
         self.extra = self._take_backbone_args(rest)
-        self.spec: ReducerSpec = parse_reducer(aot_kwargs, self.BACKBONE)
+        frames = to_int(max_frames_num or self.DEFAULTS["max_frames_num"], "max_frames_num")
+        # the retention settings hold for the frame count they are solved for: the sampled one
+        self.spec: ReducerSpec = parse_reducer(aot_kwargs, self.BACKBONE, frames=frames)
         self.batch_size_per_device = to_int(batch_size, "batch_size")
         if self.batch_size_per_device < 1:
             raise ValueError(f"{self.MODEL_ID}: batch_size={batch_size}; expected a positive "
@@ -121,8 +123,7 @@ class LlavaAOTBase(lmms):
             raise ValueError(f"torch_dtype={torch_dtype!r}: expected one of {sorted(DTYPES)}")
         self.prompt_as, self.on_video_error = prompt_as, on_video_error
         self.conv_template, self.torch_dtype = conv_template, str(torch_dtype)
-        self.max_frames_num = to_int(max_frames_num or self.DEFAULTS["max_frames_num"],
-                                     "max_frames_num")
+        self.max_frames_num = frames
         self.pool_stride = to_int(mm_spatial_pool_stride, "mm_spatial_pool_stride")
         self.pool_mode = mm_spatial_pool_mode or self.DEFAULTS["mm_spatial_pool_mode"]
         self.use_cache = to_bool(use_cache, "use_cache")

@@ -10,15 +10,16 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
   registry (:data:`aot.reducers.REDUCERS`: ``uniform``, ``visionzip``, ``dycoke``, ``random``,
   ``aot:<ablation>``).
 * ``retention=0.10``: target share of the backbone's pooled visual tokens
-  (:meth:`AOTConfig.from_retention`); ``exact=true`` asks for the exact-count mode.
+  (:func:`aot.settings_for` at the model's frame count); ``exact=true`` asks for the exact-count
+  mode.
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
 
-On a backbone without an approximate retention model (``survivor_share=None`` in its
-:class:`aot.backbones.Backbone` record: those reached only through transformers) the settings
-are :func:`aot_integrations.hf.config_for`'s (the backbone's vision layers, its grid), and a
-``retention`` is an exact budget for AOT.
+On the backbones reached only through transformers (``integration="transformers"`` in
+their :class:`aot.backbones.Backbone` record) a ``retention`` is an exact budget
+(``exact=false`` is refused for AOT): their processors decide the temporal patches per
+video, and approximate settings hold only for the frame count they were solved for.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
     return aot_part, rest
 
 
-def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
+def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) -> ReducerSpec:
     """Resolve the AOT part of ``--model_args`` (see module docstring) into a :class:`ReducerSpec`.
+
+    backbone: a declared backbone name (:mod:`aot.backbones`).
+    frames: frames per video the model samples (its ``max_frames_num``); default the
+        backbone's protocol (:attr:`aot.backbones.Backbone.frames`). Unused on the
+        transformers-only backbones (see the module docstring).
 
     Raises:
         ValueError: unknown reducer / preset / ablation, retention outside (0, 1], preset and
@@ -79,7 +85,7 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
     from aot.backbones import get_backbone
     from aot.reducers import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
-    from aot_integrations.hf import config_for
+    from aot.settings import settings_for
 
     facts = get_backbone(backbone)
     kwargs = dict(aot_kwargs)
@@ -89,9 +95,11 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
                          f"{reducer_names()}")
     retention = kwargs.pop("retention", None)
     preset = kwargs.pop("preset", None)
-    # Backbones without an approximate retention model (their grids differ from SigLIP's): a
-    # retention there is an exact budget unless refused.
-    hf_only = facts.survivor_share is None
+    # Backbones reached only through transformers (Qwen): the processor decides the temporal
+    # patches per video, so there is no frame count to solve approximate settings for; a
+    # retention there is an exact budget with the released share of anchors.
+    hf_only = facts.integration == "transformers"
+    frames = None if hf_only else (facts.frames if frames is None else frames)
     exact = to_bool(kwargs.pop("exact", hf_only and retention is not None), "exact")
     ablations = split_names(kwargs.pop("ablation", None))
     overrides = {key: coerce_field(key, value) for key, value in kwargs.items()}
@@ -113,24 +121,21 @@ def parse_reducer(aot_kwargs: dict, backbone: str) -> ReducerSpec:
                          "token count of its own")
 
     if hf_only and retention is not None and not exact and not reducer_info(name).needs_budget:
-        raise ValueError(f"retention={retention:g} exact=false on backbone {backbone!r}: the "
-                         "approximate retention model covers the LLaVA backbones only; leave "
-                         "exact out (a retention is an exact budget there)")
+        raise ValueError(f"retention={retention:g} exact=false on backbone {backbone!r}: its "
+                         "processor decides the frame count per video and approximate settings "
+                         "hold only for the count they were solved for; leave exact out (a "
+                         "retention is an exact budget there)")
     if preset is not None:
         if str(preset) not in PRESETS:
             raise ValueError(f"unknown preset={preset!r}: expected one of {sorted(PRESETS)}")
         config, source = AOTConfig.preset(str(preset)), f"preset={preset}"
-    elif hf_only:
-        # the released settings on the backbone's grid; a retention is an exact budget there
-        config = config_for(backbone, retention, exact=retention is not None)
-        source = (f"preset={facts.preset} on the {backbone} grid (default)" if retention is None
-                  else f"retention={retention:g}" + (" exact" if exact else ""))
     elif retention is not None:
-        config = AOTConfig.from_retention(retention, backbone=backbone, exact=exact)
+        config = settings_for(facts, retention, exact=exact, frames=frames)
         source = f"retention={retention:g}" + (" exact" if exact else "")
     else:
-        config = AOTConfig.preset(facts.preset)
-        source = f"preset={facts.preset} (default)"
+        config = settings_for(facts)
+        source = (f"preset={facts.preset} on the {backbone} grid (default)" if hf_only
+                  else f"preset={facts.preset} (default)")
     for ablation in ablations:
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation={ablation!r}: expected one of "

@@ -170,8 +170,8 @@ def build_config(backbone: str, frames: int, retention: float | None, preset: st
             raise DemoError(f"--preset {preset!r} pools with {config.pooling!r} but the model "
                             f"pools with {expected!r}; pick a preset of the other backbone")
         return config.replace(seed=seed)
-    return aot.AOTConfig.from_retention(0.10 if retention is None else retention, backbone,
-                                        exact=exact, frames=frames, seed=seed)
+    return aot.settings_for(backbone, 0.10 if retention is None else retention, exact=exact,
+                            frames=frames, seed=seed)
 
 
 # ---------------------------------------------------------------------------------- stages

@@ -1,8 +1,8 @@
 """Measure how AOT's settings land on retention, on synthetic videos (feeds docs/budget.md).
 
-1. The survivor share factor c (``survivor_share`` of the aot.backbones records): pooled survivors share divided by
+1. The survivor share factor c of aot.settings.SURVIVOR_SHARE: pooled survivors share divided by
    the anchor share V / 729, per pooling mode.
-2. The achieved retention of the paper presets and of AOTConfig.from_retention (approximate and
+2. The achieved retention of the paper presets and of aot.settings_for (approximate and
    exact) at 10/15/20/25%.
 
     python scripts/calibrate_retention.py [--seeds 4]
@@ -54,8 +54,8 @@ def main() -> None:
     for backbone, frames in (("ov", 32), ("ov", 64), ("video", 64)):
         for r in (0.10, 0.15, 0.20, 0.25):
             for exact in (False, True):
-                cfg = aot.AOTConfig.from_retention(r, backbone, exact=exact, frames=frames)
-                rows.append((f"from_retention({r:.2f}, {backbone!r}, exact={exact})", cfg, frames))
+                cfg = aot.settings_for(backbone, r, exact=exact, frames=frames)
+                rows.append((f"settings_for({backbone!r}, {r:.2f}, exact={exact})", cfg, frames))
     for label, cfg, frames in rows:
         values = achieved(cfg, frames, args.seeds)
         keep = f"{cfg.keep_ratio:.3f}" if cfg.inter else "off"

@@ -11,7 +11,7 @@ import torch
 
 import aot
 from aot.reducers import get_reducer
-from aot import budget
+from aot import settings
 from aot.synthetic import synthetic_video
 
 FLOAT_KNOBS = [f.name for f in dataclasses.fields(aot.AOTConfig)
@@ -89,7 +89,7 @@ def test_right_frame_features_cover_every_frame():
 def test_full_retention_never_exceeds_the_unreduced_video(frames):
     feats, shallow, deep = synthetic_video(frames, dim=4, seed=1)
     for retention in (1.0, 0.95):
-        cfg = aot.AOTConfig.from_retention(retention, "ov", frames=frames, intra_merge="prune")
+        cfg = aot.settings_for("ov", retention, exact=False, frames=frames, intra_merge="prune")
         result = aot.reduce_video(feats, shallow, deep, cfg)
         assert result.num_tokens <= result.denominator, (retention, cfg)
         assert result.retention > retention - 0.03, (retention, result.retention)
@@ -98,40 +98,41 @@ def test_full_retention_never_exceeds_the_unreduced_video(frames):
 def test_full_retention_on_32_frames():
     # The case of the issue: 6287 tokens of 6272 before the fix.
     feats, shallow, deep = synthetic_video(32, dim=16, seed=0)
-    result = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.from_retention(1.0, "ov"))
+    result = aot.reduce_video(feats, shallow, deep,
+                              aot.settings_for("ov", 1.0, exact=False, frames=32))
     assert 0.98 * 6272 <= result.num_tokens <= 6272
     video = aot.reduce_video(*synthetic_video(64, dim=4, seed=0),
-                             aot.AOTConfig.from_retention(1.0, "video", frames=64,
-                                                          intra_merge="prune"))
+                             aot.settings_for("video", 1.0, exact=False, frames=64,
+                                              intra_merge="prune"))
     assert video.num_tokens <= 64 * 169
 
 
 def test_saturated_settings_keep_whole_frames_and_solve_the_keep_ratio():
-    fields = budget.settings_for_retention(1.0, "ov", frames=32)
+    fields = aot.settings_for("ov", 1.0, exact=False, frames=32).to_dict()
     assert fields["anchors_per_frame"] == 729
     # 8 clips of 4: keyframes 2 x 8 x 196 = 3136, later frames keep 130 of 196 each (24 x 130).
     assert math.ceil(195 * fields["keep_ratio"]) == 130
     # paper targets are untouched by the saturation rule
-    assert budget.settings_for_retention(0.1, "ov", frames=32) == {"anchors_per_frame": 102,
-                                                            "keep_ratio": 0.3}
+    paper = aot.settings_for("ov", 0.1, exact=False, frames=32)
+    assert (paper.anchors_per_frame, paper.keep_ratio) == (102, 0.3)
 
 
 @pytest.mark.parametrize("backbone, frames", [("ov", 32), ("ov", 64), ("ov", 8), ("video", 64)])
 def test_targets_below_the_approximate_floor_are_refused(backbone, frames):
-    lowest = budget.lowest_retention(backbone, frames)
+    lowest = settings.lowest_retention(backbone, frames)
     assert 0.005 < lowest < 0.05
     for target in (1e-4, lowest * 0.9):
         with pytest.raises(ValueError, match=r"below what the approximate settings reach.*"
                                              r"use exact=True"):
-            aot.AOTConfig.from_retention(target, backbone, frames=frames)
-    aot.AOTConfig.from_retention(lowest, backbone, frames=frames)  # the floor itself is fine
-    exact = aot.AOTConfig.from_retention(1e-4, backbone, frames=frames, exact=True)
+            aot.settings_for(backbone, target, exact=False, frames=frames)
+    aot.settings_for(backbone, lowest, exact=False, frames=frames)  # the floor itself is fine
+    exact = aot.settings_for(backbone, 1e-4, frames=frames)
     assert exact.exact_retention == 1e-4
 
 
 def test_exact_mode_reaches_tiny_targets():
     feats, shallow, deep = synthetic_video(32, dim=4, seed=2)
-    cfg = aot.AOTConfig.from_retention(1e-4, "ov", exact=True, intra_merge="prune")
+    cfg = aot.settings_for("ov", 1e-4, frames=32, intra_merge="prune")
     assert aot.reduce_video(feats, shallow, deep, cfg).num_tokens == 1  # max(1, round(0.63))
 
 
@@ -139,12 +140,12 @@ def test_floor_is_where_the_approximate_settings_land():
     """At the floor the settings are the fewest anchors and nothing kept; the video's retention
     is then close to the floor (the model is approximate), never far above it."""
     feats, shallow, deep = synthetic_video(32, dim=4, seed=3)
-    lowest = budget.lowest_retention("ov", 32)
-    cfg = aot.AOTConfig.from_retention(lowest, "ov", intra_merge="prune")
+    lowest = settings.lowest_retention("ov", 32)
+    cfg = aot.settings_for("ov", lowest, exact=False, frames=32, intra_merge="prune")
     assert cfg.anchors_per_frame == 18 and cfg.keep_ratio == 0.0
     assert aot.reduce_video(feats, shallow, deep, cfg).retention < 1.5 * lowest
 
 
-def test_from_retention_frames_must_be_positive():
+def test_settings_frames_must_be_positive():
     with pytest.raises(ValueError, match="frames=0"):
-        aot.AOTConfig.from_retention(0.1, frames=0)
+        aot.settings_for("ov", 0.1, frames=0)

@@ -114,8 +114,7 @@ def test_bad_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="unknown model preset"):
         get_shape("13b")
     assert efficiency.parse_retention("full") is None
-    assert aot.AOTConfig.from_retention(0.1, "video", exact=True,
-                                        frames=16).exact_retention == 0.1
+    assert aot.settings_for("video", 0.1, frames=16).exact_retention == 0.1
 
 
 def test_bench_script_passes_options_through():

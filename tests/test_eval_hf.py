@@ -488,8 +488,9 @@ def test_non_square_video_reduced(workspace, stand_ins, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
 def test_qwen_model_args(backbone):
-    """Qwen backbones: exact retention on aot_integrations.hf's grid-adapted settings; approximate retention
-    (a model of SigLIP grids) refused for AOT, allowed for the budgeted baselines."""
+    """Qwen backbones: exact retention on the grid-adapted settings; approximate retention
+    (its processor decides the frame count per video) refused for AOT, allowed for the budgeted
+    baselines."""
     from aot.backbones import get_backbone
     from aot_eval.model_args import parse_reducer
 
@@ -502,7 +503,7 @@ def test_qwen_model_args(backbone):
     # A retention on Qwen is an exact budget (no approximate model for native grids) ...
     assert parse_reducer({"retention": "0.25"}, backbone).config.exact_retention == 0.25
     # ... and asking for the approximate mode is refused, not ignored.
-    with pytest.raises(ValueError, match="approximate retention model covers the LLaVA"):
+    with pytest.raises(ValueError, match="decides the frame count per video"):
         parse_reducer({"retention": "0.25", "exact": "false"}, backbone)
     assert parse_reducer({"reducer": "uniform", "retention": "0.1"}, backbone).retention == 0.1
     assert parse_reducer({}, backbone).config.exact_retention is None

@@ -26,9 +26,8 @@ FRAMES = 4
 def tiny_config(backbone: str) -> aot.AOTConfig:
     """Exact 25% on the tiny tower (4 layers: AOT reads layers 1 and 2; its 27x27 grid in 3x3
     windows of 9, one local anchor each; 2 each in the no-global ablation)."""
-    return aot.AOTConfig.from_retention(0.25, backbone, exact=True, frames=FRAMES,
-                                        shallow_layer=1, deep_layer=2, window=9,
-                                        anchors_per_frame=18)
+    return aot.settings_for(backbone, 0.25, frames=FRAMES, layers=(1, 2), window=9,
+                            anchors_per_frame=18)
 
 
 @pytest.fixture(scope="module")

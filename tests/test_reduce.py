@@ -102,7 +102,7 @@ def test_exact_mode_hits_the_budget(frames, backbone):
     per_frame = 196 if backbone == "ov" else 169
     for retention in (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0):
         # The count does not depend on the intra merge; skipping its OT keeps the test fast.
-        cfg = aot.AOTConfig.from_retention(retention, backbone, exact=True, frames=frames,
+        cfg = aot.settings_for(backbone, retention, frames=frames,
                                            intra_merge="prune")
         result = aot.reduce_video(feats, shallow, deep, cfg)
         assert result.num_tokens == math.floor(retention * frames * per_frame + 0.5), retention
@@ -111,7 +111,7 @@ def test_exact_mode_hits_the_budget(frames, backbone):
 
 def test_exact_mode_with_every_stage_on():
     feats, shallow, deep = video(32, dim=16, seed=4)
-    result = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.from_retention(0.1, "ov", exact=True))
+    result = aot.reduce_video(feats, shallow, deep, aot.settings_for("ov", 0.1, frames=32))
     assert result.num_tokens == 627
 
 
@@ -141,7 +141,8 @@ def test_quantile_threshold_matches_torch_quantile_and_keep_is_strict():
 def test_approximate_retention_lands_near_target():
     feats, shallow, deep = video(32, dim=16, seed=11)
     for r in (0.1, 0.25):
-        result = aot.reduce_video(feats, shallow, deep, aot.AOTConfig.from_retention(r, "ov"))
+        result = aot.reduce_video(feats, shallow, deep,
+                                  aot.settings_for("ov", r, exact=False, frames=32))
         assert abs(result.retention - r) < 0.25 * r, (r, result.retention)
 
 
@@ -219,9 +220,9 @@ def test_bad_config_values_name_the_field():
         aot.AOTConfig.preset("paper-ov")
     for r in (0, -0.1, 1.5, float("nan"), True):
         with pytest.raises(ValueError, match="outside \\(0, 1\\]"):
-            aot.AOTConfig.from_retention(r, "ov")
+            aot.settings_for("ov", r)
     with pytest.raises(ValueError, match="unknown backbone 'qwen'"):
-        aot.AOTConfig.from_retention(0.1, "qwen")
+        aot.settings_for("qwen", 0.1)
     with pytest.raises(ValueError, match="AOTConfig.pooling='max'"):
         aot.AOTConfig(pooling="max")
     with pytest.raises(ValueError, match="AOTConfig.keep_ratio=1.2"):

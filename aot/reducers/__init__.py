@@ -155,8 +155,8 @@ def check_budget(name: str, config: AOTConfig | None, budget=None) -> None:
     if info.needs_budget and budget is None and (config is None or
                                                  config.exact_retention is None):
         raise ValueError(f"reducer={name!r} needs a token budget: give an AOTConfig with "
-                         "exact_retention set (e.g. AOTConfig.from_retention(r, backbone, "
-                         "exact=True)) or a budget")
+                         "exact_retention set (e.g. aot.settings_for(backbone, r)) or a "
+                         "budget")
 
 
 def get_reducer(name: str, **options) -> Reducer:

@@ -66,7 +66,7 @@ def resolve_budget(config: AOTConfig, frames: int, pooled_per_frame: int,
         return exact_budget(config.exact_retention, frames, pooled_per_frame)
     raise ValueError(
         f"{reducer}: no token budget; set config.exact_retention (e.g. "
-        f"AOTConfig.from_retention(0.1, exact=True)) or pass budget=<tokens> "
+        f"aot.settings_for('ov', 0.1)) or pass budget=<tokens> "
         f"(aot.reducers.matched_budget gives AOT's count for a video)")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from aot.budget import exact_budget
-from aot.config import PRESETS, AOTConfig
+from aot.config import AOTConfig
 from aot.video_path import Reduction, pack, reduce
 from .adapters import ADAPTERS, MODEL_TYPES, HFAdapter, adapter_for
 from .sequence import Shortened, shorten
@@ -55,43 +55,38 @@ class Handle:
         remove(self.model)
 
 
-def config_for(model, retention: float, *, exact: bool = True, grid: tuple[int, int] | None = None,
-               **overrides) -> AOTConfig:
-    """An :class:`AOTConfig` for ``model``'s backbone (a supported model or a declared backbone
-    name such as ``"qwen2_5_vl"``) at ``retention``.
+def config_for(model, retention: float | None, *, exact: bool = True, frames: int | None = None,
+               grid: tuple[int, int] | None = None, **overrides) -> AOTConfig:
+    """An :class:`AOTConfig` for ``model`` at ``retention``: :func:`aot.settings_for` with what
+    the loaded model adds.
 
-    The released OV settings with the backbone's pooling and default vision layers
-    (:data:`aot.backbones.BACKBONES`), ``exact_retention=retention`` when ``exact``. On a grid
-    other than SigLIP's 27x27 (``grid`` = (rows, cols), default the backbone's declared one:
-    Qwen2.5-VL at 448 px = 16x16 merged tokens) the anchor count keeps the released share of the
-    grid (126 / 729) and the window is the span the released 9 cuts the longer side into
-    (16 -> two spans of 8; the core tiles any rows x cols grid with windows of at most
-    ``window``, :func:`aot.anchors.window_index`). Videos of other sizes run with the same
-    settings (windows of at most that size; a frame needs at least ``anchors_per_frame``
-    tokens). ``overrides`` win.
+    model: a supported model, or a declared backbone name such as ``"qwen2_5_vl"`` (then the
+        backbone's declared layers; facts only a loaded model has, such as Qwen3-VL's LLM width
+        for ``similarity_channels``, are added by :func:`apply`).
+    retention: share of the unreduced visual tokens in (0, 1]; None with ``exact=False`` gives
+        the released preset on the grid.
+    exact: exact token count (default); False = the approximate settings, which need ``frames``
+        (frames per video; temporal patches on Qwen).
+    grid: (rows, cols) of the tokens AOT selects anchors on (default the backbone's declared
+        grid: Qwen at 448 px = 16x16 merged tokens). On a grid other than SigLIP's 27x27 the
+        anchor count keeps the released share of the grid (126 / 729) and the window is the
+        span the released 9 cuts the longer side into (16 -> two spans of 8). Videos of other
+        sizes run with the same settings (windows of at most that size; a frame needs at least
+        ``anchors_per_frame`` tokens).
+
+    The vision layers come from the loaded model's tower (:meth:`HFAdapter.default_layers`:
+    Qwen2.5-VL's first and last full-attention blocks, elsewhere the paper's relative depth);
+    the model's facts (:meth:`HFAdapter.model_fields`) are set; ``overrides`` win.
     """
-    from aot.backbones import get_backbone
+    from aot.settings import settings_for
 
     if isinstance(model, str):
-        # A backbone name: facts only a loaded model has (Qwen3-VL's LLM width for
-        # similarity_channels) are added by apply() (_with_model_fields).
-        backbone = get_backbone(model)
-        model_fields = {"pooling": backbone.pooling}
+        layers, model_fields = None, {}
     else:
         adapter = adapter_for(model)
-        backbone, model_fields = adapter.backbone, adapter.model_fields()
-    rows, cols = backbone.grid if grid is None else grid
-    fields = dict(model_fields, shallow_layer=backbone.shallow_layer,
-                  deep_layer=backbone.deep_layer)
-    base = PRESETS[backbone.preset]
-    if (rows, cols) != (27, 27):
-        longer = max(rows, cols)
-        fields["anchors_per_frame"] = max(1, round(base.anchors_per_frame * rows * cols / 729))
-        fields["window"] = -(-longer // -(-longer // base.window))
-    if exact:
-        fields["exact_retention"] = retention
-    fields.update(overrides)
-    return base.replace(**fields)
+        model, layers, model_fields = adapter.backbone, adapter.default_layers(), adapter.model_fields()
+    return settings_for(model, retention, exact=exact, frames=frames, grid=grid, layers=layers,
+                        **{**model_fields, **overrides})
 
 
 def _ids_as_keyword(args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -45,6 +45,12 @@ class HFAdapter:
     def vision_layers(self) -> int:
         raise NotImplementedError
 
+    def default_layers(self) -> tuple[int, int]:
+        """(shallow, deep) vision layers for AOT's local / global anchors on this model's tower:
+        the paper's layers at the same relative depth (:func:`relative_layers` of
+        :attr:`vision_layers`)."""
+        return relative_layers(self.vision_layers)
+
     def model_fields(self) -> dict:
         """AOTConfig fields that are facts of this model, not choices (:func:`aot_integrations.hf.apply`
         and :func:`aot_integrations.hf.config_for` set them): the backbone's pooling."""
@@ -101,6 +107,17 @@ class OneVisionAdapter(HFAdapter):
     @property
     def vision_layers(self) -> int:
         return len(self._encoder_layers())
+
+    def default_layers(self) -> tuple[int, int]:
+        """The paper's relative layers over the blocks whose output the projector reads
+        (``vision_feature_layer``; a list of layers: the whole tower)."""
+        total = self.vision_layers
+        layer = self.model.config.vision_feature_layer
+        used = total
+        if isinstance(layer, int):
+            # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
+            used = min(max(total + 1 + layer if layer < 0 else layer, 1), total)
+        return relative_layers(used)
 
     def _encoder_layers(self):
         tower = self.model.model.vision_tower
@@ -178,6 +195,16 @@ class Qwen25VLAdapter(HFAdapter):
     @property
     def vision_layers(self) -> int:
         return len(self.visual.blocks)
+
+    def default_layers(self) -> tuple[int, int]:
+        """The first and last full-attention blocks (``fullatt_block_indexes``; 7 and 31 at 7B):
+        the windowed blocks between them only see 112-px windows, so their received attention
+        is not a frame-wide ranking (docs/knobs.md). A tower without full-attention blocks: the
+        paper's relative layers."""
+        full = sorted(self.model.config.vision_config.fullatt_block_indexes or ())
+        if not full:
+            return relative_layers(self.vision_layers)
+        return full[0], full[-1]
 
     def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         """Packed patches + video_grid_thw (V, 3) -> one :class:`Encoded` per video: (t, h*w/4, D)
@@ -262,6 +289,10 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
     model_type = "qwen3_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw")
 
+    def default_layers(self) -> tuple[int, int]:
+        """Full attention in every block: the paper's relative layers (5 and 24 of 27 at 8B)."""
+        return relative_layers(self.vision_layers)
+
     def model_fields(self) -> dict:
         """The pooling, and similarities on the main features only (the first D channels, D the
         LLM width; the DeepStack levels follow)."""
@@ -299,6 +330,20 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         return BaseModelOutputWithDeepstackFeatures(
             pooler_output=tuple(p[0] for p in parts),
             deepstack_features=[tuple(p[1 + level] for p in parts) for level in range(levels)])
+
+
+#: The paper's anchor layers and the depth they index: 5 and 24 of the 26 SigLIP layers the
+#: LLaVA models use (aot-method.md section 2).
+PAPER_LAYERS, PAPER_DEPTH = (5, 24), 26
+
+
+def relative_layers(depth: int) -> tuple[int, int]:
+    """(shallow, deep) at the paper's relative depth in a tower of ``depth`` blocks, rounded
+    down: (5, 24) for 26 blocks (SigLIP in LLaVA-OneVision) and for 27 (Qwen3-VL)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth={depth!r}: expected the number of vision blocks, an integer >= 1")
+    shallow, deep = PAPER_LAYERS
+    return shallow * depth // PAPER_DEPTH, deep * depth // PAPER_DEPTH
 
 
 #: transformers class name -> adapter class.

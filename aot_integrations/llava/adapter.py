@@ -95,8 +95,8 @@ class LlavaVideoAdapter:
         config, layout = reduction.config, self.layout
         expected = AOT_POOLING.get(layout.pool_mode)
         if expected != config.pooling:
-            hint = (f"use pooling={expected!r} (e.g. AOTConfig.from_retention(r, backbone="
-                    f"{backbone_for_pooling(expected).name!r}))" if expected else
+            hint = (f"use pooling={expected!r} (e.g. aot.settings_for("
+                    f"{backbone_for_pooling(expected).name!r}, r))" if expected else
                     "AOT supports 'bilinear' and 'average' only")
             raise ValueError(f"AOTConfig.pooling={config.pooling!r} does not match this model's "
                              f"mm_spatial_pool_mode={layout.pool_mode!r}; {hint}")

@@ -308,12 +308,12 @@ def test_model_types_are_those_transformers_loads(ov, qwen, qwen3):
 
 
 def test_qwen_config_pooling_is_the_backbones(qwen, applied):
-    """The issue's snippet passes from_retention(...) (pooling bilinear): on Qwen the merger is
-    the pooling, so apply() uses pooling 'none'."""
+    """An OV config (pooling bilinear) on Qwen: the merger is the pooling, so apply() uses
+    pooling 'none'."""
     import aot
 
-    handle = applied(qwen, aot.AOTConfig.from_retention(0.25, exact=True, **KNOBS,
-                                                        ).replace(anchors_per_frame=8, window=3))
+    handle = applied(qwen, aot.settings_for("ov", 0.25, frames=32, **KNOBS,
+                                            ).replace(anchors_per_frame=8, window=3))
     assert handle.reduction.config.pooling == get_backbone("qwen2_5_vl").pooling == "none"
 
 
@@ -346,7 +346,9 @@ def test_config_for_fits_the_backbone_grid(ov, qwen):
     assert aot_integrations.hf.config_for(ov, 0.1).anchors_per_frame == 126
     q = aot_integrations.hf.config_for(qwen, 0.1)                                     # 16x16 merged tokens
     assert (q.window, q.anchors_per_frame, q.pooling) == (8, 44, "none")
-    assert (q.shallow_layer, q.deep_layer) == (7, 31)
+    # the tiny tower's first and last full-attention blocks (tiny.qwen2_5_vl: 1 and 3)
+    assert (q.shallow_layer, q.deep_layer) == (1, 3)
+    assert aot_integrations.hf.config_for("qwen2_5_vl", 0.1).deep_layer == 31  # the 7B's
     assert aot_integrations.hf.config_for(qwen, 0.1, grid=(6, 6)).window == 6
 
 

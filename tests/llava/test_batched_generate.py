@@ -26,8 +26,7 @@ QUESTIONS = ["What?", "Describe the video in one sentence. A person walks a dog 
 FRAMES = (8, 12)
 REDUCERS = {
     "none": None,
-    "aot-exact-0.25": aot.AOTConfig.from_retention(0.25, "ov", exact=True, frames=8,
-                                                   shallow_layer=0, deep_layer=2),
+    "aot-exact-0.25": aot.settings_for("ov", 0.25, frames=8, layers=(0, 2)),
 }
 
 
