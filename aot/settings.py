@@ -76,6 +76,8 @@ def settings_for(backbone: Backbone | str, retention: float | None = None, *,
     rows, cols = check_grid(facts.grid if grid is None else grid)
     if frames is not None:
         check_frames(frames)
+    if layers is not None and (not isinstance(layers, (tuple, list)) or len(layers) != 2):
+        raise ValueError(f"layers={layers!r}: expected (shallow, deep), two vision layer indices")
     shallow, deep = (facts.shallow_layer, facts.deep_layer) if layers is None else layers
     base = PRESETS[facts.preset].replace(pooling=facts.pooling, shallow_layer=shallow,
                                          deep_layer=deep)

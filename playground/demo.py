@@ -80,9 +80,9 @@ def build_parser() -> OneLineParser:
                     help="resize frames to this square size in px before the processor (default: "
                          "the processor's own sizing)")
     hf.add_argument("--shallow-layer", type=int, default=None,
-                    help="vision block of the local anchors (default: the backbone's)")
+                    help="vision block of the local anchors (default: from the loaded tower)")
     hf.add_argument("--deep-layer", type=int, default=None,
-                    help="vision block of the global anchors (default: the backbone's)")
+                    help="vision block of the global anchors (default: from the loaded tower)")
     return parser
 
 

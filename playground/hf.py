@@ -265,7 +265,7 @@ def video_grid(loaded: HFModel, inputs: dict) -> tuple[tuple[int, int, int], tup
 def reduction_for(loaded: HFModel, grid: tuple[int, int], retention: float, reducer: str,
                   shallow: int | None, deep: int | None, seed: int) -> video_path.Reduction:
     """The exact-budget settings of :func:`aot_integrations.hf.config_for` for this frame grid, with the
-    vision layers given (default: the backbone's), as a :class:`aot.video_path.Reduction`."""
+    vision layers given (default: the loaded tower's), as a :class:`aot.video_path.Reduction`."""
     overrides = {"seed": seed}
     if shallow is not None:
         overrides["shallow_layer"] = shallow

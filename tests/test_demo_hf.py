@@ -187,8 +187,9 @@ def test_transformers_options_are_checked(checkpoints, tmp_path, capsys):
 @needs_video
 def test_a_layer_outside_the_tower_is_one_line(checkpoints, tmp_path, capsys):
     code, _, err = run_main(["--model", checkpoints["qwen3_vl"], "--frames", 2,
-                             "--frame-size", 64, "--out", tmp_path], capsys)
-    # the backbone's default layers (5 and 24) do not exist in a 4-block tiny tower
+                             "--frame-size", 64, "--deep-layer", 24, "--out", tmp_path], capsys)
+    # the 7B's deep layer 24 does not exist in a 4-block tiny tower (the default layers come
+    # from the loaded tower and do)
     assert code == 2 and "blocks 0..3" in err and len(err.strip().splitlines()) == 1
 
 

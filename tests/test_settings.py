@@ -145,6 +145,10 @@ def test_bad_arguments_name_the_value():
     for frames in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=r"frames=.*expected an integer >= 1"):
             settings_for("ov", 0.1, frames=frames)
+    with pytest.raises(ValueError, match=r"layers=5: expected \(shallow, deep\)"):
+        settings_for("ov", 0.1, layers=5)
+    with pytest.raises(ValueError, match="AOTConfig.shallow_layer=-1"):
+        settings_for("ov", 0.1, layers=(-1, 3))
     with pytest.raises(ValueError, match="unknown backbone 'mine'"):
         settings_for("mine", 0.1)
     with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
