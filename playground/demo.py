@@ -247,7 +247,7 @@ def run_hf(args: argparse.Namespace, video: str) -> dict:
     stage(1, "decode", f"{f} frames of {w}x{h} from {os.path.basename(video)} "
           f"({clip.duration:.1f} s video){resized}; {type(loaded.processor).__name__}",
           times["decode + preprocess"])
-    depth = aot_integrations.hf.adapters.adapter_for(loaded.model).vision_layers
+    depth = aot_integrations.hf.adapter_for(loaded.model).vision_layers
     unit = ("temporal patches of 2 frames" if loaded.family == "qwen" else "frames")
     stage(2, "vision encoder", f"{depth} blocks, video grid {'x'.join(map(str, grid))} patches "
           f"-> {result.num_frames} {unit} x {tokens_grid[0]}x{tokens_grid[1]} tokens, attention "

@@ -274,7 +274,7 @@ def reduction_for(loaded: HFModel, grid: tuple[int, int], retention: float, redu
     try:
         config = aot_integrations.hf.config_for(loaded.model, retention, exact=True, grid=grid, **overrides)
         reduction = video_path.Reduction(config, reducer)
-        aot_integrations.hf.adapters.adapter_for(loaded.model).check(reduction)
+        aot_integrations.hf.adapter_for(loaded.model).check(reduction)
     except ValueError as error:
         raise DemoError(f"{' '.join(str(error).split())} (set --shallow-layer / --deep-layer "
                         "inside the tower)") from None

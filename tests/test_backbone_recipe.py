@@ -26,9 +26,10 @@ def recipe_code() -> str:
 @pytest.fixture
 def registries():
     """The backbone and adapter registries as they were, restored after the test."""
-    saved = dict(backbones.BACKBONES), dict(adapters.ADAPTERS)
+    live_registries = (backbones.BACKBONES, adapters.ADAPTERS, adapters.MODEL_TYPES)
+    saved = [dict(registry) for registry in live_registries]
     yield
-    for live, old in zip((backbones.BACKBONES, adapters.ADAPTERS), saved):
+    for live, old in zip(live_registries, saved):
         live.clear()
         live.update(old)
 

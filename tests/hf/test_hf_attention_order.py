@@ -23,7 +23,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from aot_integrations.hf import adapters as hf_adapters
+from aot_integrations.hf import qwen as hf_qwen
 from aot_integrations import tiny
 from aot_integrations.hf.adapters import adapter_for
 from aot_integrations.hf.capture import capturing, qwen_vision_received
@@ -149,7 +149,7 @@ def test_encoded_attention_in_llm_raster_order(models, monkeypatch, name, grids)
     tag_rows(model, grids, monkeypatch)
     # The hook returns each row's tag instead of its received attention; everything else (the
     # hooks on the chosen blocks, the adapter's restore, 2x2 mean and split) is the real code.
-    monkeypatch.setattr(hf_adapters, "qwen_vision_received",
+    monkeypatch.setattr(hf_qwen, "qwen_vision_received",
                         lambda module, args, kwargs: kwargs["position_embeddings"][0][:, 0].float())
     with torch.no_grad():
         encoded = adapter.encode_batch(inputs, layers)

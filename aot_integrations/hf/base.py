@@ -1,0 +1,110 @@
+"""What every transformers adapter shares: :class:`HFAdapter` and the paper's relative layers.
+
+An adapter follows :class:`aot.video_path.VideoAdapter` for the per-video steps (``check``,
+``pool``, ``pack_pooled``, ``pack_result``); encoding works on the processor's batch at once
+(``encode_batch``), with the same tower call the stock ``get_video_features`` makes, so the
+unreduced features are bit-identical to the stock model's. ``slots`` says, for every token of a
+packed video, which placeholder of the unreduced run it stands in for (its M-RoPE position).
+One module per model family holds the subclasses (:mod:`.llava_onevision`, :mod:`.qwen`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aot.backbones import Backbone, get_backbone
+from aot.result import ReducedVideo
+from aot.video_path import Encoded, Reduction
+
+
+class HFAdapter:
+    """Shared parts; subclasses set ``backbone_name`` and the model-specific methods.
+
+    Attributes:
+        model: the ``...ForConditionalGeneration`` instance.
+        model_type: ``config.json``'s ``model_type`` of the checkpoints this class loads.
+        video_keys: processor outputs the encoder consumes (dropped before the LLM runs).
+    """
+
+    backbone_name = ""
+    model_type = ""
+    video_keys: tuple[str, ...] = ()
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @property
+    def backbone(self) -> Backbone:
+        return get_backbone(self.backbone_name)
+
+    @property
+    def video_token_id(self) -> int:
+        return self.model.config.video_token_id
+
+    @property
+    def vision_layers(self) -> int:
+        raise NotImplementedError
+
+    def default_layers(self) -> tuple[int, int]:
+        """(shallow, deep) vision layers for AOT's local / global anchors on this model's tower:
+        the paper's layers at the same relative depth (:func:`relative_layers` of
+        :attr:`vision_layers`)."""
+        return relative_layers(self.vision_layers)
+
+    def model_fields(self) -> dict:
+        """AOTConfig fields that are facts of this model, not choices (:func:`aot_integrations.hf.apply`
+        and :func:`aot_integrations.hf.config_for` set them): the backbone's pooling."""
+        return {"pooling": self.backbone.pooling}
+
+    def check(self, reduction: Reduction) -> None:
+        """The reduction's model facts (pooling, ...) must be this model's, its layers inside
+        the tower."""
+        config = reduction.config
+        for name, value in self.model_fields().items():
+            if getattr(config, name) != value:
+                raise ValueError(f"AOTConfig.{name}={getattr(config, name)!r} but "
+                                 f"{self.backbone.title} needs {value!r}; build the config with "
+                                 f"aot_integrations.hf.config_for(model, retention)")
+        for name in ("shallow_layer", "deep_layer"):
+            if getattr(config, name) >= self.vision_layers:
+                raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
+                                 f"has blocks 0..{self.vision_layers - 1}")
+
+    def positions(self, inputs: dict) -> torch.Tensor | None:
+        """(3, B, L) unreduced M-RoPE positions, or None for 1-D positions."""
+        return None
+
+    def slots(self, encoded: Encoded, result: ReducedVideo | None) -> torch.Tensor:
+        """(L_v,) index of each packed token's placeholder in the unreduced run."""
+        per_frame = self._per_frame(encoded)
+        frames = encoded.num_frames
+        if result is None:
+            visual = torch.arange(frames * per_frame)
+        else:
+            visual = result.token_frame.cpu() * per_frame + result.token_position.cpu()
+        newlines = self.backbone.newlines(frames, encoded.grid)
+        tail = torch.arange(frames * per_frame, frames * per_frame + newlines)
+        return torch.cat([visual.long(), tail.long()])
+
+    def _per_frame(self, encoded: Encoded) -> int:
+        """Unreduced tokens per frame the LLM reads (newlines excluded)."""
+        return self.backbone.pooled_per_frame(encoded.grid)
+
+    def run_length(self, encoded: Encoded) -> int:
+        """Placeholders the processor wrote for this video (unreduced, newlines included)."""
+        frames = encoded.num_frames
+        return frames * self._per_frame(encoded) + self.backbone.newlines(frames, encoded.grid)
+
+
+#: The paper's anchor layers and the depth they index: 5 and 24 of the 26 SigLIP layers the
+#: LLaVA models use (docs/knobs.md, vision layers per backbone).
+PAPER_LAYERS, PAPER_DEPTH = (5, 24), 26
+
+
+def relative_layers(depth: int) -> tuple[int, int]:
+    """(shallow, deep) at the paper's relative depth in a tower of ``depth`` blocks, rounded
+    down: (5, 24) for 26 blocks (SigLIP in LLaVA-OneVision) and for 27 (Qwen3-VL)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth={depth!r}: expected the number of vision blocks, an integer >= 1")
+    shallow, deep = PAPER_LAYERS
+    return shallow * depth // PAPER_DEPTH, deep * depth // PAPER_DEPTH

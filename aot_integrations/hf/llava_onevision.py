@@ -1,0 +1,95 @@
+"""transformers' LLaVA-OneVision class as an adapter of the one video path."""
+
+from __future__ import annotations
+
+import torch
+
+from aot.result import ReducedVideo
+from aot.video_path import Encoded
+
+from .base import HFAdapter, relative_layers
+from .capture import capturing, siglip_received
+
+
+class OneVisionAdapter(HFAdapter):
+    """``LlavaOnevisionForConditionalGeneration``: SigLIP, projector, 2x bilinear pooling, one
+    newline after the whole video; 1-D positions."""
+
+    backbone_name = "ov"
+    model_type = "llava_onevision"
+    video_keys = ("pixel_values_videos", "image_sizes_videos")
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self._encoder_layers())
+
+    def default_layers(self) -> tuple[int, int]:
+        """The paper's relative layers over the blocks whose output the projector reads
+        (``vision_feature_layer``; a list of layers: the whole tower)."""
+        total = self.vision_layers
+        layer = self.model.config.vision_feature_layer
+        used = total
+        if isinstance(layer, int):
+            # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
+            used = min(max(total + 1 + layer if layer < 0 else layer, 1), total)
+        return relative_layers(used)
+
+    def _encoder_layers(self):
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        """pixel_values_videos (B, F, 3, S, S) -> one :class:`Encoded` per video: (F, T, D)
+        projected features before pooling (T = grid^2), received attention at ``layers``."""
+        inner = self.model.model
+        config = self.model.config
+        pixels = inputs["pixel_values_videos"]
+        batch, frames = pixels.shape[:2]
+        layer = inputs.get("vision_feature_layer") or config.vision_feature_layer
+        strategy = (inputs.get("vision_feature_select_strategy")
+                    or config.vision_feature_select_strategy)
+        encoder_layers = self._encoder_layers()
+        modules = {index: encoder_layers[index].self_attn for index in layers}
+        with capturing(modules, siglip_received) as sinks:
+            out = inner.vision_tower(pixels.view(batch * frames, *pixels.shape[2:]),
+                                     output_hidden_states=True, return_dict=True)
+        if isinstance(layer, int):
+            selected = out.hidden_states[layer]
+        else:
+            selected = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+        if strategy == "default":
+            selected = selected[:, 1:]
+        features = inner.multi_modal_projector(selected)
+        tokens = features.shape[1]
+        grid = int(round(tokens ** 0.5))   # SigLIP frames are square (image_size x image_size)
+        received = {index: torch.cat(sinks[index]) for index in layers}
+        return [Encoded(features[v * frames:(v + 1) * frames], grid,
+                        {index: received[index][v * frames:(v + 1) * frames] for index in layers})
+                for v in range(batch)]
+
+    def encode(self, pixels: torch.Tensor, layers: tuple[int, ...], on_stage) -> Encoded:
+        """:class:`aot.video_path.VideoAdapter` step for one video, (F, 3, S, S) pixels (the tower
+        and the projector run together: ``"vision"`` and ``"projector"`` are reported at once)."""
+        encoded = self.encode_batch({"pixel_values_videos": pixels[None]}, layers)[0]
+        on_stage("vision")
+        on_stage("projector")
+        return encoded
+
+    def pool(self, encoded: Encoded) -> torch.Tensor:
+        return self.model.model.apply_pooling(encoded.features)
+
+    def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pooled.reshape(-1, pooled.shape[-1]), self._newline(pooled.dtype)])
+
+    def pack_result(self, result: ReducedVideo, dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat([result.tokens.to(dtype), self._newline(dtype)])
+
+    def _newline(self, dtype) -> torch.Tensor:
+        return self.model.model.image_newline[None].to(dtype)
+
+    def encoder_outputs(self, sequences: list[torch.Tensor]):
+        """What ``forward(mm_encoder_outputs=...)`` reads: pooler_output (1, sum L_v, D), which
+        ``forward`` flattens and scatters into the placeholders in batch order."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=torch.cat(sequences)[None])

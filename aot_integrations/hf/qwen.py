@@ -1,0 +1,163 @@
+"""transformers' Qwen-VL family (Qwen2.5-VL, Qwen3-VL) as adapters of the one video path."""
+
+from __future__ import annotations
+
+import torch
+
+from aot.result import ReducedVideo
+from aot.video_path import Encoded
+
+from .base import HFAdapter, relative_layers
+from .capture import capturing, qwen_vision_received
+
+
+class Qwen25VLAdapter(HFAdapter):
+    """``Qwen2_5_VLForConditionalGeneration``: windowed ViT, 2x2 merger (its own pooling: AOT
+    pools nothing), one AOT frame per temporal patch (two video frames), M-RoPE positions."""
+
+    backbone_name = "qwen2_5_vl"
+    model_type = "qwen2_5_vl"
+    video_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+    @property
+    def visual(self):
+        return self.model.model.visual
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.visual.blocks)
+
+    def default_layers(self) -> tuple[int, int]:
+        """The first and last full-attention blocks (``fullatt_block_indexes``; 7 and 31 at 7B):
+        the windowed blocks between them only see 112-px windows, so their received attention
+        is not a frame-wide ranking (docs/knobs.md). A tower without full-attention blocks: the
+        paper's relative layers."""
+        full = sorted(self.model.config.vision_config.fullatt_block_indexes or ())
+        if not full:
+            return relative_layers(self.vision_layers)
+        return full[0], full[-1]
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        """Packed patches + video_grid_thw (V, 3) -> one :class:`Encoded` per video: (t, h*w/4, D)
+        merger outputs (the LLM's tokens), received attention per merged token (mean over its
+        2x2 patches) at ``layers``."""
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.visual
+        grid_thw = inputs["video_grid_thw"]
+        pixels = inputs["pixel_values_videos"].type(visual.dtype)
+        modules = {index: visual.blocks[index].attn for index in layers}
+        with capturing(modules, qwen_vision_received) as sinks:
+            merged = visual(pixels, grid_thw=grid_thw).pooler_output
+        unit = visual.spatial_merge_size ** 2
+        received = {}
+        if layers:
+            window_index, _ = get_vision_window_index(
+                grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                window_size=visual.window_size, patch_size=visual.patch_size)
+            restore = torch.argsort(window_index.to(merged.device))
+            for index in layers:
+                patches = sinks[index][0]
+                received[index] = patches.view(-1, unit)[restore].mean(1)
+        return self._split(merged, grid_thw, received)
+
+    def _split(self, merged, grid_thw, received) -> list[Encoded]:
+        """Packed (sum t*h*w/4, C) merger outputs and received attention -> one Encoded per
+        video, (t, h*w/4, C) on its own (h/2, w/2) grid of merged tokens (native resolution:
+        landscape, portrait or square, each video its own)."""
+        merge = self.visual.spatial_merge_size
+        encoded = []
+        start = 0
+        for t, h, w in grid_thw.tolist():
+            rows, cols = h // merge, w // merge
+            count = t * rows * cols
+            stop = start + count
+            encoded.append(Encoded(
+                merged[start:stop].view(t, rows * cols, -1), (rows, cols),
+                {index: attention[start:stop].view(t, rows * cols)
+                 for index, attention in received.items()}))
+            start = stop
+        return encoded
+
+    def pool(self, encoded: Encoded) -> torch.Tensor:
+        return encoded.features
+
+    def pack_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    def pack_result(self, result: ReducedVideo, dtype: torch.dtype) -> torch.Tensor:
+        return result.tokens.to(dtype)
+
+    def positions(self, inputs: dict) -> torch.Tensor:
+        """(3, B, L) the stock ``get_rope_index`` positions of the unreduced batch."""
+        position_ids, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            attention_mask=inputs.get("attention_mask"))
+        return position_ids
+
+    def encoder_outputs(self, sequences: list[torch.Tensor]):
+        """pooler_output: one (L_v, D) tensor per video (``forward`` concatenates them)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=tuple(sequences))
+
+
+class Qwen3VLAdapter(Qwen25VLAdapter):
+    """``Qwen3VLForConditionalGeneration``: full-attention ViT, 2x2 merger, DeepStack features of
+    a few ViT layers added into the LLM at the visual positions, per-frame timestamp text.
+
+    The reducer sees the main features and every DeepStack level concatenated along channels,
+    (t, h*w/4, D * (1 + levels)): each reducer's selection and merge is a per-token linear map,
+    so one run applies the same map to all levels. Its similarities read the main features only
+    (``AOTConfig.similarity_channels = D``, :meth:`model_fields`), so the levels' values never
+    change which tokens are kept. :meth:`encoder_outputs` splits them again. Each kept token stays after its own frame's
+    timestamp (:func:`aot_integrations.hf.sequence.shorten` emits it in its frame's piece).
+    """
+
+    backbone_name = "qwen3_vl"
+    model_type = "qwen3_vl"
+    video_keys = ("pixel_values_videos", "video_grid_thw")
+
+    def default_layers(self) -> tuple[int, int]:
+        """Full attention in every block: the paper's relative layers (5 and 24 of 27 at 8B)."""
+        return relative_layers(self.vision_layers)
+
+    def model_fields(self) -> dict:
+        """The pooling, and similarities on the main features only (the first D channels, D the
+        LLM width; the DeepStack levels follow)."""
+        return dict(super().model_fields(),
+                    similarity_channels=self.model.config.text_config.hidden_size)
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        visual = self.visual
+        grid_thw = inputs["video_grid_thw"]
+        pixels = inputs["pixel_values_videos"].type(visual.dtype)
+        modules = {index: visual.blocks[index].attn for index in layers}
+        with capturing(modules, qwen_vision_received) as sinks:
+            out = visual(pixels, grid_thw=grid_thw, return_dict=True)
+        merged = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
+        unit = visual.spatial_merge_size ** 2
+        received = {index: sinks[index][0].view(-1, unit).mean(1) for index in layers}
+        return self._split(merged, grid_thw, received)
+
+    def positions(self, inputs: dict) -> torch.Tensor:
+        position_ids, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs["video_grid_thw"],
+            attention_mask=inputs.get("attention_mask"))
+        return position_ids
+
+    def encoder_outputs(self, sequences: list[torch.Tensor]):
+        """pooler_output and deepstack_features (one tuple per level), each a (L_v, D) per video,
+        as ``get_video_features`` returns them."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+            BaseModelOutputWithDeepstackFeatures)
+
+        dim = self.model.config.text_config.hidden_size
+        levels = len(self.visual.deepstack_visual_indexes)
+        parts = [s.split(dim, dim=-1) for s in sequences]
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(p[0] for p in parts),
+            deepstack_features=[tuple(p[1 + level] for p in parts) for level in range(levels)])
