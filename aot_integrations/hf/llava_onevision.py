@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import torch
 
+from aot.anchors import received_attention
 from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
 from .base import HFAdapter, relative_layers
-from .capture import capturing, siglip_received
+from .capture import capturing
+
+
+def siglip_received(module, args, kwargs) -> torch.Tensor:
+    """Received attention of a SigLIP attention module's input.
+
+    hidden_states: (N, T, C), one image (frame) per row. Returns (N, T) float32, computed one
+    frame at a time (heads x T x T in memory).
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    frames, tokens, _ = hidden.shape
+    out = []
+    for frame in range(frames):
+        h = hidden[frame:frame + 1]
+        q = module.q_proj(h).view(1, tokens, -1, module.head_dim).transpose(1, 2)
+        k = module.k_proj(h).view(1, tokens, -1, module.head_dim).transpose(1, 2)
+        probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * module.scale).softmax(-1)
+        out.append(received_attention(probs))
+    return torch.cat(out)
 
 
 class OneVisionAdapter(HFAdapter):

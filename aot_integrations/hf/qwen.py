@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import torch
 
+from aot.anchors import received_attention
 from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
 from .base import HFAdapter, relative_layers
-from .capture import capturing, qwen_vision_received
+from .capture import capturing
+
+
+def qwen_vision_received(module, args, kwargs) -> torch.Tensor:
+    """Received attention of a Qwen2.5-VL / Qwen3-VL vision attention module's input.
+
+    hidden_states: (S, C) the packed patches of every image/video (in the tower's order: window
+    order for Qwen2.5-VL), with ``cu_seqlens`` the attention segments of that block (one frame
+    per temporal patch in a full-attention block, one window in a windowed block) and
+    ``position_embeddings`` (cos, sin). Returns (S,) float32 in the same order: the attention
+    each patch receives inside its segment (sum over queries, mean over heads).
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    hidden = args[0] if args else kwargs["hidden_states"]
+    cu_seqlens = kwargs["cu_seqlens"]
+    cos, sin = kwargs["position_embeddings"]
+    seq = hidden.shape[0]
+    qkv = module.qkv(hidden).reshape(seq, 3, module.num_heads, -1).permute(1, 0, 2, 3)
+    q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+    out = torch.empty(seq, dtype=torch.float32, device=hidden.device)
+    bounds = cu_seqlens.tolist()
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        qs = q[start:stop].transpose(0, 1).float()          # (heads, n, d)
+        ks = k[start:stop].transpose(0, 1).float()
+        probs = (torch.matmul(qs, ks.transpose(-1, -2)) * module.scaling).softmax(-1)
+        out[start:stop] = received_attention(probs[None])[0]
+    return out
 
 
 class Qwen25VLAdapter(HFAdapter):

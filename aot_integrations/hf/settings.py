@@ -19,9 +19,9 @@ def config_for(model, retention: float | None, *, exact: bool = True, frames: in
     """An :class:`AOTConfig` for ``model`` at ``retention``: :func:`aot.settings_for` with what
     the loaded model adds.
 
-    model: a supported model, or a declared backbone name such as ``"qwen2_5_vl"`` (then the
-        backbone's declared layers; facts only a loaded model has, such as Qwen3-VL's LLM width
-        for ``similarity_channels``, are added by :func:`apply`).
+    model: a supported model, or a registered backbone name (then the backbone's declared
+        layers; facts only a loaded model has, such as the LLM width that splits main features
+        from extra levels in ``similarity_channels``, are added by :func:`apply`).
     retention: share of the unreduced visual tokens in (0, 1]; None with ``exact=False`` gives
         the released preset on the grid.
     exact: exact token count (default); False = the approximate settings, which need ``frames``

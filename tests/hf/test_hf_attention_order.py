@@ -3,7 +3,7 @@ grids and batches of different grids (tiny random models, aot_integrations.tiny)
 
 Two facts, each checked against the stock tower rather than against our own restore code:
 
-1. Values: the received attention :func:`aot_integrations.hf.capture.qwen_vision_received` recomputes at a
+1. Values: the received attention :func:`aot_integrations.hf.qwen.qwen_vision_received` recomputes at a
    block equals the one the stock eager kernel computes there (its ``eager_attention_forward``,
    called once per ``cu_seqlens`` segment: one window in Qwen2.5-VL's windowed blocks, one
    temporal patch in full-attention blocks), row for row in the tower's order.
@@ -26,7 +26,8 @@ pytest.importorskip("transformers")
 from aot_integrations.hf import qwen as hf_qwen
 from aot_integrations import tiny
 from aot_integrations.hf.adapters import adapter_for
-from aot_integrations.hf.capture import capturing, qwen_vision_received
+from aot_integrations.hf.capture import capturing
+from aot_integrations.hf.qwen import qwen_vision_received
 
 # video_grid_thw rows (t, h, w) in patches: 6x10 and 10x6 merged tokens per temporal patch.
 LANDSCAPE, PORTRAIT = (2, 12, 20), (3, 20, 12)
