@@ -20,7 +20,7 @@ SINKHORN_STOPPING = ("video", "problem")
 class AOTConfig:
     """Every knob of AOT. Frozen: derive variants with :meth:`replace`.
 
-    Anchors (paper §3.1; released ``select_anchors``)
+    Anchors (released ``select_anchors``; docs/knobs.md has each field's paper symbol)
         anchors_per_frame: V, anchors per frame at the patch level (729 for SigLIP-384 = no intra
             reduction).
         global_share: g, share of V given to global anchors; local anchors get
@@ -32,7 +32,7 @@ class AOTConfig:
         local_anchors / global_anchors: ablation switches; with one off, the other gets all V.
         random_anchors: ablation; V anchors drawn uniformly per frame from ``seed``.
 
-    Intra-frame aggregation (§3.2)
+    Intra-frame aggregation
         intra: ablation switch; off = no anchors, no merge, every pooled token survives.
         intra_merge: ``"ot"`` (released), ``"cosine"`` (ablation: each token averaged into its
             most similar anchor, no transport plan), ``"prune"`` (ablation: anchors kept as they
@@ -42,12 +42,12 @@ class AOTConfig:
         intra_scale: s in ``(a + s * agg) / (1 + s * load)``.
         hard_merge_weight: blend of the hard (nearest-anchor) merge into the OT merge.
 
-    Pooling (§4)
+    Pooling
         pooling: ``"bilinear"`` (LLaVA-OneVision: resize to ceil(h/2)), ``"average"``
             (LLaVA-Video: 2x2 average pool, stride 2, floor(h/2)), or ``"none"`` (a backbone
             that feeds every patch to the LLM: the anchors themselves survive).
 
-    Inter-frame aggregation (§3.3)
+    Inter-frame aggregation
         inter: switch of the temporal phase (released: on for OV, off for LLaVA-Video).
         keep_ratio: quantile of the max transport probability below which a token of a later
             frame is kept as temporal dynamics (released 0.3 / 0.1).
@@ -62,7 +62,7 @@ class AOTConfig:
         temporal_epsilon / sigma / inter_scale: epsilon, temporal-decay sigma (in frames) and s of
             the inter-frame transport.
 
-    Sinkhorn (§6)
+    Sinkhorn
         sinkhorn_iterations / sinkhorn_tolerance: at most this many iterations, stop when the
             mean absolute change of the row scaling is below the tolerance.
         sinkhorn_stopping: ``"video"`` (released: the intra problems of all frames of a video
@@ -222,7 +222,7 @@ def _check_choice(cfg, name: str, choices: tuple) -> None:
         raise ValueError(f"AOTConfig.{name}={value!r}: expected one of {choices}")
 
 
-# The released scripts (aot-method.md §7). MVBench and EgoSchema share one setting.
+# The released scripts (docs/knobs.md, "Presets"). MVBench and EgoSchema share one setting.
 PRESETS: dict[str, AOTConfig] = {
     "paper-ov-mvbench": AOTConfig(anchors_per_frame=126, keep_ratio=0.3, inter=True,
                                   pooling="bilinear"),
