@@ -135,9 +135,23 @@ QWEN_SHAPES = {
 #: transformers' windowed-ViT Qwen model has :data:`QWEN_SHAPES`.
 SHAPE_TABLES = {"llava": SHAPES, "qwen_vit": QWEN_SHAPES}
 
-#: Backbones the benchmark runs through transformers' own classes and :mod:`aot_integrations.hf`.
-HF_BENCH_BACKBONES = tuple(name for name, facts in ALL_BACKBONES.items()
-                           if facts.bench_shapes == "qwen_vit")
+#: The ``bench_shapes`` of the backbones the benchmark runs through transformers' own windowed-ViT
+#: class (Qwen2.5-VL architecture, :data:`QWEN_SHAPES`) and :mod:`aot_integrations.hf`.
+QWEN_VIT = "qwen_vit"
+
+
+def bench_shapes_of(backbone: str):
+    """The registered ``backbone``'s ``bench_shapes`` (a key of :data:`SHAPE_TABLES`); None for a
+    backbone that is not benchmarked or not registered (an old report's name)."""
+    facts = ALL_BACKBONES.get(backbone)
+    return None if facts is None else facts.bench_shapes
+
+
+def hf_bench_backbones() -> tuple[str, ...]:
+    """Registered backbones benchmarked on the :data:`QWEN_VIT` shapes (transformers' class),
+    in registration order; read at call time, so a backbone registered later is included."""
+    return tuple(name for name in ALL_BACKBONES if bench_shapes_of(name) == QWEN_VIT)
+
 
 
 def get_shape(name: str, backbone: str = "ov") -> Shape:

@@ -3,16 +3,19 @@
     python -m aot_bench.efficiency --out outputs/efficiency            # GPU: 7B shapes, bf16
     python -m aot_bench.efficiency --preset cpu --out outputs/eff_cpu  # CPU: reduced widths
     python -m aot_bench.efficiency --checkpoint lmms-lab/llava-onevision-qwen2-7b-ov ...
-    python -m aot_bench.efficiency --backbones qwen2_5_vl --frames 32 64 \
-        --retentions full 0.25 0.10                                    # Qwen2.5-VL-7B shapes
+    python -m aot_bench.efficiency --backbones NAME --frames 32 64 \
+        --retentions full 0.25 0.10                   # NAME: a backbone on Qwen2.5-VL-7B shapes
 
+``--backbones`` takes the registered backbones (:mod:`aot.backbones`) that have ``bench_shapes``.
 For every backbone x frame count x retention (``full`` = the unreduced model) it runs warm-up
 passes, then ``--repeats`` timed passes of video + prompt -> first token (+ decode), and records
 per-stage medians and spreads, peak memory, token counts, prefill FLOPs (analytic and counted
 with ``torch.utils.flop_counter`` on eager attention) and ratios against the full model of the
-same run. ``qwen2_5_vl`` is transformers' own ``Qwen2_5_VLForConditionalGeneration`` at the
-preset's Qwen2.5-VL shapes, reduced by :func:`aot_integrations.hf.apply` (exact budget) on square frames of
-``--qwen-frame-size`` (``S`` or ``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
+same run. The ``llava`` backbones share one random-weight model of this project's ``llava/``
+(or ``--checkpoint``); a backbone whose ``bench_shapes`` is ``qwen_vit`` is transformers' own
+``Qwen2_5_VLForConditionalGeneration`` at the preset's Qwen2.5-VL shapes, reduced by
+:func:`aot_integrations.hf.apply` (exact budget) on frames of ``--qwen-frame-size`` (``S`` or
+``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
 ``ttft_vs_frames.png`` in ``--out``.
 """
 
@@ -30,7 +33,7 @@ import torch
 
 import aot
 
-from .configs import BACKBONES, HF_BENCH_BACKBONES, Shape, get_shape
+from .configs import BACKBONES, Shape, get_shape, hf_bench_backbones
 from .flops import (
     counted_prefill_flops,
     llm_prefill_flops,
@@ -49,6 +52,7 @@ from .models import (
 from .pipeline import (
     STAGES,
     make_input_ids,
+    VIDEO_DELIMITER_TOKENS,
     make_qwen_inputs,
     qwen_grid,
     qwen_ttft_pass,
@@ -64,10 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(prog="python -m aot_bench.efficiency",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["ov", "video"],
-                        choices=sorted(BACKBONES) + list(HF_BENCH_BACKBONES))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES),
+                        choices=sorted(BACKBONES) + list(hf_bench_backbones()))
     parser.add_argument("--qwen-frame-size", default="448",
-                        help="qwen2_5_vl frames: S (square) or HxW px, multiples of 28 (448 -> "
+                        help="frames of the backbones on Qwen2.5-VL shapes (bench_shapes "
+                             "qwen_vit): S (square) or HxW px, multiples of 28 (448 -> "
                              "16x16 tokens per two frames; 560x1008 = the stock video "
                              "processor's size for a 16:9 video)")
     parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
@@ -109,10 +114,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.qwen_frame_size = parse_frame_size(args.qwen_frame_size)
     except ValueError as error:
         parser.error(str(error))
-    if args.checkpoint and any(b in HF_BENCH_BACKBONES for b in args.backbones):
-        parser.error("--checkpoint loads lmms-lab llava/ checkpoints; qwen2_5_vl runs with "
-                     "random weights at the preset's shapes")
+    hf = hf_backbones(args.backbones)
+    if args.checkpoint and hf:
+        parser.error(f"--checkpoint loads lmms-lab llava/ checkpoints; {' and '.join(hf)} "
+                     f"{'runs' if len(hf) == 1 else 'run'} with random weights at the preset's "
+                     "shapes")
     return args
+
+
+def hf_backbones(names) -> list[str]:
+    """The backbones of ``names`` benchmarked through transformers' class (their record's
+    ``bench_shapes`` is ``qwen_vit``), each once, in the order given."""
+    hf = hf_bench_backbones()
+    return [name for name in dict.fromkeys(names) if name in hf]
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:
@@ -169,9 +183,9 @@ def qwen_aot_config(model, retention: float | None, grid: tuple[int, int, int], 
 
 def expected_visual_tokens(backbone: str, frames: int, retention: float | None,
                            grid: tuple[int, int, int] | None = None) -> tuple[int, int]:
-    """(visual tokens without newlines, newline tokens) that the model will produce; for
-    ``qwen2_5_vl`` ``grid`` is the video's (t, h, w) patch grid."""
-    if backbone in HF_BENCH_BACKBONES:
+    """(visual tokens without newlines, newline tokens) that the model will produce; for a
+    backbone of :func:`hf_backbones` ``grid`` is the video's (t, h, w) patch grid."""
+    if hf_backbones([backbone]):
         from aot_integrations.hf import reduced_token_count
 
         full = grid[0] * grid[1] * grid[2] // 4
@@ -193,7 +207,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def measure_point(model, pixels, input_ids, args, device, one_pass=None) -> dict:
     """Warm-up + repeats of one configuration; per-stage statistics (seconds). ``one_pass``:
-    ``qwen_ttft_pass`` for transformers' Qwen2.5-VL (``pixels`` = the processor-shaped
+    ``qwen_ttft_pass`` for transformers' Qwen2.5-VL class (``pixels`` = the processor-shaped
     inputs), else the llava ``ttft_pass``."""
     if one_pass is None:
         def one_pass(model, pixels, decode_tokens):
@@ -218,13 +232,13 @@ def measure_point(model, pixels, input_ids, args, device, one_pass=None) -> dict
 
 def vision_cost(shape: Shape, backbone: str, frames: int, grid=None) -> int:
     """Analytic FLOPs of the vision encoder (+ projector / merger) for one video."""
-    if backbone in HF_BENCH_BACKBONES:
+    if hf_backbones([backbone]):
         return qwen_vision_flops(shape, grid)
     return vision_flops(shape, frames)
 
 
 def flops_fields(shape: Shape, reference: Shape | None, frames: int, visual: int,
-                 seq_len: int, count: bool, backbone: str = "ov", grid=None) -> dict:
+                 seq_len: int, count: bool, backbone: str | None = None, grid=None) -> dict:
     """Prefill FLOPs (analytic, counted) for the benchmarked shapes and, when those are reduced,
     for the 7B shapes at the same sequence length; the paper's convention for 7B."""
     fields = {"prefill_flops_analytic": llm_prefill_flops(shape, seq_len),
@@ -307,7 +321,7 @@ def build(args, device, dtype):
         if llava != [backbone]:
             log(f"checkpoint is a {backbone!r} model; benchmarking backbone {backbone!r} only")
         return model, shape, [backbone], "checkpoint"
-    shape = get_shape(preset_name(args, device))
+    shape = get_shape(preset_name(args, device), llava[0])
     if args.max_context:
         shape = dataclasses.replace(shape, max_context=args.max_context)
     log(f"building random-weight model, preset {shape.name!r}: {shape.describe()}")
@@ -320,9 +334,10 @@ def preset_name(args, device) -> str:
     return args.preset if args.preset != "auto" else ("7b" if device.type == "cuda" else "cpu")
 
 
-def build_qwen(args, device, dtype):
-    """(model, shape) of transformers' Qwen2.5-VL at the preset's shapes, random weights."""
-    shape = get_shape(preset_name(args, device), "qwen2_5_vl")
+def build_qwen(args, device, dtype, backbone: str):
+    """(model, shape) of transformers' Qwen2.5-VL at ``backbone``'s shapes of the preset, random
+    weights."""
+    shape = get_shape(preset_name(args, device), backbone)
     if args.max_context:
         shape = dataclasses.replace(shape, max_context=args.max_context)
     log(f"building random-weight Qwen2.5-VL, preset {shape.name!r}: {shape.describe()}")
@@ -341,19 +356,20 @@ def run(args) -> dict:
     if built is not None:
         model, shape, llava, source = built
         model.vision_chunk_size = args.vision_chunk
-        reference = get_shape("7b") if shape.name != "7b" and source == "random" else None
+        reference = (get_shape("7b", llava[0]) if shape.name != "7b" and source == "random"
+                     else None)
         input_ids = make_input_ids(args.text_tokens, shape.vocab, device, args.seed)
         env_shape = shape
         for backbone in llava:
             shapes[backbone] = shape
             grid += [(backbone, f, r, model, shape, reference, input_ids)
                      for f in args.frames for r in args.retentions]
-    if "qwen2_5_vl" in args.backbones:
-        qwen, shape = build_qwen(args, device, dtype)
-        reference = get_shape("7b", "qwen2_5_vl") if shape.name != "7b" else None
-        shapes["qwen2_5_vl"] = shape
+    for backbone in hf_backbones(args.backbones):
+        qwen, shape = build_qwen(args, device, dtype, backbone)
+        reference = get_shape("7b", backbone) if shape.name != "7b" else None
+        shapes[backbone] = shape
         env_shape = env_shape or shape
-        grid += [("qwen2_5_vl", f, r, qwen, shape, reference, None)
+        grid += [(backbone, f, r, qwen, shape, reference, None)
                  for f in args.frames for r in args.retentions]
     backbones = [b for b in args.backbones if b in shapes]
     rows: list[dict] = []
@@ -361,8 +377,9 @@ def run(args) -> dict:
     started = time.perf_counter()
     for index, (backbone, frames, retention, model, shape, reference, input_ids) in \
             enumerate(grid, 1):
-        if backbone in HF_BENCH_BACKBONES:
-            row = run_qwen_point(model, shape, reference, frames, retention, args, device, dtype)
+        if hf_backbones([backbone]):
+            row = run_qwen_point(model, shape, reference, frames, retention, args, device, dtype,
+                                 backbone)
         else:
             if source == "random":
                 set_backbone(model, backbone)
@@ -392,19 +409,21 @@ def record_oom(row: dict, error: BaseException, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype) -> dict:
-    """One Qwen2.5-VL row: processor-shaped inputs for ``frames`` frames, the stock model
-    (``retention`` None) or :func:`aot_integrations.hf.apply` at the exact budget; OOM recorded."""
+def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype,
+                   backbone: str) -> dict:
+    """One row of a backbone on Qwen2.5-VL shapes: processor-shaped inputs for ``frames``
+    frames, the stock model (``retention`` None) or :func:`aot_integrations.hf.apply` at the
+    exact budget; OOM recorded."""
     from aot_integrations.hf import apply
 
     grid = qwen_grid(shape, frames, args.qwen_frame_size)
-    visual, _ = expected_visual_tokens("qwen2_5_vl", frames, retention, grid)
-    seq_len = visual + 2 + args.text_tokens
-    row = {"backbone": "qwen2_5_vl", "frames": frames, "retention": retention,
+    visual, _ = expected_visual_tokens(backbone, frames, retention, grid)
+    seq_len = visual + VIDEO_DELIMITER_TOKENS + args.text_tokens
+    row = {"backbone": backbone, "frames": frames, "retention": retention,
            "visual_tokens": visual, "newline_tokens": 0, "seq_len": seq_len,
            "video_grid_thw": list(grid)}
     row.update(flops_fields(shape, reference, frames, visual, seq_len, not args.no_count_flops,
-                            "qwen2_5_vl", grid))
+                            backbone, grid))
     if seq_len > shape.max_context:
         row["status"] = "over_context"
         return row
@@ -420,7 +439,7 @@ def run_qwen_point(model, shape, reference, frames, retention, args, device, dty
         if handle is not None:
             handle.remove()
     if row["status"] == "ok" and (row["seq_len"], row["visual_tokens"]) != (seq_len, visual):
-        raise RuntimeError(f"qwen2_5_vl F={frames} r={retention}: the LLM read "
+        raise RuntimeError(f"{backbone} F={frames} r={retention}: the LLM read "
                            f"{row['seq_len']} tokens ({row['visual_tokens']} video), expected "
                            f"{seq_len} ({visual})")
     return row

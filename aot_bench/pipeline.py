@@ -114,6 +114,11 @@ def qwen_grid(shape, frames: int, size) -> tuple[int, int, int]:
     return t, height // shape.patch_size, width // shape.patch_size
 
 
+#: Tokens :func:`make_qwen_inputs` puts around one video's ``<video_pad>`` run (``<vision_start>``,
+#: ``<vision_end>``): the sequence is visual tokens + these + the text tokens.
+VIDEO_DELIMITER_TOKENS = 2
+
+
 def make_qwen_inputs(shape, frames: int, size, text_tokens: int, device: torch.device,
                      dtype: torch.dtype, seed: int = 0) -> dict:
     """One video as ``Qwen2_5_VLProcessor`` lays it out: a quarter of ``text_tokens`` random

@@ -6,8 +6,10 @@ import json
 import math
 import os
 
-from .configs import PAPER_FRAMES
-from .pipeline import STAGES
+from aot.backbones import get_backbone
+
+from .configs import PAPER_FRAMES, QWEN_VIT, bench_shapes_of
+from .pipeline import STAGES, VIDEO_DELIMITER_TOKENS
 
 STAGE_LABELS = {"vision": "vision encoder", "projector": "projector",
                 "reduce": "reducer (AOT) / native pooling (full)", "splice": "splice",
@@ -60,8 +62,8 @@ def markdown(report: dict) -> str:
                                                      for b in env["backbones"]}
     for backbone, description in descriptions.items():
         lines.append(f"  - `{backbone}`: {description}")
-    if "qwen2_5_vl" in env["backbones"]:
-        lines.append(f"- `qwen2_5_vl`: transformers' Qwen2_5_VLForConditionalGeneration, "
+    for backbone in _qwen_vit(env["backbones"]):
+        lines.append(f"- `{backbone}`: transformers' Qwen2_5_VLForConditionalGeneration, "
                      f"{_frame_size(env)} px frames (two "
                      "frames per temporal patch, no newline tokens), reduced by aot_integrations.hf.apply at "
                      "the exact budget; its `reducer` column is aot_integrations.hf's reduction + packing + "
@@ -87,6 +89,12 @@ def markdown(report: dict) -> str:
                "FlopCounterMode` on transformers' Qwen2 with eager attention (meta device). "
                "*paper conv.* = the paper's convention (FastV formula on visual tokens)."), ""]
     return "\n".join(lines)
+
+
+def _qwen_vit(backbones) -> list[str]:
+    """The ``backbones`` benchmarked on transformers' Qwen2.5-VL class (``bench_shapes``
+    ``qwen_vit``)."""
+    return [name for name in backbones if bench_shapes_of(name) == QWEN_VIT]
 
 
 def _frame_pair(env: dict) -> tuple[int, int]:
@@ -131,7 +139,7 @@ def _latency_cells(head: str, row: dict, ttft: dict, decode) -> str:
 def _flops_table(backbone: str, rows: list[dict]) -> list[str]:
     """Markdown FLOPs table of one backbone (benchmarked shapes, and 7B when reduced)."""
     seven = "prefill_flops_7b_analytic" in rows[0]
-    vision = "ViT+merger" if backbone == "qwen2_5_vl" else "vision+projector"
+    vision = "ViT+merger" if _qwen_vit([backbone]) else "vision+projector"
     lines = [f"## {backbone}: prefill FLOPs (T = 1e12)", ""]
     header = "| frames | retention | sequence | analytic | counted | FLOPs ratio |"
     rule = "|---|---|---|---|---|---|"
@@ -218,15 +226,22 @@ def _device_title(report: dict) -> str:
 
 
 def context_limit_frames(report: dict, backbone: str):
-    """Frames beyond which the full model's sequence exceeds the LLM context (float)."""
+    """Frames beyond which the full model's sequence exceeds the LLM context (float): tokens per
+    frame and fixed tokens from the backbone's record (pooled grid, newline rule) or, on the
+    Qwen2.5-VL shapes, from the shape's patching (merged patches of ``temporal_patch_size``
+    frames) and the delimiters around the video."""
     env = report["environment"]
-    max_context = (env.get("shapes") or {}).get(backbone, env["shape"])["max_context"]
-    if backbone == "qwen2_5_vl":   # 2x2-merged 14-px patches of two frames, start/end tokens
+    shape = (env.get("shapes") or {}).get(backbone, env["shape"])
+    max_context = shape["max_context"]
+    if _qwen_vit([backbone]):
         height, width = _frame_pair(env)
-        return (max_context - env["text_tokens"] - 2) / ((height // 28) * (width // 28) / 2)
-    side = {"ov": 14, "video": 13}[backbone]
-    per_frame = side * side + (side if backbone == "video" else 0)
-    fixed = env["text_tokens"] + (1 if backbone == "ov" else 0)
+        side = shape.get("patch_size", 14) * shape.get("merge_size", 2)
+        per_frame = (height // side) * (width // side) / shape.get("temporal_patch_size", 2)
+        return (max_context - env["text_tokens"] - VIDEO_DELIMITER_TOKENS) / per_frame
+    facts = get_backbone(backbone)
+    per_frame_newlines = facts.newlines(2) - facts.newlines(1)
+    per_frame = facts.pooled_per_frame() + per_frame_newlines
+    fixed = env["text_tokens"] + facts.newlines(1) - per_frame_newlines
     return (max_context - fixed) / per_frame
 
 

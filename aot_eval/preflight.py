@@ -8,6 +8,12 @@ after the model has loaded).
   importable, the checkpoint present (folder or hub cache) and, with ``--backbone``, of the
   architecture that backbone's model loads; enough GPUs for N processes.
 
+* ``python -m aot_eval.preflight facts --backbone B [--benchmark X] [key=value ...]``: the facts
+  of B's eval protocol that ``scripts/eval_common.sh`` needs (stock model keys and defaults, the
+  paper's preset for X), as shell assignments, and the result of the ``args`` check of the pairs
+  in ``args_error`` (empty: valid), so a script reads its facts and checks its arguments in one
+  Python start. Without ``--backbone``: every protocol's name, script prefix and table rows.
+
 ``--backbone`` takes the eval scripts' backbone names: the eval protocols of :mod:`aot.backbones`.
 
 Either exits 0 when all is well, else prints one line ``error: ...`` saying what to do, exit 2.
@@ -17,7 +23,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import sys
+
+#: The :class:`aot.backbones.EvalProtocol` attributes ``facts --backbone`` prints, under their own
+#: names (``scripts/eval_common.sh``'s variables).
+SHELL_FACTS = ("model_id", "default_model", "frames_key", "default_frames", "dtype_key",
+               "default_dtype", "pixels_key", "default_pixels", "fps_key", "conv_template")
 
 
 def facts_backbone(backbone: str) -> str:
@@ -98,6 +110,47 @@ def check_reducer_args(backbone: str, pairs: list[str]) -> str:
     return f"reducer={spec.name} ({spec.source})"
 
 
+def _assign(name: str, value) -> str:
+    return f"{name}={shlex.quote(str(value))}"
+
+
+def shell_facts(backbone: str, benchmark: str | None = None,
+                pairs: list[str] | None = None) -> str:
+    """Shell assignments of the eval protocol ``backbone``'s :data:`SHELL_FACTS`, its
+    ``paper_preset`` for ``benchmark`` (empty: none published) and ``args_error``: the
+    :func:`check_reducer_args` error of ``pairs`` in one line (empty: valid or not asked)."""
+    from aot.backbones import get_protocol
+
+    protocol = get_protocol(backbone)
+    values = {name: getattr(protocol, name) for name in SHELL_FACTS}
+    values["paper_preset"] = protocol.paper_presets.get(benchmark, "") if benchmark else ""
+    values["args_error"] = ""
+    if pairs:
+        try:
+            check_reducer_args(backbone, pairs)
+        except (RuntimeError, ValueError, TypeError) as error:
+            values["args_error"] = " ".join(str(error).split())
+    return "\n".join(_assign(name, value) for name, value in values.items())
+
+
+def shell_backbones() -> str:
+    """Shell assignments of every eval protocol: ``AOT_EVAL_BACKBONES`` (the names, the summary's
+    order) and the associative arrays ``AOT_EVAL_PREFIXES`` (name -> script prefix) and
+    ``AOT_EVAL_TABLE_RETENTIONS`` (name -> a table's retention rows)."""
+    from aot.backbones import eval_protocols
+
+    protocols = eval_protocols()
+
+    def table(values) -> str:
+        return " ".join(f"[{shlex.quote(p.name)}]={shlex.quote(v)}"
+                        for p, v in zip(protocols, values))
+
+    rows = [" ".join(f"{r:.2f}" for r in p.table_retentions) for p in protocols]
+    return "\n".join([_assign("AOT_EVAL_BACKBONES", " ".join(p.name for p in protocols)),
+                      f"declare -gA AOT_EVAL_PREFIXES=({table(p.prefix for p in protocols)})",
+                      f"declare -gA AOT_EVAL_TABLE_RETENTIONS=({table(rows)})"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from aot.backbones import eval_protocols
 
@@ -114,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--backbone", default=None, help="check the checkpoint's model_type")
     launch.add_argument("--nproc", type=int, default=1)
     launch.add_argument("--device", default=None)
+    facts = commands.add_parser("facts", help="a protocol's facts as shell assignments")
+    facts.add_argument("--backbone", default=None, help=names + " (none: every protocol)")
+    facts.add_argument("--benchmark", default=None, help="for paper_preset")
+    facts.add_argument("pairs", nargs="*", help="key=value pairs to check into args_error")
     args = parser.parse_args(argv)
     try:
-        if args.command == "args":
+        if args.command == "facts":
+            print(shell_backbones() if args.backbone is None
+                  else shell_facts(args.backbone, args.benchmark, args.pairs))
+        elif args.command == "args":
             for pairs in ([args.pairs] if args.pairs or not args.sets else []) + \
                     [text.split() for text in args.sets]:
                 print(check_reducer_args(args.backbone, pairs))

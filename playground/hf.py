@@ -136,6 +136,20 @@ class PilVideoProcessor:
         return BatchFeature(data=data)
 
 
+def family_of(model_type: str) -> str:
+    """How the demo feeds a checkpoint of ``model_type``: ``"qwen"`` (flattened patches with a
+    (t, h, w) grid) when the backbone whose eval protocol loads it keeps M-RoPE positions,
+    ``"onevision"`` (frame tensors) otherwise; the backbone record decides."""
+    from aot.backbones import backbone_of_protocol, eval_protocols
+
+    for protocol in eval_protocols():
+        if protocol.checkpoint_type == model_type:
+            positions = backbone_of_protocol(protocol.name).positions
+            return "qwen" if positions == "mrope" else "onevision"
+    raise DemoError(f"model_type {model_type!r} is no backbone's checkpoint type; known: "
+                    f"{sorted({p.checkpoint_type for p in eval_protocols()})}")
+
+
 def _standin_processor(path: str, model_type: str):
     """The stock processor class of ``model_type`` with :class:`PilVideoProcessor` as its video
     processor (its class check is the only step skipped)."""
@@ -161,7 +175,7 @@ def _standin_processor(path: str, model_type: str):
         with open(config) as handle:
             keys = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio")
             extra = {k: v for k, v in json.load(handle).items() if k in keys}
-    family = "onevision" if model_type == "llava_onevision" else "qwen"
+    family = family_of(model_type)
     return Processor(image_processor=image_processor, tokenizer=tokenizer,
                      video_processor=PilVideoProcessor(image_processor, family),
                      chat_template=tokenizer.chat_template, **extra)
@@ -193,7 +207,7 @@ class HFModel:
 
     @property
     def family(self) -> str:
-        return "onevision" if self.model_type == "llava_onevision" else "qwen"
+        return family_of(self.model_type)
 
 
 def load(path: str) -> HFModel:

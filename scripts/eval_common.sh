@@ -1,15 +1,17 @@
 # Shared by scripts/eval_<backbone>_<benchmark>.sh: argument parsing, model_args, launch, checks.
 # Source it and call:  aot_eval_run <backbone> <mvbench|egoschema|longvideobench|videomme> "$@"
-# with a backbone of AOT_EVAL_BACKBONES (aot_eval_backbone says what each one runs).
+# with a backbone of AOT_EVAL_BACKBONES (aot_eval_facts says what each one runs).
 # Environment: PYTHON (default: the checkout's .venv/bin/python if it exists, else python),
 # MASTER_PORT (default 29511), HF_HOME (datasets, videos).
 # The reducer/retention/preset/ablation arguments are validated once, in Python
 # (python -m aot_eval.preflight), before anything is launched (skipped when the caller, e.g.
 # sweep.sh, already checked them and exported AOT_EVAL_ARGS_CHECKED=1).
 
-# The backbones with eval scripts: ov, video (this project's llava/ package, lmms-lab
-# checkpoints) and three transformers models evaluated as stock lmms-eval evaluates them.
-AOT_EVAL_BACKBONES="ov video qwen2_5_vl qwen3_vl llava_hf"
+# The backbones with eval scripts are the eval protocols of aot/backbones.py; every fact of one
+# (stock model keys and defaults, script prefix, table rows, the paper's presets) is read from its
+# record through `python -m aot_eval.preflight facts` (aot_eval_facts). Sourcing this file from
+# anything but a per-benchmark script (sweep.sh, the SLURM scripts) also sets AOT_EVAL_BACKBONES
+# and the tables of aot_eval_script_prefix / aot_eval_table_retentions (aot_eval_load_backbones).
 
 aot_eval_usage() {
   cat <<USAGE
@@ -80,37 +82,9 @@ aot_eval_task_id() {
   esac
 }
 
-# The released preset for a backbone and benchmark (aot-method.md section 7); nothing for the
-# Qwen backbones, which the paper did not evaluate. llava_hf is LLaVA-OneVision.
-aot_eval_paper_preset() {
-  case "$1" in
-    video) echo paper-video; return ;;
-    qwen2_5_vl|qwen3_vl) return ;;
-  esac
-  case "$2" in
-    mvbench|egoschema) echo paper-ov-mvbench ;;
-    *) echo paper-ov-videomme ;;
-  esac
-}
-
-# aot_eval_script_prefix BACKBONE: the eval scripts' name prefix (eval_<prefix>_<benchmark>.sh);
-# status 1 for an unknown backbone.
-aot_eval_script_prefix() {
-  case "$1" in
-    ov) echo ov ;;
-    video) echo vid ;;
-    qwen2_5_vl|qwen3_vl|llava_hf) echo "$1" ;;
-    *) return 1 ;;
-  esac
-}
-
-# aot_eval_table_retentions BACKBONE: a table's retention rows (the paper's for ov and video).
-aot_eval_table_retentions() {
-  if [ "$1" = video ]; then echo "0.25 0.15"; else echo "0.25 0.20 0.15 0.10"; fi
-}
-
-# aot_eval_backbone BACKBONE: what a backbone's scripts run, into the caller's variables (declare
-# them local first). The keys are the stock lmms-eval 0.7.3 class's own names:
+# aot_eval_facts PY ARGS...: the shell assignments of `PY -m aot_eval.preflight facts ARGS` on
+# stdout; on failure, exit 2 saying why (aot_eval_preflight). With --backbone B, what B's scripts
+# run, under the stock lmms-eval class's own key names (declare them local first):
 #   model_id         our lmms-eval model (the stock class plus the AOT keys)
 #   default_model    the checkpoint people evaluate
 #   frames_key       frames per video (default_frames: the stock default; LLaVA-Video: the paper's)
@@ -118,23 +92,37 @@ aot_eval_table_retentions() {
 #   pixels_key       pixels-per-frame budget ("" = none), default_pixels (the stock default)
 #   fps_key          frame-rate sampling ("" = none: stock qwen2_5_vl stores fps= but ignores it)
 #   conv_template    LLaVA-NeXT conversation template ("" = the checkpoint's chat template)
-aot_eval_backbone() {
-  frames_key=max_frames_num default_frames=32 dtype_key=torch_dtype default_dtype=float16
-  pixels_key="" default_pixels="" fps_key="" conv_template=""
-  case "$1" in
-    ov) model_id=llava_onevision_aot default_model=lmms-lab/llava-onevision-qwen2-7b-ov
-        conv_template=qwen_1_5 ;;
-    video) model_id=llava_vid_aot default_model=lmms-lab/LLaVA-Video-7B-Qwen2 default_frames=64
-           conv_template=qwen_1_5 ;;
-    qwen2_5_vl|qwen3_vl)
-      model_id=${1}_aot frames_key=max_num_frames dtype_key="" default_dtype=""
-      pixels_key=max_pixels default_pixels=1605632
-      if [ "$1" = qwen2_5_vl ]; then default_model=Qwen/Qwen2.5-VL-7B-Instruct
-      else default_model=Qwen/Qwen3-VL-8B-Instruct fps_key=fps; fi ;;
-    llava_hf) model_id=llava_hf_aot default_model=llava-hf/llava-onevision-qwen2-7b-ov-hf
-              dtype_key=dtype default_dtype="" ;;
-    *) aot_eval_die "unknown backbone '$1' (expected one of: $AOT_EVAL_BACKBONES)" ;;
-  esac
+#   paper_preset     the released preset for --benchmark ("" = the paper did not evaluate B)
+#   args_error       the preflight `args` error of the key=value pairs given ("" = valid)
+aot_eval_facts() {
+  local py=$1; shift
+  "$py" -m aot_eval.preflight facts "$@" 2>/dev/null && return 0
+  aot_eval_preflight "$py" facts "$@"
+  aot_eval_die "python -m aot_eval.preflight facts $* failed"
+}
+
+# aot_eval_load_backbones: AOT_EVAL_BACKBONES (the eval protocols' names) and the tables behind
+# aot_eval_script_prefix and aot_eval_table_retentions, from the records.
+aot_eval_load_backbones() {
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local facts
+  facts=$(export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+          aot_eval_facts "$(aot_eval_python "$root")") || exit 2
+  eval "$facts"
+}
+
+# aot_eval_script_prefix BACKBONE: the eval scripts' name prefix (eval_<prefix>_<benchmark>.sh);
+# status 1 for an unknown backbone.
+aot_eval_script_prefix() {
+  [ -n "${AOT_EVAL_BACKBONES+set}" ] || aot_eval_load_backbones
+  [ -n "$1" ] && [ -n "${AOT_EVAL_PREFIXES[$1]+set}" ] || return 1
+  echo "${AOT_EVAL_PREFIXES[$1]}"
+}
+
+# aot_eval_table_retentions BACKBONE: a table's retention rows (the paper's for ov and video).
+aot_eval_table_retentions() {
+  [ -n "${AOT_EVAL_BACKBONES+set}" ] || aot_eval_load_backbones
+  [ -n "$1" ] && echo "${AOT_EVAL_TABLE_RETENTIONS[$1]:-}"
 }
 
 aot_eval_run() {
@@ -171,9 +159,24 @@ aot_eval_run() {
 
   local task_id; task_id=$(aot_eval_task_id "$benchmark")
   [ -n "$task" ] && task_id=$task
+
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local py; py=$(aot_eval_python "$root")
+  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
+  # The backbone's facts and the check of the AOT arguments by the parser the model uses (one
+  # rule everywhere), in one Python start; its error is reported below, after the shell checks.
+  local -a check=(reducer="$reducer")
+  [ -z "$retention" ] || check+=(retention="$retention")
+  [ -z "$preset" ] || check+=(preset="$preset")
+  [ -z "$ablation" ] || check+=(ablation="$ablation")
+  [ "$exact" = 0 ] || check+=(exact=true)
+  [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 0 ] || check=()
   local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
-  local default_pixels fps_key conv_template
-  aot_eval_backbone "$backbone"
+  local default_pixels fps_key conv_template paper_preset args_error facts
+  facts=$(aot_eval_facts "$py" --backbone "$backbone" --benchmark "$benchmark" \
+          ${check[@]+"${check[@]}"}) ||
+    exit 2
+  eval "$facts"
   model=${model:-$default_model}
   frames=${frames:-$default_frames}
 
@@ -198,22 +201,10 @@ aot_eval_run() {
   [ -z "$limit" ] || aot_eval_check_int --limit "$limit"
   if [ "$reducer" != none ] && [ -z "$retention$preset" ]; then
     [ "$reducer" = aot ] || aot_eval_die "--reducer $reducer needs --retention"
-    local paper; paper=$(aot_eval_paper_preset "$backbone" "$benchmark")
-    [ -n "$paper" ] || aot_eval_die "give --retention R (e.g. 0.10) or --reducer none; the paper has no setting for $backbone"
-    aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $paper), or --reducer none"
+    [ -n "$paper_preset" ] || aot_eval_die "give --retention R (e.g. 0.10) or --reducer none; the paper has no setting for $backbone"
+    aot_eval_die "give --retention R (e.g. 0.10) or --preset NAME (the paper's setting for this benchmark: $paper_preset), or --reducer none"
   fi
-
-  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  local py; py=$(aot_eval_python "$root")
-  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # aot_eval, aot, llava from this checkout
-  # The AOT arguments, checked by the same parser the model uses (one rule everywhere).
-  local -a check=(reducer="$reducer")
-  [ -z "$retention" ] || check+=(retention="$retention")
-  [ -z "$preset" ] || check+=(preset="$preset")
-  [ -z "$ablation" ] || check+=(ablation="$ablation")
-  [ "$exact" = 0 ] || check+=(exact=true)
-  [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 1 ] ||
-    aot_eval_preflight "$py" args --backbone "$backbone" "${check[@]}"
+  [ -z "$args_error" ] || aot_eval_die "$args_error"
 
   # model_args: the stock wrapper's protocol settings under its own names, then the reducer.
   local margs="pretrained=$model"
@@ -289,3 +280,10 @@ aot_eval_report() {
   echo "[eval] retention: $retention"
   "$py" -m aot_eval.summarise --brief "$retention"
 }
+
+# A per-benchmark script (eval_<prefix>_<benchmark>.sh) reads its one backbone's facts in
+# aot_eval_run; any other script sourcing this file gets the list of backbones now.
+case "$(basename -- "${BASH_SOURCE[1]:-}")" in
+  eval_*_*.sh) ;;
+  *) aot_eval_load_backbones ;;
+esac

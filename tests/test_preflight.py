@@ -124,6 +124,45 @@ def test_args_check_unknown_backbone(capsys):
     assert len(err) == 1 and "unknown backbone 'qwen2_vl'" in err[0] and "llava_hf" in err[0]
 
 
+def _shell(text: str, names: str) -> dict:
+    """The values of ``names`` after bash evaluates ``text``."""
+    script = text + "\n" + "".join(f'printf "%s\\0" "${{{n}}}"\n' for n in names.split())
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return dict(zip(names.split(), out.stdout.split("\0")))
+
+
+@pytest.mark.parametrize("protocol", eval_protocols(), ids=lambda p: p.name)
+def test_facts_are_the_records_shell_assignments(protocol, capsys):
+    """What eval_common.sh reads for a backbone is its record's protocol, quoted for bash."""
+    bench = "egoschema"
+    assert preflight.main(["facts", "--backbone", protocol.name, "--benchmark", bench,
+                           "reducer=aot", "retention=0.1"]) == 0
+    names = " ".join(preflight.SHELL_FACTS) + " paper_preset args_error"
+    values = _shell(capsys.readouterr().out, names)
+    assert values == {**{n: str(getattr(protocol, n)) for n in preflight.SHELL_FACTS},
+                      "paper_preset": protocol.paper_presets.get(bench, ""), "args_error": ""}
+
+
+def test_facts_carry_the_args_error(capsys):
+    assert preflight.main(["facts", "--backbone", "ov", "reducer=aot", "preset=paper-x"]) == 0
+    error = _shell(capsys.readouterr().out, "args_error")["args_error"]
+    assert "unknown preset='paper-x'" in error and "\n" not in error
+
+
+def test_facts_without_a_backbone_list_every_protocol(capsys):
+    assert preflight.main(["facts"]) == 0
+    text = capsys.readouterr().out
+    names = [p.name for p in eval_protocols()]
+    probe = " ".join(f'"${{AOT_EVAL_PREFIXES[{n}]}}|${{AOT_EVAL_TABLE_RETENTIONS[{n}]}}"'
+                     for n in names)
+    out = subprocess.run(["bash", "-c", text + '\necho "$AOT_EVAL_BACKBONES"; printf "%s\\n" '
+                          + probe], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0] == " ".join(names)
+    assert lines[1:] == [p.prefix + "|" + " ".join(f"{r:.2f}" for r in p.table_retentions)
+                         for p in eval_protocols()]
+
+
 def checkpoint_folder(tmp_path, model_type, name="ckpt"):
     folder = tmp_path / name
     folder.mkdir()

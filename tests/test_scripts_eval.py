@@ -239,7 +239,8 @@ def test_every_backbone_has_its_four_scripts():
     listing = subprocess.run(
         ["bash", "-c", f'. "{SCRIPTS}/eval_common.sh"; for b in $AOT_EVAL_BACKBONES; do '
                        'echo "$b $(aot_eval_script_prefix "$b")"; done'],
-        capture_output=True, text=True, check=True).stdout.split("\n")
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHON": sys.executable}).stdout.split("\n")
     pairs = [line.split() for line in listing if line]
     assert [b for b, _ in pairs] == ["ov", "video", "qwen2_5_vl", "qwen3_vl", "llava_hf"]
     for backbone, prefix in pairs:
