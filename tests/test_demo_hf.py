@@ -115,7 +115,8 @@ def test_a_baseline_gets_the_same_exact_budget(checkpoints, tmp_path, capsys):
 
 
 @needs_video
-@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("kind", [pytest.param("qwen2_5_vl", marks=pytest.mark.slow),
+                                  "qwen3_vl"])
 def test_demo_on_native_16_by_9_frames(kind, checkpoints, tmp_path, capsys):
     """No --frame-size: the processor keeps bigbuckbunny's 16:9 aspect (a non-square token
     grid); the LLM still receives exactly reduced_token_count tokens and the pictures draw the

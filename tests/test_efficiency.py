@@ -77,6 +77,7 @@ def test_stage_pipeline_gives_the_model_embeddings(backbone, retention):
     assert list(clock.stages) == ["vision", "projector", "reduce"]
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "bench"
     code = efficiency.main(["--preset", "tiny", "--frames", "2", "4", "--retentions", "full",
@@ -117,6 +118,7 @@ def test_bad_arguments_give_clear_errors():
     assert aot.settings_for("video", 0.1, frames=16).exact_retention == 0.1
 
 
+@pytest.mark.slow
 def test_bench_script_passes_options_through():
     import subprocess
     import sys

@@ -202,6 +202,7 @@ def script_aot_run(workspace):
     return run_script(workspace, out), outputs(out)
 
 
+@pytest.mark.slow
 def test_script_ov_aot_exact(script_aot_run):
     """Script -> python -m aot_eval -> lmms-eval CLI: results, samples, retention files."""
     proc, got = script_aot_run

@@ -35,7 +35,8 @@ def model_args_of(command: str) -> dict:
 
 
 @pytest.mark.parametrize("backbone", ["ov", "vid"])
-@pytest.mark.parametrize("bench", sorted(BENCH_TASKS))
+@pytest.mark.parametrize("bench", [b if b == "mvbench" else pytest.param(b, marks=pytest.mark.slow)
+                                   for b in sorted(BENCH_TASKS)])
 def test_retention_maps_to_model_args(backbone, bench):
     proc = run([SCRIPTS / f"eval_{backbone}_{bench}.sh", "--retention", "0.10", "--dry-run"])
     assert proc.returncode == 0, proc.stderr
@@ -59,14 +60,20 @@ def test_retention_maps_to_model_args(backbone, bench):
     assert out == f"outputs/eval/{expected}/{bench}/aot_r0.10"
 
 
-@pytest.mark.parametrize("value", ["0.15", "0.2", ".25", "0.5", "1"])
+@pytest.mark.parametrize("value", [pytest.param("0.15", marks=pytest.mark.slow),
+                                   pytest.param("0.2", marks=pytest.mark.slow), ".25",
+                                   pytest.param("0.5", marks=pytest.mark.slow), "1"])
 def test_good_retentions(value):
     proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", value, "--dry-run"])
     assert proc.returncode == 0, proc.stderr
     assert model_args_of(command_of(proc))["retention"] == value
 
 
-@pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "abc", "", "0.1.2", "10%"])
+@pytest.mark.parametrize("value", [pytest.param("0", marks=pytest.mark.slow),
+                                   pytest.param("1.5", marks=pytest.mark.slow),
+                                   pytest.param("-0.1", marks=pytest.mark.slow), "abc", "",
+                                   pytest.param("0.1.2", marks=pytest.mark.slow),
+                                   pytest.param("10%", marks=pytest.mark.slow)])
 def test_bad_retentions_rejected(value):
     proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", value, "--dry-run"])
     assert proc.returncode == 2
@@ -76,21 +83,26 @@ def test_bad_retentions_rejected(value):
 
 @pytest.mark.parametrize("args, message", [
     ([], "give --retention"),
-    (["--retention", "0.1", "--preset", "paper-video"], "not both"),
-    (["--reducer", "none", "--retention", "0.1"], "unreduced"),
+    pytest.param(["--retention", "0.1", "--preset", "paper-video"], "not both",
+                 marks=pytest.mark.slow),
+    pytest.param(["--reducer", "none", "--retention", "0.1"], "unreduced",
+                 marks=pytest.mark.slow),
     (["--reducer", "bogus", "--retention", "0.1"], "unknown reducer"),
     (["--reducer", "uniform"], "needs --retention"),
-    (["--preset", "paper-ov-mvbench", "--exact"], "exact=true needs retention"),
+    pytest.param(["--preset", "paper-ov-mvbench", "--exact"], "exact=true needs retention",
+                 marks=pytest.mark.slow),
     (["--preset", "paper-ov-mvbenhc"], "unknown preset='paper-ov-mvbenhc'"),
-    (["--retention", "0.1", "--ablation", "no-locla"], "unknown ablation='no-locla'"),
-    (["--reducer", "aot:no-locla", "--retention", "0.1"], "unknown reducer='aot:no-locla'"),
+    pytest.param(["--retention", "0.1", "--ablation", "no-locla"],
+                 "unknown ablation='no-locla'", marks=pytest.mark.slow),
+    pytest.param(["--reducer", "aot:no-locla", "--retention", "0.1"],
+                 "unknown reducer='aot:no-locla'", marks=pytest.mark.slow),
     (["--retention", "0.1", "--frames", "0"], "--frames"),
     (["--retention", "0.1", "--nproc", "two"], "--nproc"),
     (["--retention", "0.1", "--limit", "-3"], "--limit"),
     (["--retention", "0.1", "--launcher", "mpirun"], "unknown launcher"),
     (["--retention", "0.1", "--dtype", "int8"], "unknown dtype"),
     (["--retention", "0.1", "--frobnicate"], "unknown option"),
-    (["--retention"], "retention="),
+    pytest.param(["--retention"], "retention=", marks=pytest.mark.slow),
 ])
 def test_bad_arguments_rejected(args, message):
     proc = run([SCRIPTS / "eval_ov_videomme.sh", *args, "--dry-run"])
@@ -116,6 +128,7 @@ def test_preset_full_and_options():
     assert "--limit 8" in command and "--output_path x/y" in command
 
 
+@pytest.mark.slow
 def test_multi_process_launchers():
     torchrun = command_of(run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.1", "--nproc",
                                "4", "--dry-run"], env={"MASTER_PORT": "29999"}))
@@ -298,7 +311,8 @@ def test_hf_backbones_without_a_budget():
     assert hf.returncode == 2 and "this benchmark: paper-ov-videomme)" in hf.stderr
 
 
-@pytest.mark.parametrize("backbone", sorted(HF_SCRIPTS))
+@pytest.mark.parametrize("backbone", [
+    b if b == "qwen3_vl" else pytest.param(b, marks=pytest.mark.slow) for b in sorted(HF_SCRIPTS)])
 def test_hf_backbone_scripts_check_reducer_args(backbone):
     """The scripts run the preflight parser for the new backbones too (its cases for each
     backbone: tests/test_preflight.py)."""
@@ -309,7 +323,9 @@ def test_hf_backbone_scripts_check_reducer_args(backbone):
     assert len(lines) == 1 and "unknown preset='paper-ov-mvbenhc'" in lines[0]
 
 
-@pytest.mark.parametrize("backbone", ["llava_hf", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("backbone", ["llava_hf",
+                                      pytest.param("qwen2_5_vl", marks=pytest.mark.slow),
+                                      pytest.param("qwen3_vl", marks=pytest.mark.slow)])
 def test_retention_passes_preflight(backbone):
     proc = run([SCRIPTS / f"eval_{backbone}_mvbench.sh", "--retention", "0.10", "--dry-run"])
     assert proc.returncode == 0, proc.stderr

@@ -73,7 +73,6 @@ class LLMInput:
         self.handle.remove()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ov", "qwen", "qwen3"])
 def test_reducer_off_is_the_stock_model(request, applied, name):
     model = _model(request, name)

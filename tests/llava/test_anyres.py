@@ -161,9 +161,8 @@ def ov_pair():
     return ours, hf_twin(ours)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("size", [(500, 500), (1000, 300), (300, 900), (200, 150),
-                                  (1600, 1200)])
+                                  pytest.param((1600, 1200), marks=pytest.mark.slow)])
 def test_image_logits_match_transformers(ov_pair, tokenizer, size):
     ours, hf = ov_pair
     image = random_image(size, seed=3)
