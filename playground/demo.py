@@ -301,7 +301,7 @@ def write_summary(info: dict, pictures: list[str], out: str) -> dict:
     return info
 
 
-def budget_text(args: argparse.Namespace, reduction: pipeline.Reduction) -> str:
+def budget_text(args: argparse.Namespace, reduction: pipeline.ReducedRun) -> str:
     """How the budget was set, for the table's heading."""
     config = reduction.config
     if args.preset:
@@ -317,7 +317,7 @@ def budget_text(args: argparse.Namespace, reduction: pipeline.Reduction) -> str:
     return how
 
 
-def describe_reduction(reduction: pipeline.Reduction, info: dict, times: dict) -> None:
+def describe_reduction(reduction: pipeline.ReducedRun, info: dict, times: dict) -> None:
     """Progress line 3 (the reducer, with what each of its phases did) and its time."""
     result = reduction.result
     seconds = reduction.times["reduce"]

@@ -195,8 +195,9 @@ def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
 
 
 @dataclass
-class Reduction:
-    """What the reducer did: the model's visual sequence, the settings and the stage times.
+class ReducedRun:
+    """What the reducer did on one video: the model's visual sequence, the settings and the stage
+    times (the settings themselves are an :class:`aot.video_path.Reduction`).
 
     sequence: the :class:`aot.video_path.VisualSequence` the LLM reads (``.result`` the ReducedVideo).
     budget: the token count given to a budgeted reducer (AOT's count for this video), or None.
@@ -227,14 +228,14 @@ def reduction_for(encoded: video_path.Encoded, config: aot.AOTConfig,
 
 @torch.no_grad()
 def reduce(loaded: LoadedModel, encoded: video_path.Encoded, config: aot.AOTConfig,
-           reducer: str = "aot") -> Reduction:
+           reducer: str = "aot") -> ReducedRun:
     """The path's reduce and pack steps on an encoding (timed: ``reduce``)."""
     reduction = reduction_for(encoded, config, reducer)
     clock = StageClock(encoded.features.device)
     result = video_path.reduce(encoded, reduction)
     sequence = video_path.pack(loaded.model.video_adapter(), encoded, result)
     clock.lap("reduce")
-    return Reduction(sequence, config, reducer, reduction.budget, clock.stages)
+    return ReducedRun(sequence, config, reducer, reduction.budget, clock.stages)
 
 
 def prompt_ids(loaded: LoadedModel, question: str) -> torch.Tensor:

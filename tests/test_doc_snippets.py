@@ -88,3 +88,11 @@ def test_backbones_blocks(index):
         assert namespace["handle"].last[0].visual_tokens == budget
         assert namespace["handle"].reduction.reducer == "visionzip"
         namespace["handle"].remove()
+
+
+def test_readme_names_every_registered_eval_model():
+    from aot.backbones import eval_protocols
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.model_id for p in eval_protocols() if f"`{p.model_id}`" not in readme]
+    assert not missing, f"README's 'Reproduce the paper' does not name {missing}"
