@@ -173,9 +173,16 @@ aot_eval_run() {
   [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 0 ] || check=()
   local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
   local default_pixels fps_key conv_template paper_preset args_error facts
-  facts=$(aot_eval_facts "$py" --backbone "$backbone" --benchmark "$benchmark" \
-          ${check[@]+"${check[@]}"}) ||
-    exit 2
+  # A sweep that checked the arguments once exported every protocol's facts (aot_eval_facts
+  # without --backbone): read them instead of starting Python for each cell.
+  local cached=AOT_EVAL_FACTS_${backbone}_${benchmark}
+  if [ ${#check[@]} = 0 ] && [[ $cached =~ ^[A-Za-z0-9_]+$ ]] && [ -n "${!cached:-}" ]; then
+    facts=${!cached}
+  else
+    facts=$(aot_eval_facts "$py" --backbone "$backbone" --benchmark "$benchmark" \
+            ${check[@]+"${check[@]}"}) ||
+      exit 2
+  fi
   eval "$facts"
   model=${model:-$default_model}
   frames=${frames:-$default_frames}
