@@ -33,6 +33,9 @@ def register_adapter(class_name: str, adapter: type[HFAdapter]) -> type[HFAdapte
     """Serve transformers models of class ``class_name`` (or a subclass) with ``adapter``;
     returns it. The adapter names its backbone record (``backbone_name``) and its checkpoints'
     ``model_type``."""
+    if not isinstance(class_name, str) or not class_name:
+        raise TypeError(f"register_adapter: class_name={class_name!r}: expected the transformers "
+                        "class name, a non-empty string")
     if not (isinstance(adapter, type) and issubclass(adapter, HFAdapter)):
         raise TypeError(f"register_adapter: {adapter!r} is not an HFAdapter subclass")
     if class_name in ADAPTERS and ADAPTERS[class_name] is not adapter:

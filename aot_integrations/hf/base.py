@@ -16,6 +16,8 @@ from aot.backbones import Backbone, get_backbone
 from aot.result import ReducedVideo
 from aot.video_path import Encoded, Reduction
 
+from .sequence import check_placeholders
+
 
 class HFAdapter:
     """Shared parts; subclasses set ``backbone_name`` and the model-specific methods.
@@ -29,6 +31,11 @@ class HFAdapter:
     backbone_name = ""
     model_type = ""
     video_keys: tuple[str, ...] = ()
+    #: the input the expected placeholder counts are read from (for messages).
+    video_source = "pixel_values_videos"
+    #: True when the model groups placeholders by runs (M-RoPE: each run of
+    #: ``mm_token_type_ids`` takes the next grid), so runs must be exactly the processor's.
+    grouped_runs = False
 
     def __init__(self, model) -> None:
         self.model = model
@@ -69,6 +76,27 @@ class HFAdapter:
             if getattr(config, name) >= self.vision_layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
                                  f"has blocks 0..{self.vision_layers - 1}")
+
+    def check_inputs(self, inputs: dict) -> None:
+        """Refuse a batch whose video inputs, grids and placeholders disagree, with one line
+        naming the value, before anything is encoded (``input_ids`` is a checked tensor)."""
+        pieces = self.video_pieces(inputs)
+        pixels = inputs["pixel_values_videos"]
+        if pixels.is_floating_point() and not bool(torch.isfinite(pixels).all()):
+            raise ValueError("aot_integrations.hf: pixel_values_videos holds NaN or inf values; "
+                             "expected the processor's normalised pixels")
+        check_placeholders(inputs["input_ids"], inputs.get("attention_mask"), self.video_token_id,
+                           pieces, self.video_source, self.grouped_runs)
+
+    def video_pieces(self, inputs: dict) -> list[list[int]]:
+        """Per video of the batch, the lengths of the placeholder runs the processor wrote for
+        it (checking the video inputs' types and shapes)."""
+        raise NotImplementedError
+
+    def token_grids(self, inputs: dict) -> list[tuple[int, int]]:
+        """Per video, the (rows, cols) grid of tokens the reducer selects on (inputs checked by
+        :meth:`check_inputs` first)."""
+        raise NotImplementedError
 
     def positions(self, inputs: dict) -> torch.Tensor | None:
         """(3, B, L) unreduced M-RoPE positions, or None for 1-D positions."""

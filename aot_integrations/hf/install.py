@@ -45,12 +45,20 @@ class Handle:
         remove(self.model)
 
 
-def _ids_as_keyword(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """``generate(ids, ...)`` / ``forward(ids, ...)`` -> ``input_ids=ids`` in the keywords (the
-    wrappers read and rewrite it there)."""
+def _ids_as_keyword(args: tuple, kwargs: dict, first: str = "input_ids") -> tuple[tuple, dict]:
+    """``generate(ids, ...)`` / ``generate(inputs=ids, ...)`` / ``forward(ids, ...)`` ->
+    ``input_ids=ids`` in the keywords (the wrappers read and rewrite it there). ``first``: the
+    stock method's name of its first parameter (``inputs`` for generate)."""
+    given = None
     if args:
-        kwargs["input_ids"] = args[0]
-        args = args[1:]
+        given, args = args[0], args[1:]
+    elif first != "input_ids" and first in kwargs:
+        given = kwargs.pop(first)
+    if given is not None:
+        if kwargs.get("input_ids") is not None:
+            raise ValueError(f"aot_integrations.hf: the ids came twice ({first} and input_ids); "
+                             "pass them once")
+        kwargs["input_ids"] = given
     return args, kwargs
 
 
@@ -76,19 +84,18 @@ def apply(model, reduction, *, reducer: str | None = None) -> Handle:
 
     @functools.wraps(stock_generate)
     def generate(*args, **kwargs):
-        args, kwargs = _ids_as_keyword(args, kwargs)
         if kwargs.get("pixel_values_videos") is None:
             return stock_generate(*args, **kwargs)
-        original_ids = kwargs["input_ids"]
-        kwargs = _reduce_inputs(handle, kwargs)
-        out = stock_generate(*args, **kwargs)
-        return _restore_prompt(out, original_ids, kwargs["input_ids"].shape[1])
+        args, kwargs = _ids_as_keyword(args, kwargs, "inputs")
+        reduced = _reduce_inputs(handle, kwargs)
+        out = stock_generate(*args, **reduced)
+        return _restore_prompt(out, kwargs["input_ids"], reduced["input_ids"].shape[1])
 
     @functools.wraps(stock_forward)
     def forward(*args, **kwargs):
-        args, kwargs = _ids_as_keyword(args, kwargs)
         if kwargs.get("pixel_values_videos") is None:
             return stock_forward(*args, **kwargs)
+        args, kwargs = _ids_as_keyword(args, kwargs)
         return stock_forward(*args, **_reduce_inputs(handle, kwargs))
 
     model.generate = generate
@@ -137,14 +144,10 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     """The stock kwargs with every video reduced: shortened ids/mask (+ positions), the video
     keys replaced by ``mm_encoder_outputs``."""
     adapter, reduction, model = handle.adapter, handle.reduction, handle.model
-    if kwargs.get("input_ids") is None:
-        raise ValueError("aot_integrations.hf: videos need input_ids (the processor's output), not "
-                         "inputs_embeds")
-    if kwargs.get("labels") is not None:
-        raise ValueError("aot_integrations.hf: labels with videos are not supported (the reduced sequence is "
-                         "shorter than the labels; aot_integrations.hf is for inference)")
-    if kwargs.get("mm_encoder_outputs"):
-        raise ValueError("aot_integrations.hf: pass pixel_values_videos or mm_encoder_outputs, not both")
+    _check_call(kwargs)
+    adapter.check_inputs(kwargs)
+    if reduction is not None:
+        _check_grids(adapter, reduction, kwargs)
     layers = () if reduction is None else reduction.layers
     with torch.no_grad():
         encoded = adapter.encode_batch(kwargs, layers)
@@ -173,6 +176,49 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     if positions is not None:
         out["position_ids"] = _mrope_positions(model, short, positions)
     return out
+
+
+def _check_call(kwargs: dict) -> None:
+    """The keys every model needs beside videos: input_ids alone (a (batch, length) integer
+    tensor), its mask, no labels, no ready encoder outputs. One line each, before any work."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        raise ValueError("aot_integrations.hf: videos need input_ids (the processor's output), not "
+                         "inputs_embeds")
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("aot_integrations.hf: videos need input_ids alone, not inputs_embeds as "
+                         "well (the reducer shortens the ids; embeddings of the unreduced prompt "
+                         "would not fit)")
+    if (not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point()
+            or ids.dtype == torch.bool):
+        what = (f"shape {tuple(ids.shape)} and dtype {ids.dtype}" if isinstance(ids, torch.Tensor)
+                else f"type {type(ids).__name__}")
+        raise ValueError(f"aot_integrations.hf: input_ids has {what}; expected a (batch, length) "
+                         "integer tensor (the processor's output with return_tensors='pt')")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"aot_integrations.hf: attention_mask has shape {shape} but input_ids "
+                         f"{tuple(ids.shape)}; pass the processor's output unchanged")
+    if kwargs.get("labels") is not None:
+        raise ValueError("aot_integrations.hf: labels with videos are not supported (the reduced sequence is "
+                         "shorter than the labels; aot_integrations.hf is for inference)")
+    if kwargs.get("mm_encoder_outputs"):
+        raise ValueError("aot_integrations.hf: pass pixel_values_videos or mm_encoder_outputs, not both")
+
+
+def _check_grids(adapter: HFAdapter, reduction: Reduction, kwargs: dict) -> None:
+    """Every video's frames hold at least ``anchors_per_frame`` tokens (the reducers' own check,
+    made before the tower runs)."""
+    config = reduction.config
+    if not config.intra:
+        return
+    for video, (rows, cols) in enumerate(adapter.token_grids(kwargs)):
+        if config.anchors_per_frame > rows * cols:
+            raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the "
+                             f"{rows * cols} tokens of a {rows}x{cols} frame (video {video}); "
+                             f"build the settings for this grid: aot_integrations.hf.config_for("
+                             f"model, retention, grid=({rows}, {cols}))")
 
 
 def _stock_image_outputs(model, kwargs: dict):

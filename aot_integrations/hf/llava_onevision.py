@@ -57,6 +57,33 @@ class OneVisionAdapter(HFAdapter):
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower).encoder.layers
 
+    def video_pieces(self, inputs: dict) -> list[list[int]]:
+        """One run per video: frames x pooled tokens + the newline, from pixel_values_videos
+        (videos, frames, 3, S, S) with S the tower's image size."""
+        pixels = inputs["pixel_values_videos"]
+        vision = self.model.config.vision_config
+        size, channels = vision.image_size, vision.num_channels
+        if (not isinstance(pixels, torch.Tensor) or pixels.dim() != 5 or min(pixels.shape[:2]) < 1
+                or tuple(pixels.shape[2:]) != (channels, size, size)):
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ValueError(f"aot_integrations.hf: pixel_values_videos has shape {shape}; expected "
+                             f"(videos, frames, {channels}, {size}, {size}) as "
+                             "LlavaOnevisionProcessor writes it (at least one video of one frame)")
+        if not pixels.is_floating_point():
+            raise TypeError(f"aot_integrations.hf: pixel_values_videos has dtype {pixels.dtype}; "
+                            "expected floating-point pixels (the processor's output)")
+        videos, frames = pixels.shape[:2]
+        side = size // vision.patch_size
+        run = frames * self.backbone.pooled_per_frame((side, side)) + \
+            self.backbone.newlines(frames, (side, side))
+        return [[run] for _ in range(videos)]
+
+    def token_grids(self, inputs: dict) -> list[tuple[int, int]]:
+        """The SigLIP patch grid of every video (square: image_size // patch_size)."""
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        return [(side, side)] * inputs["pixel_values_videos"].shape[0]
+
     def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         """pixel_values_videos (B, F, 3, S, S) -> one :class:`Encoded` per video: (F, T, D)
         projected features before pooling (T = grid^2), received attention at ``layers``."""

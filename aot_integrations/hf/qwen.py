@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from aot.anchors import received_attention
@@ -46,6 +48,8 @@ class Qwen25VLAdapter(HFAdapter):
     backbone_name = "qwen2_5_vl"
     model_type = "qwen2_5_vl"
     video_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    video_source = "video_grid_thw"
+    grouped_runs = True
 
     @property
     def visual(self):
@@ -64,6 +68,75 @@ class Qwen25VLAdapter(HFAdapter):
         if not full:
             return relative_layers(self.vision_layers)
         return full[0], full[-1]
+
+    def video_pieces(self, inputs: dict) -> list[list[int]]:
+        """One run of t*h*w/4 placeholders per video (:meth:`grid_rows` checks the inputs)."""
+        merge = self.visual.spatial_merge_size
+        return [[t * h * w // merge ** 2] for t, h, w in self.grid_rows(inputs)]
+
+    def token_grids(self, inputs: dict) -> list[tuple[int, int]]:
+        """The merged-token grid (h/2, w/2) of every video."""
+        merge = self.visual.spatial_merge_size
+        return [(h // merge, w // merge) for _, h, w in inputs["video_grid_thw"].tolist()]
+
+    def grid_rows(self, inputs: dict) -> list[list[int]]:
+        """video_grid_thw as a list of (t, h, w), after checking it against pixel_values_videos
+        and ``mm_token_type_ids`` against ``input_ids``."""
+        grid = inputs.get("video_grid_thw")
+        if grid is None:
+            raise ValueError("aot_integrations.hf: pixel_values_videos came without video_grid_thw "
+                             "(the (t, h, w) patches of each video, which the processor writes "
+                             "beside them); pass the processor's output unchanged")
+        if (not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[0] < 1
+                or grid.shape[1] != 3 or grid.is_floating_point() or grid.dtype == torch.bool):
+            shape = (f"shape {tuple(grid.shape)} and dtype {grid.dtype}"
+                     if isinstance(grid, torch.Tensor) else f"type {type(grid).__name__}")
+            raise ValueError(f"aot_integrations.hf: video_grid_thw has {shape}; expected a "
+                             "(videos, 3) integer tensor, (t, h, w) patches per video, as the "
+                             "processor writes it")
+        rows = grid.tolist()
+        merge = self.visual.spatial_merge_size
+        for index, (t, h, w) in enumerate(rows):
+            if min(t, h, w) < 1 or h % merge or w % merge:
+                raise ValueError(f"aot_integrations.hf: video_grid_thw[{index}] = {[t, h, w]}: "
+                                 f"expected t, h, w >= 1 with h and w multiples of "
+                                 f"spatial_merge_size={merge}")
+        vision = self.model.config.vision_config
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+        patches = sum(t * h * w for t, h, w in rows)
+        pixels = inputs["pixel_values_videos"]
+        if not isinstance(pixels, torch.Tensor) or tuple(pixels.shape) != (patches, width):
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ValueError(f"aot_integrations.hf: pixel_values_videos has shape {shape} but "
+                             f"video_grid_thw {rows} needs ({patches}, {width}): one row per "
+                             "patch (the sum of t*h*w); pass the processor's output unchanged")
+        self._check_token_types(inputs)
+        return rows
+
+    def _check_token_types(self, inputs: dict) -> None:
+        """mm_token_type_ids (2 on video placeholders) must be there and agree with input_ids:
+        the M-RoPE positions are built from it."""
+        types = inputs.get("mm_token_type_ids")
+        ids = inputs["input_ids"]
+        if types is None:
+            raise ValueError("aot_integrations.hf: Qwen inputs with videos need mm_token_type_ids "
+                             "(0 text, 1 image, 2 video per token), which the transformers 5.x "
+                             "processor writes; pass the processor's output unchanged (without "
+                             "it, M-RoPE positions cannot be built)")
+        if not isinstance(types, torch.Tensor) or types.shape != ids.shape:
+            shape = tuple(types.shape) if isinstance(types, torch.Tensor) else type(types).__name__
+            raise ValueError(f"aot_integrations.hf: mm_token_type_ids has shape {shape} but "
+                             f"input_ids {tuple(ids.shape)}; pass the processor's output unchanged")
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        placeholders = (ids == self.video_token_id) & mask
+        marked = (types.to(ids.device) == 2) & mask
+        if not torch.equal(placeholders, marked):
+            raise ValueError(f"aot_integrations.hf: mm_token_type_ids marks {int(marked.sum())} "
+                             f"video tokens (value 2) but input_ids hold {int(placeholders.sum())} "
+                             f"video placeholders ({int((placeholders != marked).sum())} columns "
+                             "differ); pass the processor's input_ids and mm_token_type_ids "
+                             "unchanged")
 
     def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         """Packed patches + video_grid_thw (V, 3) -> one :class:`Encoded` per video: (t, h*w/4, D)
@@ -106,6 +179,19 @@ class Qwen25VLAdapter(HFAdapter):
                  for index, attention in received.items()}))
             start = stop
         return encoded
+
+    def check_inputs(self, inputs: dict) -> None:
+        super().check_inputs(inputs)
+        seconds = inputs.get("second_per_grid_ts")
+        if seconds is not None and "second_per_grid_ts" in self.video_keys:
+            videos = inputs["video_grid_thw"].shape[0]
+            values = seconds.tolist() if hasattr(seconds, "tolist") else seconds
+            if (not isinstance(values, (list, tuple)) or len(values) != videos or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and v > 0 for v in values)):
+                raise ValueError(f"aot_integrations.hf: second_per_grid_ts={values!r}: expected "
+                                 f"{videos} positive numbers of seconds, one per video of "
+                                 "video_grid_thw (the processor's output)")
 
     def pool(self, encoded: Encoded) -> torch.Tensor:
         return encoded.features
@@ -157,6 +243,11 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         LLM width; the DeepStack levels follow)."""
         return dict(super().model_fields(),
                     similarity_channels=self.model.config.text_config.hidden_size)
+
+    def video_pieces(self, inputs: dict) -> list[list[int]]:
+        """One run of h*w/4 placeholders per temporal patch (its timestamp text between)."""
+        merge = self.visual.spatial_merge_size
+        return [[h * w // merge ** 2] * t for t, h, w in self.grid_rows(inputs)]
 
     def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         visual = self.visual

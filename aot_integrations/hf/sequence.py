@@ -47,6 +47,71 @@ class Shortened:
         return out.masked_fill(self.attention_mask.to(out.device)[None] == 0, 0)
 
 
+def check_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       video_token_id: int, pieces: list[list[int]], source: str,
+                       groups: bool) -> None:
+    """Refuse placeholders that do not match the videos, before any model work.
+
+    Args:
+        input_ids, attention_mask: (B, L) the processor's ids and mask (None: no padding).
+        video_token_id: the placeholder id.
+        pieces: per video, the lengths of its placeholder runs as the processor writes them
+            (one run per video; one per temporal patch on Qwen3-VL, split by timestamps).
+        source: what the expected counts come from, for the message (``"video_grid_thw"``).
+        groups: True when the model groups placeholders by runs (M-RoPE: each run takes the
+            next grid), so two runs with no text between are refused too.
+    Raises:
+        ValueError: the count differs, a video's placeholders span rows or are split where
+            its grid has no break, or (``groups``) two runs touch.
+    """
+    mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).bool()
+    is_video = (input_ids == video_token_id) & mask
+    runs = [sum(p) for p in pieces]
+    needed = int(is_video.sum())
+    if needed != sum(runs):
+        raise ValueError(f"aot_integrations.hf: input_ids hold {needed} video placeholders but the "
+                         f"{len(runs)} videos of {source} need {sum(runs)} ({runs}); pass the "
+                         "processor's input_ids unchanged")
+    video_ends, piece_ends, total = set(), set(), 0
+    for video_pieces in pieces:
+        for length in video_pieces:
+            total += length
+            piece_ends.add(total)
+        video_ends.add(total)
+    seen = 0
+    breaks, row_ends = set(), {}
+    for row in range(input_ids.shape[0]):
+        flags = is_video[row][mask[row]].tolist()
+        for index, flag in enumerate(flags):
+            if flag:
+                seen += 1
+                if index + 1 == len(flags) or not flags[index + 1]:
+                    breaks.add(seen)
+        row_ends.setdefault(seen, row)
+    starts = [0] + sorted(video_ends)
+
+    def locate(ordinal: int) -> tuple[int, int]:
+        video = next(v for v in range(len(runs)) if ordinal < starts[v + 1])
+        return video, ordinal - starts[video]
+
+    for ordinal, row in sorted(row_ends.items()):
+        if 0 < ordinal < sum(runs) and ordinal not in video_ends:
+            video, inside = locate(ordinal)
+            raise ValueError(f"aot_integrations.hf: row {row} ends after {inside} of the "
+                             f"{runs[video]} placeholders {source} gives video {video}; a "
+                             "video's placeholders must not span rows: pass the processor's "
+                             "output unchanged")
+    wrong = sorted(breaks - piece_ends) + (sorted(piece_ends - breaks) if groups else [])
+    if wrong:
+        video, _ = locate(min(wrong) - 1)
+        ends = sorted(breaks)
+        actual = [end - begin for begin, end in zip([0] + ends, ends)
+                  if begin < starts[video + 1] and end > starts[video]]
+        raise ValueError(f"aot_integrations.hf: video {video}'s placeholders come in runs of "
+                         f"{actual} but {source} needs runs of {pieces[video]} with text between; "
+                         "pass the processor's input_ids unchanged")
+
+
 def shorten(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, video_token_id: int,
             runs: list[int], slots: list[torch.Tensor], pad_token_id: int = 0) -> Shortened:
     """Replace each video's placeholder run by its reduced length.
