@@ -72,6 +72,9 @@ def settings_for(backbone: Backbone | str, retention: float | None = None, *,
             ``exact=True`` without a retention, approximate mode without ``frames`` or below
             :func:`lowest_retention`.
     """
+    if exact is not None and not isinstance(exact, bool):
+        raise TypeError(f"settings_for: exact={exact!r}: expected True (exact token count), False "
+                        f"(the approximate settings) or None (exact when a retention is given)")
     facts = backbone if isinstance(backbone, Backbone) else get_backbone(backbone)
     rows, cols = check_grid(facts.grid if grid is None else grid)
     if frames is not None:

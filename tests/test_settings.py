@@ -142,6 +142,9 @@ def test_bad_grids_are_refused(bad):
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="exact=True needs a retention"):
         settings_for("ov", None, exact=True)
+    for exact in ("no", "false", 0, 1):     # a string or a number is not read as a switch
+        with pytest.raises(TypeError, match=f"exact={exact!r}: expected True"):
+            settings_for("ov", 0.1, exact=exact, frames=32)
     for frames in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=r"frames=.*expected an integer >= 1"):
             settings_for("ov", 0.1, frames=frames)
