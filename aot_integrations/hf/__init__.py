@@ -7,13 +7,8 @@
     out = model.generate(**processor(text=[prompt], videos=[video], return_tensors="pt"))
     handle.remove()                                                  # the stock model again
 
-:func:`apply` patches the *instance* (never the class): its ``generate`` and ``forward`` encode
-the videos first (capturing received attention at the reducer's two vision layers), reduce each
-video, shorten ``input_ids`` / ``attention_mask`` (and ``mm_token_type_ids``) to the reduced
-runs, and call the stock method with the ready features as ``mm_encoder_outputs`` (and, for
-M-RoPE models, every kept token's original (t, h, w) position). ``generate`` returns the caller's
-original prompt ids followed by the new tokens, as the stock model does; KV cache, padding,
-batches and sampling flags are the stock ones.
+:func:`apply` patches the *instance* (never the class); how, and what ``generate`` returns: see
+:mod:`.install`.
 
 Modules: :mod:`.install` (apply / remove), :mod:`.settings` (config_for, reduced_token_count),
 :mod:`.adapters` (the registry; :mod:`.base`, :mod:`.llava_onevision`, :mod:`.qwen` the

@@ -1,6 +1,24 @@
-"""Fixtures shared by the aot_integrations.hf tests."""
+"""Fixtures shared by the aot_integrations.hf tests: the tiny models (one per module) and a
+self-removing ``apply``."""
 
 import pytest
+
+from aot_integrations import tiny
+
+
+@pytest.fixture(scope="module")
+def ov():
+    return tiny.onevision()
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return tiny.qwen2_5_vl()
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    return tiny.qwen3_vl()
 
 
 @pytest.fixture

@@ -16,19 +16,6 @@ from aot_integrations.hf import config_for, reduced_token_count  # noqa: E402
 KNOBS = dict(anchors_per_frame=8, window=3, shallow_layer=1, deep_layer=3)
 
 
-@pytest.fixture(scope="module")
-def ov():
-    return tiny.onevision()
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return tiny.qwen2_5_vl()
-
-
-@pytest.fixture(scope="module")
-def qwen3():
-    return tiny.qwen3_vl()
 
 
 INPUTS = {

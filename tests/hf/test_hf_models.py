@@ -20,19 +20,6 @@ KNOBS = dict(anchors_per_frame=12, window=3, shallow_layer=1, deep_layer=3)
 GEN = dict(max_new_tokens=4, do_sample=False)
 
 
-@pytest.fixture(scope="module")
-def ov():
-    return tiny.onevision()
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return tiny.qwen2_5_vl()
-
-
-@pytest.fixture(scope="module")
-def qwen3():
-    return tiny.qwen3_vl()
 
 
 def ov_inputs(batch=2, frames=4, **kw):
