@@ -17,8 +17,8 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, and ``aot:<ablation>``
-for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``, and
+``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
 from .uniform import pooling_matrix, reduce_uniform
+from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
 
 Reducer = Callable[..., ReducedVideo]
@@ -92,6 +93,11 @@ _BASE = (
                 paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
     ReducerInfo("random", reduce_random, False, inputs=("deep_attention", "frame_features"),
                 summary="AOT with random anchors (ablation)", paper=_AOT_PAPER),
+    ReducerInfo("vidcom2", reduce_vidcom2, True, VidCom2Config,
+                summary="VidCom2: per frame, the tokens least like the video and frame means, "
+                        "frame-adaptive counts",
+                paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
+                      "arXiv 2505.14454"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -202,6 +208,7 @@ __all__ = [
     "reducer_info",
     "DyCokeConfig",
     "Reducer",
+    "VidCom2Config",
     "VisionZipConfig",
     "ablation_config",
     "config_for_budget",
@@ -212,6 +219,7 @@ __all__ = [
     "reduce_dycoke",
     "reduce_random",
     "reduce_uniform",
+    "reduce_vidcom2",
     "reduce_visionzip",
     "reducer_names",
     "register_reducer",
