@@ -44,6 +44,9 @@ def check_frame_features(frame_features, num_frames: int) -> None:
                          f"({num_frames}, D): one feature vector per frame of the video")
     if not frame_features.is_floating_point():
         raise TypeError(f"frame_features must be floating point, got dtype {frame_features.dtype}")
+    if frame_features.device.type == "meta":
+        raise ValueError(f"frame_features is on the meta device (shape {shape}, no values): "
+                         "the clip cuts read the values; pass real tensors")
     if not bool(torch.isfinite(frame_features).all()):
         raise ValueError("frame_features holds NaN or inf values")
 

@@ -15,6 +15,20 @@ POOLING_MODES = ("bilinear", "average", "none")
 MERGE_MODES = ("ot", "cosine", "prune")
 SINKHORN_STOPPING = ("video", "problem")
 
+#: Range of ``intra_scale`` / ``inter_scale``. The merges compute ``s * load`` and ``s * sum``
+#: in float32 (also for float64 Python scales): above about 1e38 they overflow to inf, below
+#: about 1e-38 the scale is 0, and either way the merge divides 0 or inf by itself (NaN). Past
+#: 1e8 (or under 1e-8) the merged value already equals its limit to float32 precision, so the
+#: bounds lose nothing (docs/knobs.md, "Ranges").
+SCALE_RANGE = (1e-12, 1e12)
+#: Range of ``sigma`` (frames): outside it ``2 * sigma ** 2`` under/overflows in Python floats;
+#: below 0.1 frames the decay is already 1 for every frame offset, above 1e6 already 0.
+SIGMA_RANGE = (1e-6, 1e6)
+#: Most Sinkhorn iterations: ``sinkhorn_check_every=0`` (or tolerance 0) runs all of them.
+MAX_SINKHORN_ITERATIONS = 1_000_000
+#: The seeds ``torch.Generator.manual_seed`` takes.
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
+
 
 @dataclass(frozen=True)
 class AOTConfig:
@@ -130,6 +144,7 @@ class AOTConfig:
     similarity_channels: Optional[int] = None
 
     def __post_init__(self) -> None:
+        check_bool_fields(self)
         _check_int(self, "anchors_per_frame", low=1)
         _check_range(self, "global_share", 0.0, 1.0)
         _check_int(self, "window", low=1)
@@ -139,10 +154,18 @@ class AOTConfig:
         _check_choice(self, "inter_merge", MERGE_MODES)
         _check_choice(self, "pooling", POOLING_MODES)
         _check_choice(self, "sinkhorn_stopping", SINKHORN_STOPPING)
-        for name in ("intra_epsilon", "temporal_epsilon", "sigma"):
+        for name in ("intra_epsilon", "temporal_epsilon"):
             _check_positive(self, name)
-        for name in ("spatial_weight", "intra_scale", "inter_scale", "sinkhorn_tolerance"):
+        if not _in_range(self.sigma, *SIGMA_RANGE):
+            raise ValueError(f"AOTConfig.sigma={self.sigma!r}: expected a finite number in "
+                             f"[{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}] (frames)")
+        for name in ("spatial_weight", "sinkhorn_tolerance"):
             _check_range(self, name, 0.0, math.inf)
+        for name, phase in (("intra_scale", "intra"), ("inter_scale", "inter")):
+            if not _in_range(getattr(self, name), *SCALE_RANGE):
+                raise ValueError(f"AOTConfig.{name}={getattr(self, name)!r}: expected a finite "
+                                 f"number in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (no merge: "
+                                 f"{phase}_merge='prune')")
         _check_range(self, "hard_merge_weight", 0.0, 1.0)
         _check_range(self, "keep_ratio", 0.0, 1.0)
         _check_range(self, "dynamic_threshold", -1.0, 1.0)
@@ -152,10 +175,17 @@ class AOTConfig:
             _check_int(self, "clip_length", low=1)
         _check_int(self, "num_clips", low=1)
         _check_int(self, "sinkhorn_iterations", low=1)
+        if self.sinkhorn_iterations > MAX_SINKHORN_ITERATIONS:
+            raise ValueError(f"AOTConfig.sinkhorn_iterations={self.sinkhorn_iterations!r}: "
+                             f"expected an integer in [1, {MAX_SINKHORN_ITERATIONS}]")
         if self.sinkhorn_check_every is not None:
             _check_int(self, "sinkhorn_check_every", low=0)
         if self.exact_retention is not None:
             check_retention(self.exact_retention, "exact_retention")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+                SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise ValueError(f"AOTConfig.seed={self.seed!r}: expected an integer in "
+                             "[-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed takes)")
         if self.intra and not (self.local_anchors or self.global_anchors or self.random_anchors):
             raise ValueError(
                 "AOTConfig: local_anchors=False and global_anchors=False leave no way to pick "
@@ -192,8 +222,32 @@ def check_retention(value, name: str = "retention") -> float:
     return float(value)
 
 
+def check_bool_fields(options) -> None:
+    """The one rule for the switches of every options dataclass (AOTConfig, the reducers'
+    options): a field annotated ``bool`` takes only True or False. A string such as ``"false"``
+    is truthy and would silently mean True; 0/1 are refused too (convert text with
+    ``aot_eval.model_args.to_bool``)."""
+    for item in dataclasses.fields(options):
+        if item.type not in ("bool", bool):
+            continue
+        value = getattr(options, item.name)
+        if not isinstance(value, bool):
+            raise ValueError(f"{type(options).__name__}.{item.name}={value!r}: expected True or "
+                             f"False (a bool, got {type(value).__name__})")
+
+
 def _is_number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _float(value) -> float | None:
+    """``value`` as a float when it is a number (ints too large for a float: inf), else None."""
+    if not _is_number(value):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        return math.inf if value > 0 else -math.inf
 
 
 def _check_int(cfg, name: str, low: int) -> None:
@@ -202,17 +256,24 @@ def _check_int(cfg, name: str, low: int) -> None:
         raise ValueError(f"AOTConfig.{name}={value!r}: expected an integer >= {low}")
 
 
+def _in_range(value, low: float, high: float) -> bool:
+    """Whether ``value`` is a finite number (not a bool) in [low, high]."""
+    number = _float(value)
+    return number is not None and math.isfinite(number) and low <= number <= high
+
+
 def _check_range(cfg, name: str, low: float, high: float) -> None:
     """A finite number in [low, high] (high may be inf: no upper bound, but still finite)."""
     value = getattr(cfg, name)
-    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+    if not _in_range(value, low, high):
         expected = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
         raise ValueError(f"AOTConfig.{name}={value!r}: expected a finite number {expected}")
 
 
 def _check_positive(cfg, name: str) -> None:
     value = getattr(cfg, name)
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
+    number = _float(value)
+    if not (number is not None and math.isfinite(number) and number > 0):
         raise ValueError(f"AOTConfig.{name}={value!r}: expected a finite number > 0")
 
 

@@ -204,6 +204,15 @@ def _top_survivors(mask_value: torch.Tensor, priority: torch.Tensor,
     return first_in_order(order, counts)
 
 
+def check_has_data(name: str, x: torch.Tensor) -> None:
+    """A ValueError for a tensor without values (the ``meta`` device): which tokens survive
+    depends on the values, so there is no shape-only answer."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shape {tuple(x.shape)}, no values): "
+                         f"the reducer's token selection reads the values; pass real tensors (the "
+                         f"count at exact_retention r is aot.exact_budget(r, frames, pooled))")
+
+
 def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
                  grid=None) -> tuple[int, int]:
     """Validate reduce_video's inputs; returns the grid's (rows, cols) (``grid`` None: the
@@ -216,6 +225,7 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+        check_has_data(name, x)
     if features.dim() != 3:
         raise ValueError(f"features must be (frames, tokens, dim); got shape {tuple(features.shape)}")
     frames, tokens, dim = features.shape

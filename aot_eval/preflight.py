@@ -96,8 +96,9 @@ def check_processes(nproc: int, device: str | None) -> None:
 
 def check_reducer_args(backbone: str, pairs: list[str]) -> str:
     """``key=value`` strings -> the resolved reducer description, parsed for the scripts'
-    ``backbone`` as its model parses them; ValueError when invalid."""
-    from .model_args import parse_reducer
+    ``backbone`` as its model parses them; ValueError when invalid. ``frames=N`` (the scripts'
+    ``--frames``) is the model's frame count, which approximate settings are solved for."""
+    from .model_args import parse_reducer, to_int
 
     facts = facts_backbone(backbone)
     kwargs = {}
@@ -106,7 +107,11 @@ def check_reducer_args(backbone: str, pairs: list[str]) -> str:
         if not sep or not key.strip():
             raise ValueError(f"{pair!r} is not key=value")
         kwargs[key.strip()] = value.strip()
-    spec = parse_reducer(kwargs, facts)
+    frames = kwargs.pop("frames", None)
+    if frames is None:
+        spec = parse_reducer(kwargs, facts)
+    else:
+        spec = parse_reducer(kwargs, facts, frames=to_int(frames, "frames"))
     return f"reducer={spec.name} ({spec.source})"
 
 

@@ -139,6 +139,7 @@ def check_hf_arguments(args: argparse.Namespace, transformers_model: bool) -> No
 
 def run(args: argparse.Namespace) -> dict:
     """The whole demo; returns the summary written to ``summary.json``."""
+    pipeline.check_seed(args.seed)
     torch.manual_seed(args.seed)
     video = check_arguments(args)
     model_type = None if args.model is None else hf.checkpoint_type(args.model)
@@ -147,6 +148,11 @@ def run(args: argparse.Namespace) -> dict:
     if transformers_model:
         return run_hf(args, video)
     times: dict[str, float] = {}
+    # the settings are checked before the video is decoded and the model built (one line, exit 2)
+    backbone = pipeline.checkpoint_backbone(args.model)
+    if backbone is not None:
+        pipeline.build_config(backbone, args.frames, args.retention, args.preset,
+                              exact=args.exact, seed=args.seed)
 
     start = time.perf_counter()
     clip = pipeline.read_clip(video, args.frames)

@@ -79,6 +79,13 @@ def check_frames(frames: int) -> None:
         raise DemoError(f"--frames {frames} must be a positive number of frames")
 
 
+def check_seed(seed: int) -> None:
+    """Raise DemoError unless ``seed`` is one ``torch.manual_seed`` takes."""
+    low, high = aot.config.SEED_RANGE
+    if not low <= seed <= high:
+        raise DemoError(f"--seed {seed} is outside [-2**63, 2**64 - 1] (the seeds torch takes)")
+
+
 def read_clip(path: str, frames: int):
     """Decode ``frames`` frames spread uniformly over the video (LLaVA-OV's sampling).
 
@@ -159,9 +166,40 @@ def load_model(path: str | None, seed: int = 0, workdir: str | None = None) -> L
     return LoadedModel(tokenizer, model, processor, label, random, backbone)
 
 
+#: The declared backbone of the tiny random model (``write_tiny_checkpoint`` writes an OV one).
+TINY_BACKBONE = "ov"
+
+
+def checkpoint_backbone(path: str | None) -> str | None:
+    """The declared backbone of the llava/ checkpoint folder ``path`` read from its config.json
+    (None: the tiny model, :data:`TINY_BACKBONE`), so the settings are checked before the model
+    is built. None when config.json does not say (:func:`load_model` then reports the folder)."""
+    if path is None:
+        return TINY_BACKBONE
+    import json
+    from types import SimpleNamespace
+
+    from aot_integrations.llava import llava_layout
+
+    try:
+        with open(os.path.join(path, "config.json")) as handle:
+            fields = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    backbone = llava_layout(SimpleNamespace(**fields)).backbone
+    return None if backbone is None else backbone.name
+
+
 def build_config(backbone: str, frames: int, retention: float | None, preset: str | None,
                  exact: bool = False, seed: int = 0) -> aot.AOTConfig:
-    """The AOT config: a preset, or settings aimed at ``retention`` (default 0.10)."""
+    """The AOT config: a preset, or settings aimed at ``retention`` (default 0.10).
+
+    Raises:
+        DemoError: settings that cannot be made, e.g. an approximate retention below what the
+            approximate settings reach at ``frames`` frames (one line, exit code 2).
+    """
     if preset is not None:
         check_preset(preset)
         config = aot.AOTConfig.preset(preset)
@@ -170,8 +208,12 @@ def build_config(backbone: str, frames: int, retention: float | None, preset: st
             raise DemoError(f"--preset {preset!r} pools with {config.pooling!r} but the model "
                             f"pools with {expected!r}; pick a preset of the other backbone")
         return config.replace(seed=seed)
-    return aot.settings_for(backbone, 0.10 if retention is None else retention, exact=exact,
-                            frames=frames, seed=seed)
+    target = 0.10 if retention is None else retention
+    try:
+        return aot.settings_for(backbone, target, exact=exact, frames=frames, seed=seed)
+    except ValueError as error:
+        text = " ".join(str(error).split()).replace("exact=True", "--exact")
+        raise DemoError(f"--retention {target:g}: {text}") from None
 
 
 # ---------------------------------------------------------------------------------- stages

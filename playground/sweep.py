@@ -68,6 +68,7 @@ def parse_retentions(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     """The sweep; returns the rows written to sweep.json."""
+    pipeline.check_seed(args.seed)
     torch.manual_seed(args.seed)
     targets = parse_retentions(args.retentions)
     reducers = parse_list(args.reducer, "--reducer")
@@ -84,6 +85,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.model is not None and hf.checkpoint_type(args.model) != hf.LLAVA_TYPE:
         raise DemoError(f"--model {args.model!r}: the sweep runs on lmms-lab llava/ checkpoints; "
                         "for a transformers checkpoint run playground.demo per retention")
+    backbone = pipeline.checkpoint_backbone(args.model)
+    if backbone is not None:  # every target's settings, before the model is built
+        for target in targets:
+            pipeline.build_config(backbone, args.frames, target, None, exact=args.exact,
+                                  seed=args.seed)
     clip = pipeline.read_clip(video, args.frames)
     loaded = pipeline.load_model(args.model, seed=args.seed)
     print(f"model: {loaded.label}", flush=True)

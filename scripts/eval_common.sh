@@ -170,6 +170,7 @@ aot_eval_run() {
   [ -z "$preset" ] || check+=(preset="$preset")
   [ -z "$ablation" ] || check+=(ablation="$ablation")
   [ "$exact" = 0 ] || check+=(exact=true)
+  [ -z "$frames" ] || check+=(frames="$frames")  # approximate settings hold for this count
   [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 0 ] || check=()
   local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
   local default_pixels fps_key conv_template paper_preset args_error facts

@@ -114,6 +114,7 @@ def test_demo_end_to_end_on_a_short_clip(clip, tmp_path, capsys):
 
     # The staged demo gives exactly what the model computes inside generate() with AOT set.
     loaded = pipeline.load_model(None, seed=0)
+    assert loaded.backbone == pipeline.TINY_BACKBONE  # what the demo checks settings with
     config = pipeline.build_config(loaded.backbone, FRAMES, None, None)
     assert config.to_dict() == summary["config"]
     frames = pipeline.read_clip(str(clip), FRAMES).frames

@@ -23,6 +23,7 @@ Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``v
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ def register_reducer(info: ReducerInfo) -> ReducerInfo:
     if info.name in REDUCERS:
         raise ValueError(f"reducer {info.name!r} is already registered "
                          f"({REDUCERS[info.name].summary or REDUCERS[info.name].function})")
+    if not isinstance(info.needs_budget, bool):
+        raise TypeError(f"reducer {info.name!r}: needs_budget={info.needs_budget!r}; expected "
+                        f"True or False")
     if not callable(info.function):
         raise TypeError(f"reducer {info.name!r}: function={info.function!r} is not callable")
     unknown = sorted(set(info.inputs) - set(INPUTS))
@@ -180,9 +184,20 @@ def get_reducer(name: str, **options) -> Reducer:
     """
     info = reducer_info(name)
     if info.options is not None:
-        return functools.partial(info.function, options=info.options(**options))
+        return functools.partial(info.function, options=make_options(info, options))
     _no_options(name, options)
     return info.function
+
+
+def make_options(info: ReducerInfo, options: dict):
+    """``info.options(**options)``; an unknown field raises a TypeError naming the reducer's
+    fields (not the dataclass's ``__init__``)."""
+    fields = [item.name for item in dataclasses.fields(info.options)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise TypeError(f"reducer {info.name!r} has no option(s) {unknown}; its options: "
+                        f"{fields}")
+    return info.options(**options)
 
 
 def _no_options(name: str, options: dict) -> None:

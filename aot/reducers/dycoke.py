@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import AOTConfig
+from ..config import AOTConfig, check_bool_fields
 from ..ops import gather_rows, pack_left
 from ..pooling import pool_grid
 from ..result import ReducedVideo
@@ -56,8 +56,7 @@ class DyCokeConfig:
     allocation: str = "frame"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.merge, bool):
-            raise ValueError(f"DyCokeConfig.merge={self.merge!r}: expected True or False")
+        check_bool_fields(self)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"DyCokeConfig.allocation={self.allocation!r}: "
                              f"expected one of {ALLOCATIONS}")

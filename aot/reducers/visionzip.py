@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import AOTConfig
+from ..config import AOTConfig, check_bool_fields
 from ..ops import cosine_similarity, first_in_order, gather_rows, pack_left
 from ..pooling import pool_grid
 from ..result import ReducedVideo
@@ -50,6 +50,7 @@ class VisionZipConfig:
     attention: str = "deep"
 
     def __post_init__(self) -> None:
+        check_bool_fields(self)  # none today: the one rule for any switch added later
         for name in ("dominant", "contextual"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
