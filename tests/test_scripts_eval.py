@@ -139,6 +139,7 @@ def test_multi_process_launchers():
     assert accel.split(" ", 1)[1].startswith("-m accelerate.commands.launch --num_processes 4 ")
 
 
+@pytest.mark.slow  # a sweep: many script dry runs
 def test_sweep_dry_run_covers_the_table():
     proc = run([SCRIPTS / "sweep.sh", "--backbone", "ov", "--output", "out", "--dry-run", "--",
                 "--nproc", "2"])
@@ -332,6 +333,7 @@ def test_retention_passes_preflight(backbone):
     assert model_args_of(command_of(proc))["retention"] == "0.10"
 
 
+@pytest.mark.slow  # a sweep and a SLURM array: many script dry runs
 def test_hf_backbone_sweep_and_slurm():
     proc = run([SCRIPTS / "sweep.sh", "--backbone", "llava_hf", "--output", "out", "--dry-run"])
     assert proc.returncode == 0, proc.stderr
