@@ -112,6 +112,9 @@ class Backbone:
     prompt_template: conversation template of the chat prompt.
     positions: ``"1d"`` (positions count tokens, a reducer only shortens the sequence) or
         ``"mrope"`` (kept tokens carry their original (t, h, w) positions).
+    patch_merge: k when the processor's video grid (``video_grid_thw``) counts patches before a
+        k x k spatial merge (Qwen: 2), 1 when it counts the tokens AOT sees; the serving count
+        (``reduced_token_count``) divides the grid's rows and columns by it.
     integration: where its model code lives (:data:`INTEGRATIONS`): ``"llava"`` (our ``llava/``
         models; the benchmark's and the demo's random-weight models) or ``"transformers"``.
     bench_shapes: key of :data:`aot_bench.configs.SHAPE_TABLES` (the model shapes the efficiency
@@ -131,6 +134,7 @@ class Backbone:
     frames: int
     prompt_template: str
     positions: str = "1d"
+    patch_merge: int = 1
     integration: str = "transformers"
     bench_shapes: Optional[str] = None
     tiny: Mapping = field(default_factory=dict)
@@ -144,6 +148,10 @@ class Backbone:
             if value not in allowed:
                 raise ValueError(f"Backbone {self.name!r}: {label}={value!r}, expected one of "
                                  f"{allowed}")
+        if isinstance(self.patch_merge, bool) or not isinstance(self.patch_merge, int) \
+                or self.patch_merge < 1:
+            raise ValueError(f"Backbone {self.name!r}: patch_merge={self.patch_merge!r}, expected "
+                             f"an integer >= 1")
         object.__setattr__(self, "tiny", MappingProxyType(dict(self.tiny)))
 
     def pooled_grid(self, grid: tuple[int, int] | int | None = None) -> tuple[int, int]:
@@ -310,7 +318,7 @@ register_backbone(Backbone(
 register_backbone(Backbone(
     "qwen2_5_vl", "Qwen2.5-VL in transformers (Qwen/Qwen2.5-VL-*)", (16, 16), pooling="none",
     newline="no_token", shallow_layer=7, deep_layer=31, preset="paper-ov-mvbench", frames=16,
-    prompt_template="chat_template", positions="mrope", bench_shapes="qwen_vit",
+    prompt_template="chat_template", positions="mrope", patch_merge=2, bench_shapes="qwen_vit",
     tiny={"anchors_per_frame": 8, "window": 3, "shallow_layer": 1, "deep_layer": 3},
     protocols=(EvalProtocol(
         "qwen2_5_vl", "qwen2_5_vl", "aot_eval.hf_models.Qwen2_5_VLAOT",
@@ -324,7 +332,7 @@ register_backbone(Backbone(
 register_backbone(Backbone(
     "qwen3_vl", "Qwen3-VL in transformers (Qwen/Qwen3-VL-*)", (16, 16), pooling="none",
     newline="no_token", shallow_layer=5, deep_layer=24, preset="paper-ov-mvbench", frames=16,
-    prompt_template="chat_template", positions="mrope",
+    prompt_template="chat_template", positions="mrope", patch_merge=2,
     tiny={"anchors_per_frame": 8, "window": 3, "shallow_layer": 1, "deep_layer": 3},
     protocols=(EvalProtocol(
         "qwen3_vl", "qwen3_vl", "aot_eval.hf_models.Qwen3_VLAOT",

@@ -70,3 +70,17 @@ def test_protocols_and_adapters_agree():
         if name is not None:
             assert adapters.ADAPTERS[name].backbone_name == \
                 backbones.backbone_of_protocol(protocol.name).name
+
+
+def test_patch_merge_is_validated_and_read_by_the_serving_count():
+    import dataclasses
+
+    from aot_integrations.hf import reduced_token_count
+
+    qwen = backbones.get_backbone("qwen2_5_vl")
+    with pytest.raises(ValueError, match="patch_merge=0, expected an integer >= 1"):
+        dataclasses.replace(qwen, name="bad", patch_merge=0)
+    unmerged = dataclasses.replace(qwen, name="unmerged", patch_merge=1)
+    # (t, h, w) = (2, 8, 8): 2 x 4 x 4 merged tokens on Qwen, 2 x 8 x 8 without a merge
+    assert reduced_token_count(qwen, (2, 8, 8), 1.0) == 32
+    assert reduced_token_count(unmerged, (2, 8, 8), 1.0) == 128

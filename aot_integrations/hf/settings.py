@@ -83,14 +83,9 @@ def reduced_token_count(model_or_backbone, video_grid, settings: AOTConfig | flo
         backbone = adapter_for(model_or_backbone).backbone
     retention = _check_settings(settings)
     frames, rows, cols = _check_video_grid(backbone, video_grid)
-    if backbone.positions == "mrope":
-        rows, cols = rows // MERGE, cols // MERGE            # the 2x2 merger
+    rows, cols = rows // backbone.patch_merge, cols // backbone.patch_merge
     per_frame = backbone.pooled_per_frame((rows, cols))
     return exact_budget(retention, frames, per_frame) + backbone.newlines(frames, (rows, cols))
-
-
-#: The spatial merge of the M-RoPE backbones' processors (Qwen2.5-VL, Qwen3-VL: 2x2 patches).
-MERGE = 2
 
 
 def _check_settings(settings) -> float:
@@ -115,7 +110,7 @@ def _check_video_grid(backbone, video_grid) -> tuple[int, int, int]:
     """``video_grid`` as (frames, rows, cols) of this backbone, or an error naming it."""
     import torch
 
-    what = ("one video_grid_thw row (t, h, w) in patches" if backbone.positions == "mrope"
+    what = ("one video_grid_thw row (t, h, w) in patches" if backbone.patch_merge > 1
             else "(frames, rows, cols) of the SigLIP patch grid")
     if isinstance(video_grid, torch.Tensor):
         if video_grid.dim() != 1:
@@ -140,11 +135,12 @@ def _check_video_grid(backbone, video_grid) -> tuple[int, int, int]:
                              f"{what}, three integers >= 1")
         values.append(number)
     frames, rows, cols = values
-    if backbone.positions == "mrope":
-        if rows % MERGE or cols % MERGE:
+    merge = backbone.patch_merge
+    if merge > 1:
+        if rows % merge or cols % merge:
             raise ValueError(f"reduced_token_count: video_grid={tuple(values)!r}: h and w must be "
-                             f"multiples of {MERGE} (backbone {backbone.name!r} merges "
-                             f"{MERGE}x{MERGE} patches; the processor's video_grid_thw rows are)")
+                             f"multiples of {merge} (backbone {backbone.name!r} merges "
+                             f"{merge}x{merge} patches; the processor's video_grid_thw rows are)")
     elif rows != cols:
         raise ValueError(f"reduced_token_count: video_grid={tuple(values)!r}: backbone "
                          f"{backbone.name!r} takes square frames (rows == cols: 27 x 27 patches "
