@@ -133,13 +133,24 @@ class VideoTokenCounter:
 class HFReducerMixin:
     """What the three models add to their stock class (see the module docstring).
 
-    Subclasses set ``MODEL_ID`` (ours), ``STOCK_ID`` (whose prompts the tasks must use) and
-    ``BACKBONE`` (a name of :data:`aot.backbones.BACKBONES`).
+    Subclasses set ``PROTOCOL``, the name of their :class:`aot.backbones.EvalProtocol`; its
+    record gives ``MODEL_ID`` (ours), ``STOCK_ID`` (whose prompts the tasks must use) and
+    ``BACKBONE`` (the backbone whose facts it runs).
     """
 
+    PROTOCOL = ""
     MODEL_ID = ""
     STOCK_ID = ""
     BACKBONE = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        from aot.backbones import backbone_of_protocol, get_protocol
+
+        super().__init_subclass__(**kwargs)
+        if cls.PROTOCOL:
+            protocol = get_protocol(cls.PROTOCOL)
+            cls.MODEL_ID, cls.STOCK_ID = protocol.model_id, protocol.stock_model
+            cls.BACKBONE = backbone_of_protocol(cls.PROTOCOL).name
 
     def __init__(self, *args, retention_log: Optional[str] = None, prompt_as: str = "stock",
                  **kwargs) -> None:
@@ -279,20 +290,20 @@ class _FetchLog:
 class Qwen2_5_VLAOT(HFReducerMixin, Qwen2_5_VL):
     """Stock lmms-eval ``qwen2_5_vl`` (``Qwen2_5_VLForConditionalGeneration``) with a reducer."""
 
-    MODEL_ID, STOCK_ID, BACKBONE = "qwen2_5_vl_aot", "qwen2_5_vl", "qwen2_5_vl"
+    PROTOCOL = "qwen2_5_vl"
 
 
 class Qwen3_VLAOT(HFReducerMixin, Qwen3_VL):
     """Stock lmms-eval ``qwen3_vl`` (``Qwen3VLForConditionalGeneration``) with a reducer."""
 
-    MODEL_ID, STOCK_ID, BACKBONE = "qwen3_vl_aot", "qwen3_vl", "qwen3_vl"
+    PROTOCOL = "qwen3_vl"
 
 
 class LlavaHfAOT(HFReducerMixin, LlavaHf):
     """Stock lmms-eval ``llava_hf`` on transformers' ``LlavaOnevisionForConditionalGeneration``
     with a reducer (the ``"ov"`` backbone: SigLIP 27x27, bilinear pooling, one newline)."""
 
-    MODEL_ID, STOCK_ID, BACKBONE = "llava_hf_aot", "llava_hf", "ov"
+    PROTOCOL = "llava_hf"
 
 
 # The chat-protocol classes (what ``--model qwen2_5_vl_aot`` / ``qwen3_vl_aot`` run unless
@@ -302,10 +313,10 @@ class LlavaHfAOT(HFReducerMixin, LlavaHf):
 class Qwen2_5_VLChatAOT(HFReducerMixin, Qwen2_5_VLChat):
     """Stock lmms-eval chat ``qwen2_5_vl`` with a reducer."""
 
-    MODEL_ID, STOCK_ID, BACKBONE = "qwen2_5_vl_aot", "qwen2_5_vl", "qwen2_5_vl"
+    PROTOCOL = "qwen2_5_vl"
 
 
 class Qwen3_VLChatAOT(HFReducerMixin, Qwen3_VLChat):
     """Stock lmms-eval chat ``qwen3_vl`` with a reducer."""
 
-    MODEL_ID, STOCK_ID, BACKBONE = "qwen3_vl_aot", "qwen3_vl", "qwen3_vl"
+    PROTOCOL = "qwen3_vl"

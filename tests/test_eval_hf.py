@@ -541,3 +541,16 @@ def test_images_refused_under_a_reducer_even_where_stock_swallows_errors(workspa
                  task="aot_tinyhf_images")
     sample = record_of(tmp_path, "llava_hf_aot")["samples"][0]
     assert "NotImplementedError" in sample["error"] and sample["retention"] is None
+
+
+def test_plugin_classes_take_their_ids_from_the_protocol_records():
+    from aot_eval import hf_models
+
+    expected = {"Qwen2_5_VLAOT": ("qwen2_5_vl_aot", "qwen2_5_vl", "qwen2_5_vl"),
+                "Qwen3_VLAOT": ("qwen3_vl_aot", "qwen3_vl", "qwen3_vl"),
+                "LlavaHfAOT": ("llava_hf_aot", "llava_hf", "ov"),
+                "Qwen2_5_VLChatAOT": ("qwen2_5_vl_aot", "qwen2_5_vl", "qwen2_5_vl"),
+                "Qwen3_VLChatAOT": ("qwen3_vl_aot", "qwen3_vl", "qwen3_vl")}
+    for name, ids in expected.items():
+        cls = getattr(hf_models, name)
+        assert (cls.MODEL_ID, cls.STOCK_ID, cls.BACKBONE) == ids, name
