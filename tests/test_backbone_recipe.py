@@ -3,24 +3,13 @@ the backbone records asked about the new backbone."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
+from doc_code import python_blocks, run_code
 
 from aot import backbones
 from aot_integrations.hf import adapters
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
-
-
-def recipe_code() -> str:
-    """The python code blocks of the doc's "## Add a backbone" section, joined."""
-    text = DOC.read_text()
-    section = text.split("\n## Add a backbone\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, f"no python block under '## Add a backbone' in {DOC}"
-    return "\n".join(blocks)
+PAGE = "docs/backbones.md"
 
 
 @pytest.fixture
@@ -37,8 +26,8 @@ def registries():
 def test_recipe_runs_as_printed_and_every_consumer_knows_the_backbone(registries):
     from aot_eval import manifests, paper, preflight, prompts, summarise
 
-    namespace: dict = {"__name__": "recipe"}
-    exec(compile(recipe_code(), str(DOC), "exec"), namespace)
+    namespace = run_code("\n".join(python_blocks(PAGE, "\n## Add a backbone\n")),
+                         {"__name__": "recipe"}, PAGE)
 
     assert backbones.get_backbone("mine") is namespace["mine"]
     assert preflight.facts_backbone("mine") == "mine"

@@ -9,27 +9,15 @@ tests (test_recipes.py, test_backbone_recipe.py).
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
+from doc_code import ROOT, python_blocks, run_code
 
 import aot
 from aot.synthetic import synthetic_video
 from aot_integrations import tiny
 
-ROOT = Path(__file__).resolve().parents[1]
 QWEN_GRID = (2, 32, 32)      # 2 temporal patches of 16 x 16 merged tokens (the declared grid)
-
-
-def blocks(page: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
-
-
-def run(code: str, namespace: dict, page: str) -> dict:
-    exec(compile(code, page, "exec"), namespace)
-    return namespace
 
 
 def video_inputs() -> dict:
@@ -47,9 +35,9 @@ def qwen_namespace() -> dict:
 
 
 def test_readme_blocks(tmp_path, capsys):
-    code = blocks("README.md")
+    code = python_blocks("README.md")
     assert len(code) == 3
-    namespace = run(code[0], {"__name__": "readme", **video_inputs()}, "README.md")
+    namespace = run_code(code[0], {"__name__": "readme", **video_inputs()}, "README.md")
     assert namespace["result"].num_tokens == aot.exact_budget(0.10, 32, 196)
     assert "retention" in capsys.readouterr().out
 
@@ -57,28 +45,28 @@ def test_readme_blocks(tmp_path, capsys):
     tiny.write_checkpoint(checkpoint, "ov", vision_layers=27)   # the published 5 and 24 exist
     loading = code[1].replace('"lmms-lab/llava-onevision-qwen2-7b-ov"', repr(str(checkpoint)))
     assert loading != code[1], "README's loading example no longer names the hub checkpoint"
-    namespace = run(loading, namespace, "README.md")
+    namespace = run_code(loading, namespace, "README.md")
     assert namespace["model"].aot_config == aot.settings_for("ov", 0.10, exact=False, frames=32)
 
-    namespace = run(code[2], {"__name__": "readme", **qwen_namespace()}, "README.md")
+    namespace = run_code(code[2], {"__name__": "readme", **qwen_namespace()}, "README.md")
     sequence = namespace["handle"].last[0]
     frames, rows, cols = QWEN_GRID
     assert sequence.visual_tokens == aot.exact_budget(0.10, frames, rows * cols // 4)
 
 
 def test_reducers_readme_block():
-    code = blocks("docs/reducers/README.md")[0]
-    namespace = run(code, {"__name__": "reducers", **video_inputs()}, "docs/reducers/README.md")
+    code = python_blocks("docs/reducers/README.md")[0]
+    namespace = run_code(code, {"__name__": "reducers", **video_inputs()}, "docs/reducers/README.md")
     assert namespace["result"].num_tokens == aot.exact_budget(0.10, 32, 196)
     assert "visionzip" in namespace["reducer_names"]()
 
 
 @pytest.mark.parametrize("index", [1, 2])
 def test_backbones_blocks(index):
-    code = blocks("docs/backbones.md")[index]
+    code = python_blocks("docs/backbones.md")[index]
     namespace = {"__name__": "backbones", **video_inputs(), **qwen_namespace(), "num_frames": 32,
                  "model_dtype": torch.float16}
-    namespace = run(code, namespace, "docs/backbones.md")
+    namespace = run_code(code, namespace, "docs/backbones.md")
     if index == 1:
         assert namespace["visual_tokens"].shape == (aot.exact_budget(0.15, 32, 196), 16)
         assert namespace["visual_tokens"].dtype == torch.float16

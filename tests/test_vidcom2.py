@@ -6,15 +6,13 @@ import math
 
 import pytest
 import torch
+from reducer_checks import check_selects_pooled_tokens_on_tiny_ov
 
-import aot
 from aot import AOTConfig, exact_budget, pool_grid
 from aot.pooling import pooled_shape
 from aot.reducers import REDUCERS, VidCom2Config, get_reducer
 from aot.reducers.vidcom2 import exact_counts, released_counts
 from aot.result import KIND_FRAME
-from aot_eval.model_args import parse_reducer
-from aot_integrations.tiny import random_model
 
 ALPHAS = [2.0 ** k for k in range(-3, 2)]
 
@@ -266,19 +264,4 @@ def test_bad_budgets_and_unknown_options():
 
 # ------------------------------------------------------------------------------ the one path
 def test_eval_plugin_and_tiny_model_take_vidcom2():
-    spec = parse_reducer({"reducer": "vidcom2", "retention": "0.25", "exact": "true"}, "ov")
-    assert spec.name == "vidcom2" and spec.config.exact_retention == 0.25
-    model = random_model("ov", seed=5)
-    video = torch.rand(4, 3, 384, 384, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    config = spec.config.replace(shallow_layer=1, deep_layer=2)
-    with torch.no_grad():
-        full = model.video_sequence(video)
-        model.set_aot(config, reducer="vidcom2")
-        try:
-            reduced = model.video_sequence(video)
-        finally:
-            model.set_aot(None)
-    assert reduced.visual_tokens == aot.exact_budget(0.25, 4, 196) < full.visual_tokens
-    kept = reduced.result.token_frame * 196 + reduced.result.token_position
-    torch.testing.assert_close(reduced.tokens[:reduced.visual_tokens],
-                               full.tokens[:full.visual_tokens][kept], rtol=1e-5, atol=1e-6)
+    check_selects_pooled_tokens_on_tiny_ov("vidcom2")
