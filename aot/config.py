@@ -256,10 +256,16 @@ def _check_int(cfg, name: str, low: int) -> None:
         raise ValueError(f"AOTConfig.{name}={value!r}: expected an integer >= {low}")
 
 
+def is_finite_number(value) -> bool:
+    """Whether ``value`` is a finite int or float, not a bool (an int beyond float range is not):
+    the one number test of every options dataclass."""
+    number = _float(value)
+    return number is not None and math.isfinite(number)
+
+
 def _in_range(value, low: float, high: float) -> bool:
     """Whether ``value`` is a finite number (not a bool) in [low, high]."""
-    number = _float(value)
-    return number is not None and math.isfinite(number) and low <= number <= high
+    return is_finite_number(value) and low <= float(value) <= high
 
 
 def _check_range(cfg, name: str, low: float, high: float) -> None:
@@ -272,8 +278,7 @@ def _check_range(cfg, name: str, low: float, high: float) -> None:
 
 def _check_positive(cfg, name: str) -> None:
     value = getattr(cfg, name)
-    number = _float(value)
-    if not (number is not None and math.isfinite(number) and number > 0):
+    if not (is_finite_number(value) and value > 0):
         raise ValueError(f"AOTConfig.{name}={value!r}: expected a finite number > 0")
 
 

@@ -237,6 +237,7 @@ def test_similarity_channels_score_the_leading_channels_and_carry_all():
     ("temperature", 0.0, "temperature=0.0"),
     ("temperature", float("inf"), "temperature=inf"),
     ("temperature", "0.01", "temperature='0.01'"),
+    ("temperature", 10**400, "temperature=1000"),      # an int beyond float range
     ("alphas", (), "alphas=()"),
     ("alphas", (1.0, -2.0), "alphas=\\(1.0, -2.0\\)"),
     ("alphas", (float("nan"),), "alphas=\\(nan,\\)"),

@@ -24,13 +24,12 @@ whose released count is furthest below (above) their quota ``scale_f * P``
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..config import AOTConfig
+from ..config import AOTConfig, check_bool_fields, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_FRAME, ReducedVideo
 from .common import flatten_slots, make_result, resolve_budget, validate, work_dtype
@@ -38,11 +37,6 @@ from .common import flatten_slots, make_result, resolve_budget, validate, work_d
 COUNT_MODES = ("exact", "released")
 #: the release's kernel widths, ``2**k`` for k = -3 .. 1
 RELEASED_ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)
-
-
-def _number(value) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
-            and math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -64,17 +58,18 @@ class VidCom2Config:
     temperature: float = 0.01
 
     def __post_init__(self) -> None:
+        check_bool_fields(self)  # none today: the one rule for any switch added later
         if self.count not in COUNT_MODES:
             raise ValueError(f"VidCom2Config.count={self.count!r}: expected one of {COUNT_MODES}")
-        if not _number(self.channel_ratio) or not 0 < self.channel_ratio <= 1:
+        if not is_finite_number(self.channel_ratio) or not 0 < self.channel_ratio <= 1:
             raise ValueError(f"VidCom2Config.channel_ratio={self.channel_ratio!r}: expected a "
                              f"number in (0, 1]")
-        if not _number(self.temperature) or self.temperature <= 0:
+        if not is_finite_number(self.temperature) or self.temperature <= 0:
             raise ValueError(f"VidCom2Config.temperature={self.temperature!r}: expected a finite "
                              f"number > 0")
         alphas = self.alphas
         if (not isinstance(alphas, (tuple, list)) or not alphas
-                or not all(_number(a) and a > 0 for a in alphas)):
+                or not all(is_finite_number(a) and a > 0 for a in alphas)):
             raise ValueError(f"VidCom2Config.alphas={alphas!r}: expected a non-empty tuple of "
                              f"finite numbers > 0")
         object.__setattr__(self, "alphas", tuple(float(a) for a in alphas))
