@@ -30,11 +30,13 @@ def random_video(frames, grid=(27, 27), dim=16, seed=0, dtype=torch.float64):
 
 
 # ------------------------------------------------------------------------------ the oracle
-def oracle(pooled: torch.Tensor, retention: float) -> list[list[int]]:
+def oracle(pooled: torch.Tensor, retention: float, channel_ratio: float = 0.5,
+           alphas=ALPHAS, temperature: float = 0.01) -> list[list[int]]:
     """The release's ``vidcom2_compression`` written as plain loops over frames, tokens and
     channels in Python floats (float64): the kept positions of every frame, ascending.
 
-    pooled: (F, P, D) the backbone's pooled tokens (the release's ``flattened_feat``)."""
+    pooled: (F, P, D) the backbone's pooled tokens (the release's ``flattened_feat``); the
+    knobs default to the release's constants."""
     frames, per_frame, dim = pooled.shape
     rows = pooled.reshape(-1, dim).tolist()
     count = len(rows)
@@ -43,7 +45,7 @@ def oracle(pooled: torch.Tensor, retention: float) -> list[list[int]]:
     for c in range(dim):
         mean = sum(row[c] for row in rows) / count
         variances.append(sum((row[c] - mean) ** 2 for row in rows) / count)
-    channels = sorted(range(dim), key=lambda c: (variances[c], c))[:int(dim * 0.5)]
+    channels = sorted(range(dim), key=lambda c: (variances[c], c))[:max(1, int(dim * channel_ratio))]
     # compute_gaussian_scores: L2-normalise, then kernels to the video and the frame centres
     units = []
     for row in rows:
@@ -55,7 +57,7 @@ def oracle(pooled: torch.Tensor, retention: float) -> list[list[int]]:
 
     def kernel(unit, centre):
         distance = sum((unit[c] - centre[c]) ** 2 for c in range(width))
-        return sum(math.exp(-distance / (2 * a)) for a in ALPHAS)
+        return sum(math.exp(-distance / (2 * a)) for a in alphas)
 
     video_score, frame_score = [], []
     for f in range(frames):
@@ -66,7 +68,7 @@ def oracle(pooled: torch.Tensor, retention: float) -> list[list[int]]:
     # compute_scales on -mean(video score)
     uniqueness = [-sum(s) / per_frame for s in video_score]
     top = max(uniqueness)
-    weights = [math.exp((u - top) / 0.01) for u in uniqueness]
+    weights = [math.exp((u - top) / temperature) for u in uniqueness]
     probs = [w / sum(weights) for w in weights]
     mean_prob = sum(probs) / frames
     scales = [min(1.0, retention * (1 + p - mean_prob)) for p in probs]
@@ -105,6 +107,27 @@ def test_released_mode_matches_the_oracle(frames, retention, grid, pooling):
     torch.testing.assert_close(result.tokens, pooled[frame_ids, positions], atol=1e-9, rtol=0)
     assert bool((result.token_kind == KIND_FRAME).all())
     assert int(result.survivors.sum()) == result.num_tokens
+
+
+@pytest.mark.parametrize("knob, value", [("channel_ratio", 0.25), ("alphas", (0.05, 4.0)),
+                                         ("temperature", 0.3)])
+def test_every_knob_is_read_as_the_release_reads_its_constant(knob, value):
+    """A non-default knob matches the oracle run with that value, and changes the kept tokens
+    (a knob the code ignored would fail one of the two)."""
+    frames, retention, grid = 8, 0.1, (27, 27)
+    features, shallow, deep = random_video(frames, grid, seed=11)
+    config = AOTConfig(exact_retention=retention)
+    pooled = pool_grid(features, grid, config.pooling)
+
+    def kept(result):
+        return [result.token_position[result.token_frame == f].tolist() for f in range(frames)]
+
+    default = get_reducer("vidcom2", count="released")(features, shallow, deep, config)
+    changed = get_reducer("vidcom2", count="released", **{knob: value})(features, shallow, deep,
+                                                                       config)
+    assert kept(default) == oracle(pooled, retention)
+    assert kept(changed) == oracle(pooled, retention, **{knob: value})
+    assert kept(changed) != kept(default)
 
 
 def test_half_way_quota_rounds_to_even_in_both_count_rules():
