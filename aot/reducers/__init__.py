@@ -57,7 +57,9 @@ class ReducerInfo:
         when all its knobs are :class:`AOTConfig` fields.
     inputs: what it reads besides the features: ``"shallow_attention"``, ``"deep_attention"``
         (received attention at ``config.shallow_layer`` / ``deep_layer``), ``"frame_features"``,
-        with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        ``"last_attention"`` (received attention at the tower's last used layer, the one whose
+        output is the features; passed as the keyword ``last_attention=``, and captured by every
+        adapter when declared), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
         shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
@@ -76,7 +78,7 @@ class ReducerInfo:
 
 ABLATION_PREFIX = "aot:"
 #: What a reducer may read besides the features (``ReducerInfo.inputs``).
-INPUTS = ("shallow_attention", "deep_attention", "frame_features")
+INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention")
 _ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
