@@ -6,7 +6,8 @@ Registered as ``qwen2_5_vl_aot``, ``qwen3_vl_aot`` and ``llava_hf_aot`` (see
 arguments and answer post-processing are the stock code, not a copy. What we add:
 
 * the constructor takes the AOT keys out of ``--model_args`` (:mod:`aot_eval.model_args`:
-  ``reducer``, ``retention``, ``exact``, ``preset``, ``ablation``, AOTConfig fields) plus
+  ``reducer``, ``retention``, ``exact``, ``preset``, ``ablation``, ``reducer.<option>``,
+  AOTConfig fields) plus
   ``retention_log`` and ``prompt_as``, hands every other key to the stock constructor, and
   installs the reducer on the loaded model with :func:`aot_integrations.hf.apply` (nothing with
   ``reducer=none``: the stock model computes as loaded);
@@ -263,7 +264,7 @@ def install_reducer(model, spec: ReducerSpec):
     config = spec.config
     if reducer_info(spec.name).needs_budget and config.exact_retention is None:
         config = config.replace(exact_retention=spec.retention)
-    return aot_integrations.hf.apply(model, Reduction(config, spec.name))
+    return aot_integrations.hf.apply(model, Reduction(config, spec.name, dict(spec.options)))
 
 
 class _FetchLog:

@@ -150,7 +150,7 @@ class LlavaAOTBase(lmms):
                 f"prompt_as, retention_log, on_video_error, frame_folders, batch_size"
                 f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
-                f"ablation and any AOTConfig field")
+                f"ablation, reducer.<option> and any AOTConfig field")
         return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
 
     def _setup_devices(self, device: Optional[str], device_map: Optional[str]) -> None:
@@ -187,6 +187,8 @@ class LlavaAOTBase(lmms):
             kwargs["reducer"] = self.spec.name
             if reducer_info(self.spec.name).needs_budget:
                 kwargs["retention"] = self.spec.retention
+            if self.spec.options:
+                kwargs["reducer_options"] = self.spec.options
         name = model_name or get_model_name_from_path(pretrained)
         tokenizer, model, image_processor, max_length = load_pretrained_model(
             pretrained, None, name, **kwargs)

@@ -40,6 +40,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                           attn_implementation="sdpa", customized_config=None,
                           overwrite_config=None, *, aot_config: "aot.AOTConfig | str | None" = None,
                           reducer: str = "aot", retention: float | None = None,
+                          reducer_options: dict | None = None,
                           vision_chunk_size: int = 8, **kwargs):
     """Load a LLaVA-Qwen checkpoint (LLaVA-NeXT signature).
 
@@ -60,6 +61,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             ``"aot"``, ``"uniform"``, ``"visionzip"``, ``"dycoke"``, ``"random"``, ...).
         retention: for the baselines, the exact retention to run at when the config has no
             ``exact_retention`` yet (so they emit exactly AOT-exact's count).
+        reducer_options: the reducer's own knobs (fields of its
+            :attr:`aot.reducers.ReducerInfo.options` dataclass) as a dict.
         vision_chunk_size: frames per vision-tower call.
     Returns:
         (tokenizer, model, image_processor, max_length).
@@ -87,7 +90,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if aot_config is not None and retention is not None and aot_config.exact_retention is None \
             and aot.reducers.reducer_info(reducer).needs_budget:
         aot_config = aot_config.replace(exact_retention=retention)
-    model.set_aot(aot_config, reducer=reducer)
+    model.set_aot(aot_config, reducer=reducer, options=reducer_options)
 
     tokenizer = load_tokenizer(folder)
     image_processor = build_image_processor(model.get_vision_tower().image_size)

@@ -100,13 +100,15 @@ class LlavaMetaForCausalLM:
         """This model as an adapter of the one video path (:mod:`aot.video_path`)."""
         return LlavaVideoAdapter(self)
 
-    def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot") -> None:
+    def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot",
+                options: dict | None = None) -> None:
         """Turn reduction on with a config (or a preset name such as ``"paper-ov-mvbench"``),
         or off with None. The config's pooling must match ``mm_spatial_pool_mode``.
 
         ``reducer``: a name of :data:`aot.reducers.REDUCERS` (``"aot"``, ``"uniform"``,
         ``"visionzip"``, ``"dycoke"``, ``"random"``, ``"aot:<ablation>"``) run on the same
         inputs; the budgeted ones need ``config.exact_retention`` (their token budget).
+        ``options``: the reducer's own knobs (:attr:`aot.reducers.ReducerInfo.options` fields).
         """
         if isinstance(config, str):
             config = aot.AOTConfig.preset(config)
@@ -117,7 +119,7 @@ class LlavaMetaForCausalLM:
             aot.reducers.reducer_info(reducer)  # unknown names fail even when turning off
             self.reduction = None
             return
-        reduction = video_path.Reduction(config, reducer)
+        reduction = video_path.Reduction(config, reducer, dict(options or {}))
         self.video_adapter().check(reduction)
         self.reduction = reduction
 
