@@ -82,9 +82,10 @@ REPORTED = (
          "SimpleCluster's re-run"),
     _row("visionzip", "qwen2_5_vl", "0.10", (None,) * 4, 57.7, "FV",
          "FlashVID's re-run; per-benchmark values not kept"),
-    _row("dycoke", "ov", "0.25", (53.1, 59.5, 49.5, 54.3), 54.1, "HT",
-         "HoliTom's re-implementation"),
-    _row("dycoke", "video", "0.25", (50.8, None, 53.0, 56.9), None, "AOT"),
+    _row("dycoke-ttm", "ov", "0.25", (53.1, 59.5, 49.5, 54.3), 54.1, "HT",
+         "HoliTom's re-implementation of DyCoke"),
+    _row("dycoke-ttm", "video", "0.25", (50.8, None, 53.0, 56.9), None, "AOT",
+         "AOT's run of DyCoke"),
 )
 
 _INDEX = {(row.reducer, row.protocol, row.retention): row for row in REPORTED}

@@ -17,7 +17,8 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``, and
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
+``dycoke-ttm``, and
 ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
 """
 
@@ -36,6 +37,7 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .dycoke_ttm import DyCokeTTMConfig, reduce_dycoke_ttm
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -89,10 +91,11 @@ _BASE = (
     ReducerInfo("uniform", reduce_uniform, True,
                 summary="uniform pooling of each frame to the budget"),
     ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig, inputs=("deep_attention",),
-                summary="VisionZip-style dominant + contextual tokens per frame",
+                summary="VisionZip-style dominant + contextual tokens per frame (ours)",
                 paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
     ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
-                summary="DyCoke-style temporal merge of redundant tokens",
+                summary="DyCoke-style temporal merge of redundant tokens (ours; the release: "
+                        "dycoke-ttm)",
                 paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
     ReducerInfo("random", reduce_random, False, inputs=("deep_attention", "frame_features"),
                 summary="AOT with random anchors (ablation)", paper=_AOT_PAPER),
@@ -101,6 +104,10 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("dycoke-ttm", reduce_dycoke_ttm, True, DyCokeTTMConfig,
+                summary="DyCoke's released token temporal merging: pairs of frames, the odd "
+                        "one keeps the tokens least like the even one",
+                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -224,6 +231,7 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "DyCokeTTMConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -234,6 +242,7 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_dycoke_ttm",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
