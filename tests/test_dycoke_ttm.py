@@ -189,3 +189,54 @@ def test_through_the_eval_parser_on_a_tiny_model():
     kept = reduced.result.token_frame * 196 + reduced.result.token_position
     torch.testing.assert_close(reduced.tokens[:reduced.visual_tokens],
                                full.tokens[:full.visual_tokens][kept], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, grid, per_frame", [("qwen2_5_vl", (4, 8, 12), 24),
+                                                   ("qwen3_vl", (4, 8, 8), 16),
+                                                   ("llava_onevision", 6, 9)])
+def test_exact_count_at_the_llm_of_tiny_transformers_models(name, grid, per_frame):
+    """Through aot_integrations.hf on tiny Qwen2.5-VL / Qwen3-VL / transformers LLaVA-OV: the
+    LLM receives exactly the budget (LLaVA-OV: plus its one newline)."""
+    pytest.importorskip("transformers")
+    import aot_integrations.hf
+    from aot.video_path import Reduction
+    from aot_integrations import tiny
+
+    build, inputs = {"qwen2_5_vl": (tiny.qwen2_5_vl, lambda: tiny.qwen_inputs([grid])),
+                     "qwen3_vl": (tiny.qwen3_vl, lambda: tiny.qwen3_inputs([grid])),
+                     "llava_onevision": (tiny.onevision,
+                                         lambda: tiny.onevision_inputs([grid]))}[name]
+    model = build(seed=1)
+    config = aot_integrations.hf.config_for(model, 0.25, shallow_layer=1, deep_layer=2,
+                                            anchors_per_frame=8, window=3)
+    handle = aot_integrations.hf.apply(model, Reduction(config, "dycoke-ttm",
+                                                        {"merging_ratio": 0.7}))
+    calls = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k),
+                                                 with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs())
+    finally:
+        hook.remove()
+        handle.remove()
+    frames = grid if isinstance(grid, int) else grid[0]
+    expected = aot.exact_budget(0.25, frames, per_frame)
+    video_token = tiny.VIDEO_TOKEN if name == "llava_onevision" else model.config.video_token_id
+    newlines = 1 if name == "llava_onevision" else 0
+    assert (calls[0]["input_ids"] == video_token).sum().item() == expected + newlines
+    assert [s.visual_tokens for s in handle.last] == [expected]
+
+
+def test_exact_count_on_tiny_llava_video():
+    """The LLaVA-Video model (average pooling 27->13, 169 per frame, a newline per row)."""
+    from aot_integrations.tiny import random_model
+
+    model = random_model("video", seed=2)
+    video = torch.rand(5, 3, 384, 384, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = aot.settings_for("video", 0.1, exact=True).replace(shallow_layer=1, deep_layer=2)
+    with torch.no_grad():
+        model.set_aot(config, reducer="dycoke-ttm")
+        reduced = model.video_sequence(video)
+        model.set_aot(None)
+    assert reduced.visual_tokens == aot.exact_budget(0.1, 5, 169) == 85
