@@ -176,3 +176,21 @@ def test_help_lists_the_registry():
         if not name.startswith("aot:"):
             assert f"    {name}: " in proc.stdout, name
     assert "aot:<ablation>" in proc.stdout and "count=exact" in proc.stdout
+
+
+def test_transformers_backbones_install_the_options():
+    """The plugin classes of the transformers backbones (Qwen, llava_hf) hand the parsed options
+    to the Reduction they install."""
+    pytest.importorskip("lmms_eval")
+    from aot_eval.hf_models import install_reducer
+    from aot_integrations import tiny
+
+    model = tiny.qwen2_5_vl(seed=1)
+    spec = parse_reducer({"reducer": "dycoke-ttm", "retention": "0.25", "shallow_layer": "1",
+                          "deep_layer": "2", "reducer.merging_ratio": "0.5"}, "qwen2_5_vl")
+    handle = install_reducer(model, spec)
+    try:
+        assert handle.reduction.reducer == "dycoke-ttm"
+        assert handle.reduction.options == {"count": "exact", "merging_ratio": 0.5}
+    finally:
+        handle.remove()
