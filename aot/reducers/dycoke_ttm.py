@@ -130,7 +130,9 @@ def reduce_dycoke_ttm(features: torch.Tensor, shallow_attention: torch.Tensor,
     Args:
         features: (F, T, D) projected patch features, T = rows * cols.
         shallow_attention, deep_attention: (F, T); only validated (TTM reads no attention).
-        config: uses ``pooling`` and (exact mode) ``exact_retention``.
+        config: uses ``pooling``, ``similarity_channels`` (the leading channels the
+            similarities read: Qwen3-VL's main features before its DeepStack levels) and (exact
+            mode) ``exact_retention``.
         budget: exact token count (exact mode); overrides ``config.exact_retention``.
         frame_features: ignored (accepted for AOT's signature).
         options: :class:`DyCokeTTMConfig`.
@@ -164,7 +166,9 @@ def reduce_dycoke_ttm(features: torch.Tensor, shallow_attention: torch.Tensor,
     device = values.device
     has_other = torch.tensor([o >= 0 for o in other], device=device)
     partner = torch.tensor([max(o, 0) for o in other], device=device)
-    similarity = torch.nn.functional.cosine_similarity(values, values[partner], dim=-1)  # (F, P)
+    # Qwen3-VL: the DeepStack levels ride along in the trailing channels; scores read the main
+    scored = values[..., :config.similarity_channels]
+    similarity = torch.nn.functional.cosine_similarity(scored, scored[partner], dim=-1)  # (F, P)
     positions = torch.arange(pooled_count, device=device).expand(frames, -1)
     # Cut frames rank by similarity (ascending, ties: lower position; the release's topk leaves
     # ties unspecified); a whole frame with nothing to compare keeps its first positions.
