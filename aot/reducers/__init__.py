@@ -36,6 +36,7 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .flashvid import FlashVIDConfig, reduce_flashvid
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -101,6 +102,10 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
+                summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
+                        "of the rest, DPC-kNN clusters",
+                paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -224,6 +229,7 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "FlashVIDConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -234,6 +240,7 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_flashvid",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
