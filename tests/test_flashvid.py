@@ -240,7 +240,7 @@ ORACLE_CASES = [  # frames, grid, pooling, retention, options
     (6, (10, 12), "none", 0.15, {"do_segment": False}),
     (10, (12, 12), "bilinear", 0.2, {"token_selection_method": "attn_div",
                                      "min_segment_num": 4}),
-    (9, (9, 9), "bilinear", 0.2, {"temporal_threshold": -0.5, "do_segment": False}),  # bound
+    (9, (9, 9), "bilinear", 0.4, {"temporal_threshold": -0.5, "do_segment": False}),  # bound
     (7, (8, 10), "none", 0.3, {"token_selection_method": "div", "min_segment_num": 2}),
     (7, (8, 10), "none", 0.3, {"token_selection_method": "attn", "min_segment_num": 2}),
 ]
