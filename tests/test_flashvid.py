@@ -482,3 +482,87 @@ def test_missing_or_misshapen_last_attention():
                                 last_attention=last)
     with pytest.raises(TypeError):
         get_reducer("flashvid", ratio=0.1)
+
+
+# ------------------------------------------------------------------------------ the one path
+@pytest.mark.parametrize("backbone, pooled", [("ov", 196), ("video", 169)])
+@pytest.mark.parametrize("count", ("exact", "released"))
+def test_tiny_llava_models_take_flashvid(backbone, pooled, count):
+    """Our llava models: the reducer reads the tower's last-layer attention and the LLM gets
+    exactly the budget (exact) or the release's count; the eval plugin's parser knows it."""
+    from aot_eval.model_args import parse_reducer
+    from aot.video_path import Reduction, visual_sequence
+    from aot_integrations.tiny import random_model
+
+    spec = parse_reducer({"reducer": "flashvid", "retention": "0.25", "exact": "true"}, backbone)
+    assert spec.name == "flashvid"
+    model = random_model(backbone, seed=5)
+    video = torch.rand(9, 3, 384, 384, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = spec.config.replace(shallow_layer=1, deep_layer=2)
+    options = released_options(backbone, count=count)
+    with torch.no_grad():
+        full = model.video_sequence(video)
+        reduced = visual_sequence(model.video_adapter(), video,
+                                  Reduction(config, "flashvid", dict(vars(options))))
+    if count == "exact":
+        assert reduced.visual_tokens == exact_budget(0.25, 9, pooled) < full.visual_tokens
+    else:
+        budget = math.ceil(pooled * 0.25 * 1.25)
+        assert 9 * budget <= reduced.visual_tokens <= 10 * budget
+    assert reduced.result.num_tokens == reduced.visual_tokens
+    print(f"{backbone} {count}: {reduced.visual_tokens} visual tokens at the LLM "
+          f"(of {full.visual_tokens}; exact budget {exact_budget(0.25, 9, pooled)})")
+
+
+class _LLMInput:
+    """What reaches the LLM of a transformers model (its inner model's input_ids)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.register_forward_pre_hook(
+            lambda module, args, kwargs: self.calls.append(kwargs), with_kwargs=True)
+
+
+@pytest.mark.parametrize("name", ["onevision", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("count", ("exact", "released"))
+def test_transformers_models_take_flashvid(name, count):
+    """aot_integrations.hf.apply(model, config, reducer="flashvid") on tiny transformers models:
+    the LLM sees exactly the budget per video (exact) or the release's count."""
+    pytest.importorskip("transformers")
+    import aot_integrations.hf
+    from aot.video_path import Reduction
+    from aot_integrations import tiny
+
+    model = getattr(tiny, name)(seed=1)
+    grids = {"onevision": [(5, 6, 6)], "qwen2_5_vl": [(6, 12, 12), (3, 8, 16)],
+             "qwen3_vl": [(6, 12, 12), (3, 8, 16)]}[name]
+    if name == "onevision":
+        inputs, per_frame = tiny.onevision_inputs([5, 5]), 9
+        grids = grids * 2
+    else:
+        inputs = (tiny.qwen_inputs if name == "qwen2_5_vl" else tiny.qwen3_inputs)(grids)
+    backbone = {"onevision": "ov"}.get(name, name)
+    options = released_options(backbone, count=count)
+    config = aot_integrations.hf.config_for(model, 0.25, anchors_per_frame=8, window=3,
+                                            shallow_layer=1, deep_layer=3)
+    handle = aot_integrations.hf.apply(model, Reduction(config, "flashvid", dict(vars(options))))
+    seen = _LLMInput(model)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        seen.handle.remove()
+        handle.remove()
+    ids = seen.calls[0]["input_ids"]
+    per_row = (ids == tiny.VIDEO_TOKEN).sum(1).tolist()
+    sizes = [(t, per_frame if name == "onevision" else h * w // 4) for t, h, w in grids]
+    newline = 1 if name == "onevision" else 0
+    visual = [s.visual_tokens for s in handle.last]
+    assert per_row == [v + newline for v in visual]
+    if count == "exact":
+        assert visual == [exact_budget(0.25, t, p) for t, p in sizes]
+    else:
+        assert all(t * math.ceil(p * 0.25 * 1.25) <= v <= t * (math.ceil(p * 0.25 * 1.25) + 1)
+                   for (t, p), v in zip(sizes, visual))
+    print(f"{name} {count}: {per_row} video tokens at the LLM; exact budgets "
+          f"{[exact_budget(0.25, t, p) for t, p in sizes]}")
