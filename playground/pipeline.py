@@ -226,12 +226,17 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           clock: StageClock | None = None) -> video_path.Encoded:
-    """The path's first step: vision tower with attention capture at the config's two layers,
-    then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
+           clock: StageClock | None = None, reducers=("aot",)) -> video_path.Encoded:
+    """The path's first step: vision tower with attention capture at the config's two layers
+    (and the tower's last layer when one of ``reducers`` reads it), then the projector (stages
+    ``vision`` and ``projector`` timed by ``clock``)."""
+    reads_last = [name for name in reducers if "last_attention" in reducer_info(name).inputs]
+    # budget="aot" only skips the budget check: the encoding serves every reducer given
+    reduction = (video_path.Reduction(config, reads_last[0], budget=video_path.MATCH_AOT)
+                 if reads_last else video_path.Reduction(config))
     try:
-        return video_path.encode(loaded.model.video_adapter(), pixels,
-                                 video_path.Reduction(config), clock and clock.lap)
+        return video_path.encode(loaded.model.video_adapter(), pixels, reduction,
+                                 clock and clock.lap)
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 

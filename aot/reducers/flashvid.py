@@ -360,14 +360,14 @@ def reduce_flashvid(features: torch.Tensor, shallow_attention: torch.Tensor,
     options = options or FlashVIDConfig()
     grid, pooled = validate(features, shallow_attention, deep_attention, config, grid)
     frames, tokens_in = features.shape[:2]
+    per_frame = pooled[0] * pooled[1]
+    total = resolve_budget(config, frames, per_frame, budget, reducer="flashvid")
     if last_attention is None:
         raise ValueError("flashvid reads last_attention= (F, T), the attention received at the "
                          "vision tower's last used layer; got None")
     if tuple(last_attention.shape) != (frames, tokens_in):
         raise ValueError(f"flashvid: last_attention has shape {tuple(last_attention.shape)}; "
                          f"expected {(frames, tokens_in)} like the features")
-    per_frame = pooled[0] * pooled[1]
-    total = resolve_budget(config, frames, per_frame, budget, reducer="flashvid")
     retention = config.exact_retention if budget is None else total / (frames * per_frame)
     expansion = options.used_expansion
     exact = options.count == "exact"
