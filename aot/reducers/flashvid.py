@@ -284,7 +284,7 @@ def dpc_knn(tokens: torch.Tensor, clusters: int, neighbours: int, noise: torch.T
         score first; cluster i is centre i's (a centre is in its own cluster).
     """
     count, channels = tokens.shape
-    distance = torch.cdist(tokens, tokens, compute_mode="donot_use_mm_for_euclid_dist")
+    distance = torch.cdist(tokens, tokens)  # the matmul form above 25 tokens, as the release
     distance = distance / math.sqrt(channels)                                         # (n, n)
     nearest = torch.sort(distance, dim=-1).values[:, :neighbours]
     density = (-(nearest ** 2)).mean(-1).exp() + noise.to(distance)                   # (n,)
@@ -329,6 +329,101 @@ def cluster_counts(sizes: list[int], target: int, exact: bool) -> list[int]:
     return shares
 
 
+def frame_budgets(options: FlashVIDConfig, retention: float, total: int, frames: int,
+                  per_frame: int) -> tuple[list[int], list[int]]:
+    """Per frame (budget b_f, ADTS picks a_f) of one video.
+
+    released: the release's ``B = ceil(P * r * expansion)`` and ``ceil(B * alpha)`` for every
+    frame (refused when B > P: the release fails there). exact: ``floor(r * expansion * F * P +
+    0.5)`` (``total`` at expansion 1) spread over the frames, earlier frames first, and
+    ``a_f = ceil(b_f * alpha)``.
+    """
+    expansion = options.used_expansion
+    if options.count == "exact":
+        target = total if expansion == 1.0 else exact_budget(min(1.0, retention * expansion),
+                                                             frames, per_frame)
+        budgets = spread(target, frames)
+        return budgets, [min(b, math.ceil(b * options.alpha)) for b in budgets]
+    budget, adts = released_budget(per_frame, retention, expansion, options.alpha)
+    if budget > per_frame:
+        raise ValueError(f"flashvid count='released': the per-frame budget ceil({per_frame} * "
+                         f"{retention} * {expansion}) = {budget} exceeds the {per_frame} tokens "
+                         f"of a frame; use count='exact'")
+    return [budget] * frames, [adts] * frames
+
+
+def cluster_frame(tokens: torch.Tensor, held: torch.Tensor, positions: torch.Tensor,
+                  clusters: int, channels, neighbours: int, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One frame's tokens -> ``clusters`` averages (all of them as they are when there are
+    no more tokens than clusters).
+
+    Args:
+        tokens: (n, D) values; held: (n,) pooled tokens each one holds; positions: (n,) long.
+        channels: the scoring channels' end (``config.similarity_channels``).
+        generator: draws the density noise, n values, only when DPC runs.
+    Returns:
+        averages (c, D), pooled tokens each holds (c,), the centres' positions (c,), in DPC's
+        centre order.
+    """
+    if clusters >= len(positions):
+        return tokens, held, positions
+    noise = torch.rand(len(positions), generator=generator, dtype=torch.float64) * DENSITY_NOISE
+    assignment, centres = dpc_knn(tokens[:, :channels], clusters, min(clusters, neighbours),
+                                  noise)
+    one_hot = F.one_hot(assignment, clusters).to(tokens.dtype)                       # (n, c)
+    averages = (one_hot.T @ tokens) / one_hot.sum(0)[:, None]
+    held = torch.zeros(clusters, dtype=held.dtype, device=held.device).index_add_(
+        0, assignment, held)
+    return averages, held, positions[centres]
+
+
+def compress_segment(values: torch.Tensor, scored: torch.Tensor, attention: torch.Tensor,
+                     budgets: list[int], adts: list[int], options: FlashVIDConfig,
+                     channels, generator: torch.Generator):
+    """One segment of L frames: ADTS picks, then TSTM (L >= 2) and DPC on the rest.
+
+    Args:
+        values: (L, P, D); scored: (L, P, C); attention: (L, P); budgets, adts: per frame.
+    Returns:
+        tokens (n, D), segment-local indices ``frame * P + position`` (n,), kinds (n,) long,
+        merged-away (L, P) bool; picks first, then each frame's clusters.
+    """
+    length, per_frame, _ = values.shape
+    device = values.device
+    picks = adts_select(scored, attention, adts, options.token_selection_method)
+    selected = torch.zeros(length, per_frame, dtype=torch.bool, device=device)
+    tokens, index, kinds = [], [], []
+    for f, positions in enumerate(picks):
+        selected[f, positions] = True
+        tokens.append(values[f, positions])
+        index.append(f * per_frame + positions)
+        kinds.append(torch.full_like(positions, KIND_FRAME))
+    gone = torch.zeros(length, per_frame, dtype=torch.bool, device=device)
+    contextual = sum(budgets) - sum(adts)
+    if contextual > 0:
+        if length > 1:
+            merged, alive, size, gone = tree_merge(values, scored, selected,
+                                                   options.temporal_threshold, sum(budgets))
+            pools = [torch.nonzero(alive[f]).flatten() for f in range(length)]
+        else:  # one frame: no merging, and DPC takes every token, the ADTS picks too
+            merged = values
+            size = torch.ones(1, per_frame, dtype=torch.long, device=device)
+            pools = [torch.arange(per_frame, device=device)]
+        shares = cluster_counts([len(p) for p in pools], contextual,
+                                exact=options.count == "exact")
+        for f, (members, clusters) in enumerate(zip(pools, shares)):
+            if len(members) == 0 or clusters == 0:
+                continue
+            averages, held, positions = cluster_frame(
+                merged[f, members], size[f, members], members, clusters, channels,
+                options.dpc_neighbours, generator)
+            tokens.append(averages)
+            index.append(f * per_frame + positions)
+            kinds.append(torch.where(held > 1, KIND_ANCHOR, KIND_FRAME))
+    return torch.cat(tokens), torch.cat(index), torch.cat(kinds), gone
+
+
 # ------------------------------------------------------------------------------ the reducer
 def reduce_flashvid(features: torch.Tensor, shallow_attention: torch.Tensor,
                     deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
@@ -348,7 +443,7 @@ def reduce_flashvid(features: torch.Tensor, shallow_attention: torch.Tensor,
         grid: the patch grid, ``(rows, cols)`` or a square's side.
         options: :class:`FlashVIDConfig` (default: exact count, the release's LLaVA knobs).
         last_attention: (F, T) attention received at the tower's last layer, AOT's convention
-            (summed over queries); divided by T it is the release's mean over queries, then
+            (summed over queries); divided by T (LLaVA: the release's mean over queries), then
             pooled like the features.
     Returns:
         :class:`ReducedVideo` sorted by (frame, position) of each token's representative:
@@ -369,91 +464,36 @@ def reduce_flashvid(features: torch.Tensor, shallow_attention: torch.Tensor,
         raise ValueError(f"flashvid: last_attention has shape {tuple(last_attention.shape)}; "
                          f"expected {(frames, tokens_in)} like the features")
     retention = config.exact_retention if budget is None else total / (frames * per_frame)
-    expansion = options.used_expansion
-    exact = options.count == "exact"
+    budgets, adts = frame_budgets(options, retention, total, frames, per_frame)
 
     dtype = work_dtype(features)
     values = pool_grid(features.to(dtype), grid, config.pooling)                      # (F, P, D)
     scored = values[..., :config.similarity_channels]
     attention = pool_grid(last_attention.to(dtype) / tokens_in, grid, config.pooling)  # (F, P)
-
-    if exact:
-        target = total if expansion == 1.0 else exact_budget(min(1.0, retention * expansion),
-                                                             frames, per_frame)
-        frame_budget = spread(target, frames)
-        frame_adts = [min(b, math.ceil(b * options.alpha)) for b in frame_budget]
-    else:
-        released, adts = released_budget(per_frame, retention, expansion, options.alpha)
-        if released > per_frame:
-            raise ValueError(f"flashvid count='released': the per-frame budget ceil({per_frame}"
-                             f" * {retention} * {expansion}) = {released} exceeds the "
-                             f"{per_frame} tokens of a frame; use count='exact'")
-        frame_budget, frame_adts = [released] * frames, [adts] * frames
     lengths = (segment_lengths(scored.mean(1), options.segment_threshold,
                                options.min_segment_num, options.complementary_segment)
                if options.do_segment else [frames])
 
     generator = torch.Generator().manual_seed(options.seed)
-    out_values, out_index, out_kind = [], [], []
-    merged_away = torch.zeros(frames, per_frame, dtype=torch.bool, device=values.device)
-    clips, start = [], 0
+    parts, merged_away, clips, start = [], [], [], 0
     for length in lengths:
-        if length == 0:
+        if length == 0:  # DySeg cut one transition twice: an empty segment adds nothing
             continue
         stop = start + length
+        tokens, index, kinds, gone = compress_segment(
+            values[start:stop], scored[start:stop], attention[start:stop], budgets[start:stop],
+            adts[start:stop], options, config.similarity_channels, generator)
+        parts.append((tokens, index + start * per_frame, kinds))
+        merged_away.append(gone)
         clips.append((start, stop))
-        seg_values, seg_scored = values[start:stop], scored[start:stop]
-        adts_counts = frame_adts[start:stop]
-        picks = adts_select(seg_scored, attention[start:stop], adts_counts,
-                            options.token_selection_method)
-        selected = torch.zeros(length, per_frame, dtype=torch.bool, device=values.device)
-        for f, positions in enumerate(picks):
-            selected[f, positions] = True
-            out_values.append(seg_values[f, positions])
-            out_index.append((start + f) * per_frame + positions)
-            out_kind.append(torch.full_like(positions, KIND_FRAME))
-        contextual = sum(frame_budget[start:stop]) - sum(adts_counts)
-        if contextual > 0:
-            if length > 1:
-                merged, alive, size, gone = tree_merge(
-                    seg_values, seg_scored, selected, options.temporal_threshold,
-                    sum(frame_budget[start:stop]))
-                merged_away[start:stop] = gone
-                pools = [(f, torch.nonzero(alive[f]).flatten()) for f in range(length)]
-            else:  # one frame: no merging, and DPC takes every token, the ADTS picks too
-                merged = seg_values
-                size = torch.ones(1, per_frame, dtype=torch.long, device=values.device)
-                pools = [(0, torch.arange(per_frame, device=values.device))]
-            shares = cluster_counts([len(p) for _, p in pools], contextual, exact)
-            for (f, members), clusters in zip(pools, shares):
-                if len(members) == 0 or clusters == 0:
-                    continue
-                tokens = merged[f, members]                                             # (n, D)
-                held = size[f, members]
-                if clusters < len(members):
-                    noise = torch.rand(len(members), generator=generator,
-                                       dtype=torch.float64) * DENSITY_NOISE
-                    assignment, centres = dpc_knn(
-                        tokens[:, :config.similarity_channels], clusters,
-                        min(clusters, options.dpc_neighbours), noise)
-                    one_hot = F.one_hot(assignment, clusters).to(tokens.dtype)         # (n, c)
-                    tokens = (one_hot.T @ tokens) / one_hot.sum(0)[:, None]
-                    held = torch.zeros(clusters, dtype=torch.long,
-                                       device=values.device).index_add_(0, assignment, held)
-                    members = members[centres]
-                out_values.append(tokens)
-                out_index.append((start + f) * per_frame + members)
-                out_kind.append(torch.where(held > 1, KIND_ANCHOR, KIND_FRAME))
         start = stop
 
-    index = torch.cat(out_index)
+    tokens, index, kinds = (torch.cat(column) for column in zip(*parts))
     order = torch.sort(index, stable=True).indices
     index = index[order]
-    tokens = torch.cat(out_values)[order]
     survivors = torch.zeros(frames * per_frame, dtype=torch.bool, device=values.device)
     survivors[index] = True
-    return make_result(tokens.to(features.dtype), torch.div(index, per_frame,
-                                                            rounding_mode="floor"),
-                       index % per_frame, torch.cat(out_kind)[order].to(torch.int8),
-                       frames=frames, grid=grid, pooled=pooled, survivors=survivors,
-                       merged=merged_away, clips=clips)
+    return make_result(tokens[order].to(features.dtype),
+                       torch.div(index, per_frame, rounding_mode="floor"), index % per_frame,
+                       kinds[order].to(torch.int8), frames=frames, grid=grid, pooled=pooled,
+                       survivors=survivors, merged=torch.cat(merged_away), clips=clips)
