@@ -36,6 +36,7 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .holitom import HoliTomConfig, reduce_holitom
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -101,6 +102,11 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
+                summary="HoliTom: static tokens of temporal windows averaged and clustered, "
+                        "attention top-k of the rest per frame",
+                paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
+                      "Language Models, NeurIPS 2025, arXiv 2505.21334"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -224,6 +230,7 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "HoliTomConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -234,6 +241,7 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_holitom",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
