@@ -23,6 +23,7 @@ from aot.reducers import (
 from aot.config import ABLATIONS
 from aot.synthetic import synthetic_video
 from aot.result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
+from reducer_checks import with_inputs
 
 #: the reducers themselves (not the aot:<ablation> names)
 BASE_NAMES = [name for name, info in REDUCERS.items() if info.ablation is None]
@@ -40,20 +41,6 @@ def video(frames: int, seed: int = 0, dtype=torch.float32):
     if key not in _VIDEOS:
         _VIDEOS[key] = synthetic_video(frames, grid=27, dim=DIM, seed=seed, dtype=dtype)
     return _VIDEOS[key]
-
-
-def with_inputs(name, **options):
-    """``get_reducer(name)``, passing the keyword inputs it declares (``last_attention``: the
-    deep attention stands in unless given)."""
-    reducer = get_reducer(name, **options)
-    if "last_attention" not in REDUCERS[name].inputs:
-        return reducer
-
-    def call(features, shallow, deep, config=None, **kwargs):
-        kwargs.setdefault("last_attention", deep)
-        return reducer(features, shallow, deep, config, **kwargs)
-
-    return call
 
 
 def pooled_reference(features, config):

@@ -306,6 +306,8 @@ def reduce_holitom(features: torch.Tensor, shallow_attention: torch.Tensor,
         raise TypeError(f"holitom options must be a HoliTomConfig, got {type(options).__name__}")
     grid, pooled_grid = validate(features, shallow_attention, deep_attention, config, grid)
     frames, tokens = features.shape[:2]
+    per_frame = pooled_grid[0] * pooled_grid[1]
+    total = resolve_budget(config, frames, per_frame, budget, reducer="holitom")
     if last_attention is None:
         raise ValueError("holitom reads last_attention=: the (F, T) attention received at the "
                          "vision tower's last used layer (declared in its ReducerInfo.inputs; "
@@ -313,8 +315,6 @@ def reduce_holitom(features: torch.Tensor, shallow_attention: torch.Tensor,
     if tuple(last_attention.shape) != (frames, tokens):
         raise ValueError(f"holitom: last_attention has shape {tuple(last_attention.shape)}; "
                          f"expected (frames, tokens) = {(frames, tokens)} like the features")
-    per_frame = pooled_grid[0] * pooled_grid[1]
-    total = resolve_budget(config, frames, per_frame, budget, reducer="holitom")
     retention = config.exact_retention if budget is None else total / (frames * per_frame)
     tau = released_tau(retention) if options.tau is None else float(options.tau)
     device = features.device
