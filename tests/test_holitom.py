@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -388,3 +389,91 @@ def test_bad_inputs_are_named():
         get_reducer("holitom")(features, shallow, deep, config, budget=0, last_attention=last)
     with pytest.raises(TypeError, match="no option"):
         get_reducer("holitom", ratio=0.1)
+
+
+# ------------------------------------------------------------------------------ the one path
+def _video_tokens_at_the_llm(model, inputs):
+    """Video placeholder tokens per row of the ids the inner LLM receives."""
+    from aot_integrations import tiny
+
+    calls = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k),
+                                                 with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return (calls[0]["input_ids"] == tiny.VIDEO_TOKEN).sum(1).tolist()
+
+
+@pytest.mark.parametrize("backbone", ("ov", "video"))
+@pytest.mark.parametrize("count", ("exact", "released"))
+def test_tiny_llava_models_feed_the_llm_the_count(backbone, count):
+    """On our tiny LLaVA models the spliced prompt holds exactly the reducer's tokens (plus the
+    one_token newline): the exact budget in exact mode."""
+    from llava.constants import IMAGE_TOKEN_INDEX
+
+    from aot.backbones import get_backbone
+    from aot_eval.model_args import parse_reducer
+    from aot_integrations.tiny import random_model
+
+    spec = parse_reducer({"reducer": "holitom", "retention": "0.25", "exact": "true"}, backbone)
+    assert spec.name == "holitom" and spec.config.exact_retention == 0.25
+    model = random_model(backbone, seed=5)
+    frames = 6
+    video = torch.rand(frames, 3, 384, 384, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = spec.config.replace(shallow_layer=1, deep_layer=2)
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN_INDEX, 7]])
+    model.set_aot(config, reducer="holitom")
+    # set_aot takes no reducer options: the released count goes in through the Reduction
+    model.reduction = dataclasses.replace(model.reduction, options={"count": count})
+    try:
+        with torch.no_grad():
+            embeds = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None,
+                                                                [video], ["video"])[4][0]
+        result = model.last_aot_results[0]
+    finally:
+        model.set_aot(None)
+    facts = get_backbone(backbone)
+    per_frame = facts.pooled_per_frame(model.get_vision_tower().grid)
+    newlines = facts.newlines(frames, model.get_vision_tower().grid)
+    visual = embeds.shape[0] - 3 - newlines
+    assert visual == result.num_tokens
+    if count == "exact":
+        assert visual == exact_budget(0.25, frames, per_frame)
+    print(f"holitom {count} on tiny {backbone}: {visual} visual tokens at the LLM "
+          f"(budget {exact_budget(0.25, frames, per_frame)}), windows {result.clips}")
+
+
+@pytest.mark.parametrize("name", ("onevision", "qwen2_5_vl", "qwen3_vl"))
+def test_transformers_models_feed_the_llm_the_exact_budget(name):
+    """aot_integrations.hf.apply(model, config, reducer="holitom") on tiny transformers models,
+    a batch of videos of different sizes: each video's run of video tokens at the LLM is its
+    exact budget."""
+    pytest.importorskip("transformers")
+    import aot_integrations.hf
+    from aot_integrations import tiny
+
+    model = {"onevision": tiny.onevision, "qwen2_5_vl": tiny.qwen2_5_vl,
+             "qwen3_vl": tiny.qwen3_vl}[name](seed=1)
+    if name == "onevision":
+        inputs, sizes, per_frame, newline = tiny.onevision_inputs([4, 4]), [4, 4], 9, 1
+    else:
+        grids = [(4, 12, 12), (3, 8, 16)]
+        inputs = (tiny.qwen_inputs if name == "qwen2_5_vl" else tiny.qwen3_inputs)(grids)
+        sizes, per_frame, newline = [4, 3], None, 0
+    config = aot_integrations.hf.config_for(model, 0.25, shallow_layer=1, deep_layer=3,
+                                            anchors_per_frame=8, window=3)
+    handle = aot_integrations.hf.apply(model, config, reducer="holitom")
+    try:
+        seen = _video_tokens_at_the_llm(model, inputs)
+    finally:
+        handle.remove()
+    if per_frame is None:
+        expected = [exact_budget(0.25, t, h * w // 4) for t, h, w in grids]
+    else:
+        expected = [exact_budget(0.25, f, per_frame) for f in sizes]
+    assert seen == [e + newline for e in expected]
+    assert [s.visual_tokens for s in handle.last] == expected
+    print(f"holitom exact on tiny {name}: video tokens at the LLM {seen} (budgets {expected})")
