@@ -18,8 +18,8 @@ for the same video. The baselines need one of the two; ``aot`` without either ru
 thresholds.
 
 Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
-``holitom``, and
-``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+``holitom``, and ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g.
+``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
