@@ -273,6 +273,16 @@ def test_exact_mode_gives_the_exact_budget(pooling, grid, frames):
         if released.num_tokens == exact.num_tokens:
             assert torch.equal(exact.tokens, released.tokens)
             assert torch.equal(exact.token_position, released.token_position)
+        if exact.clips == released.clips:
+            # same windows: a frame's attention-kept tokens are a prefix of the release's
+            # ranking, and the total moved is the difference of the counts
+            for f in range(frames):
+                ours, theirs = (set(r.token_position[(r.token_frame == f)
+                                                     & (r.token_kind == KIND_FRAME)].tolist())
+                                for r in (exact, released))
+                assert ours <= theirs or theirs <= ours
+            moved = (exact.tokens_per_frame() - released.tokens_per_frame()).abs().sum()
+            assert int(moved) == abs(exact.num_tokens - released.num_tokens)
 
 
 def test_exact_counts_move_the_fewest_tokens_by_quota():
