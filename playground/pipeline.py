@@ -226,17 +226,20 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           clock: StageClock | None = None, reducers=("aot",)) -> video_path.Encoded:
+           clock: StageClock | None = None, reducers: tuple[str, ...] = ("aot",)
+           ) -> video_path.Encoded:
     """The path's first step: vision tower with attention capture at the config's two layers
-    (and the tower's last layer when one of ``reducers`` reads it), then the projector (stages
-    ``vision`` and ``projector`` timed by ``clock``)."""
-    reads_last = [name for name in reducers if "last_attention" in reducer_info(name).inputs]
-    # budget="aot" only skips the budget check: the encoding serves every reducer given
-    reduction = (video_path.Reduction(config, reads_last[0], budget=video_path.MATCH_AOT)
-                 if reads_last else video_path.Reduction(config))
+    (and at the tower's last layer when one of ``reducers`` reads ``last_attention``), then the
+    projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
     try:
-        return video_path.encode(loaded.model.video_adapter(), pixels, reduction,
-                                 clock and clock.lap)
+        reduction = video_path.Reduction(config)
+        layers = set(reduction.layers)
+        if any("last_attention" in reducer_info(name).inputs for name in reducers):
+            layers.add(video_path.LAST_LAYER)
+        adapter = loaded.model.video_adapter()
+        adapter.check(reduction)
+        return adapter.encode(pixels, tuple(sorted(layers)),
+                              clock.lap if clock is not None else (lambda stage: None))
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 

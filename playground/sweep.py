@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                  exact=args.exact, seed=args.seed)
     start = time.perf_counter()
     encoded = pipeline.encode(loaded, pipeline.preprocess(loaded, clip.frames), base,
-                              reducers=reducers)
+                              reducers=tuple(reducers))
     print(f"encoded {args.frames} frames of {os.path.basename(video)} in "
           f"{time.perf_counter() - start:.2f} s", flush=True)
 

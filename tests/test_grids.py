@@ -12,11 +12,12 @@ import torch
 
 import aot
 from aot.anchors import select_anchors, window_index, window_spans
-from aot.reducers import REDUCERS, get_reducer, pooling_matrix, reducer_names
+from aot.reducers import get_reducer, pooling_matrix, reducer_names
 from aot.intra import grid_coordinates
 from aot.pooling import pool_grid, pooled_shape
 from aot.synthetic import synthetic_video
 from aot.result import KIND_ANCHOR, KIND_FRAME
+from reducer_checks import with_inputs
 
 GRIDS = [(12, 20), (20, 12), (7, 5), (1, 6), (6, 1), (10, 10)]
 POOLINGS = ("none", "bilinear", "average")
@@ -215,13 +216,11 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
     frames = 6
     rows, cols = grid
     features, shallow, deep = video(frames, grid, seed=2)
-    # a reducer reading the tower's last layer gets the deep attention as a stand-in
-    last = {"last_attention": deep} if "last_attention" in REDUCERS[reducer].inputs else {}
     out_rows, out_cols = pooled_shape(grid, pooling)
     per_frame = out_rows * out_cols
     for retention in (0.1, 0.3):
         config = small_config(grid, pooling, exact_retention=retention)
-        result = get_reducer(reducer)(features, shallow, deep, config, grid=grid, **last)
+        result = with_inputs(reducer)(features, shallow, deep, config, grid=grid)
         count = aot.exact_budget(retention, frames, per_frame)
         assert result.num_tokens == count == math.floor(retention * frames * per_frame + 0.5)
         assert result.tokens.shape == (count, DIM)
@@ -238,8 +237,8 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
         assert count < unreduced.shape[0]
         assert not torch.equal(result.tokens, unreduced[:count])
         # a budget given as a count wins over the retention
-        assert get_reducer(reducer)(features, shallow, deep, config, grid=grid, budget=count + 1,
-                                    **last).num_tokens == count + 1
+        assert with_inputs(reducer)(features, shallow, deep, config, grid=grid,
+                                    budget=count + 1).num_tokens == count + 1
 
 
 @pytest.mark.parametrize("grid", [(12, 20), (1, 6)])

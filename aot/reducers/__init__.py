@@ -17,8 +17,9 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``, and
-``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
+``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g.
+``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
 from .flashvid import FlashVIDConfig, reduce_flashvid
+from .holitom import HoliTomConfig, reduce_holitom
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -102,6 +104,11 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
+                summary="HoliTom: static tokens of temporal windows averaged and clustered, "
+                        "attention top-k of the rest per frame",
+                paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
+                      "Language Models, NeurIPS 2025, arXiv 2505.21334"),
     ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
                 summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
                         "of the rest, DPC-kNN clusters",
@@ -230,6 +237,7 @@ __all__ = [
     "reducer_info",
     "DyCokeConfig",
     "FlashVIDConfig",
+    "HoliTomConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -241,6 +249,7 @@ __all__ = [
     "reduce_aot",
     "reduce_dycoke",
     "reduce_flashvid",
+    "reduce_holitom",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
