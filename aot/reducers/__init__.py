@@ -18,8 +18,8 @@ for the same video. The baselines need one of the two; ``aot`` without either ru
 thresholds.
 
 Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
-``dycoke-ttm``, and
-``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+``dycoke-ttm``, ``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of
+:data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
 from .dycoke_ttm import DyCokeTTMConfig, reduce_dycoke_ttm
+from .flashvid import FlashVIDConfig, reduce_flashvid
+from .holitom import HoliTomConfig, reduce_holitom
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -108,6 +110,15 @@ _BASE = (
                 summary="DyCoke's released token temporal merging: pairs of frames, the odd "
                         "one keeps the tokens least like the even one",
                 paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
+    ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
+                summary="HoliTom: static tokens of temporal windows averaged and clustered, "
+                        "attention top-k of the rest per frame",
+                paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
+                      "Language Models, NeurIPS 2025, arXiv 2505.21334"),
+    ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
+                summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
+                        "of the rest, DPC-kNN clusters",
+                paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -232,6 +243,8 @@ __all__ = [
     "reducer_info",
     "DyCokeConfig",
     "DyCokeTTMConfig",
+    "FlashVIDConfig",
+    "HoliTomConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -243,6 +256,8 @@ __all__ = [
     "reduce_aot",
     "reduce_dycoke",
     "reduce_dycoke_ttm",
+    "reduce_flashvid",
+    "reduce_holitom",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
