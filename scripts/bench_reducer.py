@@ -55,10 +55,13 @@ import time
 
 import torch
 
-import aot
+# This checkout's package, not whichever one the interpreter has installed (the registry timed
+# must be the one beside this script).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import aot  # noqa: E402
 from aot.intra import split_by_mask
-from aot.ops import gather_rows
-from aot.synthetic import synthetic_video
+from aot.ops import gather_rows  # noqa: E402
+from aot.synthetic import synthetic_video  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from reference_reducer import reference_reduce_video
