@@ -226,12 +226,15 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           clock: StageClock | None = None) -> video_path.Encoded:
-    """The path's first step: vision tower with attention capture at the config's two layers,
-    then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
+           clock: StageClock | None = None, reducer: str = "aot") -> video_path.Encoded:
+    """The path's first step: vision tower with attention capture at the config's two layers
+    (and whatever else ``reducer`` reads, e.g. a pooling head's outputs), then the projector
+    (stages ``vision`` and ``projector`` timed by ``clock``)."""
     try:
+        # budget "aot" only skips the budget check: the count is settled in reduce()
         return video_path.encode(loaded.model.video_adapter(), pixels,
-                                 video_path.Reduction(config), clock and clock.lap)
+                                 video_path.Reduction(config, reducer, budget=video_path.MATCH_AOT),
+                                 clock and clock.lap)
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from reducer_checks import extra_inputs
 
 import aot
 from aot.anchors import select_anchors, window_index, window_spans
@@ -219,7 +220,8 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
     per_frame = out_rows * out_cols
     for retention in (0.1, 0.3):
         config = small_config(grid, pooling, exact_retention=retention)
-        result = get_reducer(reducer)(features, shallow, deep, config, grid=grid)
+        extra = extra_inputs(reducer, features)
+        result = get_reducer(reducer)(features, shallow, deep, config, grid=grid, **extra)
         count = aot.exact_budget(retention, frames, per_frame)
         assert result.num_tokens == count == math.floor(retention * frames * per_frame + 0.5)
         assert result.tokens.shape == (count, DIM)
@@ -236,8 +238,8 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
         assert count < unreduced.shape[0]
         assert not torch.equal(result.tokens, unreduced[:count])
         # a budget given as a count wins over the retention
-        assert get_reducer(reducer)(features, shallow, deep, config, grid=grid,
-                                    budget=count + 1).num_tokens == count + 1
+        assert get_reducer(reducer)(features, shallow, deep, config, grid=grid, budget=count + 1,
+                                    **extra).num_tokens == count + 1
 
 
 @pytest.mark.parametrize("grid", [(12, 20), (1, 6)])

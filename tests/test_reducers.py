@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reducer_checks import extra_inputs as declared_inputs
 
 from aot import AOTConfig, ReducedVideo, exact_budget, pool_grid, pooled_side, reduce_video
 from aot.reducers import (
@@ -40,6 +41,11 @@ def video(frames: int, seed: int = 0, dtype=torch.float32):
     if key not in _VIDEOS:
         _VIDEOS[key] = synthetic_video(frames, grid=27, dim=DIM, seed=seed, dtype=dtype)
     return _VIDEOS[key]
+
+
+def extra_inputs(name: str, frames: int) -> dict:
+    """The keyword inputs ``name`` declares beyond the attention, for ``video(frames)``."""
+    return declared_inputs(name, video(frames)[0])
 
 
 def pooled_reference(features, config):
@@ -102,7 +108,8 @@ def test_every_reducer_matches_aot_exact(frames):
     # every ablation at one frame count; the five reducers at all of them (keeps the file fast)
     names = reducer_names() if frames == 7 else BASE_NAMES
     for name in names:
-        assert get_reducer(name)(*video(frames), config).num_tokens == target, name
+        assert get_reducer(name)(*video(frames), config, **extra_inputs(name, frames)
+                                 ).num_tokens == target, name
 
 
 def test_matched_budget_with_released_thresholds():
@@ -110,7 +117,8 @@ def test_matched_budget_with_released_thresholds():
     config = AOTConfig.preset("paper-ov-mvbench")  # no exact mode: AOT's count varies per video
     target = matched_budget(features, shallow, deep, config)
     for name in BASE_NAMES:
-        result = get_reducer(name)(features, shallow, deep, config, budget=target)
+        result = get_reducer(name)(features, shallow, deep, config, budget=target,
+                                   **extra_inputs(name, 32))
         assert result.num_tokens == target, name
 
 
@@ -159,8 +167,8 @@ def test_full_budget_is_the_unreduced_video(name):
 @pytest.mark.parametrize("name", reducer_names())
 def test_deterministic(name):
     config = AOTConfig(exact_retention=0.1, seed=3)
-    a = get_reducer(name)(*video(5), config)
-    b = get_reducer(name)(*video(5), config)
+    a = get_reducer(name)(*video(5), config, **extra_inputs(name, 5))
+    b = get_reducer(name)(*video(5), config, **extra_inputs(name, 5))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.token_position, b.token_position)
 
 
@@ -362,13 +370,14 @@ def test_declared_inputs_are_the_ones_read(name):
     config = AOTConfig(exact_retention=0.1)
     info = REDUCERS[name]
     reducer = get_reducer(name)
-    base = reducer(features, shallow, deep, config)
+    base = reducer(features, shallow, deep, config, **extra_inputs(name, 8))
     noise = torch.Generator().manual_seed(1)
     replaced = {"shallow_attention": torch.rand(shallow.shape, generator=noise),
                 "deep_attention": torch.rand(deep.shape, generator=noise)}
     for input_name, other in replaced.items():
         args = dict(shallow_attention=shallow, deep_attention=deep)
         args[input_name] = other
-        out = reducer(features, args["shallow_attention"], args["deep_attention"], config)
+        out = reducer(features, args["shallow_attention"], args["deep_attention"], config,
+                      **extra_inputs(name, 8))
         same = torch.equal(out.tokens, base.tokens)
         assert same != (input_name in info.inputs), (name, input_name)

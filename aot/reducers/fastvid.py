@@ -266,9 +266,9 @@ def reduce_fastvid(features: torch.Tensor, shallow_attention: torch.Tensor,
     options = options or FastVIDConfig()
     grid, pooled = validate(features, shallow_attention, deep_attention, config, grid)
     frames, tokens = features.shape[:2]
-    _check_head_inputs(head_attention, head_features, frames, tokens)
     per_frame = pooled[0] * pooled[1]
     total = resolve_budget(config, frames, per_frame, budget, reducer="fastvid")
+    _check_head_inputs(head_attention, head_features, frames, tokens)
     retention = config.exact_retention if budget is None else total / (frames * per_frame)
     released = options.count == "released"
 

@@ -50,6 +50,9 @@ class Qwen25VLAdapter(HFAdapter):
     video_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
     video_source = "video_grid_thw"
     grouped_runs = True
+    no_pooling_head = ("the Qwen-VL vision tower has no such head (FastVID's Qwen2.5-VL release "
+                       "is a different variant, on the last block's attention and the mean merged "
+                       "token per frame, that aot does not implement; docs/reducers/fastvid.md)")
 
     @property
     def visual(self):
