@@ -10,7 +10,8 @@ the projector reads. Here the user attaches it explicitly, once per model instan
 
 after which the LLaVA adapter and transformers' LlavaOnevision adapter give the head's outputs to
 any reducer declaring them. A transformers tower built with its head (``vision_use_head=True``)
-is used as it is. The Qwen-VL towers have no such head: their adapters refuse these reducers.
+is used as it is. The Qwen-VL towers have no such head: their adapters give FastVID's Qwen
+stand-ins instead (:func:`aot_integrations.hf.qwen.qwen_probe_attention`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,13 @@ import torch
 from aot import AOTConfig, exact_budget, pool_grid
 from aot.pooling import pooled_shape
 from aot.reducers import REDUCERS, FastVIDConfig, get_reducer
-from aot.reducers.fastvid import frame_counts, segment_sizes
+from aot.reducers.fastvid import (
+    RELEASED_OPTIONS,
+    RELEASED_RETENTION,
+    frame_counts,
+    released_options,
+    segment_sizes,
+)
 from aot.result import KIND_ANCHOR, KIND_FRAME
 
 KNOBS = dict(dyseg_c=8, dyseg_tau=0.9, stprune_d=0.4, dtm_p=4, dtm_beta=0.6, knn=4, noise=1e-6,
@@ -242,6 +248,15 @@ def test_exact_mode_gives_the_exact_budget(pooling, grid, frames):
         assert theirs <= ours and len(ours - theirs) == budget - released.num_tokens
         if released.num_tokens == budget:
             assert torch.equal(exact.tokens, released.tokens)
+
+
+def test_released_options_per_backbone():
+    assert released_options("ov") == FastVIDConfig() == released_options("video")
+    assert released_options("qwen2_5_vl", count="released").dyseg_tau == 0.84
+    assert RELEASED_RETENTION == {"ov": 0.10, "video": 0.10, "qwen2_5_vl": 0.27}
+    assert set(RELEASED_OPTIONS) == set(RELEASED_RETENTION)
+    with pytest.raises(ValueError, match="backbone 'qwen3_vl'"):
+        released_options("qwen3_vl")
 
 
 def test_budget_overrides_retention():

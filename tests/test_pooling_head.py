@@ -139,9 +139,32 @@ def test_hf_onevision_uses_its_head_or_the_attached_one():
         detach_pooling_head(model)
 
 
-@pytest.mark.parametrize("build", [tiny.qwen2_5_vl, tiny.qwen3_vl])
-def test_qwen_refuses_fastvid_naming_why(build):
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_gives_the_release_stand_ins_and_the_exact_count(name):
+    """No pooling head on Qwen: head_attention is FastVID's Qwen probe (the last block's mean
+    query against merge-group keys, a softmax per frame), head_features the mean merged token."""
+    build, make = {"qwen2_5_vl": (tiny.qwen2_5_vl, tiny.qwen_inputs),
+                   "qwen3_vl": (tiny.qwen3_vl, tiny.qwen3_inputs)}[name]
     model = build(seed=1)
-    config = aot_integrations.hf.config_for(model, 0.25)
-    with pytest.raises(ValueError, match="Qwen-VL vision tower has no such head"):
-        aot_integrations.hf.apply(model, Reduction(config, "fastvid"))
+    adapter = aot_integrations.hf.adapter_for(model)
+    config = aot_integrations.hf.config_for(model, 0.25, anchors_per_frame=8, window=3,
+                                            shallow_layer=1, deep_layer=3)
+    grids = [(4, 12, 12), (3, 8, 16)]
+    with torch.no_grad():
+        encoded = adapter.encode_batch(make(grids), (), ("head_attention", "head_features"))
+    main = adapter.model_fields().get("similarity_channels")
+    for video, (t, h, w) in zip(encoded, grids):
+        attention = video.extra["head_attention"]
+        assert attention.shape == (t, h * w // 4) and attention.dtype == torch.float32
+        torch.testing.assert_close(attention.sum(-1), torch.ones(t))
+        torch.testing.assert_close(video.extra["head_features"],
+                                   video.features[..., :main].float().mean(1))
+    handle = aot_integrations.hf.apply(model, Reduction(config, "fastvid"))
+    try:
+        with torch.no_grad():
+            model.generate(**make(grids), max_new_tokens=1, do_sample=False)
+    finally:
+        handle.remove()
+    counts = [s.visual_tokens for s in handle.last]
+    assert counts == [aot.exact_budget(0.25, t, h * w // 4) for t, h, w in grids] == [36, 24]
+    print(f"fastvid on tiny transformers {name}, grids {grids}, r=0.25: {counts} visual tokens")

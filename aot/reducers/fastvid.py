@@ -11,6 +11,9 @@ output, see :mod:`aot.pooling_head`):
   pooled like the features (bilinear for LLaVA-OV, 2x2 average for LLaVA-Video);
 - ``head_features`` (F, C): the head's pooled output, one global feature per frame.
 
+(The Qwen ViTs have no such head: their adapters give the stand-ins of the release's Qwen2.5-VL
+port under the same names, the last block's mean-query attention and the mean merged token.)
+
 Per video, with P pooled tokens per frame and retention r:
 
 1. DySeg: cut between frames f and f+1 at the ``dyseg_c - 1`` lowest cosine similarities of
@@ -102,13 +105,27 @@ class FastVIDConfig:
             raise ValueError(f"FastVIDConfig.noise={self.noise!r}: expected a finite number >= 0")
 
 
-#: Backbone -> the options its release script sets (the retention is ``config.exact_retention``;
-#: both scripts run r = 0.10). The Qwen2.5-VL release is a different variant that this module
-#: does not implement (docs/reducers/fastvid.md).
+#: Backbone -> the options its release script sets (``scripts/eval.sh`` of each port). The
+#: Qwen2.5-VL port is another variant of the algorithm (docs/reducers/fastvid.md); of its knobs
+#: only ``DySeg_tau`` has a counterpart here (its ``DySeg_ignore=0.95`` has none).
 RELEASED_OPTIONS = {
     "ov": {"dyseg_c": 8, "dyseg_tau": 0.9, "stprune_d": 0.4, "dtm_p": 4, "dtm_beta": 0.6},
     "video": {"dyseg_c": 8, "dyseg_tau": 0.9, "stprune_d": 0.4, "dtm_p": 4, "dtm_beta": 0.6},
+    "qwen2_5_vl": {"dyseg_c": 8, "dyseg_tau": 0.84, "stprune_d": 0.4, "dtm_p": 4,
+                   "dtm_beta": 0.6},
 }
+#: Backbone -> the retention its release script runs (``config.exact_retention``); the
+#: Qwen2.5-VL script's 0.27 is meant to keep about 0.24 of the tokens under its own count rule.
+RELEASED_RETENTION = {"ov": 0.10, "video": 0.10, "qwen2_5_vl": 0.27}
+
+
+def released_options(backbone: str, **changes) -> FastVIDConfig:
+    """The :class:`FastVIDConfig` of ``backbone``'s release script (:data:`RELEASED_OPTIONS`),
+    with ``changes`` (e.g. ``count="released"``); an unknown backbone raises a ValueError."""
+    if backbone not in RELEASED_OPTIONS:
+        raise ValueError(f"fastvid has no released options for backbone {backbone!r}; the "
+                         f"release scripts cover {sorted(RELEASED_OPTIONS)}")
+    return FastVIDConfig(**{**RELEASED_OPTIONS[backbone], **changes})
 
 
 def frame_counts(per_frame: int, retention: float, context_share: float) -> tuple[int, int]:

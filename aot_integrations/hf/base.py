@@ -37,9 +37,6 @@ class HFAdapter:
     #: True when the model groups placeholders by runs (M-RoPE: each run of
     #: ``mm_token_type_ids`` takes the next grid), so runs must be exactly the processor's.
     grouped_runs = False
-    #: why this tower cannot give a SigLIP pooling head's outputs (``head_attention``,
-    #: ``head_features``), or "" when one can be attached (:meth:`pooling_head`).
-    no_pooling_head = ""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -106,9 +103,11 @@ class HFAdapter:
             if getattr(config, name) >= self.vision_layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
                                  f"has blocks 0..{self.vision_layers - 1}")
-        if reduction.extra_inputs and self.no_pooling_head:
-            raise ValueError(f"reducer {reduction.reducer!r} reads {list(reduction.extra_inputs)} "
-                             f"of SigLIP's attention-pooling head: {self.no_pooling_head}")
+        self.check_extra_inputs(reduction)
+
+    def check_extra_inputs(self, reduction: Reduction) -> None:
+        """Refuse a reduction reading :data:`aot.video_path.EXTRA_INPUTS` this model cannot give
+        (a SigLIP pooling head's outputs without a head), saying how to attach one."""
         check_extra_inputs(reduction, self.pooling_head(), self.backbone.title)
 
     def pooling_head(self):
