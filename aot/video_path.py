@@ -72,8 +72,8 @@ LAST_LAYER = -1
 
 #: Reducer inputs an adapter computes beside the received attention, when the reduction declares
 #: them (``Reduction.extra_inputs``): the probe attention (F, T) and pooled output (F, C) of a
-#: SigLIP attention-pooling head (:mod:`aot.pooling_head`), which only a model with a head attached
-#: can give.
+#: SigLIP attention-pooling head (:mod:`aot.pooling_head`): a LLaVA model with a head attached
+#: gives them, the Qwen adapters give FastVID's stand-ins.
 EXTRA_INPUTS = ("head_attention", "head_features")
 
 

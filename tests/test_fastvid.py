@@ -13,6 +13,7 @@ from aot.reducers import REDUCERS, FastVIDConfig, get_reducer
 from aot.reducers.fastvid import (
     RELEASED_OPTIONS,
     RELEASED_RETENTION,
+    exact_anchor_counts,
     frame_counts,
     released_options,
     segment_sizes,
@@ -248,6 +249,20 @@ def test_exact_mode_gives_the_exact_budget(pooling, grid, frames):
         assert theirs <= ours and len(ours - theirs) == budget - released.num_tokens
         if released.num_tokens == budget:
             assert torch.equal(exact.tokens, released.tokens)
+
+
+def test_exact_extra_anchors_go_to_anchor_frames_first_by_density_score():
+    scores = torch.tensor([[0.9, 0.5, 0.4, 0.1],     # an anchor frame (2 anchors)
+                           [0.99, 0.98, 0.97, 0.96],  # no anchors: only after the others run out
+                           [0.45, 0.8, 0.2, 0.3]])    # an anchor frame (1 anchor)
+    released = torch.tensor([2, 0, 1])
+    # candidates by score: frame 2 rank 1 (0.45), frame 0 rank 2 (0.4), frame 2 rank 2 (0.3), ...
+    assert exact_anchor_counts(released, scores, 0).tolist() == [2, 0, 1]
+    assert exact_anchor_counts(released, scores, 1).tolist() == [2, 0, 2]
+    assert exact_anchor_counts(released, scores, 2).tolist() == [3, 0, 2]
+    assert exact_anchor_counts(released, scores, 5).tolist() == [4, 0, 4]
+    assert exact_anchor_counts(released, scores, 6).tolist() == [4, 1, 4]
+    assert exact_anchor_counts(released, scores, 9).tolist() == [4, 4, 4]
 
 
 def test_released_options_per_backbone():

@@ -160,11 +160,22 @@ def test_qwen_gives_the_release_stand_ins_and_the_exact_count(name):
         torch.testing.assert_close(video.extra["head_features"],
                                    video.features[..., :main].float().mean(1))
     handle = aot_integrations.hf.apply(model, Reduction(config, "fastvid"))
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]),
+        with_kwargs=True)
     try:
         with torch.no_grad():
             model.generate(**make(grids), max_new_tokens=1, do_sample=False)
+            counts = [s.visual_tokens for s in handle.last]
+            single = make(grids[:1])
+            seen.clear()
+            model(**single)
     finally:
+        hook.remove()
         handle.remove()
-    counts = [s.visual_tokens for s in handle.last]
     assert counts == [aot.exact_budget(0.25, t, h * w // 4) for t, h, w in grids] == [36, 24]
-    print(f"fastvid on tiny transformers {name}, grids {grids}, r=0.25: {counts} visual tokens")
+    # the LLM reads the prompt with the video's 4 * 36 placeholders replaced by 36 tokens
+    assert seen == [single["input_ids"].shape[1] - 4 * 36 + 36]
+    print(f"fastvid on tiny transformers {name}, grids {grids}, r=0.25: {counts} visual tokens; "
+          f"LLM input {seen[0]} of {single['input_ids'].shape[1]} positions for {grids[0]}")

@@ -306,46 +306,50 @@ def reduce_fastvid(features: torch.Tensor, shallow_attention: torch.Tensor,
     n = others.shape[1]
     rows = torch.arange(frames, device=values.device)[:, None]
 
-    anchors = released_anchor_counts(sizes, context, options.dtm_p, device=values.device)
+    # the anchor counts live on the host: the segment loop below then never waits on the device
+    counts = released_anchor_counts(sizes, context, options.dtm_p).tolist()
     knn = options.knn
-    if released and (n < knn or int(anchors.max()) > n):
+    if released and (n < knn or max(counts) > n):
         raise ValueError(f"fastvid count='released': {n} non-salient tokens per frame cannot "
-                         f"give {knn} neighbours and {int(anchors.max())} anchors (the release "
-                         f"fails there); use count='exact'")
+                         f"give {knn} neighbours and {max(counts)} anchors (the release fails "
+                         f"there); use count='exact'")
     noise = torch.rand((frames, n), generator=torch.Generator().manual_seed(options.seed),
                        dtype=torch.float32).to(values.device, dtype) * options.noise
     scores = (density_scores(scored[rows, others], min(knn, n), noise) if n
               else values.new_zeros(frames, 0))
     if not released:
-        anchors = anchors.clamp(max=n)
-        anchors = exact_anchor_counts(anchors, scores, total - frames * salient
-                                      - int(anchors.sum()))
+        counts = [min(count, n) for count in counts]
+        counts = exact_anchor_counts(torch.tensor(counts, device=values.device), scores,
+                                     total - frames * salient - sum(counts)).tolist()
 
     out = values.clone()
     keep_anchor = torch.zeros_like(keep_salient)
-    if int(anchors.max()) > 0:
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices          # (F, n)
-        start = 0
-        for length in sizes:
-            seg = slice(start, start + length)
-            start += length
-            anchor_frames = torch.nonzero(anchors[seg]).flatten() + seg.start
-            if anchor_frames.numel() == 0:
-                continue
-            width = int(anchors[anchor_frames].max())
-            slots = others[anchor_frames[:, None], order[anchor_frames, :width]]        # (A, K)
-            valid = torch.arange(width, device=values.device) < anchors[anchor_frames, None]
-            pool_positions = others[seg]                                                 # (L, n)
-            pool_rows = rows[seg].expand(-1, n)
-            merged = merge_segment(values[pool_rows, pool_positions].reshape(-1, values.shape[-1]),
-                                   _unit(scored[pool_rows, pool_positions]).reshape(
-                                       -1, scored.shape[-1]),
-                                   values[anchor_frames[:, None], slots],
-                                   _unit(scored[anchor_frames[:, None], slots]), valid,
-                                   options.dtm_beta)
-            frame_ids = anchor_frames[:, None].expand_as(slots)
-            out[frame_ids[valid], slots[valid]] = merged[valid]
-            keep_anchor[frame_ids[valid], slots[valid]] = True
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices              # (F, n)
+    start = 0
+    for length in sizes:
+        seg = slice(start, start + length)
+        start += length
+        chosen = [f for f in range(seg.start, seg.stop) if counts[f] > 0]
+        if not chosen:
+            continue
+        width = max(counts[f] for f in chosen)
+        anchor_frames = torch.tensor(chosen, device=values.device)
+        slots = others[anchor_frames[:, None], order[anchor_frames, :width]]              # (A, K)
+        valid = (torch.arange(width, device=values.device)
+                 < torch.tensor([counts[f] for f in chosen], device=values.device)[:, None])
+        pool_positions = others[seg]                                                     # (L, n)
+        pool_rows = rows[seg].expand(-1, n)
+        merged = merge_segment(values[pool_rows, pool_positions].reshape(-1, values.shape[-1]),
+                               _unit(scored[pool_rows, pool_positions]).reshape(
+                                   -1, scored.shape[-1]),
+                               values[anchor_frames[:, None], slots],
+                               _unit(scored[anchor_frames[:, None], slots]), valid,
+                               options.dtm_beta)
+        # every slot is written, the padding ones with their own value (slots of one frame are
+        # distinct positions), so no masked indexing waits on the device
+        frame_ids = anchor_frames[:, None].expand_as(slots)
+        out[frame_ids, slots] = torch.where(valid[..., None], merged, out[frame_ids, slots])
+        keep_anchor[frame_ids, slots] = keep_anchor[frame_ids, slots] | valid
 
     keep = keep_salient | keep_anchor
     positions = torch.arange(per_frame, device=values.device).expand(frames, -1)
