@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reducer_checks import extra_inputs as declared_inputs
 
 from aot import AOTConfig, ReducedVideo, exact_budget, pool_grid, pooled_side, reduce_video
 from aot.reducers import (
@@ -44,8 +43,17 @@ def video(frames: int, seed: int = 0, dtype=torch.float32):
 
 
 def extra_inputs(name: str, frames: int) -> dict:
-    """The keyword inputs ``name`` declares beyond the attention, for ``video(frames)``."""
-    return declared_inputs(name, video(frames)[0])
+    """Random tensors for the keyword inputs ``name`` declares beyond the attention (a SigLIP
+    pooling head's outputs, :data:`aot.video_path.EXTRA_INPUTS`), seeded by the frame count.
+    (tests/reducer_checks.py has the same for any shape; this file imports only ``aot``.)"""
+    declared = REDUCERS[name].inputs
+    generator = torch.Generator().manual_seed(frames)
+    extra = {}
+    if "head_attention" in declared:
+        extra["head_attention"] = torch.rand(frames, 729, generator=generator)
+    if "head_features" in declared:
+        extra["head_features"] = torch.randn(frames, DIM, generator=generator)
+    return extra
 
 
 def pooled_reference(features, config):
