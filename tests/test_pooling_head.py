@@ -179,3 +179,30 @@ def test_qwen_gives_the_release_stand_ins_and_the_exact_count(name):
     assert seen == [single["input_ids"].shape[1] - 4 * 36 + 36]
     print(f"fastvid on tiny transformers {name}, grids {grids}, r=0.25: {counts} visual tokens; "
           f"LLM input {seen[0]} of {single['input_ids'].shape[1]} positions for {grids[0]}")
+
+
+def test_loader_attaches_a_head_from_a_weights_file(tmp_path):
+    """load_pretrained_model(pooling_head=...) (what the eval models' ``pooling_head=`` model arg
+    passes): the head is attached before the reducer is set, so fastvid loads and runs."""
+    from safetensors.torch import save_file
+
+    from llava.model.builder import load_pretrained_model
+
+    folder = tmp_path / "ckpt"
+    tiny.write_checkpoint(folder, "ov", seed=2)
+    head = tmp_path / "siglip"
+    head.mkdir()
+    save_file({k: v.contiguous() for k, v in tiny.pooling_head_state().items()},
+              str(head / "model.safetensors"))
+    config = aot.AOTConfig(exact_retention=0.1, shallow_layer=1, deep_layer=2)
+    with pytest.raises(ValueError, match="attach_pooling_head"):
+        load_pretrained_model(str(folder), device_map="cpu", torch_dtype="float32",
+                              aot_config=config, reducer="fastvid")
+    _, model, _, _ = load_pretrained_model(str(folder), device_map="cpu", torch_dtype="float32",
+                                           aot_config=config, reducer="fastvid",
+                                           pooling_head=str(head))
+    with torch.no_grad():
+        sequence = model.video_sequence(VIDEO[:8])
+    assert sequence.visual_tokens == aot.exact_budget(0.1, 8, 196) == 157
+    with pytest.raises(ValueError, match="is not a file"):
+        attach_pooling_head(model, str(tmp_path / "missing"))

@@ -292,12 +292,13 @@ def reduce_fastvid(features: torch.Tensor, shallow_attention: torch.Tensor,
     dtype = work_dtype(features)
     values = pool_grid(features.to(dtype), grid, config.pooling)                       # (F, P, D)
     scored = values[..., :config.similarity_channels]
-    attention = pool_grid(head_attention.to(dtype), grid, config.pooling)              # (F, P)
+    attention = pool_grid(head_attention.to(values.device, dtype), grid, config.pooling)  # (F, P)
     salient, context = frame_counts(per_frame, retention, options.stprune_d)
     if released and salient + context == 0:
         raise ValueError(f"fastvid count='released': retention {retention!r} keeps int("
                          f"{per_frame} * r) = 0 tokens per frame; use count='exact'")
-    sizes = segment_sizes(head_features.to(dtype), options.dyseg_c, options.dyseg_tau, released)
+    sizes = segment_sizes(head_features.to(values.device, dtype), options.dyseg_c,
+                          options.dyseg_tau, released)
 
     # STPrune: the S most attended tokens of each frame; the rest, in position order, go on
     keep_salient = torch.zeros(frames, per_frame, dtype=torch.bool, device=values.device)
