@@ -153,7 +153,7 @@ class HFReducerMixin:
             cls.BACKBONE = backbone_of_protocol(cls.PROTOCOL).name
 
     def __init__(self, *args, retention_log: Optional[str] = None, prompt_as: str = "stock",
-                 **kwargs) -> None:
+                 pooling_head: Optional[str] = None, **kwargs) -> None:
         from aot.backbones import get_backbone
 
         aot_kwargs, stock_kwargs = split_aot_kwargs(kwargs)
@@ -168,6 +168,10 @@ class HFReducerMixin:
         self.merge = getattr(vision, "spatial_merge_size", 1)
         self.counter = VideoTokenCounter(self.model)
         self.counter.install_inner()
+        if pooling_head is not None:  # a SigLIP head for reducers reading it (fastvid)
+            from aot_integrations.pooling_head import attach_pooling_head
+
+            attach_pooling_head(self.model, pooling_head)
         self.handle = install_reducer(self.model, self.spec)
         self.counter.install_outer(self._on_generate, self._refuse_images)
         self._pending: deque = deque()  # (task, split, doc_id) fetched, not yet generated

@@ -100,7 +100,7 @@ class LlavaAOTBase(lmms):
                  mm_spatial_pool_stride=2, mm_spatial_pool_mode: Optional[str] = None,
                  use_cache=True, prompt_as: str = "stock", retention_log: Optional[str] = None,
                  on_video_error: str = "answer", frame_folders: str = "stock",
-                 **kwargs) -> None:
+                 pooling_head: Optional[str] = None, **kwargs) -> None:
         super().__init__()
         aot_kwargs, rest = split_aot_kwargs(kwargs)
         self.extra = self._take_backbone_args(rest)
@@ -128,6 +128,7 @@ class LlavaAOTBase(lmms):
         self.pool_mode = mm_spatial_pool_mode or self.DEFAULTS["mm_spatial_pool_mode"]
         self.use_cache = to_bool(use_cache, "use_cache")
         self.retention_log = retention_log
+        self.pooling_head = pooling_head
         self.pretrained = pretrained
         self._setup_devices(device, device_map)
         self._load(pretrained, model_name, attn_implementation)
@@ -147,7 +148,8 @@ class LlavaAOTBase(lmms):
                 f"{self.MODEL_ID}: unknown model_args {unknown}. Model keys: pretrained, "
                 f"model_name, conv_template, attn_implementation, torch_dtype, device_map, "
                 f"max_frames_num, mm_spatial_pool_stride, mm_spatial_pool_mode, use_cache, "
-                f"prompt_as, retention_log, on_video_error, frame_folders, batch_size"
+                f"prompt_as, retention_log, on_video_error, frame_folders, batch_size, "
+                f"pooling_head"
                 f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
                 f"ablation and any AOTConfig field")
@@ -182,7 +184,7 @@ class LlavaAOTBase(lmms):
 
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
                       torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
-                      aot_config=self.spec.config)
+                      aot_config=self.spec.config, pooling_head=self.pooling_head)
         if self.spec.name != NO_REDUCER:
             kwargs["reducer"] = self.spec.name
             if reducer_info(self.spec.name).needs_budget:

@@ -108,6 +108,30 @@ def random_model(backbone: str = "ov", seed: int = 0, vision_layers: int | None 
     return model.eval()
 
 
+def pooling_head_state(hidden_size: int = 16, num_heads: int = 2, intermediate_size: int = 32,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random SigLIP post-layernorm + attention-pooling head, as a state dict with the names of
+    a SigLIP checkpoint (``vision_model.post_layernorm.*``, ``vision_model.head.*``): what
+    :func:`aot_integrations.pooling_head.attach_pooling_head` takes (defaults: the widths of
+    :func:`random_model`'s tower)."""
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    config = SiglipVisionConfig(hidden_size=hidden_size, num_attention_heads=num_heads,
+                                intermediate_size=intermediate_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = SiglipMultiheadAttentionPoolingHead(config)
+        norm = torch.nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        state = {f"vision_model.head.{k}": v for k, v in head.state_dict().items()}
+        for key, value in norm.state_dict().items():
+            state[f"vision_model.post_layernorm.{key}"] = value + torch.randn_like(value) * 0.1
+        # nn.MultiheadAttention starts with zero biases: random ones exercise the projections
+        for key in ("attention.in_proj_bias", "attention.out_proj.bias"):
+            state[f"vision_model.head.{key}"] = torch.randn_like(state[f"vision_model.head.{key}"])
+    return state
+
+
 def write_checkpoint(folder, backbone: str = "ov", seed: int = 0, shards: int = 1,
                      vision_layers: int | None = None, drop: tuple[str, ...] = (),
                      rename: dict | None = None, generation_config: dict | None = None,
