@@ -48,18 +48,22 @@ class StageRecord:
     """What the stage did in the last prefill (for inspection, tests and eval records).
 
     candidates / kept: per row, visual tokens that competed / survived.
+    chosen: (B, L) bool, the surviving candidates (merge targets of a merging stage).
     keep: (B, L) bool, the original columns layers K.. still see.
     index, valid: (B, L') the new columns' original columns, and False on filler columns.
     scores: (B, L) float32 attention the last real token paid each column at layer K-1.
+    real: (B, L) bool, the non-padding columns of the prompt.
     length: L, the prefill length.
     """
 
     candidates: list[int]
     kept: list[int]
+    chosen: torch.Tensor
     keep: torch.Tensor
     index: torch.Tensor
     valid: torch.Tensor
     scores: torch.Tensor
+    real: torch.Tensor
     length: int
 
 
@@ -140,8 +144,8 @@ class StageHandle:
                 hidden = merge_dropped(hidden, chosen, dropped)
             keep = ~dropped
             index, valid = keep_index(keep)
-        self.last = StageRecord(candidates.sum(1).tolist(), chosen.sum(1).tolist(), keep, index,
-                                valid, scores, hidden.shape[1])
+        self.last = StageRecord(candidates.sum(1).tolist(), chosen.sum(1).tolist(), chosen,
+                                keep, index, valid, scores, self._real, hidden.shape[1])
         self._captured = None
         hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         cos, sin = kwargs["position_embeddings"]
