@@ -340,3 +340,39 @@ def test_flash_attention_matches_sdpa_on_gpu():
             handle.remove()
         assert kept == [4, 8]
     assert outputs["sdpa"].shape == outputs["flash_attention_2"].shape
+
+
+COMPOSED = {"onevision": ("ov", lambda: tiny.onevision_inputs([4, 4], seeds=[0, 1]), 36),
+            "qwen2_5_vl": ("qwen2_5_vl", lambda: tiny.qwen_inputs([(2, 8, 8), (2, 8, 8)]), 32),
+            "qwen3_vl": ("qwen3_vl", lambda: tiny.qwen3_inputs([(2, 8, 8), (2, 8, 8)]), 32)}
+
+
+@pytest.mark.parametrize("host_name", list(COMPOSED))
+def test_composes_with_a_vision_reducer_and_hits_the_final_count(host_name):
+    """AOT keeps 50% before the LLM, the stage brings each video to exactly floor(0.25 N + 0.5)
+    of its N unreduced visual tokens; the composed forward still equals the reference."""
+    import aot_integrations.hf
+    from aot.backbones import get_backbone
+
+    backbone, inputs_fn, unreduced = COMPOSED[host_name]
+    model, inputs = BUILD[host_name][0](), inputs_fn()
+    vision = aot_integrations.hf.apply(model, aot_integrations.hf.config_for(
+        model, 0.5, **get_backbone(backbone).tiny))
+    stage = llm_stages.get_stage("fastv", layer=2, newline_is_text=True,
+                                 budget=llm_stages.final_budget(0.25, unreduced))
+    handle = llm_stage.install(model, stage)
+    try:
+        with torch.no_grad():
+            out = model(**inputs).logits
+        record = handle.last
+    finally:
+        handle.remove()
+    reaching = [sequence.visual_tokens for sequence in vision.last]
+    assert reaching == [unreduced // 2] * 2
+    assert record.candidates == reaching
+    assert record.kept == [int(0.25 * unreduced + 0.5)] * 2
+    seen = _layer_input(model, inputs, stage.layer)
+    vision.remove()
+    for row in range(out.shape[0]):
+        reference = reference_logits(model, seen, record, stage, row)
+        assert (out[row][_stage_columns(record, row)] - reference).abs().max() < TOLERANCE
