@@ -376,3 +376,33 @@ def test_composes_with_a_vision_reducer_and_hits_the_final_count(host_name):
     for row in range(out.shape[0]):
         reference = reference_logits(model, seen, record, stage, row)
         assert (out[row][_stage_columns(record, row)] - reference).abs().max() < TOLERANCE
+
+
+def test_the_docs_page_runs_as_printed():
+    """docs/reducers/llm-stages.md's blocks on a tiny Qwen2.5-VL (4 text layers) and one video of
+    N = 2 x 16 x 16 / 4 = 128 tokens: 10% of N = 13 tokens after layer 2."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from doc_code import python_blocks, run_code
+
+    from aot.backbones import get_backbone
+
+    first, composed = python_blocks("docs/reducers/llm-stages.md")
+    model, inputs = tiny.qwen2_5_vl(text_layers=4), tiny.qwen_inputs([(2, 16, 16)])
+    namespace = run_code(first, {"model": model, "inputs": inputs}, "llm-stages.md")
+    assert namespace["handle"].last.kept == [64]
+    import aot_integrations.hf
+
+    original = aot_integrations.hf.config_for
+    aot_integrations.hf.config_for = lambda m, r: original(m, r, **get_backbone("qwen2_5_vl").tiny)
+    namespace["N"] = 128          # the page's second block follows its first
+    try:
+        run_code(composed, namespace, "llm-stages.md")
+    finally:
+        aot_integrations.hf.config_for = original
+    namespace["handle"].remove()
+    namespace["vision"].remove()
+    assert namespace["vision"].last[0].visual_tokens == 32
+    assert namespace["handle"].last.kept == [13]
