@@ -406,3 +406,30 @@ def test_the_docs_page_runs_as_printed():
     namespace["vision"].remove()
     assert namespace["vision"].last[0].visual_tokens == 32
     assert namespace["handle"].last.kept == [13]
+
+
+def test_prefill_flops_formula_matches_the_counter():
+    """aot_bench.flops.llm_stage_prefill_flops: what FlopCounterMode counts with the stage
+    installed (eager attention, last logits only), minus the unreduced count, equals the
+    formula's difference (the vision encoder's FLOPs cancel)."""
+    from aot_bench.configs import Shape
+    from aot_bench.flops import count_flops, llm_prefill_flops, llm_stage_prefill_flops
+
+    model = tiny.onevision(text_layers=4)
+    model.set_attn_implementation("eager")
+    inputs = tiny.onevision_inputs([2])
+    shape = Shape("tiny-ov", lm_layers=4, lm_hidden=32, lm_heads=4, lm_kv_heads=2,
+                  lm_intermediate=64, vocab=tiny.VOCAB, vision_layers=0, vision_hidden=1,
+                  vision_heads=1, vision_intermediate=1, shallow_layer=0, deep_layer=0)
+    with torch.no_grad():
+        full, _ = count_flops(model, **inputs, logits_to_keep=1)
+        handle = llm_stage.install(model, llm_stages.get_stage("fastv", layer=2))
+        try:
+            staged, _ = count_flops(model, **inputs, logits_to_keep=1)
+            record = handle.last
+        finally:
+            handle.remove()
+    length, kept = record.length, int(record.keep.sum())
+    assert kept == length - record.candidates[0] + record.kept[0]
+    assert full - staged == (llm_prefill_flops(shape, length)
+                             - llm_stage_prefill_flops(shape, length, 2, kept))
