@@ -39,6 +39,9 @@ class LLMStageConfig:
     count_rule: one of :data:`COUNT_RULES`: how n candidates become ``kept_count(n)`` tokens.
     budget: an exact kept count per row (overrides retention); :func:`final_budget` gives the
         count that makes a final retention exact over the unreduced video.
+    final_retention: r_f in (0, 1]: each row keeps exactly ``final_budget(r_f, N)`` tokens, N
+        the row's visual tokens before any vision reducer (newlines excluded; the host that
+        installs the stage tells N per row). Overrides retention; exclusive with budget.
     merge: True: each dropped token is folded into its most cosine-similar kept token at layer
         K's input by the sequential average h = (h + x) / 2 in position order (HoliTom); False:
         dropped tokens are discarded (FastV, FlashVID).
@@ -53,6 +56,7 @@ class LLMStageConfig:
     budget: int | None = None
     merge: bool = False
     newline_is_text: bool = False
+    final_retention: float | None = None
 
     def __post_init__(self):
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
@@ -69,6 +73,15 @@ class LLMStageConfig:
                                         or not isinstance(self.budget, int) or self.budget < 1):
             raise ValueError(f"LLM stage budget={self.budget!r}: expected an integer >= 1 or "
                              "None")
+        if self.final_retention is not None:
+            if (isinstance(self.final_retention, bool)
+                    or not isinstance(self.final_retention, (int, float))
+                    or not 0 < self.final_retention <= 1):
+                raise ValueError(f"LLM stage final_retention={self.final_retention!r}: expected "
+                                 "a number in (0, 1] or None")
+            if self.budget is not None:
+                raise ValueError(f"LLM stage: budget={self.budget} and final_retention="
+                                 f"{self.final_retention} both fix the count; give one")
         for field in ("merge", "newline_is_text"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"LLM stage {field}={getattr(self, field)!r}: expected True or "
@@ -133,16 +146,25 @@ def get_stage(name: str, **changes) -> LLMStageConfig:
     return STAGES[name].defaults.replace(**changes)
 
 
-def kept_count(candidates: int, config: LLMStageConfig) -> int:
+def kept_count(candidates: int, config: LLMStageConfig, unreduced: int | None = None) -> int:
     """How many of ``candidates`` visual tokens of one row survive the stage (at least 1 when
-    there is any candidate, never more than there are)."""
+    there is any candidate, never more than there are). ``unreduced``: the row's visual tokens
+    before any vision reducer, needed by ``config.final_retention``."""
     if candidates <= 0:
         return 0
-    if config.budget is not None:
-        if config.budget > candidates:
-            raise ValueError(f"LLM stage {config.name!r}: budget={config.budget} exceeds the "
-                             f"{candidates} visual tokens that reach layer {config.layer}")
-        return config.budget
+    budget = config.budget
+    if config.final_retention is not None:
+        if unreduced is None:
+            raise ValueError(f"LLM stage {config.name!r}: final_retention="
+                             f"{config.final_retention} needs the row's unreduced visual token "
+                             "count, which this host did not give")
+        budget = final_budget(config.final_retention, unreduced)
+    if budget is not None:
+        if budget > candidates:
+            raise ValueError(f"LLM stage {config.name!r}: {budget} tokens asked (budget or "
+                             f"final retention) exceed the {candidates} visual tokens that "
+                             f"reach layer {config.layer}")
+        return budget
     share = candidates * config.retention
     if config.count_rule == "ceil":
         count = math.ceil(share)
@@ -186,17 +208,24 @@ def last_query_attention(query: torch.Tensor, keys: torch.Tensor, key_mask: torc
     return logits.softmax(dim=-1).mean(dim=1)
 
 
-def select_tokens(scores: torch.Tensor, candidates: torch.Tensor,
-                  config: LLMStageConfig) -> torch.Tensor:
+def select_tokens(scores: torch.Tensor, candidates: torch.Tensor, config: LLMStageConfig,
+                  unreduced: list[int] | None = None) -> torch.Tensor:
     """Which candidate tokens survive: the ``kept_count`` highest scores of each row.
 
     Args:
         scores: (B, L) attention received (higher is kept first; ties: torch.topk's order).
         candidates: (B, L) bool, the row's visual tokens that compete.
+        unreduced: per row, its visual tokens before any vision reducer (for
+            ``config.final_retention``), or None.
     Returns:
         (B, L) bool, True on the kept candidates.
     """
-    counts = [kept_count(int(n), config) for n in candidates.sum(dim=1).tolist()]
+    rows = candidates.sum(dim=1).tolist()
+    unreduced = [None] * len(rows) if unreduced is None else list(unreduced)
+    if len(unreduced) != len(rows):
+        raise ValueError(f"unreduced counts for {len(unreduced)} rows, the batch has "
+                         f"{len(rows)}")
+    counts = [kept_count(int(n), config, u) for n, u in zip(rows, unreduced)]
     chosen = torch.zeros_like(candidates)
     top = max(counts, default=0)
     if top == 0:

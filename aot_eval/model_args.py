@@ -104,11 +104,14 @@ def parse_llm_stage(kwargs: dict):
                              f"{[LLM_STAGE_PREFIX + f for f in fields]}")
         key = LLM_STAGE_PREFIX + knob
         kind = hints[knob]
-        if knob == "budget" and str(value).strip().lower() in ("none", ""):
-            coerced[knob] = None
-        elif kind is bool:
+        if type(None) in typing.get_args(kind):       # budget / final_retention: None allowed
+            if str(value).strip().lower() in ("none", "null", ""):
+                coerced[knob] = None
+                continue
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:
             coerced[knob] = to_bool(value, key)
-        elif kind is int or knob == "budget":
+        elif kind is int:
             coerced[knob] = to_int(value, key)
         elif kind is float:
             coerced[knob] = to_float(value, key)
@@ -139,7 +142,9 @@ def with_llm_stage(counted: list, handle, first: int = 0) -> list:
 
 def describe_llm_stage(stage) -> str:
     """A short description for logs and table rows: ``fastv(K=2, r=0.5)``."""
-    count = f"budget={stage.budget}" if stage.budget is not None else f"r={stage.retention:g}"
+    count = (f"budget={stage.budget}" if stage.budget is not None
+             else f"final r={stage.final_retention:g}" if stage.final_retention is not None
+             else f"r={stage.retention:g}")
     return f"{stage.name}(K={stage.layer}, {count})"
 
 

@@ -70,9 +70,12 @@ class StageRecord:
 class StageHandle:
     """What :func:`install` put on one model; ``remove()`` takes every hook off."""
 
-    def __init__(self, model, config: LLMStageConfig, text_model, kinds_source):
+    def __init__(self, model, config: LLMStageConfig, text_model, kinds_source,
+                 unreduced_source):
         self.model, self.config, self.text_model = model, config, text_model
         self._kinds_source = kinds_source
+        self._unreduced_source = unreduced_source
+        self._unreduced = None
         self.last: StageRecord | None = None
         self._phase = None            # "prefill" / "decode" / None (stage idle for this call)
         self._kinds = None
@@ -100,8 +103,10 @@ class StageHandle:
                              "images as the model's own generate does")
         self._real = _real_tokens(kwargs.get("attention_mask"), batch, length, shaped.device)
         self._kinds = kinds.to(shaped.device) * self._real
-        self.last, self._captured = None, None
+        self.last, self._captured, self._unreduced = None, None, None
         self._phase = "prefill" if bool((self._kinds > 0).any()) else None
+        if self._phase and self.config.final_retention is not None:
+            self._unreduced = self._unreduced_source(self._kinds)
         if self._phase and cache is not None:
             _check_cache(cache, self.config.layer)
         return None
@@ -138,7 +143,7 @@ class StageHandle:
             candidates = self._kinds == VISUAL
             if not config.newline_is_text:
                 candidates |= self._kinds == NEWLINE
-            chosen = select_tokens(scores, candidates, config)
+            chosen = select_tokens(scores, candidates, config, self._unreduced)
             dropped = candidates & ~chosen
             if config.merge:
                 hidden = merge_dropped(hidden, chosen, dropped)
@@ -225,12 +230,12 @@ def install(model, stage: LLMStageConfig) -> StageHandle:
                         f"{type(stage).__name__} (aot.llm_stages.get_stage(name) builds one)")
     if getattr(model, _ATTRIBUTE, None) is not None:
         raise ValueError("LLM stage: this model already has one; call handle.remove() first")
-    text_model, kinds_source, multimodal = _host(model)
+    text_model, kinds_source, unreduced_source, multimodal = _host(model)
     layers = len(text_model.layers)
     if not 1 <= stage.layer < layers:
         raise ValueError(f"LLM stage {stage.name!r}: layer={stage.layer} is out of range for "
                          f"a language model of {layers} layers (expected 1..{layers - 1})")
-    handle = StageHandle(model, stage, text_model, kinds_source)
+    handle = StageHandle(model, stage, text_model, kinds_source, unreduced_source)
     if multimodal is not None:
         handle._hooks.append(multimodal.register_forward_pre_hook(_record_ids(handle),
                                                                    with_kwargs=True))
@@ -259,13 +264,14 @@ def remove(model) -> None:
 
 # --------------------------------------------------------------------------- hosts
 def _host(model):
-    """(text model with ``.layers``, kinds source, module whose pre-hook sees input_ids)."""
+    """(text model with ``.layers``, kinds source, unreduced-count source, module whose pre-hook
+    sees input_ids)."""
     if hasattr(model, "prepare_inputs_labels_for_multimodal") and hasattr(model.model, "layers"):
-        return model.model, _llava_kinds(model), None
+        return model.model, _llava_kinds(model), _llava_unreduced(model), None
     inner = getattr(model, "model", None)
     text = getattr(inner, "language_model", None)
     if text is not None and hasattr(text, "layers"):
-        return text, None, inner
+        return text, None, _hf_unreduced(model), inner
     raise ValueError(f"LLM stage: {type(model).__name__} is not supported; expected a llava/ "
                      "LlavaQwenForCausalLM or transformers' LlavaOnevision / Qwen2.5-VL / "
                      "Qwen3-VL ForConditionalGeneration")
@@ -280,6 +286,40 @@ def _llava_kinds(model):
         if kwargs.get("input_ids") is not None:
             return torch.zeros(batch, length, dtype=torch.int8)
         return None
+    return source
+
+
+def _llava_unreduced(model):
+    """Per row, the visual tokens before any reducer (frames x pooled tokens per video), as
+    ``prepare_inputs_labels_for_multimodal`` counted them for this prompt."""
+    def source(kinds):
+        counts = getattr(model, "last_visual_unreduced", None)
+        model.last_visual_unreduced = None
+        if counts is None or len(counts) != kinds.shape[0]:
+            raise ValueError("LLM stage final_retention: the model did not count this prompt's "
+                             "unreduced visual tokens (pass images to generate / forward)")
+        return counts
+    return source
+
+
+def _hf_unreduced(model):
+    """Per row, the visual tokens before any reducer: the videos' unreduced runs (newlines
+    excluded) when :func:`aot_integrations.hf.apply` reduced them in this call, else the
+    row's video placeholders (newlines excluded: what reaches the LLM is the whole video)."""
+    def source(kinds):
+        applied = getattr(model, "_aot_hf_handle", None)
+        if applied is None or applied.reduction is None or not applied.last:
+            return (kinds == VISUAL).sum(dim=1).tolist()
+        adapter = applied.adapter
+        counts = [adapter.run_length(s.encoded)
+                  - adapter.backbone.newlines(s.encoded.num_frames, s.encoded.grid)
+                  for s in applied.last]
+        rows = int((kinds > 0).any(dim=1).sum())
+        if len(counts) != kinds.shape[0] or rows != kinds.shape[0]:
+            raise ValueError(f"LLM stage final_retention after a vision reducer needs one video "
+                             f"per row; this batch has {len(counts)} videos in "
+                             f"{kinds.shape[0]} rows")
+        return counts
     return source
 
 

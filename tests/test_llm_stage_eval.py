@@ -23,6 +23,11 @@ def test_model_args_give_a_stage_beside_any_reducer():
                                           "llm_stage_merge": "true"}, "ov")
     assert unreduced.name == "none" and unreduced.llm_stage.merge
     assert model_args.parse_reducer({"retention": "0.1"}, "ov").llm_stage is None
+    final = model_args.parse_reducer({"retention": "0.25", "llm_stage": "fastv",
+                                      "llm_stage_final_retention": "0.1",
+                                      "llm_stage_budget": "none"}, "ov")
+    assert final.llm_stage.final_retention == 0.1 and final.llm_stage.budget is None
+    assert final.source.endswith("fastv(K=2, final r=0.1)")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -389,7 +389,7 @@ def test_the_docs_page_runs_as_printed():
 
     from aot.backbones import get_backbone
 
-    first, composed = python_blocks("docs/reducers/llm-stages.md")
+    first, composed, final = python_blocks("docs/reducers/llm-stages.md")
     model, inputs = tiny.qwen2_5_vl(text_layers=4), tiny.qwen_inputs([(2, 16, 16)])
     namespace = run_code(first, {"model": model, "inputs": inputs}, "llm-stages.md")
     assert namespace["handle"].last.kept == [64]
@@ -406,6 +406,11 @@ def test_the_docs_page_runs_as_printed():
     namespace["vision"].remove()
     assert namespace["vision"].last[0].visual_tokens == 32
     assert namespace["handle"].last.kept == [13]
+    handle = llm_stage.install(model, run_code(final, namespace, "llm-stages.md")["stage"])
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    assert handle.last.kept == [13]           # N = 128 placeholders, no vision reducer
 
 
 def test_prefill_flops_formula_matches_the_counter():
@@ -433,3 +438,52 @@ def test_prefill_flops_formula_matches_the_counter():
     assert kept == length - record.candidates[0] + record.kept[0]
     assert full - staged == (llm_prefill_flops(shape, length)
                              - llm_stage_prefill_flops(shape, length, 2, kept))
+
+
+@pytest.mark.parametrize("host_name", ["qwen2_5_vl", "onevision"])
+def test_final_retention_is_exact_per_row_after_a_vision_reducer(host_name):
+    """final_retention=0.25: each row keeps floor(0.25 N + 0.5) of its own video's N unreduced
+    tokens (rows of different lengths on Qwen), after AOT kept 50%; without a vision reducer N
+    is the row's placeholders (newline excluded)."""
+    import aot_integrations.hf
+    from aot.backbones import get_backbone
+
+    backbone, _, _ = COMPOSED[host_name]
+    model = BUILD[host_name][0]()
+    inputs, unreduced = ((tiny.qwen_inputs([(2, 8, 8), (2, 8, 16)]), [32, 64])
+                         if host_name == "qwen2_5_vl"
+                         else (tiny.onevision_inputs([4, 4], seeds=[0, 1]), [36, 36]))
+    stage = llm_stages.get_stage("fastv", layer=2, newline_is_text=True, final_retention=0.25)
+    handle = llm_stage.install(model, stage)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            assert handle.last.kept == [int(0.25 * n + 0.5) for n in unreduced]
+            assert handle.last.candidates == unreduced
+            vision = aot_integrations.hf.apply(model, aot_integrations.hf.config_for(
+                model, 0.5, **get_backbone(backbone).tiny))
+            try:
+                model(**inputs)
+            finally:
+                vision.remove()
+        assert handle.last.candidates == [n // 2 for n in unreduced]
+        assert handle.last.kept == [int(0.25 * n + 0.5) for n in unreduced]
+    finally:
+        handle.remove()
+
+
+def test_final_retention_on_our_llava_model_counts_the_unreduced_video():
+    import aot
+
+    model = _llava_model()
+    model.set_aot(aot.settings_for("ov", 0.5, frames=2, layers=(0, 2)))
+    inputs = _llava_inputs()
+    handle = llm_stage.install(model, llm_stages.get_stage("holitom", layer=2,
+                                                            final_retention=0.25))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        assert handle.last.candidates == [196 + 1] * 2          # AOT's 50% and the newline
+        assert handle.last.kept == [int(0.25 * 2 * 196 + 0.5)] * 2
+    finally:
+        handle.remove()

@@ -39,14 +39,24 @@ def test_final_budget_is_exact_over_the_unreduced_video():
     assert llm_stages.final_budget(0.25, 2) == 1
     stage = get_stage("fastv", budget=llm_stages.final_budget(0.1, 8 * 196))
     assert kept_count(400, stage) == 157
-    with pytest.raises(ValueError, match="budget=157 exceeds the 100"):
+    with pytest.raises(ValueError, match="157 tokens asked .* exceed the 100"):
         kept_count(100, stage)
+    final = get_stage("holitom", final_retention=0.1)
+    assert kept_count(400, final, unreduced=8 * 196) == 157
+    counts = llm_stages.select_tokens(torch.rand(2, 500), torch.ones(2, 500, dtype=torch.bool),
+                                      final, unreduced=[8 * 196, 16 * 196]).sum(1)
+    assert counts.tolist() == [157, 314]
+    with pytest.raises(ValueError, match="needs the row's unreduced visual token count"):
+        kept_count(400, final)
+    with pytest.raises(ValueError, match="both fix the count"):
+        get_stage("fastv", budget=3, final_retention=0.1)
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"layer": 0}, "layer=0"), ({"layer": 1.5}, "layer=1.5"), ({"retention": 0}, "retention=0"),
     ({"retention": 1.2}, "retention=1.2"), ({"count_rule": "floor"}, "count_rule='floor'"),
-    ({"budget": 0}, "budget=0"), ({"retention": True}, "retention=True")])
+    ({"budget": 0}, "budget=0"), ({"retention": True}, "retention=True"),
+    ({"final_retention": 0}, "final_retention=0")])
 def test_bad_knobs_get_one_line_errors(changes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         get_stage("fastv", **changes)

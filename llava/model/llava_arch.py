@@ -243,20 +243,23 @@ class LlavaMetaForCausalLM:
         labels)`` like LLaVA-NeXT; padding side from ``config.tokenizer_padding_side``.
         """
         self.last_aot_results = []
-        self.last_visual_kinds = None
+        self.last_visual_kinds = self.last_visual_unreduced = None
         if images is None or input_ids is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        visual, kinds = [], []
+        visual, kinds, unreduced = [], [], []
         one_newline = getattr(self.config, "mm_newline_position", "one_token") == "one_token"
         for item in self.visual_items(images, modalities, image_sizes):
             if item.modality == "video":
                 tokens, result = self.video_tokens(item.pixels)
+                unreduced.append(item.pixels.shape[0] * self.video_adapter().pooled_per_frame)
             else:
                 tokens = self.image_tokens(item.pixels, item.image_size, item.spatial)
                 result = None
+                unreduced.append(tokens.shape[0])
             visual.append(tokens)
             kinds.append(visual_kinds(tokens.shape[0], item.modality == "video" and one_newline))
             self.last_aot_results.append(result)
+        self.last_visual_unreduced = _per_row(unreduced, input_ids, attention_mask)
         embeds, mask, new_labels, positions, self.last_visual_kinds = splice_visual_tokens(
             input_ids, attention_mask, labels, visual, self.get_model().embed_tokens,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
@@ -267,6 +270,19 @@ class LlavaMetaForCausalLM:
             mask = None
         return None, positions, mask, past_key_values, embeds, (new_labels if labels is not None
                                                                  else None)
+
+
+def _per_row(counts: list[int], input_ids: torch.Tensor,
+             attention_mask: torch.Tensor | None) -> list[int]:
+    """Per-item counts (items in placeholder order over the batch) summed per row."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
+        else attention_mask.bool()
+    per_row, start = [], 0
+    for ids, keep in zip(input_ids, real):
+        items = int((ids[keep] == IMAGE_TOKEN_INDEX).sum())
+        per_row.append(sum(counts[start:start + items]))
+        start += items
+    return per_row
 
 
 def visual_kinds(length: int, trailing_newline: bool) -> torch.Tensor:

@@ -49,8 +49,10 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         self.reduction = None
         self.last_aot_results = []
         #: (B, L') int8 kinds of the columns of the last spliced prompt (llava_arch.visual_kinds;
-        #: None when the last call had no images), read once by an installed LLM stage.
+        #: None when the last call had no images), and per row its visual tokens before any
+        #: reducer; read once by an installed LLM stage.
         self.last_visual_kinds = None
+        self.last_visual_unreduced = None
         self.post_init()
 
     def get_model(self) -> LlavaQwenModel:
