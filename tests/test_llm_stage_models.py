@@ -487,3 +487,34 @@ def test_final_retention_on_our_llava_model_counts_the_unreduced_video():
         assert handle.last.kept == [int(0.25 * 2 * 196 + 0.5)] * 2
     finally:
         handle.remove()
+
+
+def test_llava_batched_generation_equals_one_row_at_a_time():
+    """Our llava generate left-aligns the spliced rows; the stage must follow the visual tokens
+    there: a padded batch gives every row the tokens and logits it gets alone."""
+    model = _llava_model()
+    inputs = _llava_inputs()
+    stage = llm_stages.get_stage("holitom", layer=2)
+    handle = llm_stage.install(model, stage)
+
+    def generate(rows):
+        with torch.no_grad():
+            return model.generate(inputs["input_ids"][rows], images=[inputs["images"][r]
+                                                                     for r in rows],
+                                  attention_mask=inputs["attention_mask"][rows],
+                                  modalities=["video"] * len(rows), max_new_tokens=3,
+                                  min_new_tokens=3, do_sample=False, pad_token_id=0,
+                                  eos_token_id=2, output_logits=True,
+                                  return_dict_in_generate=True)
+    try:
+        together = generate([0, 1])
+        kept = handle.last.kept
+        alone = [generate([row]) for row in range(2)]
+        for row in range(2):
+            assert torch.equal(together.sequences[row], alone[row].sequences[0])
+            for step in range(3):
+                difference = (together.logits[step][row] - alone[row].logits[step][0]).abs()
+                assert difference.max() < TOLERANCE
+    finally:
+        handle.remove()
+    assert kept == [round(c * 0.5) for c in [2 * 196 + 1] * 2]
