@@ -518,3 +518,56 @@ def test_llava_batched_generation_equals_one_row_at_a_time():
     finally:
         handle.remove()
     assert kept == [round(c * 0.5) for c in [2 * 196 + 1] * 2]
+
+
+def test_eager_attention_equals_the_reference():
+    """The eager path (float masks, filler columns masked with the dtype's minimum)."""
+    model, inputs = BUILD["qwen2_5_vl"][0](), BUILD["qwen2_5_vl"][1]()
+    stage = llm_stages.get_stage("fastv", layer=1)
+    model.set_attn_implementation("eager")
+    handle = llm_stage.install(model, stage)
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        record = handle.last
+    finally:
+        handle.remove()
+        model.set_attn_implementation("sdpa")
+    assert record.kept == [4, 8]
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    for step in range(2):
+        extended = dict(inputs, input_ids=torch.cat([inputs["input_ids"], new[:, :step]], 1),
+                        attention_mask=torch.cat([inputs["attention_mask"],
+                                                  torch.ones_like(new[:, :step])], 1),
+                        mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"],
+                                                     torch.zeros_like(new[:, :step])], 1))
+        seen = _layer_input(model, extended, stage.layer)
+        for row in range(2):
+            logits = reference_logits(model, seen, record, stage, row, extra=step)[-1]
+            assert (logits - out.logits[step][row]).abs().max() < TOLERANCE
+
+
+def test_flash_attention_masks_are_gathered_in_their_2d_form():
+    """The flash_attention_2 branch of the mask rewrite (its kernels need CUDA; the masks do
+    not): prefill keeps the kept columns' padding flags and masks fillers, generation steps
+    map the prompt columns and keep every new one."""
+    from aot_integrations.llm_stage import StageRecord, _decode_mask, _prefill_mask
+
+    keep = torch.tensor([[0, 1, 1, 0, 1, 1], [1, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    index, valid = llm_stages.keep_index(keep)
+    padding = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    flash = "flash_attention_2"
+    assert _prefill_mask(padding, index, valid, flash, torch.float32).tolist() == [
+        [False, True, True, True, True], [True, True, True, True, True]]
+    assert _prefill_mask(None, index, valid, flash, torch.float32)[0].tolist() == [
+        False, True, True, True, True]
+    record = StageRecord([4, 4], [3, 4], keep, keep, index, valid, torch.zeros(2, 6),
+                         padding, 6)
+    step = _decode_mask(torch.cat([padding, torch.ones(2, 2, dtype=torch.bool)], 1), record, 2,
+                        1, flash, torch.float32)
+    assert step.tolist() == [[False, True, True, True, True, True, True],
+                             [True, True, True, True, True, True, True]]
+    full = StageRecord([4], [4], keep[1:], keep[1:], index[1:], valid[1:], torch.zeros(1, 6),
+                       padding[1:], 6)
+    assert _decode_mask(None, full, 1, 1, flash, torch.float32) is None
