@@ -64,6 +64,26 @@ class StageClock:
 #: ``Reduction.budget`` value that gives a budgeted reducer AOT's own count for the same video.
 MATCH_AOT = "aot"
 
+#: Vision layer index meaning "the tower's last used layer", the one whose output is the features
+#: (25 of LLaVA's 26 SigLIP layers): where a reducer's ``last_attention`` input is captured.
+#: Adapters resolve it (and any negative index) against their own depth, :func:`resolve_layers`.
+LAST_LAYER = -1
+
+
+def resolve_layers(layers: tuple[int, ...], depth: int) -> dict[int, int]:
+    """Requested vision layer -> the block index it names in a tower of ``depth`` used blocks
+    (negative indices count from the end, as in Python: -1 is the last used block).
+
+    A layer outside the tower raises a ValueError naming it and the tower's range."""
+    plan = {}
+    for layer in layers:
+        actual = layer + depth if layer < 0 else layer
+        if not 0 <= actual < depth:
+            raise ValueError(f"vision layer {layer}: the tower uses layers 0..{depth - 1} "
+                             f"(negative indices count from its last layer)")
+        plan[layer] = actual
+    return plan
+
 
 @dataclass(frozen=True)
 class Reduction:
@@ -102,8 +122,15 @@ class Reduction:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Vision layers whose received attention the reducer reads (sorted, unique)."""
-        return tuple(sorted({self.config.shallow_layer, self.config.deep_layer}))
+        """Vision layers whose received attention the reducer reads (sorted, unique; AOT's
+        shallow and deep layers, plus :data:`LAST_LAYER` for a reducer reading
+        ``last_attention``)."""
+        from .reducers import reducer_info
+
+        layers = {self.config.shallow_layer, self.config.deep_layer}
+        if "last_attention" in reducer_info(self.reducer).inputs:
+            layers.add(LAST_LAYER)
+        return tuple(sorted(layers))
 
 
 @dataclass
@@ -114,7 +141,8 @@ class Encoded:
     grid: the patch grid of a frame (the tokens the reducer sees): ``(rows, cols)``, or the side
         of a square one (LLaVA's 27). A native-resolution backbone gives each video its own.
     attention: vision layer -> (F, T) float32 attention each patch receives at that layer, for
-        the layers the reduction reads (empty for the unreduced model).
+        the layers the reduction reads (empty for the unreduced model), keyed as requested
+        (:data:`LAST_LAYER` stays -1).
     """
 
     features: torch.Tensor
@@ -189,6 +217,21 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
     return adapter.encode(pixels, layers, on_stage or _no_hook)
 
 
+def keyword_inputs(encoded: Encoded, reducer: str) -> dict[str, torch.Tensor]:
+    """The inputs reducer ``reducer`` reads as keyword arguments (``last_attention``: (F, T)
+    float32 attention received at the tower's last used layer)."""
+    from .reducers import reducer_info
+
+    if "last_attention" not in reducer_info(reducer).inputs:
+        return {}
+    if LAST_LAYER not in encoded.attention:
+        raise ValueError(f"reducer {reducer!r} reads the attention received at the tower's last "
+                         f"layer, which this encoding lacks (it has layers "
+                         f"{sorted(encoded.attention)}): encode with this reduction, "
+                         "aot.video_path.encode(adapter, pixels, reduction)")
+    return {"last_attention": encoded.attention[LAST_LAYER]}
+
+
 def reducer_inputs(encoded: Encoded, config: AOTConfig):
     """What every reducer reads from an encoding under ``config``: (F, T, D) features in float32
     (the OT is not stable in half precision; float64 stays float64) and the (F, T) attention
@@ -222,7 +265,8 @@ def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     if budget == MATCH_AOT:
         budget = aot_count(encoded, config)
     return get_reducer(reduction.reducer, **reduction.options)(
-        *reducer_inputs(encoded, config), config, budget=budget, grid=encoded.grid)
+        *reducer_inputs(encoded, config), config, budget=budget, grid=encoded.grid,
+        **keyword_inputs(encoded, reduction.reducer))
 
 
 def pack(adapter: VideoAdapter, encoded: Encoded, result: ReducedVideo | None) -> VisualSequence:

@@ -226,12 +226,20 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           clock: StageClock | None = None) -> video_path.Encoded:
-    """The path's first step: vision tower with attention capture at the config's two layers,
-    then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
+           clock: StageClock | None = None, reducers: tuple[str, ...] = ("aot",)
+           ) -> video_path.Encoded:
+    """The path's first step: vision tower with attention capture at the config's two layers
+    (and at the tower's last layer when one of ``reducers`` reads ``last_attention``), then the
+    projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
     try:
-        return video_path.encode(loaded.model.video_adapter(), pixels,
-                                 video_path.Reduction(config), clock and clock.lap)
+        reduction = video_path.Reduction(config)
+        layers = set(reduction.layers)
+        if any("last_attention" in reducer_info(name).inputs for name in reducers):
+            layers.add(video_path.LAST_LAYER)
+        adapter = loaded.model.video_adapter()
+        adapter.check(reduction)
+        return adapter.encode(pixels, tuple(sorted(layers)),
+                              clock.lap if clock is not None else (lambda stage: None))
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 

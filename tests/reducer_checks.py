@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import aot
+from aot.reducers import REDUCERS, get_reducer
 from aot_eval.model_args import parse_reducer
 from aot_integrations.tiny import random_model
 
@@ -30,3 +31,17 @@ def check_selects_pooled_tokens_on_tiny_ov(reducer: str, retention: float = 0.25
     # the model's own pooling and the reducer's pool_grid round differently in the last bits
     torch.testing.assert_close(reduced.tokens[:reduced.visual_tokens],
                                full.tokens[:full.visual_tokens][kept], rtol=1e-5, atol=1e-6)
+
+
+def with_inputs(name, **options):
+    """``get_reducer(name)``, passing the keyword inputs it declares (``last_attention``: the
+    deep attention stands in unless given)."""
+    reducer = get_reducer(name, **options)
+    if "last_attention" not in REDUCERS[name].inputs:
+        return reducer
+
+    def call(features, shallow, deep, config=None, **kwargs):
+        kwargs.setdefault("last_attention", deep)
+        return reducer(features, shallow, deep, config, **kwargs)
+
+    return call

@@ -63,7 +63,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
             bench = model.video_sequence(video, on_stage=clock.lap)
         # the demo: the path's three steps, with AOT's count as a baseline's budget
         loaded = pipeline.LoadedModel(None, model, None, "tiny", True, backbone)
-        encoded = pipeline.encode(loaded, video, config)
+        encoded = pipeline.encode(loaded, video, config, reducers=(reducer,))
         demo = pipeline.reduce(loaded, encoded, config, reducer).sequence
     finally:
         model.set_aot(None)

@@ -14,7 +14,7 @@ import torch
 
 from aot.backbones import Backbone, get_backbone
 from aot.result import ReducedVideo
-from aot.video_path import Encoded, Reduction
+from aot.video_path import Encoded, Reduction, resolve_layers
 
 from .sequence import check_placeholders
 
@@ -50,6 +50,27 @@ class HFAdapter:
 
     @property
     def vision_layers(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def feature_depth(self) -> int:
+        """Blocks whose output the features come from (the last of them is
+        :data:`aot.video_path.LAST_LAYER`): the whole tower unless the model reads an earlier
+        layer."""
+        return self.vision_layers
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        """The processor's batch -> one :class:`Encoded` per video, with received attention at
+        ``layers`` (negative indices count from the last used block,
+        :func:`aot.video_path.resolve_layers`), keyed as requested."""
+        plan = resolve_layers(layers, self.feature_depth)
+        encoded = self._encode_batch(inputs, tuple(sorted(set(plan.values()))))
+        for video in encoded:
+            video.attention = {layer: video.attention[actual] for layer, actual in plan.items()}
+        return encoded
+
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        """:meth:`encode_batch` at block indices ``layers`` (sorted, non-negative)."""
         raise NotImplementedError
 
     def default_layers(self) -> tuple[int, int]:

@@ -42,16 +42,20 @@ class OneVisionAdapter(HFAdapter):
     def vision_layers(self) -> int:
         return len(self._encoder_layers())
 
-    def default_layers(self) -> tuple[int, int]:
-        """The paper's relative layers over the blocks whose output the projector reads
-        (``vision_feature_layer``; a list of layers: the whole tower)."""
+    @property
+    def feature_depth(self) -> int:
+        """Blocks up to the one whose output the projector reads (``vision_feature_layer``; a
+        list of layers: the whole tower)."""
         total = self.vision_layers
         layer = self.model.config.vision_feature_layer
-        used = total
-        if isinstance(layer, int):
-            # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
-            used = min(max(total + 1 + layer if layer < 0 else layer, 1), total)
-        return relative_layers(used)
+        if not isinstance(layer, int):
+            return total
+        # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
+        return min(max(total + 1 + layer if layer < 0 else layer, 1), total)
+
+    def default_layers(self) -> tuple[int, int]:
+        """The paper's relative layers over the blocks whose output the projector reads."""
+        return relative_layers(self.feature_depth)
 
     def _encoder_layers(self):
         tower = self.model.model.vision_tower
@@ -84,7 +88,7 @@ class OneVisionAdapter(HFAdapter):
         side = vision.image_size // vision.patch_size
         return [(side, side)] * inputs["pixel_values_videos"].shape[0]
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         """pixel_values_videos (B, F, 3, S, S) -> one :class:`Encoded` per video: (F, T, D)
         projected features before pooling (T = grid^2), received attention at ``layers``."""
         inner = self.model.model

@@ -138,7 +138,7 @@ class Qwen25VLAdapter(HFAdapter):
                              "differ); pass the processor's input_ids and mm_token_type_ids "
                              "unchanged")
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         """Packed patches + video_grid_thw (V, 3) -> one :class:`Encoded` per video: (t, h*w/4, D)
         merger outputs (the LLM's tokens), received attention per merged token (mean over its
         2x2 patches) at ``layers``."""
@@ -249,7 +249,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         merge = self.visual.spatial_merge_size
         return [[h * w // merge ** 2] * t for t, h, w in self.grid_rows(inputs)]
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
         visual = self.visual
         grid_thw = inputs["video_grid_thw"]
         pixels = inputs["pixel_values_videos"].type(visual.dtype)

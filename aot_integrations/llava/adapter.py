@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from aot.backbones import Backbone, backbone_for_pooling, get_backbone
-from aot.video_path import Encoded, Reduction, StageHook
+from aot.video_path import Encoded, Reduction, StageHook, resolve_layers
 
 from . import packing
 
@@ -111,13 +111,16 @@ class LlavaVideoAdapter:
 
     def encode(self, pixels: torch.Tensor, layers: tuple[int, ...],
                on_stage: StageHook) -> Encoded:
-        """SigLIP (capturing received attention at ``layers``), then the projector."""
-        out = self.tower(pixels, capture_layers=layers,
+        """SigLIP (capturing received attention at ``layers``; -1 is the last of the tower's
+        layers), then the projector."""
+        plan = resolve_layers(layers, self.tower.num_layers)
+        out = self.tower(pixels, capture_layers=tuple(sorted(set(plan.values()))),
                          chunk_size=self.model.vision_chunk_size)
         on_stage("vision")
         projected = self.model.get_model().mm_projector(out.features)
         on_stage("projector")
-        return Encoded(projected, self.tower.grid, {layer: out.received[layer] for layer in layers})
+        return Encoded(projected, self.tower.grid,
+                       {layer: out.received[actual] for layer, actual in plan.items()})
 
     def pool(self, encoded: Encoded) -> torch.Tensor:
         pooled = packing.pool_frames(encoded.features, self.layout.pool_mode,
