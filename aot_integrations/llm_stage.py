@@ -139,20 +139,23 @@ class StageHandle:
         hidden = args[0] if args else kwargs.pop("hidden_states")
         config = self.config
         with torch.no_grad():
-            scores = self._scores()
+            # a model split over devices (device_map) may hold layer K elsewhere than the input
+            scores = self._scores().to(self._kinds.device)
             candidates = self._kinds == VISUAL
             if not config.newline_is_text:
                 candidates |= self._kinds == NEWLINE
             chosen = select_tokens(scores, candidates, config, self._unreduced)
             dropped = candidates & ~chosen
             if config.merge:
-                hidden = merge_dropped(hidden, chosen, dropped)
+                hidden = merge_dropped(hidden, chosen.to(hidden.device),
+                                       dropped.to(hidden.device))
             keep = ~dropped
             index, valid = keep_index(keep)
         self.last = StageRecord(candidates.sum(1).tolist(), chosen.sum(1).tolist(), chosen,
                                 keep, index, valid, scores, self._real, hidden.shape[1])
         self._captured = None
-        hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+        gather = index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+        hidden = hidden.gather(1, gather)
         cos, sin = kwargs["position_embeddings"]
         self._rewritten = {
             "position_embeddings": (_take(cos, index), _take(sin, index)),
@@ -178,7 +181,8 @@ class StageHandle:
         hidden, (cos, sin) = self._captured
         batch, length, _ = hidden.shape
         rows = torch.arange(batch, device=hidden.device)
-        last = length - 1 - self._real.flip(1).int().argmax(dim=1)
+        real = self._real.to(hidden.device)
+        last = length - 1 - real.flip(1).int().argmax(dim=1)
         head_dim = attention.head_dim
         query = attention.q_proj(hidden[rows, last][:, None]).view(batch, 1, -1, head_dim)
         keys = attention.k_proj(hidden).view(batch, length, -1, head_dim)
@@ -190,7 +194,7 @@ class StageHandle:
         query = rotate(query, query, _take(cos, last_index), _take(sin, last_index))[0]
         keys = rotate(keys, keys, cos, sin)[1]
         columns = torch.arange(length, device=hidden.device)
-        key_mask = self._real & (columns[None] <= last[:, None])
+        key_mask = real & (columns[None] <= last[:, None])
         return last_query_attention(query[:, :, 0], keys, key_mask, attention.scaling)
 
     def _implementation(self) -> str:
@@ -203,9 +207,11 @@ class StageHandle:
             if (self._phase == "prefill" and record is not None
                     and visual_pos_masks.shape[1] != hidden_states.shape[1]):
                 flags = visual_pos_masks.to(hidden_states.device)
+                index = record.index.to(flags.device)
                 ordinal = (flags.flatten().long().cumsum(0) - 1).view_as(flags)
-                kept = flags.gather(1, record.index) & record.valid
-                visual_embeds = visual_embeds[ordinal.gather(1, record.index)[kept]]
+                kept = flags.gather(1, index) & record.valid.to(flags.device)
+                visual_embeds = visual_embeds[ordinal.gather(1, index)[kept].to(
+                    visual_embeds.device)]
                 visual_pos_masks = kept
             return original(hidden_states, visual_pos_masks, visual_embeds)
         return process
@@ -379,7 +385,7 @@ def _real_tokens(mask, batch: int, length: int, device) -> torch.Tensor:
 def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(..., B or 1, L, d) per-column table (rotary cos/sin) -> (..., B, n, d) at ``index``
     (B, n)."""
-    batch = index.shape[0]
+    batch, index = index.shape[0], index.to(table.device)
     table = table.expand(*table.shape[:-3], batch, *table.shape[-2:])
     gather = index[..., None].expand(*table.shape[:-3], -1, -1, table.shape[-1])
     return table.gather(-2, gather)
@@ -407,6 +413,8 @@ def _prefill_mask(mask, index: torch.Tensor, valid: torch.Tensor, implementation
         raise ValueError("LLM stage: flex attention masks are not supported; use sdpa, eager or "
                          "flash_attention_2")
     batch, length = index.shape
+    if mask is not None:
+        index, valid = index.to(mask.device), valid.to(mask.device)
     if implementation.startswith("flash"):
         if mask is None:
             return None if bool(valid.all()) else valid
@@ -432,12 +440,13 @@ def _decode_mask(mask, record: StageRecord, new: int, queries: int, implementati
     if _is_block_mask(mask):
         raise ValueError("LLM stage: flex attention masks are not supported")
     batch = record.index.shape[0]
-    device = record.index.device
+    device = record.index.device if mask is None else mask.device
     full = record.length + new
-    columns = torch.cat([record.index, torch.arange(record.length, full, device=device)
+    columns = torch.cat([record.index.to(device), torch.arange(record.length, full,
+                                                                device=device)
                          .expand(batch, -1)], dim=1)
-    allowed = torch.cat([record.valid, torch.ones(batch, new, dtype=torch.bool, device=device)],
-                        dim=1)
+    allowed = torch.cat([record.valid.to(device),
+                         torch.ones(batch, new, dtype=torch.bool, device=device)], dim=1)
     if mask is not None and mask.shape[-1] != full:
         raise ValueError(f"LLM stage: a mask over {mask.shape[-1]} keys where the prompt and "
                          f"the generated tokens make {full}; the stage needs a DynamicCache")
