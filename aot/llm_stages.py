@@ -112,12 +112,14 @@ _BASE = (
                                          newline_is_text=True),
               "FlashVID's LLM part: before layer 20 keep ceil(0.3 K) visual tokens by layer-19 "
               "last-query attention (the newline stays as text)",
-              "Fan et al.: FlashVID, arXiv 2025 (github.com/Fanziyang-v/FlashVID)"),
+              "Fan et al.: FlashVID: Efficient Video Large Language Models via Training-free "
+              "Tree-based Spatiotemporal Token Merging, ICLR 2026, arXiv 2602.08024"),
     StageInfo("holitom", LLMStageConfig("holitom", layer=18, retention=0.5, count_rule="round",
                                         merge=True),
               "HoliTom's LLM part: before layer 18 keep round(L/2) tokens by layer-17 last-token "
               "attention, fold each other token into its most similar kept one",
-              "Shao et al.: HoliTom, NeurIPS 2025, arXiv 2505.21334"),
+              "Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large Language "
+              "Models, NeurIPS 2025, arXiv 2505.21334"),
 )
 
 #: name -> :class:`StageInfo` of every stage :func:`get_stage` accepts.
