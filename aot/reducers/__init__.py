@@ -18,7 +18,7 @@ for the same video. The baselines need one of the two; ``aot`` without either ru
 thresholds.
 
 Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
-``holitom``, and ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g.
+``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g.
 ``aot:no-local``). See docs/reducers/.
 """
 
@@ -37,6 +37,7 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .flashvid import FlashVIDConfig, reduce_flashvid
 from .holitom import HoliTomConfig, reduce_holitom
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
@@ -108,6 +109,10 @@ _BASE = (
                         "attention top-k of the rest per frame",
                 paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
                       "Language Models, NeurIPS 2025, arXiv 2505.21334"),
+    ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
+                summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
+                        "of the rest, DPC-kNN clusters",
+                paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -231,6 +236,7 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "FlashVIDConfig",
     "HoliTomConfig",
     "Reducer",
     "VidCom2Config",
@@ -242,6 +248,7 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_flashvid",
     "reduce_holitom",
     "reduce_random",
     "reduce_uniform",
