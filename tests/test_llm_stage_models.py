@@ -573,28 +573,30 @@ def test_flash_attention_masks_are_gathered_in_their_2d_form():
     assert _decode_mask(None, full, 1, 1, flash, torch.float32) is None
 
 
-def test_holitom_end_to_end_is_its_reducer_then_its_llm_stage():
-    """HoliTom as published: the ``holitom`` vision reducer, then the ``holitom`` stage (here
-    at layer 2 of 4) on the tokens it left; the composed forward equals the reference."""
+@pytest.mark.parametrize("name", ["flashvid", "holitom"])
+def test_peers_end_to_end_are_their_reducer_then_their_llm_stage(name):
+    """FlashVID and HoliTom as published: their vision reducer, then their LLM stage (here at
+    layer 2 of 4) on the tokens it left; the composed forward equals the reference."""
     import aot_integrations.hf
     from aot.backbones import get_backbone
 
     model, inputs = tiny.onevision(text_layers=4), tiny.onevision_inputs([4, 4], seeds=[0, 1])
     vision = aot_integrations.hf.apply(model, aot_integrations.hf.config_for(
-        model, 0.5, **get_backbone("ov").tiny), reducer="holitom")
-    stage = llm_stages.get_stage("holitom", layer=2)
+        model, 0.5, **get_backbone("ov").tiny), reducer=name)
+    stage = llm_stages.get_stage(name, layer=2)
     handle = llm_stage.install(model, stage)
     try:
         with torch.no_grad():
             out = model(**inputs).logits
         record = handle.last
-        reaching = [sequence.visual_tokens + sequence.newline_tokens for sequence in vision.last]
+        reaching = [sequence.visual_tokens for sequence in vision.last]
     finally:
         handle.remove()
     seen = _layer_input(model, inputs, stage.layer)
     vision.remove()
-    assert record.candidates == reaching == [18 + 1] * 2        # 50% of 36, and the newline
-    assert record.kept == [round(19 * 0.5)] * 2
+    newline = 0 if stage.newline_is_text else 1             # FlashVID keeps it as text
+    assert record.candidates == [n + newline for n in reaching] == [18 + newline] * 2
+    assert record.kept == [llm_stages.kept_count(18 + newline, stage)] * 2
     for row in range(2):
         reference = reference_logits(model, seen, record, stage, row)
         assert (out[row][_stage_columns(record, row)] - reference).abs().max() < TOLERANCE
