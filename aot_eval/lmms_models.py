@@ -25,7 +25,8 @@ from lmms_eval.api.model import lmms
 from . import prompts, recording
 from aot.reducers import reducer_info
 
-from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
+from .model_args import (NO_REDUCER, ReducerSpec, install_llm_stage, parse_reducer,
+                         split_aot_kwargs, to_bool, to_int, with_llm_stage)
 from .video import VisualLoadError, check_frame_folders, llava_vid_frames, ov_frames
 
 VIDEO_ERROR_MODES = ("answer", "raise")
@@ -152,7 +153,7 @@ class LlavaAOTBase(lmms):
                 f"pooling_head"
                 f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
-                f"ablation and any AOTConfig field")
+                f"ablation, any AOTConfig field, llm_stage and llm_stage_<field>")
         return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
 
     def _setup_devices(self, device: Optional[str], device_map: Optional[str]) -> None:
@@ -198,6 +199,7 @@ class LlavaAOTBase(lmms):
         self._config = model.config
         self.per_frame = model.video_adapter().pooled_per_frame
         self.counter = recording.TokenCounter(model, IMAGE_TOKEN_INDEX, image_newline(model))
+        self.llm_stage = install_llm_stage(model, self.spec)
 
     # ---------------------------------------------------------------- lmms API
     @property
@@ -338,7 +340,7 @@ class LlavaAOTBase(lmms):
                 **generation_kwargs(gen_kwargs, self.BACKBONE))
         texts = [t.strip() for t in tok.batch_decode(output, skip_special_tokens=True)]
         counted = self.counter.rows or [None] * len(prompts_)
-        return texts, counted
+        return texts, with_llm_stage(counted, self.llm_stage)
 
     # ---------------------------------------------------------------- image docs
     def _answer_images(self, context, gen_kwargs, images, doc_id, task, split) -> str:
@@ -485,3 +487,4 @@ def image_newline(model) -> Optional[torch.Tensor]:
         if torch.is_tensor(value):
             return value
     return None
+

@@ -177,21 +177,24 @@ VOCAB = 300
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END, PAD = 290, 291, 292, 293, 0
 
 
-def _text(**extra) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+def _text(text_layers: int = 2, **extra) -> dict:
+    return dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=text_layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 pad_token_id=PAD, bos_token_id=1, eos_token_id=2, **extra)
 
 
-def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4):
+def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4,
+              text_layers: int = 2):
     """``LlavaOnevisionForConditionalGeneration`` with random weights: SigLIP of
-    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text."""
+    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text of
+    ``text_layers`` layers."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               Qwen2Config, SiglipVisionConfig)
 
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(**_text()),
+        text_config=Qwen2Config(**_text(text_layers)),
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=vision_layers, num_attention_heads=2,
                                          image_size=image_size, patch_size=14),
@@ -204,15 +207,18 @@ def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4):
     return model
 
 
-def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3)):
+def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3),
+               text_layers: int = 2):
     """``Qwen2_5_VLForConditionalGeneration`` with random weights: a ``depth``-block windowed
-    ViT (full attention in ``fullatt``), 2x2 merger, M-RoPE Qwen2.5 text."""
+    ViT (full attention in ``fullatt``), 2x2 merger, M-RoPE Qwen2.5 text of ``text_layers``
+    layers."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(
-        text_config=_text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                           "mrope_section": [2, 1, 1]}),
+        text_config=_text(text_layers, rope_parameters={"rope_type": "default",
+                                                        "rope_theta": 10000.0,
+                                                        "mrope_section": [2, 1, 1]}),
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
                            out_hidden_size=32, fullatt_block_indexes=list(fullatt),
                            window_size=112, patch_size=14, spatial_merge_size=2,
@@ -224,14 +230,16 @@ def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3))
     return model
 
 
-def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2)):
+def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2),
+             text_layers: int = 2):
     """``Qwen3VLForConditionalGeneration`` with random weights: a ``depth``-block ViT on 16-px
-    patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text."""
+    patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text of
+    ``text_layers`` layers."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     torch.manual_seed(seed)
     config = Qwen3VLConfig(
-        text_config=_text(head_dim=8, rope_parameters={
+        text_config=_text(text_layers, head_dim=8, rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
             "mrope_interleaved": True}),
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
