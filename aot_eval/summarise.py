@@ -99,11 +99,12 @@ def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
     """(row label, key of the paper row or None) for a run's model and model_args. A reducer's
     own knobs (``reducer.<option>``) follow its name: ``r=0.10 vidcom2(count=released)``."""
     reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
+    stage = llm_stage_label(args)
     if reducer == "none":
-        return "full", "full"
+        return ("full", "full") if not stage else (f"full {stage}", None)
     options = [f"{k[len(OPTION_PREFIX):]}={args[k]}" for k in args if k.startswith(OPTION_PREFIX)]
     knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS
-                   and not k.startswith(OPTION_PREFIX))
+                   and not k.startswith((OPTION_PREFIX, "llm_stage")))
     if "retention" in args:
         label = f"r={retention_key(args['retention'])}"
         paper_row = retention_key(args["retention"])
@@ -119,20 +120,33 @@ def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
     if knobs:
         label += " " + ",".join(f"{k}={args[k]}" for k in knobs)
         paper_row = None
+    if stage:
+        label, paper_row = f"{label} {stage}", None
     return label, paper_row
 
 
 def reported_of(model: str, args: dict) -> Optional[tuple]:
     """(reducer, retention key) whose published row (:mod:`aot_eval.reported`) a run compares
     with: a registry reducer other than AOT at a retention, without AOT knobs or ablations
-    changing it (its own ``reducer.<option>`` knobs allowed), else None."""
+    changing it (its own ``reducer.<option>`` knobs and an LLM stage allowed), else None."""
     reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
     if reducer in ("aot", "none") or reducer.startswith("aot:") or "retention" not in args:
         return None
-    if args.get("ablation") or any(k not in KNOWN_MODEL_KEYS and not k.startswith(OPTION_PREFIX)
+    if args.get("ablation") or any(k not in KNOWN_MODEL_KEYS
+                                   and not k.startswith((OPTION_PREFIX, "llm_stage"))
                                    for k in args):
         return None
     return reducer, retention_key(args["retention"])
+
+
+def llm_stage_label(args: dict) -> str:
+    """``+fastv(layer=3)`` for a run with ``llm_stage=fastv,llm_stage_layer=3``; "" without."""
+    name = args.get("llm_stage", "none")
+    if name.lower() in ("none", ""):
+        return ""
+    knobs = ",".join(f"{k[len('llm_stage_'):]}={args[k]}" for k in sorted(args)
+                     if k.startswith("llm_stage_"))
+    return f"+{name}" + (f"({knobs})" if knobs else "")
 
 
 KNOWN_MODEL_KEYS = {

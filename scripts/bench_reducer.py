@@ -30,7 +30,8 @@ r, exact=True)``: the same token count for every reducer) with its default optio
 (``all``: every registry name but the ``aot:<ablation>`` variants). Each reducer gets the inputs
 its registry entry declares (``ReducerInfo.inputs``), made like the path's: the attention maps
 of the synthetic video (``last_attention`` and any other declared ``*_attention`` input: another
-smooth map of the same video), and no ``frame_features`` (the video path passes none; AOT then
+smooth map of the same video), ``head_features`` as frame means of another draw, and no
+``frame_features`` (the video path passes none; AOT then
 uses the frame means). A reducer declaring an input with no maker here is listed as skipped.
 
 "floor" is the work no implementation of the method can skip, timed in the same run on the
@@ -139,6 +140,10 @@ INPUT_MAKERS = {
     "deep_attention": None,
     "frame_features": None,  # the path passes none (AOT then uses the frame means)
     "last_attention": lambda frames, device: attention_map(frames, 2, device),
+    # FastVID's per-frame global features (the SigLIP pooling head's output): frame means of
+    # another draw of the synthetic video, so consecutive frames drift as in a real one
+    "head_features": lambda frames, device: synthetic_video(frames, dim=64, seed=3)[0].mean(1)
+    .to(device),
 }
 
 

@@ -40,6 +40,7 @@ from .dycoke import DyCokeConfig, reduce_dycoke
 from .dycoke_ttm import DyCokeTTMConfig, reduce_dycoke_ttm
 from .flashvid import FlashVIDConfig, reduce_flashvid
 from .holitom import HoliTomConfig, reduce_holitom
+from .fastvid import FastVIDConfig, reduce_fastvid
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -63,7 +64,9 @@ class ReducerInfo:
         (received attention at ``config.shallow_layer`` / ``deep_layer``), ``"frame_features"``,
         ``"last_attention"`` (received attention at the tower's last used layer, the one whose
         output is the features; passed as the keyword ``last_attention=``, and captured by every
-        adapter when declared), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        adapter when declared), ``"head_attention"`` / ``"head_features"`` (the probe attention
+        (F, T) and pooled output (F, C) of a SigLIP attention-pooling head,
+        :mod:`aot.pooling_head`; keywords, captured by adapters with a head attached), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
         shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
@@ -82,7 +85,8 @@ class ReducerInfo:
 
 ABLATION_PREFIX = "aot:"
 #: What a reducer may read besides the features (``ReducerInfo.inputs``).
-INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention")
+INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention",
+          "head_attention", "head_features")
 _ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
@@ -119,6 +123,11 @@ _BASE = (
                 summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
                         "of the rest, DPC-kNN clusters",
                 paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
+    ReducerInfo("fastvid", reduce_fastvid, True, FastVIDConfig,
+                inputs=("head_attention", "head_features"),
+                summary="FastVID: dynamic segments, salient tokens by the SigLIP pooling head's "
+                        "attention, density-peak merging",
+                paper="Shen et al.: FastVID, NeurIPS 2025, arXiv 2503.11187"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -245,6 +254,7 @@ __all__ = [
     "DyCokeTTMConfig",
     "FlashVIDConfig",
     "HoliTomConfig",
+    "FastVIDConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -258,6 +268,7 @@ __all__ = [
     "reduce_dycoke_ttm",
     "reduce_flashvid",
     "reduce_holitom",
+    "reduce_fastvid",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",

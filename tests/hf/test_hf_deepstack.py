@@ -5,9 +5,10 @@ import functools
 
 import pytest
 import torch
+from reducer_checks import extra_inputs
 
 import aot
-from aot.reducers import REDUCERS, get_reducer, reducer_names
+from aot.reducers import get_reducer, reducer_names
 
 
 @pytest.mark.parametrize("reducer", reducer_names())
@@ -18,15 +19,15 @@ def test_every_reducer_maps_all_channels_alike(reducer):
     shallow = torch.rand(frames, grid * grid, generator=g, dtype=torch.float64)
     deep = torch.rand(frames, grid * grid, generator=g, dtype=torch.float64)
     config = aot.AOTConfig(pooling="none", anchors_per_frame=8, window=3, exact_retention=0.3)
-    last = {"last_attention": deep} if "last_attention" in REDUCERS[reducer].inputs else {}
     # two copies of the main features stand for main + one DeepStack level
+    extra = extra_inputs(reducer, features, deep)
     result = get_reducer(reducer)(torch.cat([features, features], -1), shallow, deep, config,
-                                  **last)
+                                  **extra)
     assert result.num_tokens == aot.exact_budget(0.3, frames, grid * grid)
     torch.testing.assert_close(result.tokens[:, :dim], result.tokens[:, dim:], rtol=0, atol=1e-12)
     # a level scaled by 3 comes out scaled by 3 (the map is linear per channel)
     scaled = get_reducer(reducer)(torch.cat([features, 3 * features], -1), shallow, deep, config,
-                                  **last)
+                                  **extra)
     torch.testing.assert_close(scaled.tokens[:, dim:], 3 * scaled.tokens[:, :dim],
                                rtol=1e-9, atol=1e-9)
 
@@ -57,8 +58,7 @@ def test_similarities_read_only_the_main_channels(reducer):
     # dynamic clips too: their cut points come from frame features (the main channels' means)
     config = aot.AOTConfig(pooling="none", anchors_per_frame=10, window=5, exact_retention=0.3,
                            similarity_channels=dim, dynamic_clips=True, num_clips=3)
-    reduce = functools.partial(get_reducer(reducer), **(
-        {"last_attention": deep} if "last_attention" in REDUCERS[reducer].inputs else {}))
+    reduce = functools.partial(get_reducer(reducer), **extra_inputs(reducer, features, deep))
     runs = [reduce(torch.cat([features, level], -1), shallow, deep, config, grid=(6, 10))
             for level in levels]
     main_only = reduce(features, shallow, deep, config.replace(similarity_channels=None),
