@@ -154,7 +154,7 @@ class LlavaAOTBase(lmms):
                 f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
                 f"ablation, reducer.<option>, any AOTConfig field, llm_stage and "
-                f"llm_stage_<field>")
+                f"llm_stage.<field>")
         return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
 
     def _setup_devices(self, device: Optional[str], device_map: Optional[str]) -> None:

@@ -25,8 +25,8 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
   (:meth:`ReducerSpec.describe`) lists every option that ran, defaults included.
 * ``llm_stage=fastv`` (``flashvid``, ``holitom``; :data:`aot.llm_stages.STAGES`): reduction inside
   the language model after the reducer (with any reducer, ``none`` included), with its knobs as
-  ``llm_stage_<field>=value`` (``llm_stage_layer=3``, ``llm_stage_retention=0.25``,
-  ``llm_stage_budget=157``; the fields of :class:`aot.llm_stages.LLMStageConfig`).
+  ``llm_stage.<field>=value`` (``llm_stage.layer=3``, ``llm_stage.retention=0.25``,
+  ``llm_stage.budget=157``; the fields of :class:`aot.llm_stages.LLMStageConfig`).
 
 On the backbones reached only through transformers (``integration="transformers"`` in
 their :class:`aot.backbones.Backbone` record) a ``retention`` is an exact budget
@@ -46,7 +46,7 @@ AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
 #: model_args keys ``reducer.<option>`` set a knob of the reducer's options dataclass.
 OPTION_PREFIX = "reducer."
 #: The LLM stage's key and the prefix of its knobs' keys.
-LLM_STAGE_KEY, LLM_STAGE_PREFIX = "llm_stage", "llm_stage_"
+LLM_STAGE_KEY, LLM_STAGE_PREFIX = "llm_stage", "llm_stage."
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,12 @@ class ReducerSpec:
 
 
 def is_llm_stage_key(key: str) -> bool:
-    """``llm_stage`` or one of its ``llm_stage_<field>`` knobs."""
+    """``llm_stage`` or one of its ``llm_stage.<field>`` knobs."""
     return key == LLM_STAGE_KEY or key.startswith(LLM_STAGE_PREFIX)
 
 
 def parse_llm_stage(kwargs: dict):
-    """``llm_stage=NAME`` and ``llm_stage_<field>=value`` -> an
+    """``llm_stage=NAME`` and ``llm_stage.<field>=value`` -> an
     :class:`aot.llm_stages.LLMStageConfig`, or None (no ``llm_stage`` or ``llm_stage=none``).
 
     Raises:

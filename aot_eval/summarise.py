@@ -28,7 +28,7 @@ from typing import Optional
 
 from aot.backbones import eval_protocols, get_protocol
 
-from .model_args import OPTION_PREFIX
+from .model_args import LLM_STAGE_PREFIX, OPTION_PREFIX
 from .paper import BENCHMARKS, LABELS, paper_ablation, paper_table, paper_value, retention_key
 from .reported import SOURCES, reported, reported_value
 
@@ -140,12 +140,12 @@ def reported_of(model: str, args: dict) -> Optional[tuple]:
 
 
 def llm_stage_label(args: dict) -> str:
-    """``+fastv(layer=3)`` for a run with ``llm_stage=fastv,llm_stage_layer=3``; "" without."""
+    """``+fastv(layer=3)`` for a run with ``llm_stage=fastv,llm_stage.layer=3``; "" without."""
     name = args.get("llm_stage", "none")
     if name.lower() in ("none", ""):
         return ""
-    knobs = ",".join(f"{k[len('llm_stage_'):]}={args[k]}" for k in sorted(args)
-                     if k.startswith("llm_stage_"))
+    knobs = ",".join(f"{k[len(LLM_STAGE_PREFIX):]}={args[k]}" for k in sorted(args)
+                     if k.startswith(LLM_STAGE_PREFIX))
     return f"+{name}" + (f"({knobs})" if knobs else "")
 
 

@@ -35,7 +35,7 @@ $reducers
   --exact            exact token count per video (with --retention)
   --llm-stage NAME   reduction inside the language model after the reducer: fastv | flashvid |
                      holitom (docs/reducers/llm-stages.md)
-  --llm-stage-arg KV a knob of the LLM stage, e.g. layer=3, retention=0.25, budget=157
+  --llm-stage-opt KV a knob of the LLM stage, e.g. layer=3, retention=0.25, budget=157
                      (repeatable)
   --frames N         frames per video (default 32; LLaVA-Video: 64, the paper's; Qwen2.5-VL:
                      at most N of its 2-fps frames, as stock)
@@ -155,9 +155,9 @@ aot_eval_run() {
         reducer_opts+=("$2"); shift 2 ;;
       --exact) exact=1; shift ;;
       --llm-stage) [ $# -ge 2 ] || aot_eval_die "--llm-stage needs a value"; llm_stage=$2; shift 2 ;;
-      --llm-stage-arg) [ $# -ge 2 ] || aot_eval_die "--llm-stage-arg needs a value"
-        [[ "$2" =~ ^[a-z_]+=[^,]+$ ]] || aot_eval_die "--llm-stage-arg '$2' must be KEY=VALUE (e.g. layer=3)"
-        llm_stage_args+=("llm_stage_$2"); shift 2 ;;
+      --llm-stage-opt) [ $# -ge 2 ] || aot_eval_die "--llm-stage-opt needs a value"
+        [[ "$2" =~ ^[a-z_]+=[^,]+$ ]] || aot_eval_die "--llm-stage-opt '$2' must be KEY=VALUE (e.g. layer=3)"
+        llm_stage_args+=("llm_stage.$2"); shift 2 ;;
       --frames) [ $# -ge 2 ] || aot_eval_die "--frames needs a value"; frames=$2; shift 2 ;;
       --max-pixels) [ $# -ge 2 ] || aot_eval_die "--max-pixels needs a value"; max_pixels=$2; shift 2 ;;
       --fps) [ $# -ge 2 ] || aot_eval_die "--fps needs a value"; fps=$2; shift 2 ;;
@@ -264,7 +264,7 @@ aot_eval_run() {
     margs+=",llm_stage=$llm_stage"; tag+="_llm-$llm_stage"
     local knob
     for knob in ${llm_stage_args[@]+"${llm_stage_args[@]}"}; do
-      margs+=",$knob"; tag+="_${knob#llm_stage_}"
+      margs+=",$knob"; tag+="_${knob#llm_stage.}"
     done
   fi
   [ -z "$extra" ] || { margs+=",$extra"; tag+="_custom"; }

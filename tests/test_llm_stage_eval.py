@@ -12,30 +12,30 @@ from aot_eval import model_args, recording, summarise
 
 def test_model_args_give_a_stage_beside_any_reducer():
     aot_part, rest = model_args.split_aot_kwargs(
-        {"retention": "0.25", "llm_stage": "flashvid", "llm_stage_layer": "3",
-         "llm_stage_budget": "157", "pretrained": "x"})
+        {"retention": "0.25", "llm_stage": "flashvid", "llm_stage.layer": "3",
+         "llm_stage.budget": "157", "pretrained": "x"})
     assert rest == {"pretrained": "x"}
     spec = model_args.parse_reducer(aot_part, "ov", frames=32)
     assert spec.llm_stage == llm_stages.get_stage("flashvid", layer=3, budget=157)
     assert spec.source.endswith("+ llm_stage=flashvid(K=3, budget=157)")
     assert spec.describe()["llm_stage"]["layer"] == 3
     unreduced = model_args.parse_reducer({"reducer": "none", "llm_stage": "fastv",
-                                          "llm_stage_merge": "true"}, "ov")
+                                          "llm_stage.merge": "true"}, "ov")
     assert unreduced.name == "none" and unreduced.llm_stage.merge
     assert model_args.parse_reducer({"retention": "0.1"}, "ov").llm_stage is None
     final = model_args.parse_reducer({"retention": "0.25", "llm_stage": "fastv",
-                                      "llm_stage_final_retention": "0.1",
-                                      "llm_stage_budget": "none"}, "ov")
+                                      "llm_stage.final_retention": "0.1",
+                                      "llm_stage.budget": "none"}, "ov")
     assert final.llm_stage.final_retention == 0.1 and final.llm_stage.budget is None
     assert final.source.endswith("fastv(K=2, final r=0.1)")
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"llm_stage": "fastvv"}, "unknown LLM stage 'fastvv'"),
-    ({"llm_stage": "fastv", "llm_stage_keep": "2"}, "unknown LLM stage knob 'llm_stage_keep'"),
-    ({"llm_stage": "fastv", "llm_stage_retention": "2"}, "retention=2.0"),
-    ({"llm_stage": "fastv", "llm_stage_layer": "x"}, "llm_stage_layer='x'"),
-    ({"llm_stage_layer": "3"}, "without llm_stage=NAME"),
+    ({"llm_stage": "fastv", "llm_stage.keep": "2"}, "unknown LLM stage knob 'llm_stage.keep'"),
+    ({"llm_stage": "fastv", "llm_stage.retention": "2"}, "retention=2.0"),
+    ({"llm_stage": "fastv", "llm_stage.layer": "x"}, "llm_stage.layer='x'"),
+    ({"llm_stage.layer": "3"}, "without llm_stage=NAME"),
 ])
 def test_bad_stage_args_get_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -44,7 +44,7 @@ def test_bad_stage_args_get_one_line_errors(kwargs, message):
 
 def test_table_rows_name_the_stage():
     label, paper = summarise.setting_of("llava_onevision_aot", {
-        "reducer": "aot", "retention": "0.10", "llm_stage": "fastv", "llm_stage_layer": "3"})
+        "reducer": "aot", "retention": "0.10", "llm_stage": "fastv", "llm_stage.layer": "3"})
     assert label == "r=0.10 +fastv(layer=3)" and paper is None
     assert summarise.setting_of("llava_onevision_aot", {"reducer": "none",
                                                         "llm_stage": "holitom"}) == (
@@ -85,15 +85,15 @@ def test_eval_scripts_take_llm_stage():
     from test_scripts_eval import SCRIPTS, command_of, model_args_of, run
 
     proc = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.10", "--llm-stage", "fastv",
-                "--llm-stage-arg", "layer=3", "--dry-run"])
+                "--llm-stage-opt", "layer=3", "--dry-run"])
     assert proc.returncode == 0, proc.stderr
     command = command_of(proc)
     args = model_args_of(command)
-    assert args["llm_stage"] == "fastv" and args["llm_stage_layer"] == "3"
+    assert args["llm_stage"] == "fastv" and args["llm_stage.layer"] == "3"
     assert "aot_r0.10_llm-fastv_layer=3" in command
     bad = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.10", "--llm-stage", "fastvv",
                "--dry-run"])
     assert bad.returncode == 2 and "unknown LLM stage 'fastvv'" in bad.stderr
     bad = run([SCRIPTS / "eval_ov_mvbench.sh", "--retention", "0.10", "--llm-stage", "fastv",
-               "--llm-stage-arg", "layer", "--dry-run"])
+               "--llm-stage-opt", "layer", "--dry-run"])
     assert bad.returncode == 2 and "must be KEY=VALUE" in bad.stderr
