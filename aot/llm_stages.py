@@ -59,6 +59,9 @@ class LLMStageConfig:
     final_retention: float | None = None
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"LLM stage name={self.name!r}: expected the stage's registry name, "
+                            "a non-empty string")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
             raise ValueError(f"LLM stage layer={self.layer!r}: expected an integer >= 1 (scores "
                              "come from the attention of layer K-1)")

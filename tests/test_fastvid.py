@@ -328,6 +328,7 @@ def test_half_inputs_compute_in_float32(dtype):
     ("noise", -1e-6, "noise=-1e-06"),
     ("noise", float("inf"), "noise=inf"),
     ("seed", 1.5, "seed=1.5"),
+    ("seed", 2 ** 70, "seed=1180591620717411303424"),
 ])
 def test_bad_options_are_named(field, value, message):
     with pytest.raises(ValueError, match=f"FastVIDConfig.{message}"):

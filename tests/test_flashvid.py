@@ -461,7 +461,7 @@ def test_released_options_per_backbone():
     ("min_segment_num", 0, "min_segment_num=0"),
     ("min_segment_num", 2.0, "min_segment_num=2.0"),
     ("dpc_neighbours", 0, "dpc_neighbours=0"),
-    ("seed", -1, "seed=-1"),
+    ("seed", 2 ** 70, "seed=1180591620717411303424"),
     ("do_segment", "false", "do_segment"),
 ])
 def test_bad_options_are_named(field, value, message):

@@ -378,7 +378,7 @@ def test_similarity_channels_score_the_leading_channels_and_carry_all():
     ("beta_merge", "false", "beta_merge='false'"),
     ("noise", -1e-6, "noise=-1e-06"),
     ("noise", float("inf"), "noise=inf"),
-    ("seed", -1, "seed=-1"),
+    ("seed", 2 ** 70, "seed=1180591620717411303424"),
     ("seed", True, "seed=True"),
 ])
 def test_bad_options_are_named(field, value, message):

@@ -67,6 +67,8 @@ def test_unknown_names_and_fields():
         get_stage("fastvv")
     with pytest.raises(TypeError, match=r"no option\(s\) \['keep'\]"):
         get_stage("fastv", keep=0.3)
+    with pytest.raises(TypeError, match="name=nan: expected the stage's registry name"):
+        LLMStageConfig(name=float("nan"))
     with pytest.raises(TypeError, match="merge=1"):
         LLMStageConfig(merge=1)
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import AOTConfig, check_bool_fields, is_finite_number
+from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
 from .common import flatten_slots, make_result, resolve_budget, validate, work_dtype
@@ -99,8 +99,7 @@ class FastVIDConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FastVIDConfig.{name}={value!r}: expected an integer >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"FastVIDConfig.seed={self.seed!r}: expected an integer")
+        check_seed(self.seed, "FastVIDConfig.seed")
         ranges = {"dyseg_tau": (-1.0, 1.0), "stprune_d": (0.0, 1.0), "dtm_beta": (0.0, 1.0)}
         for name, (low, high) in ranges.items():
             value = getattr(self, name)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..budget import exact_budget, spread
-from ..config import AOTConfig, check_bool_fields, is_finite_number
+from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
 from .common import make_result, resolve_budget, validate, work_dtype
@@ -116,11 +116,11 @@ class FlashVIDConfig:
         if not is_finite_number(self.segment_threshold) or not -1 <= self.segment_threshold <= 1:
             raise ValueError(f"{name}.segment_threshold={self.segment_threshold!r}: expected a "
                              f"cosine in [-1, 1]")
-        for field in ("min_segment_num", "dpc_neighbours", "seed"):
+        for field in ("min_segment_num", "dpc_neighbours"):
             value = getattr(self, field)
-            low = 0 if field == "seed" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}.{field}={value!r}: expected an integer >= {low}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}.{field}={value!r}: expected an integer >= 1")
+        check_seed(self.seed, f"{name}.seed")
 
     @property
     def used_expansion(self) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import AOTConfig, check_bool_fields, is_finite_number
+from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
 from .common import make_result, resolve_budget, validate, work_dtype
@@ -88,10 +88,11 @@ class HoliTomConfig:
                 raise ValueError(f"{name}.{field}={value!r}: expected a number in [0, 1]")
         if not is_finite_number(self.noise) or self.noise < 0:
             raise ValueError(f"{name}.noise={self.noise!r}: expected a finite number >= 0")
-        for field, low in (("knn", 1), ("max_window", 1), ("seed", 0)):
+        for field in ("knn", "max_window"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}.{field}={value!r}: expected an integer >= {low}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}.{field}={value!r}: expected an integer >= 1")
+        check_seed(self.seed, f"{name}.seed")
 
 
 def released_tau(retention: float) -> float:
