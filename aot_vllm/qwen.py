@@ -180,6 +180,8 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                              "the aot_retention key of --mm-processor-kwargs)")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.is_multimodal_pruning_enabled = True
+        self.aot_overrides = server_overrides(self.config)
+        self._reduction(1.0, "aot")      # refuse bad server settings at start, not per request
 
     def embed_multimodal(self, **kwargs):
         """Image embeddings as stock; each video reduced (:meth:`_embed_videos`); every item
@@ -252,8 +254,35 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         backbone = get_backbone(BACKBONE)
         config = settings_for(backbone, retention, exact=True,
                               layers=anchor_layers(self.config.vision_config),
-                              pooling=backbone.pooling)
+                              **{"pooling": backbone.pooling, **self.aot_overrides})
         return Reduction(config, reducer)
+
+
+#: The server's AOT knobs: ``--hf-overrides '{"aot_config": {"anchors_per_frame": 8}}'`` sets
+#: this attribute of the checkpoint's config.
+SERVER_KEY = "aot_config"
+#: AOTConfig fields a server may not set: the request's retention and the model's facts decide them.
+FIXED_FIELDS = ("exact_retention", "pooling", "similarity_channels")
+
+
+def server_overrides(hf_config) -> dict:
+    """The :class:`aot.AOTConfig` fields of the server's ``aot_config`` (``--hf-overrides``),
+    checked: a dict of field names, none of :data:`FIXED_FIELDS` (a ValueError naming the key)."""
+    import dataclasses
+
+    from aot.config import AOTConfig
+
+    overrides = getattr(hf_config, SERVER_KEY, None) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"aot_vllm: {SERVER_KEY}={overrides!r}: expected a JSON object of "
+                         "aot.AOTConfig fields, e.g. {\"anchors_per_frame\": 8}")
+    fields = {item.name for item in dataclasses.fields(AOTConfig)}
+    for key in overrides:
+        if key not in fields or key in FIXED_FIELDS:
+            raise ValueError(f"aot_vllm: {SERVER_KEY} key {key!r}: expected an aot.AOTConfig field "
+                             f"other than {list(FIXED_FIELDS)} (the retention is a request "
+                             "option, aot_retention)")
+    return dict(overrides)
 
 
 def _per_video(values, videos: int, default) -> list:

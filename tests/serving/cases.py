@@ -1,0 +1,39 @@
+"""The identity cases shared by both sides (pure numpy): vLLM in .venv-serve and transformers +
+aot_integrations.hf in .venv, which pin different transformers versions and so run apart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROMPT = "What happens in the video?"
+#: Greedy tokens generated per case.
+NEW_TOKENS = 8
+#: name -> (frames, height, width, retention or None for unreduced, reducer)
+CASES = {
+    "16x112x112-r0.25": (16, 112, 112, 0.25, "aot"),
+    "16x112x112-r0.5": (16, 112, 112, 0.5, "aot"),
+    "8x112x168-r0.3": (8, 112, 168, 0.3, "aot"),
+    "4x168x112-r0.2-uniform": (4, 168, 112, 0.2, "uniform"),
+    "16x112x112-full": (16, 112, 112, None, "aot"),
+}
+#: The server's AOT knobs for the tiny checkpoint (frames of 4x4 to 6x6 merged tokens, smaller
+#: than the 16x16 the default anchor count is made for); the transformers side gets the same.
+SERVER_AOT_CONFIG = {"anchors_per_frame": 8, "window": 3}
+
+
+def frames(name: str) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of case ``name``: smooth random blobs (a seed per case), so the
+    vision tower's attention has structure to rank."""
+    count, height, width = CASES[name][:3]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    low = rng.integers(0, 256, size=(count, height // 28 + 1, width // 28 + 1, 3))
+    up = low.repeat(28, axis=1).repeat(28, axis=2)[:, :height, :width]
+    noise = rng.integers(-20, 21, size=up.shape)
+    return np.clip(up + noise, 0, 255).astype(np.uint8)
+
+
+def metadata(count: int, fps: float = 2.0) -> dict:
+    """The video metadata vLLM needs with pre-decoded frames (all frames kept, no resampling)."""
+    return {"total_num_frames": count, "fps": fps, "duration": count / fps,
+            "video_backend": "opencv", "frames_indices": list(range(count)),
+            "do_sample_frames": False}

@@ -1,0 +1,59 @@
+"""The transformers side of the identity test: ``python hf_reference.py CHECKPOINT OUT.json``.
+
+Runs in the project's main environment (.venv: transformers 5.24 and aot_integrations.hf), since
+vLLM's environment pins an older transformers. For every case of :mod:`cases`: the checkpoint's
+processor, ``aot_integrations.hf.apply`` with the reducer at the case's retention (exact mode,
+the same AOT knobs the vLLM server gets), greedy generation; writes per case the prompt length
+the LLM reads (text + the video's tokens) and the new token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cases import CASES, NEW_TOKENS, PROMPT, SERVER_AOT_CONFIG, frames  # noqa: E402
+
+
+def main(checkpoint: str, out_path: str) -> None:
+    import aot_integrations.hf
+    from aot.video_path import Reduction
+    from playground.hf import load_processor
+    from transformers import AutoModelForImageTextToText
+    from transformers.video_utils import VideoMetadata
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor, _ = load_processor(checkpoint, model.config.model_type)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    results = {}
+    for name, (count, _, _, retention, reducer) in CASES.items():
+        metadata = VideoMetadata(total_num_frames=count, fps=2.0, frames_indices=list(range(count)))
+        inputs = processor(text=[prompt], videos=[frames(name)], video_metadata=[metadata],
+                           do_sample_frames=False, return_tensors="pt")
+        reduction = None
+        if retention is not None:
+            config = aot_integrations.hf.config_for(model, retention, **SERVER_AOT_CONFIG)
+            reduction = Reduction(config, reducer)
+        handle = aot_integrations.hf.apply(model, reduction)
+        try:
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+            video = handle.last[0].tokens.shape[0]
+        finally:
+            handle.remove()
+        placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
+        results[name] = {
+            "prompt_tokens": inputs["input_ids"].shape[1] - placeholders + video,
+            "video_tokens": video,
+            "grid": inputs["video_grid_thw"][0].tolist(),
+            "output_ids": out[0, inputs["input_ids"].shape[1]:].tolist()}
+    Path(out_path).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
