@@ -1,4 +1,6 @@
-"""The transformers side of the identity test: ``python hf_reference.py CHECKPOINT OUT.json``.
+"""The transformers side of the identity test: ``python hf_reference.py CHECKPOINT OUT.json``
+writes the tiny Qwen2.5-VL checkpoint (text head_dim 32, which vLLM's CPU attention needs) into
+CHECKPOINT, then the reference answers into OUT.json.
 
 Runs in the project's main environment (.venv: transformers 5.24 and aot_integrations.hf), since
 vLLM's environment pins an older transformers. For every case of :mod:`cases`: the checkpoint's
@@ -26,7 +28,9 @@ def main(checkpoint: str, out_path: str) -> None:
     from transformers import AutoModelForImageTextToText
     from transformers.video_utils import VideoMetadata
 
-    torch.manual_seed(0)
+    from aot_integrations.tiny import write_tiny_hf_checkpoint
+
+    write_tiny_hf_checkpoint(checkpoint, "qwen2_5_vl", head_dim=32)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor, _ = load_processor(checkpoint, model.config.model_type)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]

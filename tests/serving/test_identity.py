@@ -1,0 +1,72 @@
+"""vLLM + aot_vllm equals transformers + aot_integrations.hf on the same tiny checkpoint (float32,
+text head_dim 32): prompt token counts and greedy ids, a batch of videos of several grids, frame
+counts, retentions and reducers sent together."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cases import CASES, NEW_TOKENS, PROMPT, frames, metadata  # noqa: E402
+
+
+def _requests(tokenizer, names):
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}],
+        tokenize=False, add_generation_prompt=True)
+    requests = []
+    for name in names:
+        count, _, _, retention, reducer = CASES[name]
+        options = {} if retention is None else {"aot_retention": retention, "aot_reducer": reducer}
+        requests.append({"prompt": prompt, "mm_processor_kwargs": options,
+                         "multi_modal_data": {"video": (frames(name), metadata(count))}})
+    return requests
+
+
+def test_batch_equals_transformers(llm, reference):
+    from vllm import SamplingParams
+
+    _, expected = reference
+    names = list(CASES)
+    outputs = llm.generate(_requests(llm.get_tokenizer(), names),
+                           SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
+    got = {name: {"prompt_tokens": len(out.prompt_token_ids),
+                  "output_ids": list(out.outputs[0].token_ids)}
+           for name, out in zip(names, outputs)}
+    want = {name: {key: expected[name][key] for key in ("prompt_tokens", "output_ids")}
+            for name in names}
+    assert got == want
+    # the reduced cases really are reduced, and the answers depend on the retention
+    assert got["16x112x112-r0.25"]["prompt_tokens"] < got["16x112x112-full"]["prompt_tokens"]
+    assert got["16x112x112-r0.25"]["output_ids"] != got["16x112x112-r0.5"]["output_ids"]
+
+
+def test_one_request_equals_its_place_in_the_batch(llm, reference):
+    """A request alone gets what it got in the batch (no state crosses requests)."""
+    from vllm import SamplingParams
+
+    _, expected = reference
+    name = "8x112x168-r0.3"
+    out, = llm.generate(_requests(llm.get_tokenizer(), [name]),
+                        SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
+    assert len(out.prompt_token_ids) == expected[name]["prompt_tokens"]
+    assert list(out.outputs[0].token_ids) == expected[name]["output_ids"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"aot_retention": 0}, "aot_retention=0 is outside (0, 1]"),
+    ({"aot_retention": 1.5}, "aot_retention=1.5 is outside (0, 1]"),
+    ({"aot_retention": 0.25, "aot_reducer": "fastv"}, "aot_reducer='fastv'"),
+    ({"aot_retention": 0.25, "aot_mode": "released"}, "aot_mode='released'"),
+])
+def test_bad_options_are_refused(llm, options, message):
+    from vllm import SamplingParams
+
+    request, = _requests(llm.get_tokenizer(), ["4x168x112-r0.2-uniform"])
+    request["mm_processor_kwargs"] = options
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        llm.generate([request], SamplingParams(temperature=0, max_tokens=1))
