@@ -154,13 +154,17 @@ def mrope_channels(grid_thw: list[int], merge: int, tokens_per_second: float,
                    second_per_grid: float) -> torch.Tensor:
     """(N, 4) long for the N = t*h*w/merge^2 tokens of one unreduced video: its (t, h, w) M-RoPE
     positions counted from the video's start, then, in every row, the offset from the video's
-    start at which the text after it continues (its largest position + 1), the fourth channel
-    vLLM's ``recompute_mrope_positions`` reads. So the text after a reduced video keeps its
-    unreduced positions, as in the transformers integration."""
+    start at which the text after it continues, the fourth channel vLLM's
+    ``recompute_mrope_positions`` reads.
+
+    The offset is max(h, w) / merge, transformers' ``get_rope_index`` rule (the text after a
+    video does not move with its duration); the text after a reduced video keeps it, so the
+    positions are those of the transformers integration. (vLLM's EVS writes w / merge, the same
+    for landscape frames; stock vLLM without pruning continues after the largest (t, h, w).)"""
     positions = compute_mrope_for_media(torch.tensor(grid_thw), merge,
                                         tokens_per_second=tokens_per_second,
                                         video_second_per_grid=second_per_grid)
-    positions[:, 3] = positions[:, :3].max() + 1
+    positions[:, 3] = max(grid_thw[1], grid_thw[2]) // merge
     return positions
 
 

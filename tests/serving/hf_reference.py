@@ -1,6 +1,6 @@
 """The transformers side of the identity test: ``python hf_reference.py CHECKPOINT OUT.json``
 writes the tiny Qwen2.5-VL checkpoint (text head_dim 32, which vLLM's CPU attention needs) into
-CHECKPOINT, then the reference answers into OUT.json.
+CHECKPOINT, then the reference answers (prompt length, greedy ids and their log-probabilities) into OUT.json.
 
 Runs in the project's main environment (.venv: transformers 5.24 and aot_integrations.hf), since
 vLLM's environment pins an older transformers. For every case of :mod:`cases`: the checkpoint's
@@ -46,16 +46,20 @@ def main(checkpoint: str, out_path: str) -> None:
             reduction = Reduction(config, reducer)
         handle = aot_integrations.hf.apply(model, reduction)
         try:
-            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
             video = handle.last[0].tokens.shape[0]
         finally:
             handle.remove()
+        new = out.sequences[0, inputs["input_ids"].shape[1]:]
         placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
         results[name] = {
             "prompt_tokens": inputs["input_ids"].shape[1] - placeholders + video,
             "video_tokens": video,
             "grid": inputs["video_grid_thw"][0].tolist(),
-            "output_ids": out[0, inputs["input_ids"].shape[1]:].tolist()}
+            "output_ids": new.tolist(),
+            "logprobs": [float(torch.log_softmax(step[0].double(), -1)[token])
+                         for step, token in zip(out.logits, new.tolist())]}
     Path(out_path).write_text(json.dumps(results, indent=1))
 
 

@@ -32,13 +32,20 @@ def test_batch_equals_transformers(llm, reference):
     _, expected = reference
     names = list(CASES)
     outputs = llm.generate(_requests(llm.get_tokenizer(), names),
-                           SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
+                           SamplingParams(temperature=0, max_tokens=NEW_TOKENS, logprobs=0))
     got = {name: {"prompt_tokens": len(out.prompt_token_ids),
                   "output_ids": list(out.outputs[0].token_ids)}
            for name, out in zip(names, outputs)}
     want = {name: {key: expected[name][key] for key in ("prompt_tokens", "output_ids")}
             for name in names}
     assert got == want
+    # The tiny model's next-token distribution is nearly flat, so greedy ids barely notice a
+    # wrong position; the log-probabilities do (a text offset of w instead of max(h, w) after a
+    # portrait video moves them by 1.5e-4, float32 noise is below 1e-6).
+    for name, out in zip(names, outputs):
+        logprobs = [step[token].logprob
+                    for step, token in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
+        assert logprobs == pytest.approx(expected[name]["logprobs"], abs=1e-5), name
     # the reduced cases really are reduced, and the answers depend on the retention
     assert got["16x112x112-r0.25"]["prompt_tokens"] < got["16x112x112-full"]["prompt_tokens"]
     assert got["16x112x112-r0.25"]["output_ids"] != got["16x112x112-r0.5"]["output_ids"]
@@ -51,9 +58,26 @@ def test_one_request_equals_its_place_in_the_batch(llm, reference):
     _, expected = reference
     name = "8x112x168-r0.3"
     out, = llm.generate(_requests(llm.get_tokenizer(), [name]),
-                        SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
+                        SamplingParams(temperature=0, max_tokens=NEW_TOKENS, logprobs=0))
     assert len(out.prompt_token_ids) == expected[name]["prompt_tokens"]
     assert list(out.outputs[0].token_ids) == expected[name]["output_ids"]
+    logprobs = [step[token].logprob
+                for step, token in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
+    assert logprobs == pytest.approx(expected[name]["logprobs"], abs=1e-5)
+
+
+def test_text_after_a_video_continues_at_its_longer_side():
+    """The fourth channel: max(h, w) / 2 merged tokens after the video's start (transformers'
+    rule), for portrait and landscape grids alike; the first three are vLLM's positions."""
+    from aot_vllm.qwen import mrope_channels
+
+    portrait = mrope_channels([2, 12, 8], 2, tokens_per_second=2, second_per_grid=1.0)
+    assert portrait.shape == (2 * 6 * 4, 4)
+    assert set(portrait[:, 3].tolist()) == {6}
+    assert portrait[:, 0].unique().tolist() == [0, 2]            # t: 2 tokens per second
+    assert portrait[:, 1].max() == 5 and portrait[:, 2].max() == 3
+    landscape = mrope_channels([4, 8, 12], 2, tokens_per_second=2, second_per_grid=1.0)
+    assert set(landscape[:, 3].tolist()) == {6}
 
 
 @pytest.mark.parametrize("options, message", [
