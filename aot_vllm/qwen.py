@@ -62,9 +62,10 @@ class AOTQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        updates = [update for update in super()._get_prompt_updates(
-            mm_items, hf_processor_mm_kwargs, out_mm_kwargs) if update.modality != "video"]
-        hf_processor = self.info.get_hf_processor(**_without_options(hf_processor_mm_kwargs))
+        stock = _without_options(hf_processor_mm_kwargs)
+        updates = [update for update in super()._get_prompt_updates(mm_items, stock, out_mm_kwargs)
+                   if update.modality != "video"]
+        hf_processor = self.info.get_hf_processor(**stock)
         video_token = self.info.get_tokenizer().get_vocab()[hf_processor.video_token]
 
         def replacement(item_idx: int) -> list[int]:

