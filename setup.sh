@@ -4,7 +4,7 @@
 #   --eval     lmms-eval 0.7.3 and a video decoder (see docs/reproduce.md)
 #   --gpu      flash-attn and deepspeed (need CUDA; optional)
 #   --slurm    munge and the SLURM daemons that tests/test_slurm.py runs (apt-get; root or sudo)
-#   --serve    also .venv-serve: vLLM 0.32.0 with the AOT plugin (aot_vllm; docs/serving.md)
+#   --serve    also .venv-serve: vLLM 0.32.0 with the AOT plugin (aot_integrations.vllm; docs/serving.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 want_eval=0; want_gpu=0; want_slurm=0; want_serve=0
@@ -90,7 +90,7 @@ if [ "$want_slurm" = 1 ]; then
 fi
 if [ "$want_serve" = 1 ]; then
   # vLLM pins transformers <5.20 while the project pins 5.24: serving gets its own environment,
-  # holding vLLM, the project's pure-torch packages and the plugin's entry point (aot_vllm).
+  # holding vLLM, the project's pure-torch packages and the plugin's entry point (aot_integrations.vllm).
   deactivate
   if [ ! -x .venv-serve/bin/python ]; then
     echo "[setup] creating .venv-serve with $($PY --version)"
@@ -123,6 +123,6 @@ if [ "$want_serve" = 1 ]; then
     "$serve_py" -c "import torchvision" || { echo "setup.sh: torchvision does not import in .venv-serve even with the shim" >&2; exit 2; }
     echo "[setup] torchvision imports through aot_torchvision_shim.pth (its compiled operators are off)"
   fi
-  "$serve_py" -c "import vllm, aot_vllm; print('[setup] .venv-serve: vllm', vllm.__version__)"
+  "$serve_py" -c "import vllm, aot_integrations.vllm.qwen; print('[setup] .venv-serve: vllm', vllm.__version__)"
 fi
 echo "[setup] done: activate with '. .venv/bin/activate'"

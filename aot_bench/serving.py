@@ -2,9 +2,10 @@
 
 Runs in the serving environment (``.venv-serve``, ``bash setup.sh --serve``). Starts vLLM's
 OpenAI server with the AOT plugin on localhost (a tiny random Qwen2.5-VL unless ``--model``),
-then sends the same video requests twice per round, unreduced (``aot_retention`` null) and
-reduced (``--retention``), ``--concurrency`` at a time, streaming, and reports requests per second
-and time to first token of each, measured in the same run. The helpers (:func:`server_command`,
+then sends the same video, encoded afresh for every request (no cache hits), in rounds
+alternating unreduced (``aot_retention`` null) and reduced (``--retention``), ``--concurrency``
+requests at a time, streaming; it reports requests per second and time to first token of each,
+measured in the same run. The helpers (:func:`server_command`,
 :func:`start_server`, :func:`stop_server`, :func:`chat`) are the serving tests' too.
 """
 
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from uuid import uuid4
 
 
 def free_port() -> int:
@@ -107,10 +109,14 @@ def video_data_url(path: str | Path) -> str:
     return "data:video/mp4;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def video_message(video_url: str, question: str) -> list:
-    """OpenAI chat content: one video, then the question."""
-    return [{"type": "video_url", "video_url": {"url": video_url}},
-            {"type": "text", "text": question}]
+def video_message(video_url: str, question: str, uuid: str | None = None) -> list:
+    """OpenAI chat content: one video, then the question. ``uuid``: the video's cache identity
+    (vLLM hashes it with the request's options); a fresh one per request makes vLLM process and
+    encode the video again instead of reusing a cached encoding."""
+    video = {"type": "video_url", "video_url": {"url": video_url}}
+    if uuid is not None:
+        video["uuid"] = uuid
+    return [video, {"type": "text", "text": question}]
 
 
 def chat(url: str, content: list, options: dict | None = None, max_tokens: int = 4,
@@ -136,10 +142,11 @@ def served_model(url: str) -> str:
         return json.loads(response.read())["data"][0]["id"]
 
 
-def streamed(url: str, model: str, content: list, options: dict,
+def streamed(url: str, model: str, video_url: str, options: dict,
              max_tokens: int) -> tuple[float, float, int]:
-    """One streamed chat request: (seconds to the first content token, seconds in all, prompt
-    tokens)."""
+    """One streamed chat request about ``video_url``, encoded afresh (a new uuid): (seconds to
+    the first content token, seconds in all, prompt tokens)."""
+    content = video_message(video_url, "What happens in the video?", uuid=uuid4().hex)
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "mm_processor_kwargs": options,
             "messages": [{"role": "user", "content": content}]}
@@ -162,14 +169,14 @@ def streamed(url: str, model: str, content: list, options: dict,
     return (total if first is None else first), total, prompt
 
 
-def measure(url: str, content: list, options: dict, requests: int, concurrency: int,
+def measure(url: str, video_url: str, options: dict, requests: int, concurrency: int,
             max_tokens: int) -> dict:
     """``requests`` streamed requests, ``concurrency`` in flight: requests/s, TTFT (mean,
     median), prompt tokens."""
     model = served_model(url)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda _: streamed(url, model, content, options, max_tokens),
+        results = list(pool.map(lambda _: streamed(url, model, video_url, options, max_tokens),
                                 range(requests)))
     wall = time.perf_counter() - start
     ttft = [r[0] for r in results]
@@ -213,14 +220,14 @@ def main(argv=None) -> None:
     process, url, ready = start_server(command, work / "server.log")
     print(f"[serving] server ready in {ready:.1f} s (log {work / 'server.log'})")
     try:
-        content = video_message(video_data_url(video), "What happens in the video?")
+        video_url = video_data_url(video)
         modes = {"unreduced": {"aot_retention": None},
                  f"{args.reducer} r={args.retention}": {"aot_retention": args.retention,
                                                         "aot_reducer": args.reducer}}
         results = {}
         for round_index in range(args.rounds):
             for name, options in modes.items():
-                results[name] = measure(url, content, options, args.requests, args.concurrency,
+                results[name] = measure(url, video_url, options, args.requests, args.concurrency,
                                         args.max_tokens)
                 print(f"[serving] round {round_index + 1} {name}: {results[name]}")
     finally:

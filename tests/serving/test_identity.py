@@ -1,4 +1,4 @@
-"""vLLM + aot_vllm equals transformers + aot_integrations.hf on the same tiny checkpoint (float32,
+"""vLLM + aot_integrations.vllm equals transformers + aot_integrations.hf on the same tiny checkpoint (float32,
 text head_dim 32): prompt token counts and greedy ids, a batch of videos of several grids, frame
 counts, retentions and reducers sent together."""
 
@@ -69,7 +69,7 @@ def test_one_request_equals_its_place_in_the_batch(llm, reference):
 def test_text_after_a_video_continues_at_its_longer_side():
     """The fourth channel: max(h, w) / 2 merged tokens after the video's start (transformers'
     rule), for portrait and landscape grids alike; the first three are vLLM's positions."""
-    from aot_vllm.qwen import mrope_channels
+    from aot_integrations.vllm.qwen import mrope_channels
 
     portrait = mrope_channels([2, 12, 8], 2, tokens_per_second=2, second_per_grid=1.0)
     assert portrait.shape == (2 * 6 * 4, 4)

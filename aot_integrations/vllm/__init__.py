@@ -1,21 +1,18 @@
-"""AOT in vLLM: a ``vllm.general_plugins`` plugin (entry point ``aot = "aot_vllm:register"``).
+"""AOT in vLLM: a ``vllm.general_plugins`` plugin (entry point ``aot = "aot_integrations.vllm:register"``).
 
 Installed into ``.venv-serve`` by ``bash setup.sh --serve``; vLLM calls :func:`register` in every
 process it starts. It replaces vLLM's Qwen2.5-VL model class with
-:class:`aot_vllm.qwen.AOTQwen2_5_VLForConditionalGeneration` (and its processor), which reduces
+:class:`aot_integrations.vllm.qwen.AOTQwen2_5_VLForConditionalGeneration` (and its processor), which reduces
 each video with a registry reducer in exact mode at the retention the server
 (``--mm-processor-kwargs '{"aot_retention": 0.25}'``) or the request (``mm_processor_kwargs``)
 asks for. docs/serving.md.
 
-This package imports vLLM and :mod:`aot` (pure torch) only; never the transformers integration,
-whose transformers version differs from the one vLLM pins.
+This package imports vLLM and :mod:`aot` (pure torch) only, never :mod:`aot_integrations.hf`:
+the serving environment has the transformers version vLLM pins, not the project's. Importing it
+imports nothing from vLLM; :func:`register` and :mod:`.qwen` do.
 """
 
 from __future__ import annotations
-
-#: vLLM architecture name -> the plugin's class (module :mod:`aot_vllm.qwen`).
-ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration",)
-
 
 def register() -> None:
     """Register the AOT model classes with vLLM and patch the model runners (idempotent)."""

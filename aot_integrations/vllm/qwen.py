@@ -1,6 +1,6 @@
 """AOT (or any registry reducer, exact mode) inside vLLM's Qwen2.5-VL.
 
-:class:`AOTQwen2_5_VLProcessor` reads the request's options (:mod:`aot_vllm.options`), ships them
+:class:`AOTQwen2_5_VLProcessor` reads the request's options (:mod:`aot_integrations.vllm.options`), ships them
 to the model as two per-video fields and sizes the video's placeholders with
 :func:`aot.serving.reduced_token_count`. :class:`AOTQwen2_5_VLForConditionalGeneration` runs
 vLLM's own vision tower, capturing the attention each patch receives at the reducer's two layers
@@ -33,7 +33,7 @@ from .options import OPTION_KEYS, parse_options, reducer_names
 
 BACKBONE = "qwen2_5_vl"
 #: The per-video fields the processor adds: the retention (0.0: not reduced) and the reducer's
-#: index in :func:`aot_vllm.options.reducer_names`.
+#: index in :func:`aot_integrations.vllm.options.reducer_names`.
 RETENTION, REDUCER = "aot_retention", "aot_reducer"
 UNREDUCED = 0.0
 
@@ -172,15 +172,15 @@ def mrope_channels(grid_thw: list[int], merge: int, tokens_per_second: float,
 @MULTIMODAL_REGISTRY.register_processor(AOTQwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo,
                                         dummy_inputs=Qwen2_5_VLDummyInputsBuilder)
 class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """vLLM's Qwen2.5-VL with each video reduced as its request asks (:mod:`aot_vllm.options`).
+    """vLLM's Qwen2.5-VL with each video reduced as its request asks (:mod:`aot_integrations.vllm.options`).
 
     Every media embedding carries four position channels (vLLM's pruning layout), so the model
-    runner recomputes M-RoPE positions (:func:`aot_vllm.patch_model_runner`).
+    runner recomputes M-RoPE positions (:func:`aot_integrations.vllm.patch_model_runners`).
     """
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         if vllm_config.model_config.multimodal_config.is_multimodal_pruning_enabled():
-            raise ValueError("aot_vllm: --video-pruning-rate turns on vLLM's EVS, which would "
+            raise ValueError("aot_integrations.vllm: --video-pruning-rate turns on vLLM's EVS, which would "
                              "prune the videos a second time; leave it unset (AOT's retention is "
                              "the aot_retention key of --mm-processor-kwargs)")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -207,7 +207,7 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         reductions read), then per video: the reducer's kept tokens (t*h*w/4 when unreduced),
         each with its unreduced position channels (:func:`mrope_channels`)."""
         if video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
-            raise ValueError("aot_vllm: videos must come as pixels (not video_embeds) and the "
+            raise ValueError("aot_integrations.vllm: videos must come as pixels (not video_embeds) and the "
                              "vision tower must not run data-parallel: AOT reads the tower's "
                              "attention")
         visual = self.visual
@@ -243,7 +243,7 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 result = reduce(encoded, reduction)
                 expected = reduced_token_count(BACKBONE, (t, h, w), reduction.config)
                 if result.num_tokens != expected:
-                    raise RuntimeError(f"aot_vllm: reducer {reduction.reducer!r} kept "
+                    raise RuntimeError(f"aot_integrations.vllm: reducer {reduction.reducer!r} kept "
                                        f"{result.num_tokens} tokens of video {index} but its "
                                        f"placeholders were sized for {expected}")
                 tokens = result.tokens.to(merged.dtype)
@@ -279,12 +279,12 @@ def server_overrides(hf_config) -> dict:
 
     overrides = getattr(hf_config, SERVER_KEY, None) or {}
     if not isinstance(overrides, dict):
-        raise ValueError(f"aot_vllm: {SERVER_KEY}={overrides!r}: expected a JSON object of "
+        raise ValueError(f"aot_integrations.vllm: {SERVER_KEY}={overrides!r}: expected a JSON object of "
                          "aot.AOTConfig fields, e.g. {\"anchors_per_frame\": 8}")
     fields = {item.name for item in dataclasses.fields(AOTConfig)}
     for key in overrides:
         if key not in fields or key in FIXED_FIELDS:
-            raise ValueError(f"aot_vllm: {SERVER_KEY} key {key!r}: expected an aot.AOTConfig field "
+            raise ValueError(f"aot_integrations.vllm: {SERVER_KEY} key {key!r}: expected an aot.AOTConfig field "
                              f"other than {list(FIXED_FIELDS)} (the retention is a request "
                              "option, aot_retention)")
     return dict(overrides)
