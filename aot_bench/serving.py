@@ -196,8 +196,8 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating unreduced / AOT rounds (the first of each is warm-up)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="measured rounds, each mode once per round, after one warm-up round")
     parser.add_argument("--aot-config", default='{"anchors_per_frame": 8, "window": 3}',
                         help="the server's AOTConfig fields as JSON (the default suits the "
                         "tiny model's small frames; use {} for a real checkpoint)")
@@ -224,23 +224,46 @@ def main(argv=None) -> None:
         modes = {"unreduced": {"aot_retention": None},
                  f"{args.reducer} r={args.retention}": {"aot_retention": args.retention,
                                                         "aot_reducer": args.reducer}}
-        results = {}
-        for round_index in range(args.rounds):
+        rounds = {name: [] for name in modes}
+        for round_index in range(args.rounds + 1):
             for name, options in modes.items():
-                results[name] = measure(url, video_url, options, args.requests, args.concurrency,
-                                        args.max_tokens)
-                print(f"[serving] round {round_index + 1} {name}: {results[name]}")
+                result = measure(url, video_url, options, args.requests, args.concurrency,
+                                 args.max_tokens)
+                print(f"[serving] {'warm-up' if round_index == 0 else f'round {round_index}'} "
+                      f"{name}: {result}")
+                if round_index:
+                    rounds[name].append(result)
     finally:
         stop_server(process)
-    base = results["unreduced"]
-    print("\n| mode | prompt tokens | requests/s | TTFT mean (s) | TTFT median (s) |")
-    print("|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['prompt_tokens']} | {r['requests_per_s']:.2f} "
-              f"({r['requests_per_s'] / base['requests_per_s']:.2f}x) | {r['ttft_mean_s']:.3f} | "
-              f"{r['ttft_median_s']:.3f} |")
+    summary = {name: summarise(results) for name, results in rounds.items()}
+    print(table(summary))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1))
+        Path(args.output).write_text(json.dumps({"summary": summary, "rounds": rounds}, indent=1))
+
+
+def summarise(results: list[dict]) -> dict:
+    """Median and range over rounds of requests/s and mean TTFT; the prompt tokens."""
+    rates = [r["requests_per_s"] for r in results]
+    ttft = [r["ttft_mean_s"] for r in results]
+    return {"prompt_tokens": results[0]["prompt_tokens"], "rounds": len(results),
+            "requests_per_s": statistics.median(rates), "requests_per_s_range": [min(rates),
+                                                                              max(rates)],
+            "ttft_s": statistics.median(ttft), "ttft_s_range": [min(ttft), max(ttft)]}
+
+
+def table(summary: dict) -> str:
+    """The markdown table of :func:`summarise`'s results, ratios against the first mode."""
+    base = next(iter(summary.values()))
+    lines = ["| mode | prompt tokens | requests/s (median, range) | vs unreduced | "
+             "TTFT s (median, range) | vs unreduced |", "|---|---|---|---|---|---|"]
+    for name, r in summary.items():
+        low, high = r["requests_per_s_range"]
+        first, last = r["ttft_s_range"]
+        lines.append(f"| {name} | {r['prompt_tokens']} | {r['requests_per_s']:.2f} "
+                     f"({low:.2f}-{high:.2f}) | {r['requests_per_s'] / base['requests_per_s']:.2f}x | "
+                     f"{r['ttft_s']:.3f} ({first:.3f}-{last:.3f}) | "
+                     f"{r['ttft_s'] / base['ttft_s']:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
