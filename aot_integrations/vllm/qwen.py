@@ -188,6 +188,18 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.aot_overrides = server_overrides(self.config)
         self._reduction(1.0, "aot")      # refuse bad server settings at start, not per request
 
+    def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
+        """Each image's embeddings with its four position channels, the fourth being the
+        offset of the text after it: max(h, w) / merge, where stock vLLM and transformers
+        continue (vLLM's EVS writes w / merge, which moves the text after a portrait image)."""
+        merge = self.visual.spatial_merge_size
+        out = []
+        for embeds, (t, h, w) in zip(image_embeds_split, image_input["image_grid_thw"].tolist()):
+            positions = compute_mrope_for_media(torch.tensor([t, h, w]), merge)
+            positions[:, 3] = max(h, w) // merge
+            out.append(torch.cat([embeds, positions.to(embeds.device, embeds.dtype)], dim=1))
+        return tuple(out)
+
     def embed_multimodal(self, **kwargs):
         """Image embeddings as stock; each video reduced (:meth:`_embed_videos`); every item
         with its four position channels."""

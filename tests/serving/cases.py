@@ -32,6 +32,17 @@ def frames(name: str) -> np.ndarray:
     return np.clip(up + noise, 0, 255).astype(np.uint8)
 
 
+#: An image request (no video): a portrait 168x112 picture, 6x4 merged tokens. The tiny chat
+#: template knows videos only, so both sides take this prompt as written.
+IMAGE_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in the "
+                "picture?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def image() -> np.ndarray:
+    """(168, 112, 3) uint8: the first frame of a portrait case."""
+    return frames("4x168x112-r0.2-uniform")[0]
+
+
 def metadata(count: int, fps: float = 2.0) -> dict:
     """The video metadata vLLM needs with pre-decoded frames (all frames kept, no resampling)."""
     return {"total_num_frames": count, "fps": fps, "duration": count / fps,

@@ -61,5 +61,5 @@ def llm(reference):
 
     checkpoint, _ = reference
     return LLM(model=str(checkpoint), max_model_len=4096, enforce_eager=True, dtype="float32",
-               limit_mm_per_prompt={"video": 1, "image": 0}, kv_cache_memory_bytes=256 << 20,
+               limit_mm_per_prompt={"video": 1, "image": 1}, kv_cache_memory_bytes=256 << 20,
                max_num_seqs=8, hf_overrides={"aot_config": SERVER_AOT_CONFIG})

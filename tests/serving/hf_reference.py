@@ -1,6 +1,7 @@
 """The transformers side of the identity test: ``python hf_reference.py CHECKPOINT OUT.json``
 writes the tiny Qwen2.5-VL checkpoint (text head_dim 32, which vLLM's CPU attention needs) into
-CHECKPOINT, then the reference answers (prompt length, greedy ids and their log-probabilities) into OUT.json.
+CHECKPOINT, then the reference answers (prompt length, greedy ids and their log-probabilities) into OUT.json,
+and the same for the image request of :mod:`cases` (the stock model: AOT reduces videos only).
 
 Runs in the project's main environment (.venv: transformers 5.24 and aot_integrations.hf), since
 vLLM's environment pins an older transformers. For every case of :mod:`cases`: the checkpoint's
@@ -18,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cases import CASES, NEW_TOKENS, PROMPT, SERVER_AOT_CONFIG, frames  # noqa: E402
+from cases import (CASES, IMAGE_PROMPT, NEW_TOKENS, PROMPT, SERVER_AOT_CONFIG,  # noqa: E402
+                   frames, image)
 
 
 def main(checkpoint: str, out_path: str) -> None:
@@ -60,6 +62,14 @@ def main(checkpoint: str, out_path: str) -> None:
             "output_ids": new.tolist(),
             "logprobs": [float(torch.log_softmax(step[0].double(), -1)[token])
                          for step, token in zip(out.logits, new.tolist())]}
+    inputs = processor(text=[IMAGE_PROMPT], images=[image()], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[0, inputs["input_ids"].shape[1]:]
+    results["image"] = {
+        "prompt_tokens": inputs["input_ids"].shape[1], "output_ids": new.tolist(),
+        "logprobs": [float(torch.log_softmax(step[0].double(), -1)[token])
+                     for step, token in zip(out.logits, new.tolist())]}
     Path(out_path).write_text(json.dumps(results, indent=1))
 
 

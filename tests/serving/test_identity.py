@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cases import CASES, NEW_TOKENS, PROMPT, frames, metadata  # noqa: E402
+from cases import CASES, IMAGE_PROMPT, NEW_TOKENS, PROMPT, frames, image, metadata  # noqa: E402
 
 
 def _requests(tokenizer, names):
@@ -64,6 +64,21 @@ def test_one_request_equals_its_place_in_the_batch(llm, reference):
     logprobs = [step[token].logprob
                 for step, token in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
     assert logprobs == pytest.approx(expected[name]["logprobs"], abs=1e-5)
+
+
+def test_an_image_request_equals_transformers(llm, reference):
+    """Images are not reduced, but they too carry position channels through the plugin; the
+    text after a portrait image continues where stock vLLM and transformers put it."""
+    from vllm import SamplingParams
+
+    _, expected = reference
+    out, = llm.generate([{"prompt": IMAGE_PROMPT, "multi_modal_data": {"image": image()}}],
+                        SamplingParams(temperature=0, max_tokens=NEW_TOKENS, logprobs=0))
+    assert len(out.prompt_token_ids) == expected["image"]["prompt_tokens"]
+    assert list(out.outputs[0].token_ids) == expected["image"]["output_ids"]
+    logprobs = [step[token].logprob
+                for step, token in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
+    assert logprobs == pytest.approx(expected["image"]["logprobs"], abs=1e-5)
 
 
 def test_text_after_a_video_continues_at_its_longer_side():
