@@ -177,21 +177,29 @@ def _qwen_text(head_dim: int, interleaved: bool) -> dict:
         rope["mrope_interleaved"] = True
     if head_dim == 8:
         return _text(rope_parameters=rope, **({"head_dim": 8} if interleaved else {}))
-    text = _text(rope_parameters=rope, head_dim=head_dim)
+    return _wide_text(head_dim, rope_parameters=rope)
+
+
+def _wide_text(head_dim: int, **extra) -> dict:
+    """The tiny text config with 2 heads of ``head_dim`` (a 2 * head_dim wide model, 1 KV head)."""
+    text = _text(head_dim=head_dim, **extra)
     text.update(hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_attention_heads=2,
                 num_key_value_heads=1)
     return text
 
 
-def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4):
+def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4, head_dim: int = 8):
     """``LlavaOnevisionForConditionalGeneration`` with random weights: SigLIP of
-    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text."""
+    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text with heads
+    of ``head_dim`` (:data:`HEAD_DIMS`)."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               Qwen2Config, SiglipVisionConfig)
 
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={head_dim!r}: expected one of {HEAD_DIMS}")
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(**_text()),
+        text_config=Qwen2Config(**(_text() if head_dim == 8 else _wide_text(head_dim))),
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=vision_layers, num_attention_heads=2,
                                          image_size=image_size, patch_size=14),
@@ -433,7 +441,7 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
     template, the stock (PIL) image processor and ``processor_config.json``.
 
     LLaVA-OneVision's tower is built for ``frame_size`` px (its frames are resized to it); the
-    Qwen towers take any size (the processor's grid); ``head_dim`` is their text head size
+    Qwen towers take any size (the processor's grid); ``head_dim`` is the text head size
     (:data:`HEAD_DIMS`; vLLM's CPU attention needs 32). Returns ``folder``.
     """
     import json
@@ -449,7 +457,8 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
             LlavaOnevisionImageProcessorPil,
         )
 
-        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers)
+        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers,
+                          head_dim=head_dim)
         model.config.image_token_id, model.config.video_token_id = ids["<image>"], ids["<video>"]
         side = frame_size // 14
         image_processor = LlavaOnevisionImageProcessorPil(

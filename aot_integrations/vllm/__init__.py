@@ -1,11 +1,12 @@
 """AOT in vLLM: a ``vllm.general_plugins`` plugin (entry point ``aot = "aot_integrations.vllm:register"``).
 
 Installed into ``.venv-serve`` by ``bash setup.sh --serve``; vLLM calls :func:`register` in every
-process it starts. It replaces vLLM's Qwen2.5-VL model class with
-:class:`aot_integrations.vllm.qwen.AOTQwen2_5_VLForConditionalGeneration` (and its processor), which reduces
-each video with a registry reducer in exact mode at the retention the server
+process it starts. It replaces vLLM's Qwen2.5-VL and LLaVA-OneVision model classes with
+:class:`.qwen.AOTQwen2_5_VLForConditionalGeneration` and
+:class:`.onevision.AOTLlavaOnevisionForConditionalGeneration` (and their processors), which
+reduce each video with a registry reducer in exact mode at the retention the server
 (``--mm-processor-kwargs '{"aot_retention": 0.25}'``) or the request (``mm_processor_kwargs``)
-asks for. docs/serving.md.
+asks for. Shared parts: :mod:`.common`; the request options: :mod:`.options`. docs/serving.md.
 
 This package imports vLLM and :mod:`aot` (pure torch) only, never :mod:`aot_integrations.hf`:
 the serving environment has the transformers version vLLM pins, not the project's. Importing it
@@ -18,12 +19,15 @@ def register() -> None:
     """Register the AOT model classes with vLLM and patch the model runners (idempotent)."""
     from vllm import ModelRegistry
 
+    from .onevision import AOTLlavaOnevisionForConditionalGeneration
     from .qwen import AOTQwen2_5_VLForConditionalGeneration
 
-    # The class object, not a "module:Class" string: a string makes vLLM inspect the model in a
+    # Class objects, not "module:Class" strings: a string makes vLLM inspect the model in a
     # subprocess on every start with an empty cache.
     ModelRegistry.register_model("Qwen2_5_VLForConditionalGeneration",
                                  AOTQwen2_5_VLForConditionalGeneration)
+    ModelRegistry.register_model("LlavaOnevisionForConditionalGeneration",
+                                 AOTLlavaOnevisionForConditionalGeneration)
     patch_model_runners()
 
 

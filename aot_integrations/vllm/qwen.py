@@ -11,9 +11,6 @@ kept tokens with their unreduced M-RoPE positions in the four extra channels vLL
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
-
 import torch
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder, Qwen2_5_VLForConditionalGeneration,
@@ -29,13 +26,11 @@ from aot.serving import kept_slots, reduced_token_count
 from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
-from .options import OPTION_KEYS, parse_options, reducer_names
+from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, option_fields,
+                     per_video, server_overrides, without_options)
+from .options import parse_options, reducer_names
 
 BACKBONE = "qwen2_5_vl"
-#: The per-video fields the processor adds: the retention (0.0: not reduced) and the reducer's
-#: index in :func:`aot_integrations.vllm.options.reducer_names`.
-RETENTION, REDUCER = "aot_retention", "aot_reducer"
-UNREDUCED = 0.0
 
 
 class AOTQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
@@ -45,14 +40,11 @@ class AOTQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
     def _call_hf_processor(self, hf_data, hf_kwargs):
         merged = self.info.ctx.get_merged_mm_kwargs(hf_kwargs)
         options = parse_options(merged)
-        stock = {key: value for key, value in hf_kwargs.items() if key not in OPTION_KEYS}
         out = self.info.ctx.call_hf_processor(
-            self.info.get_hf_processor(**stock), hf_data, _without_options(merged))
+            self.info.get_hf_processor(**without_options(hf_kwargs)), hf_data,
+            without_options(merged))
         if "video_grid_thw" in out:
-            videos = out["video_grid_thw"].shape[0]
-            retention = UNREDUCED if options.retention is None else options.retention
-            out[RETENTION] = torch.full((videos,), retention, dtype=torch.float64)
-            out[REDUCER] = torch.full((videos,), reducer_names().index(options.reducer))
+            out.update(option_fields(options, out["video_grid_thw"].shape[0]))
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
@@ -62,7 +54,7 @@ class AOTQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        stock = _without_options(hf_processor_mm_kwargs)
+        stock = without_options(hf_processor_mm_kwargs)
         updates = [update for update in super()._get_prompt_updates(mm_items, stock, out_mm_kwargs)
                    if update.modality != "video"]
         hf_processor = self.info.get_hf_processor(**stock)
@@ -77,11 +69,6 @@ class AOTQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
                                             replacement=replacement)]
 
 
-def _without_options(kwargs: Mapping[str, object]) -> dict:
-    """``kwargs`` without the plugin's keys (the HF processor does not know them)."""
-    return {key: value for key, value in kwargs.items() if key not in OPTION_KEYS}
-
-
 def video_token_count(grid_thw: torch.Tensor, retention: float) -> int:
     """Placeholders of one video: ``reduced_token_count`` of its (t, h, w) grid in patches, or
     the unreduced t*h*w/4 when ``retention`` is :data:`UNREDUCED`."""
@@ -90,25 +77,6 @@ def video_token_count(grid_thw: torch.Tensor, retention: float) -> int:
         merge = get_backbone(BACKBONE).patch_merge
         return t * (h // merge) * (w // merge)
     return reduced_token_count(BACKBONE, (t, h, w), retention)
-
-
-@contextlib.contextmanager
-def capturing(modules: dict[int, torch.nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
-    """Forward hooks on vLLM vision attention modules (layer -> module) for the duration of the
-    block; yields layer -> one (S,) received-attention tensor per call (:func:`vision_received`).
-    The tower's own output is untouched."""
-    sinks: dict[int, list[torch.Tensor]] = {layer: [] for layer in modules}
-    handles = []
-    try:
-        for layer, module in modules.items():
-            def hook(mod, args, kwargs, output, _sink=sinks[layer]):
-                with torch.no_grad():
-                    _sink.append(vision_received(mod, args, kwargs))
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        yield sinks
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def vision_received(module, args, kwargs) -> torch.Tensor:
@@ -224,15 +192,15 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                              "attention")
         visual = self.visual
         grid = video_input["video_grid_thw"].tolist()
-        retention = _per_video(retention, len(grid), UNREDUCED)
-        reducer = _per_video(reducer, len(grid), 0)
+        retention = per_video(retention, len(grid), UNREDUCED)
+        reducer = per_video(reducer, len(grid), 0)
         reductions = [None if r == UNREDUCED else self._reduction(r, reducer_names()[int(i)])
                       for r, i in zip(retention, reducer)]
         layers = sorted({layer for reduction in reductions if reduction is not None
                          for layer in reduction.layers})
         metadata = visual.prepare_encoder_metadata(grid)
-        with torch.no_grad(), capturing({layer: visual.blocks[layer].attn
-                                         for layer in layers}) as sinks:
+        with torch.no_grad(), capturing({layer: visual.blocks[layer].attn for layer in layers},
+                                        vision_received) as sinks:
             merged = visual(video_input["pixel_values_videos"], grid_thw=grid,
                             encoder_metadata=metadata)
         unit = visual.spatial_merge_unit
@@ -253,11 +221,8 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                                   {layer: att[start:stop].view(t, rows * cols)
                                    for layer, att in received.items()})
                 result = reduce(encoded, reduction)
-                expected = reduced_token_count(BACKBONE, (t, h, w), reduction.config)
-                if result.num_tokens != expected:
-                    raise RuntimeError(f"aot_integrations.vllm: reducer {reduction.reducer!r} kept "
-                                       f"{result.num_tokens} tokens of video {index} but its "
-                                       f"placeholders were sized for {expected}")
+                check_count(result, reduced_token_count(BACKBONE, (t, h, w), reduction.config),
+                            reduction.reducer, index)
                 tokens = result.tokens.to(merged.dtype)
                 positions = positions[kept_slots(result, rows * cols)]
             out.append(torch.cat([tokens, positions.to(tokens.device, tokens.dtype)], dim=1))
@@ -274,38 +239,3 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                               **{"pooling": backbone.pooling, **self.aot_overrides})
         return Reduction(config, reducer)
 
-
-#: The server's AOT knobs: ``--hf-overrides '{"aot_config": {"anchors_per_frame": 8}}'`` sets
-#: this attribute of the checkpoint's config.
-SERVER_KEY = "aot_config"
-#: AOTConfig fields a server may not set: the request's retention and the model's facts decide them.
-FIXED_FIELDS = ("exact_retention", "pooling", "similarity_channels")
-
-
-def server_overrides(hf_config) -> dict:
-    """The :class:`aot.AOTConfig` fields of the server's ``aot_config`` (``--hf-overrides``),
-    checked: a dict of field names, none of :data:`FIXED_FIELDS` (a ValueError naming the key)."""
-    import dataclasses
-
-    from aot.config import AOTConfig
-
-    overrides = getattr(hf_config, SERVER_KEY, None) or {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"aot_integrations.vllm: {SERVER_KEY}={overrides!r}: expected a JSON object of "
-                         "aot.AOTConfig fields, e.g. {\"anchors_per_frame\": 8}")
-    fields = {item.name for item in dataclasses.fields(AOTConfig)}
-    for key in overrides:
-        if key not in fields or key in FIXED_FIELDS:
-            raise ValueError(f"aot_integrations.vllm: {SERVER_KEY} key {key!r}: expected an aot.AOTConfig field "
-                             f"other than {list(FIXED_FIELDS)} (the retention is a request "
-                             "option, aot_retention)")
-    return dict(overrides)
-
-
-def _per_video(values, videos: int, default) -> list:
-    """A batched per-video field (a tensor, a list of 0-d tensors or None) -> ``videos`` floats."""
-    if values is None:
-        return [default] * videos
-    if isinstance(values, torch.Tensor):
-        return values.reshape(-1).tolist()
-    return [float(v) for v in values]

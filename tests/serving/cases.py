@@ -16,6 +16,27 @@ CASES = {
     "4x168x112-r0.2-uniform": (4, 168, 112, 0.2, "uniform"),
     "16x112x112-full": (16, 112, 112, None, "aot"),
 }
+#: LLaVA-OneVision cases (its tiny tower is built for 112 px square frames: 8x8 patches, 4x4
+#: pooled tokens, one newline after the video): name -> (frames, retention or None, reducer).
+OV_CASES = {
+    "ov-8-r0.25": (8, 0.25, "aot"),
+    "ov-8-r0.5-visionzip": (8, 0.5, "visionzip"),
+    "ov-4-r0.3": (4, 0.3, "aot"),
+    "ov-8-full": (8, None, "aot"),
+}
+OV_FRAME = 112
+
+
+def ov_frames(name: str) -> np.ndarray:
+    """(T, 112, 112, 3) uint8 frames of LLaVA-OneVision case ``name`` (already at the tower's
+    size, so neither processor resizes them)."""
+    count = OV_CASES[name][0]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    low = rng.integers(0, 256, size=(count, 5, 5, 3))
+    up = low.repeat(28, axis=1).repeat(28, axis=2)[:, :OV_FRAME, :OV_FRAME]
+    return np.clip(up + rng.integers(-20, 21, size=up.shape), 0, 255).astype(np.uint8)
+
+
 #: The server's AOT knobs for the tiny checkpoint (frames of 4x4 to 6x6 merged tokens, smaller
 #: than the 16x16 the default anchor count is made for); the transformers side gets the same.
 SERVER_AOT_CONFIG = {"anchors_per_frame": 8, "window": 3}

@@ -35,31 +35,35 @@ def main_python() -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-    """(checkpoint folder, transformers answers per case): the tiny checkpoint and
-    :mod:`hf_reference`'s output, made once by the main environment's python."""
+    """(folder, transformers answers per case): the tiny checkpoints (``folder / model_type``)
+    and :mod:`hf_reference`'s output, made once by the main environment's python."""
     python = main_python()
     if not python.exists():
         pytest.skip(f"{python} is missing: the transformers side runs in the main environment "
                     "(bash setup.sh), or set AOT_HF_PYTHON to its python")
     root = tmp_path_factory.mktemp("serving")
-    checkpoint, out = root / "qwen2_5_vl", root / "hf.json"
-    run = subprocess.run([str(python), str(HERE / "hf_reference.py"), str(checkpoint), str(out)],
+    folder, out = root / "checkpoints", root / "hf.json"
+    run = subprocess.run([str(python), str(HERE / "hf_reference.py"), str(folder), str(out)],
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    return checkpoint, json.loads(out.read_text())
+    return folder, json.loads(out.read_text())
 
 
-@pytest.fixture(scope="session")
-def llm(reference):
-    """vLLM's engine on the tiny checkpoint with the plugin, in this process (the engine core
-    otherwise starts in a subprocess, ~20 s more)."""
+def engine(checkpoint: Path, images: int):
+    """vLLM's engine on a tiny checkpoint with the plugin, in this process (the engine core
+    otherwise starts in a subprocess, ~20 s more), the server's AOT knobs of :mod:`cases`."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     sys.path.insert(0, str(HERE))
     from cases import SERVER_AOT_CONFIG
     from vllm import LLM
 
-    checkpoint, _ = reference
     return LLM(model=str(checkpoint), max_model_len=4096, enforce_eager=True, dtype="float32",
-               limit_mm_per_prompt={"video": 1, "image": 1}, kv_cache_memory_bytes=256 << 20,
+               limit_mm_per_prompt={"video": 1, "image": images}, kv_cache_memory_bytes=256 << 20,
                max_num_seqs=8, hf_overrides={"aot_config": SERVER_AOT_CONFIG})
+
+
+@pytest.fixture(scope="session")
+def llm(reference):
+    """The engine on the tiny Qwen2.5-VL."""
+    return engine(reference[0] / "qwen2_5_vl", images=1)

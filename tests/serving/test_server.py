@@ -34,7 +34,7 @@ def _video_path() -> Path:
 def server(reference, tmp_path_factory):
     """vLLM's OpenAI server on the tiny checkpoint, default retention 0.25; yields (base url,
     log path) and stops it after the module. Its request log is printed at the end (-s)."""
-    checkpoint, _ = reference
+    checkpoint = reference[0] / "qwen2_5_vl"
     log = tmp_path_factory.mktemp("server") / "server.log"
     command = server_command(str(checkpoint), free_port(), frames=FRAMES,
                              aot_config=SERVER_AOT_CONFIG, retention=SERVER_RETENTION,
