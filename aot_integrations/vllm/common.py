@@ -93,3 +93,12 @@ def check_count(result, expected: int, reducer: str, index: int) -> None:
         raise RuntimeError(f"aot_integrations.vllm: reducer {reducer!r} kept {result.num_tokens} "
                            f"tokens of video {index} but its placeholders were sized for "
                            f"{expected}")
+
+
+def check_layers(reduction, depth: int) -> None:
+    """The reduction's vision layers exist in a tower of ``depth`` blocks (a ValueError naming
+    them: a server's ``aot_config`` may set ``shallow_layer`` / ``deep_layer``)."""
+    if max(reduction.layers) >= depth:
+        raise ValueError(f"aot_integrations.vllm: vision layers {list(reduction.layers)} but the "
+                         f"tower has blocks 0..{depth - 1}; fix shallow_layer / deep_layer in "
+                         "aot_config")

@@ -25,8 +25,8 @@ from aot.serving import reduced_token_count
 from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
-from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, option_fields,
-                     per_video, server_overrides, without_options)
+from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, check_layers,
+                     option_fields, per_video, server_overrides, without_options)
 from .options import parse_options, reducer_names
 
 BACKBONE = "ov"
@@ -113,7 +113,8 @@ class AOTLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGene
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.aot_overrides = server_overrides(self.config)
-        self._reduction(1.0, "aot")      # refuse bad server settings at start, not per request
+        # refuse bad server settings at start, not per request
+        check_layers(self._reduction(1.0, "aot"), len(self.vision_tower.vision_model.encoder.layers))
 
     def embed_multimodal(self, **kwargs):
         """Image embeddings as stock; each video through :meth:`_embed_videos`."""

@@ -26,8 +26,8 @@ from aot.serving import kept_slots, reduced_token_count
 from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
-from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, option_fields,
-                     per_video, server_overrides, without_options)
+from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, check_layers,
+                     option_fields, per_video, server_overrides, without_options)
 from .options import parse_options, reducer_names
 
 BACKBONE = "qwen2_5_vl"
@@ -154,7 +154,8 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.is_multimodal_pruning_enabled = True
         self.aot_overrides = server_overrides(self.config)
-        self._reduction(1.0, "aot")      # refuse bad server settings at start, not per request
+        # refuse bad server settings at start, not per request
+        check_layers(self._reduction(1.0, "aot"), len(self.visual.blocks))
 
     def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
         """Each image's embeddings with its four position channels, the fourth being the

@@ -109,3 +109,20 @@ def test_bad_options_are_refused(llm, options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         llm.generate([request], SamplingParams(temperature=0, max_tokens=1))
+
+
+@pytest.mark.parametrize("aot_config, message", [
+    ({"bogus": 1}, "aot_config key 'bogus': expected an aot.AOTConfig field"),
+    ({"exact_retention": 0.5}, "aot_config key 'exact_retention'"),
+    ({"deep_layer": 9}, r"vision layers \[1, 9\] but the tower has blocks 0..3"),
+])
+def test_bad_server_settings_stop_the_engine_at_start(reference, aot_config, message):
+    import os
+
+    from vllm import LLM
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    with pytest.raises(ValueError, match=message):
+        LLM(model=str(reference[0] / "qwen2_5_vl"), max_model_len=4096, enforce_eager=True,
+            dtype="float32", limit_mm_per_prompt={"video": 1, "image": 0},
+            kv_cache_memory_bytes=256 << 20, hf_overrides={"aot_config": aot_config})
