@@ -15,6 +15,10 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
+* ``llm_stage=fastv`` (``flashvid``, ``holitom``; :data:`aot.llm_stages.STAGES`): reduction inside
+  the language model after the reducer (with any reducer, ``none`` included), with its knobs as
+  ``llm_stage_<field>=value`` (``llm_stage_layer=3``, ``llm_stage_retention=0.25``,
+  ``llm_stage_budget=157``; the fields of :class:`aot.llm_stages.LLMStageConfig`).
 
 On the backbones reached only through transformers (``integration="transformers"`` in
 their :class:`aot.backbones.Backbone` record) a ``retention`` is an exact budget
@@ -31,6 +35,8 @@ from typing import Any, Optional
 #: The unreduced model's reducer name (not a registry entry: nothing runs).
 NO_REDUCER = "none"
 AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
+#: The LLM stage's key and the prefix of its knobs' keys.
+LLM_STAGE_KEY, LLM_STAGE_PREFIX = "llm_stage", "llm_stage_"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ReducerSpec:
     config: the AOT configuration (``None`` for ``reducer=none``).
     retention: the requested retention, or ``None`` when a preset / explicit knobs decide it.
     source: a short human description (``"retention=0.1"``, ``"preset=paper-video"``, ...).
+    llm_stage: the :class:`aot.llm_stages.LLMStageConfig` run inside the language model after
+        the reducer, or None.
     """
 
     name: str
@@ -48,16 +56,96 @@ class ReducerSpec:
     retention: Optional[float] = None
     source: str = ""
     overrides: dict = field(default_factory=dict)
+    llm_stage: Any = None
 
     def describe(self) -> dict:
         """JSON-friendly summary recorded beside every result."""
+        import dataclasses
+
         return {
             "reducer": self.name,
             "requested_retention": self.retention,
             "source": self.source,
             "overrides": dict(self.overrides),
             "aot_config": None if self.config is None else self.config.to_dict(),
+            "llm_stage": (None if self.llm_stage is None
+                          else dataclasses.asdict(self.llm_stage)),
         }
+
+
+def is_llm_stage_key(key: str) -> bool:
+    """``llm_stage`` or one of its ``llm_stage_<field>`` knobs."""
+    return key == LLM_STAGE_KEY or key.startswith(LLM_STAGE_PREFIX)
+
+
+def parse_llm_stage(kwargs: dict):
+    """``llm_stage=NAME`` and ``llm_stage_<field>=value`` -> an
+    :class:`aot.llm_stages.LLMStageConfig`, or None (no ``llm_stage`` or ``llm_stage=none``).
+
+    Raises:
+        ValueError: an unknown stage or knob, a bad value, knobs without a stage.
+    """
+    from aot.llm_stages import LLMStageConfig, get_stage
+
+    name = kwargs.get(LLM_STAGE_KEY)
+    knobs = {key[len(LLM_STAGE_PREFIX):]: value for key, value in kwargs.items()
+             if key.startswith(LLM_STAGE_PREFIX)}
+    if name is None or str(name).strip().lower() in ("none", ""):
+        if knobs:
+            raise ValueError(f"{sorted(LLM_STAGE_PREFIX + k for k in knobs)} given without "
+                             "llm_stage=NAME")
+        return None
+    hints = typing.get_type_hints(LLMStageConfig)
+    fields = sorted(set(hints) - {"name"})
+    coerced = {}
+    for knob, value in knobs.items():
+        if knob not in fields:
+            raise ValueError(f"unknown LLM stage knob {LLM_STAGE_PREFIX + knob!r}; expected "
+                             f"{[LLM_STAGE_PREFIX + f for f in fields]}")
+        key = LLM_STAGE_PREFIX + knob
+        kind = hints[knob]
+        if type(None) in typing.get_args(kind):       # budget / final_retention: None allowed
+            if str(value).strip().lower() in ("none", "null", ""):
+                coerced[knob] = None
+                continue
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:
+            coerced[knob] = to_bool(value, key)
+        elif kind is int:
+            coerced[knob] = to_int(value, key)
+        elif kind is float:
+            coerced[knob] = to_float(value, key)
+        else:
+            coerced[knob] = str(value)
+    return get_stage(str(name).strip().lower(), **coerced)
+
+
+def install_llm_stage(model, spec: ReducerSpec):
+    """:func:`aot_integrations.llm_stage.install` of the run's LLM stage on the loaded model;
+    None when the run has none."""
+    if spec.llm_stage is None:
+        return None
+    from aot_integrations import llm_stage
+
+    return llm_stage.install(model, spec.llm_stage)
+
+
+def with_llm_stage(counted: list, handle, first: int = 0) -> list:
+    """Per-row token counts (rows ``first..`` of the last generate batch) with
+    ``llm_stage_kept`` added from the stage's last prefill (unchanged without a stage)."""
+    record = None if handle is None else handle.last
+    if record is None:
+        return counted
+    return [row if row is None else {**row, "llm_stage_kept": kept}
+            for row, kept in zip(counted, record.kept[first:])]
+
+
+def describe_llm_stage(stage) -> str:
+    """A short description for logs and table rows: ``fastv(K=2, r=0.5)``."""
+    count = (f"budget={stage.budget}" if stage.budget is not None
+             else f"final r={stage.final_retention:g}" if stage.final_retention is not None
+             else f"r={stage.retention:g}")
+    return f"{stage.name}(K={stage.layer}, {count})"
 
 
 def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -65,8 +153,8 @@ def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
     from aot.config import field_names
 
     names = set(AOT_KEYS) | set(field_names())
-    aot_part = {k: v for k, v in kwargs.items() if k in names}
-    rest = {k: v for k, v in kwargs.items() if k not in names}
+    aot_part = {k: v for k, v in kwargs.items() if k in names or is_llm_stage_key(k)}
+    rest = {k: v for k, v in kwargs.items() if k not in aot_part}
     return aot_part, rest
 
 
@@ -83,12 +171,25 @@ def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) ->
             retention given together, knobs given with ``reducer=none``.
     """
     from aot.backbones import get_backbone
+
+    facts = get_backbone(backbone)
+    stage_keys = {k: v for k, v in aot_kwargs.items() if is_llm_stage_key(k)}
+    stage = parse_llm_stage(stage_keys)
+    kwargs = {k: v for k, v in aot_kwargs.items() if k not in stage_keys}
+    spec = _parse_reducer(facts, kwargs, backbone, frames)
+    if stage is None:
+        return spec
+    import dataclasses
+
+    return dataclasses.replace(spec, llm_stage=stage,
+                               source=f"{spec.source} + llm_stage={describe_llm_stage(stage)}")
+
+
+def _parse_reducer(facts, kwargs: dict, backbone: str, frames) -> ReducerSpec:
     from aot.reducers import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
     from aot.settings import settings_for
 
-    facts = get_backbone(backbone)
-    kwargs = dict(aot_kwargs)
     name = str(kwargs.pop("reducer", "aot")).strip().lower()
     if name != NO_REDUCER and name not in reducer_names():
         raise ValueError(f"unknown reducer={name!r}: expected {NO_REDUCER!r} or one of "

@@ -80,9 +80,11 @@ def backbone_of(model: str) -> Optional[str]:
 def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
     """(row label, key of the paper row or None) for a run's model and model_args."""
     reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
+    stage = llm_stage_label(args)
     if reducer == "none":
-        return "full", "full"
-    knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS)
+        return ("full", "full") if not stage else (f"full {stage}", None)
+    knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS
+                   and not k.startswith("llm_stage"))
     if "retention" in args:
         label = f"r={retention_key(args['retention'])}"
         paper_row = retention_key(args["retention"])
@@ -97,7 +99,19 @@ def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
     if knobs:
         label += " " + ",".join(f"{k}={args[k]}" for k in knobs)
         paper_row = None
+    if stage:
+        label, paper_row = f"{label} {stage}", None
     return label, paper_row
+
+
+def llm_stage_label(args: dict) -> str:
+    """``+fastv(layer=3)`` for a run with ``llm_stage=fastv,llm_stage_layer=3``; "" without."""
+    name = args.get("llm_stage", "none")
+    if name.lower() in ("none", ""):
+        return ""
+    knobs = ",".join(f"{k[len('llm_stage_'):]}={args[k]}" for k in sorted(args)
+                     if k.startswith("llm_stage_"))
+    return f"+{name}" + (f"({knobs})" if knobs else "")
 
 
 KNOWN_MODEL_KEYS = {

@@ -25,6 +25,10 @@ Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [option
   --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
                      no-inter cosine-merge random-anchors
   --exact            exact token count per video (with --retention)
+  --llm-stage NAME   reduction inside the language model after the reducer: fastv | flashvid |
+                     holitom (docs/reducers/llm-stages.md)
+  --llm-stage-arg KV a knob of the LLM stage, e.g. layer=3, retention=0.25, budget=157
+                     (repeatable)
   --frames N         frames per video (default 32; LLaVA-Video: 64, the paper's; Qwen2.5-VL:
                      at most N of its 2-fps frames, as stock)
   --max-pixels N     Qwen2.5-VL / Qwen3-VL: max_pixels per frame (stock 1605632; qwen-vl-utils
@@ -129,7 +133,8 @@ aot_eval_run() {
   local backbone=$1 benchmark=$2; shift 2
   local retention="" preset="" reducer=aot ablation="" exact=0 frames="" model="" nproc=1
   local launcher=torchrun output="" limit="" dtype="" attn=sdpa device="" extra="" task=""
-  local include_path="" dry_run=0 max_pixels="" fps=""
+  local include_path="" dry_run=0 max_pixels="" fps="" llm_stage=""
+  local -a llm_stage_args=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --retention) [ $# -ge 2 ] || aot_eval_die "--retention needs a value"; retention=$2; shift 2 ;;
@@ -137,6 +142,10 @@ aot_eval_run() {
       --reducer) [ $# -ge 2 ] || aot_eval_die "--reducer needs a value"; reducer=$2; shift 2 ;;
       --ablation) [ $# -ge 2 ] || aot_eval_die "--ablation needs a value"; ablation=$2; shift 2 ;;
       --exact) exact=1; shift ;;
+      --llm-stage) [ $# -ge 2 ] || aot_eval_die "--llm-stage needs a value"; llm_stage=$2; shift 2 ;;
+      --llm-stage-arg) [ $# -ge 2 ] || aot_eval_die "--llm-stage-arg needs a value"
+        [[ "$2" =~ ^[a-z_]+=[^,]+$ ]] || aot_eval_die "--llm-stage-arg '$2' must be KEY=VALUE (e.g. layer=3)"
+        llm_stage_args+=("llm_stage_$2"); shift 2 ;;
       --frames) [ $# -ge 2 ] || aot_eval_die "--frames needs a value"; frames=$2; shift 2 ;;
       --max-pixels) [ $# -ge 2 ] || aot_eval_die "--max-pixels needs a value"; max_pixels=$2; shift 2 ;;
       --fps) [ $# -ge 2 ] || aot_eval_die "--fps needs a value"; fps=$2; shift 2 ;;
@@ -170,6 +179,8 @@ aot_eval_run() {
   [ -z "$preset" ] || check+=(preset="$preset")
   [ -z "$ablation" ] || check+=(ablation="$ablation")
   [ "$exact" = 0 ] || check+=(exact=true)
+  [ -z "$llm_stage" ] || check+=(llm_stage="$llm_stage")
+  check+=(${llm_stage_args[@]+"${llm_stage_args[@]}"})
   [ -z "$frames" ] || check+=(frames="$frames")  # approximate settings hold for this count
   [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 0 ] || check=()
   local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
@@ -232,6 +243,13 @@ aot_eval_run() {
     margs+=",preset=$preset"; tag="${reducer}_$preset"
   fi
   [ -z "$ablation" ] || { margs+=",ablation=$ablation"; tag+="_$ablation"; }
+  if [ -n "$llm_stage" ]; then
+    margs+=",llm_stage=$llm_stage"; tag+="_llm-$llm_stage"
+    local knob
+    for knob in ${llm_stage_args[@]+"${llm_stage_args[@]}"}; do
+      margs+=",$knob"; tag+="_${knob#llm_stage_}"
+    done
+  fi
   [ -z "$extra" ] || { margs+=",$extra"; tag+="_custom"; }
   output=${output:-outputs/eval/$backbone/$benchmark/$tag}
 

@@ -19,6 +19,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from aot_integrations.llava import backbone_name, llava_layout
 from aot_integrations.tiny import random_model
 from playground import pipeline
+from reducer_checks import attach_head_if_read
 
 FRAMES = 4
 
@@ -53,6 +54,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
     model = models[backbone]
     config = tiny_config(backbone)
     video = pixels(1)
+    attach_head_if_read(model, reducer)
     model.set_aot(config, reducer=reducer)
     try:
         embeds = model_embeds(model, video)
@@ -63,7 +65,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
             bench = model.video_sequence(video, on_stage=clock.lap)
         # the demo: the path's three steps, with AOT's count as a baseline's budget
         loaded = pipeline.LoadedModel(None, model, None, "tiny", True, backbone)
-        encoded = pipeline.encode(loaded, video, config)
+        encoded = pipeline.encode(loaded, video, config, reducers=(reducer,))
         demo = pipeline.reduce(loaded, encoded, config, reducer).sequence
     finally:
         model.set_aot(None)

@@ -17,8 +17,9 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``, and
-``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
+``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g.
+``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .flashvid import FlashVIDConfig, reduce_flashvid
+from .holitom import HoliTomConfig, reduce_holitom
+from .fastvid import FastVIDConfig, reduce_fastvid
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
@@ -57,7 +61,11 @@ class ReducerInfo:
         when all its knobs are :class:`AOTConfig` fields.
     inputs: what it reads besides the features: ``"shallow_attention"``, ``"deep_attention"``
         (received attention at ``config.shallow_layer`` / ``deep_layer``), ``"frame_features"``,
-        with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        ``"last_attention"`` (received attention at the tower's last used layer, the one whose
+        output is the features; passed as the keyword ``last_attention=``, and captured by every
+        adapter when declared), ``"head_attention"`` / ``"head_features"`` (the probe attention
+        (F, T) and pooled output (F, C) of a SigLIP attention-pooling head,
+        :mod:`aot.pooling_head`; keywords, captured by adapters with a head attached), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
         shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
@@ -76,7 +84,8 @@ class ReducerInfo:
 
 ABLATION_PREFIX = "aot:"
 #: What a reducer may read besides the features (``ReducerInfo.inputs``).
-INPUTS = ("shallow_attention", "deep_attention", "frame_features")
+INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention",
+          "head_attention", "head_features")
 _ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
@@ -99,6 +108,20 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
+                summary="HoliTom: static tokens of temporal windows averaged and clustered, "
+                        "attention top-k of the rest per frame",
+                paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
+                      "Language Models, NeurIPS 2025, arXiv 2505.21334"),
+    ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
+                summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
+                        "of the rest, DPC-kNN clusters",
+                paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
+    ReducerInfo("fastvid", reduce_fastvid, True, FastVIDConfig,
+                inputs=("head_attention", "head_features"),
+                summary="FastVID: dynamic segments, salient tokens by the SigLIP pooling head's "
+                        "attention, density-peak merging",
+                paper="Shen et al.: FastVID, NeurIPS 2025, arXiv 2503.11187"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -222,6 +245,9 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "FlashVIDConfig",
+    "HoliTomConfig",
+    "FastVIDConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
@@ -232,6 +258,9 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_flashvid",
+    "reduce_holitom",
+    "reduce_fastvid",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",

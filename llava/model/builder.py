@@ -40,7 +40,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                           attn_implementation="sdpa", customized_config=None,
                           overwrite_config=None, *, aot_config: "aot.AOTConfig | str | None" = None,
                           reducer: str = "aot", retention: float | None = None,
-                          vision_chunk_size: int = 8, **kwargs):
+                          vision_chunk_size: int = 8, pooling_head=None, **kwargs):
     """Load a LLaVA-Qwen checkpoint (LLaVA-NeXT signature).
 
     Args:
@@ -61,6 +61,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         retention: for the baselines, the exact retention to run at when the config has no
             ``exact_retention`` yet (so they emit exactly AOT-exact's count).
         vision_chunk_size: frames per vision-tower call.
+        pooling_head: a SigLIP attention-pooling head to attach before the reducer is set (a
+            google/siglip-so400m-patch14-384 folder, weights file or state dict,
+            :func:`aot_integrations.pooling_head.attach_pooling_head`): what ``fastvid`` reads.
     Returns:
         (tokenizer, model, image_processor, max_length).
     """
@@ -82,6 +85,10 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     refresh_rotary(model)
     model.generation_config = load_generation_config(folder)
     model.vision_chunk_size = vision_chunk_size
+    if pooling_head is not None:
+        from aot_integrations.pooling_head import attach_pooling_head
+
+        attach_pooling_head(model, pooling_head)
     if isinstance(aot_config, str):
         aot_config = aot.AOTConfig.preset(aot_config)
     if aot_config is not None and retention is not None and aot_config.exact_retention is None \
