@@ -15,7 +15,8 @@ def test_options_default_to_unreduced_aot_in_exact_mode():
     assert parse_options({"aot_retention": 1, "aot_reducer": "uniform"}) == Options(1.0, "uniform")
     assert parse_options({"aot_retention": 0.1, "aot_mode": "exact",
                           "max_pixels": 1000}) == Options(0.1, "aot")
-    assert "aot" in reducer_names() and "aot:no-local" in reducer_names()
+    assert {"aot", "aot:no-local", "uniform", "flashvid", "holitom"} <= set(reducer_names())
+    assert "fastvid" not in reducer_names()     # reads a pooling head the plugin does not run
     assert list(reducer_names()) == sorted(reducer_names())
 
 
@@ -28,6 +29,8 @@ def test_options_default_to_unreduced_aot_in_exact_mode():
     ({"aot_retention": 0.1, "aot_reducer": "fastv"}, "aot_reducer='fastv': expected one of"),
     ({"aot_retention": 0.1, "aot_mode": "released"}, "aot_mode='released': a server can only"),
     ({"aot_mode": None}, "aot_mode=None"),
+    ({"aot_retention": 0.1, "aot_reducer": "fastvid"},
+     "aot_reducer='fastvid' reads ['head_attention', 'head_features'], which the vLLM plugin"),
 ])
 def test_bad_options_name_the_value(options, message):
     with pytest.raises(ValueError) as error:

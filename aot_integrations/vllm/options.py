@@ -6,8 +6,8 @@ name). Keys:
 
 * ``aot_retention``: share of the video's tokens kept, a number in (0, 1]; absent or None: the
   video is not reduced.
-* ``aot_reducer``: a name of :data:`aot.reducers.REDUCERS` (default ``"aot"``); all honour the
-  exact budget.
+* ``aot_reducer``: a name of :data:`aot.reducers.REDUCERS` (default ``"aot"``) whose inputs the
+  plugin captures (:data:`SERVED_INPUTS`); all honour the exact budget.
 * ``aot_mode``: ``"exact"`` (default), the only mode a server can plan with: the token count
   must be known when the prompt is tokenized, before the vision encoder runs.
 
@@ -33,12 +33,19 @@ class Options:
     reducer: str = "aot"
 
 
+#: What the plugin's models give a reducer besides the features: received attention at AOT's two
+#: layers and at the tower's last one. A SigLIP pooling head's outputs (``head_attention``,
+#: ``head_features``) are not captured, so reducers reading them are not served.
+SERVED_INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention")
+
+
 def reducer_names() -> tuple[str, ...]:
-    """Every registry reducer, in a fixed order (the processor ships a reducer to the model as
-    its index in this tuple, since vLLM's per-item fields are tensors)."""
+    """Every registry reducer the plugin serves, in a fixed order (the processor ships a
+    reducer to the model as its index in this tuple, since vLLM's per-item fields are tensors)."""
     from aot.reducers import REDUCERS
 
-    return tuple(sorted(REDUCERS))
+    return tuple(sorted(name for name, info in REDUCERS.items()
+                        if set(info.inputs) <= set(SERVED_INPUTS)))
 
 
 def parse_options(kwargs: Mapping[str, object]) -> Options:
@@ -58,6 +65,12 @@ def parse_options(kwargs: Mapping[str, object]) -> Options:
     retention = kwargs.get("aot_retention")
     reducer = kwargs.get("aot_reducer", "aot")
     if reducer not in reducer_names():
+        from aot.reducers import REDUCERS
+
+        if isinstance(reducer, str) and reducer in REDUCERS:
+            missing = sorted(set(REDUCERS[reducer].inputs) - set(SERVED_INPUTS))
+            raise ValueError(f"aot_reducer={reducer!r} reads {missing}, which the vLLM plugin "
+                             f"does not capture; expected one of {list(reducer_names())}")
         raise ValueError(f"aot_reducer={reducer!r}: expected one of {list(reducer_names())}")
     if retention is None:
         return Options(None, reducer)

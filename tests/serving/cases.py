@@ -14,6 +14,7 @@ CASES = {
     "16x112x112-r0.5": (16, 112, 112, 0.5, "aot"),
     "8x112x168-r0.3": (8, 112, 168, 0.3, "aot"),
     "4x168x112-r0.2-uniform": (4, 168, 112, 0.2, "uniform"),
+    "8x112x112-r0.3-flashvid": (8, 112, 112, 0.3, "flashvid"),
     "16x112x112-full": (16, 112, 112, None, "aot"),
 }
 #: LLaVA-OneVision cases (its tiny tower is built for 112 px square frames: 8x8 patches, 4x4
