@@ -184,17 +184,49 @@ def _text(text_layers: int = 2, **extra) -> dict:
                 pad_token_id=PAD, bos_token_id=1, eos_token_id=2, **extra)
 
 
+#: Text head sizes the tiny Qwen models come in: 8 (the default, smallest) and 32, the smallest
+#: vLLM's CPU attention kernel accepts (the serving tests' checkpoints).
+HEAD_DIMS = (8, 32)
+
+
+def _qwen_text(head_dim: int, interleaved: bool, text_layers: int = 2) -> dict:
+    """The tiny Qwen text config for a text ``head_dim`` of :data:`HEAD_DIMS`: 8 is 4 heads of a
+    32-wide model (2 KV heads); 32 is 2 heads of a 64-wide one (1 KV head). The M-RoPE sections
+    split head_dim / 2 frequencies 2:1:1 over (t, h, w)."""
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={head_dim!r}: expected one of {HEAD_DIMS}")
+    quarter = head_dim // 4
+    rope = {"rope_type": "default", "rope_theta": 10000.0,
+            "mrope_section": [quarter, quarter // 2, quarter // 2]}
+    if interleaved:
+        rope["mrope_interleaved"] = True
+    if head_dim == 8:
+        return _text(text_layers, rope_parameters=rope, **({"head_dim": 8} if interleaved else {}))
+    return _wide_text(head_dim, text_layers, rope_parameters=rope)
+
+
+def _wide_text(head_dim: int, text_layers: int = 2, **extra) -> dict:
+    """The tiny text config with 2 heads of ``head_dim`` (a 2 * head_dim wide model, 1 KV head)."""
+    text = _text(text_layers, head_dim=head_dim, **extra)
+    text.update(hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_attention_heads=2,
+                num_key_value_heads=1)
+    return text
+
+
 def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4,
-              text_layers: int = 2):
+              text_layers: int = 2, head_dim: int = 8):
     """``LlavaOnevisionForConditionalGeneration`` with random weights: SigLIP of
     ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text of
-    ``text_layers`` layers."""
+    ``text_layers`` layers with heads of ``head_dim`` (:data:`HEAD_DIMS`)."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               Qwen2Config, SiglipVisionConfig)
 
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={head_dim!r}: expected one of {HEAD_DIMS}")
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(**_text(text_layers)),
+        text_config=Qwen2Config(**(_text(text_layers) if head_dim == 8
+                                   else _wide_text(head_dim, text_layers))),
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=vision_layers, num_attention_heads=2,
                                          image_size=image_size, patch_size=14),
@@ -208,19 +240,19 @@ def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4,
 
 
 def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3),
-               text_layers: int = 2):
+               text_layers: int = 2, head_dim: int = 8):
     """``Qwen2_5_VLForConditionalGeneration`` with random weights: a ``depth``-block windowed
     ViT (full attention in ``fullatt``), 2x2 merger, M-RoPE Qwen2.5 text of ``text_layers``
-    layers."""
+    layers with heads of ``head_dim`` (:func:`_qwen_text`)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
+    text = _qwen_text(head_dim, interleaved=False, text_layers=text_layers)
     config = Qwen2_5_VLConfig(
-        text_config=_text(text_layers, rope_parameters={"rope_type": "default",
-                                                        "rope_theta": 10000.0,
-                                                        "mrope_section": [2, 1, 1]}),
+        text_config=text,
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=32, fullatt_block_indexes=list(fullatt),
+                           out_hidden_size=text["hidden_size"],
+                           fullatt_block_indexes=list(fullatt),
                            window_size=112, patch_size=14, spatial_merge_size=2,
                            temporal_patch_size=2, tokens_per_second=2),
         image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
@@ -231,19 +263,19 @@ def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3),
 
 
 def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2),
-             text_layers: int = 2):
+             text_layers: int = 2, head_dim: int = 8):
     """``Qwen3VLForConditionalGeneration`` with random weights: a ``depth``-block ViT on 16-px
     patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text of
-    ``text_layers`` layers."""
+    ``text_layers`` layers with heads of ``head_dim`` (:func:`_qwen_text`)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     torch.manual_seed(seed)
+    text = _qwen_text(head_dim, interleaved=True, text_layers=text_layers)
     config = Qwen3VLConfig(
-        text_config=_text(text_layers, head_dim=8, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
-            "mrope_interleaved": True}),
+        text_config=text,
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=32, patch_size=16, spatial_merge_size=2,
+                           out_hidden_size=text["hidden_size"], patch_size=16,
+                           spatial_merge_size=2,
                            temporal_patch_size=2, num_position_embeddings=16,
                            deepstack_visual_indexes=list(deepstack)),
         image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
@@ -428,14 +460,16 @@ def _hf_tokenizer(model_type: str):
 
 
 def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
-                             vision_layers: int = 4, frame_size: int = 224) -> str:
+                             vision_layers: int = 4, frame_size: int = 224,
+                             head_dim: int = 8) -> str:
     """A tiny random-weight transformers checkpoint of ``model_type`` (``qwen2_5_vl``,
     ``qwen3_vl``, ``llava_onevision``) in ``folder``: ``save_pretrained`` of the model built by
     :mod:`aot_integrations.tiny` (token ids pointed at the tokenizer's), the tokenizer with a chat
     template, the stock (PIL) image processor and ``processor_config.json``.
 
     LLaVA-OneVision's tower is built for ``frame_size`` px (its frames are resized to it); the
-    Qwen towers take any size (the processor's grid). Returns ``folder``.
+    Qwen towers take any size (the processor's grid); ``head_dim`` is the text head size
+    (:data:`HEAD_DIMS`; vLLM's CPU attention needs 32). Returns ``folder``.
     """
     import json
     import os
@@ -450,7 +484,8 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
             LlavaOnevisionImageProcessorPil,
         )
 
-        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers)
+        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers,
+                          head_dim=head_dim)
         model.config.image_token_id, model.config.video_token_id = ids["<image>"], ids["<video>"]
         side = frame_size // 14
         image_processor = LlavaOnevisionImageProcessorPil(
@@ -465,7 +500,7 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
         )
 
         build = qwen2_5_vl if model_type == "qwen2_5_vl" else qwen3_vl
-        model = build(seed, depth=vision_layers)
+        model = build(seed, depth=vision_layers, head_dim=head_dim)
         config = model.config
         config.image_token_id, config.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
         config.vision_start_token_id = ids["<|vision_start|>"]

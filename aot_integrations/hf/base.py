@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from aot.backbones import Backbone, get_backbone
+# relative_layers and the paper's layers live with the backbone facts (aot.backbones); they are
+# re-exported here for the adapters and their callers.
+from aot.backbones import (PAPER_DEPTH, PAPER_LAYERS, Backbone, get_backbone,  # noqa: F401
+                           relative_layers)
 from aot.result import ReducedVideo
+from aot.serving import kept_slots
 from aot.video_path import Encoded, Reduction, resolve_layers
 
 from ..pooling_head import check_extra_inputs
@@ -147,7 +151,7 @@ class HFAdapter:
         if result is None:
             visual = torch.arange(frames * per_frame)
         else:
-            visual = result.token_frame.cpu() * per_frame + result.token_position.cpu()
+            visual = kept_slots(result, per_frame)
         newlines = self.backbone.newlines(frames, encoded.grid)
         tail = torch.arange(frames * per_frame, frames * per_frame + newlines)
         return torch.cat([visual.long(), tail.long()])
@@ -160,17 +164,3 @@ class HFAdapter:
         """Placeholders the processor wrote for this video (unreduced, newlines included)."""
         frames = encoded.num_frames
         return frames * self._per_frame(encoded) + self.backbone.newlines(frames, encoded.grid)
-
-
-#: The paper's anchor layers and the depth they index: 5 and 24 of the 26 SigLIP layers the
-#: LLaVA models use (docs/knobs.md, vision layers per backbone).
-PAPER_LAYERS, PAPER_DEPTH = (5, 24), 26
-
-
-def relative_layers(depth: int) -> tuple[int, int]:
-    """(shallow, deep) at the paper's relative depth in a tower of ``depth`` blocks, rounded
-    down: (5, 24) for 26 blocks (SigLIP in LLaVA-OneVision) and for 27 (Qwen3-VL)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r}: expected the number of vision blocks, an integer >= 1")
-    shallow, deep = PAPER_LAYERS
-    return shallow * depth // PAPER_DEPTH, deep * depth // PAPER_DEPTH
