@@ -10,7 +10,7 @@ from aot.video_path import Encoded
 
 from ..pooling_head import head_inputs, pooling_head_of
 from .base import HFAdapter, relative_layers
-from .capture import capturing
+from ..capture import capturing
 
 
 def siglip_received(module, args, kwargs) -> torch.Tensor:

@@ -13,7 +13,7 @@ from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
 from .base import HFAdapter, relative_layers
-from .capture import capturing
+from ..capture import capturing
 
 
 def qwen_vision_received(module, args, kwargs) -> torch.Tensor:

@@ -8,9 +8,8 @@ not reduced) and :data:`REDUCER` (the reducer's index in
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -46,26 +45,6 @@ def per_video(values, videos: int, default) -> list:
     if isinstance(values, torch.Tensor):
         return values.reshape(-1).tolist()
     return [float(v) for v in values]
-
-
-@contextlib.contextmanager
-def capturing(modules: dict[int, torch.nn.Module],
-              compute: Callable) -> Iterator[dict[int, list[torch.Tensor]]]:
-    """Forward hooks on vision attention modules (layer -> module) for the duration of the block;
-    yields layer -> one received-attention tensor per call (``compute(module, args, kwargs)``,
-    the family's recomputation). The tower's own output is untouched."""
-    sinks: dict[int, list[torch.Tensor]] = {layer: [] for layer in modules}
-    handles = []
-    try:
-        for layer, module in modules.items():
-            def hook(mod, args, kwargs, output, _sink=sinks[layer]):
-                with torch.no_grad():
-                    _sink.append(compute(mod, args, kwargs))
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        yield sinks
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def server_overrides(hf_config) -> dict:

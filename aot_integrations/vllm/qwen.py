@@ -26,7 +26,8 @@ from aot.serving import kept_slots, reduced_token_count
 from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
-from .common import (REDUCER, RETENTION, UNREDUCED, capturing, check_count, check_layers,
+from ..capture import capturing
+from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers,
                      option_fields, per_video, server_overrides, without_options)
 from .options import parse_options, reducer_names
 
