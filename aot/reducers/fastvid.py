@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
-from .common import flatten_slots, make_result, resolve_budget, validate, work_dtype
+from .common import (density_peaks, flatten_slots, make_result, resolve_budget, validate,
+                     work_dtype)
 
 COUNT_MODES = ("exact", "released")
 
@@ -180,27 +181,6 @@ def released_anchor_counts(sizes: list[int], context: int, stride: int,
     return torch.tensor(counts, dtype=torch.long, device=device)
 
 
-def density_scores(tokens: torch.Tensor, knn: int, noise: torch.Tensor) -> torch.Tensor:
-    """Density-peak scores of each frame's tokens (DPC-kNN, as in the release).
-
-    Args:
-        tokens: (F, n, D) the non-salient tokens of each frame.
-        knn: neighbours of the density, the token itself included (at most n).
-        noise: (F, n) added to the densities (ties).
-    Returns:
-        (F, n): ``density * delta``, density = ``exp(-mean of the knn smallest d^2)``, delta =
-        the distance to the nearest denser token of the frame (the frame's largest distance for
-        its densest token), d = ``cdist / sqrt(D)``.
-    """
-    distance = torch.cdist(tokens, tokens) / tokens.shape[-1] ** 0.5               # (F, n, n)
-    nearest = torch.topk(distance, knn, dim=-1, largest=False).values
-    density = (-(nearest ** 2).mean(dim=-1)).exp() + noise
-    denser = density[:, None, :] > density[:, :, None]                   # [f, i, j]: j denser
-    farthest = distance.flatten(1).max(dim=-1).values[:, None, None]
-    delta = torch.where(denser, distance, farthest).min(dim=-1).values
-    return delta * density
-
-
 def exact_anchor_counts(released: torch.Tensor, scores: torch.Tensor, missing: int
                         ) -> torch.Tensor:
     """(F,) anchors per frame that add ``missing`` anchors to the released ones.
@@ -321,7 +301,7 @@ def reduce_fastvid(features: torch.Tensor, shallow_attention: torch.Tensor,
                          f"there); use count='exact'")
     noise = torch.rand((frames, n), generator=torch.Generator().manual_seed(options.seed),
                        dtype=torch.float32).to(values.device, dtype) * options.noise
-    scores = (density_scores(scored[rows, others], min(knn, n), noise) if n
+    scores = (density_peaks(scored[rows, others], min(knn, n), noise)[0] if n
               else values.new_zeros(frames, 0))
     if not released:
         counts = [min(count, n) for count in counts]

@@ -39,7 +39,7 @@ from ..budget import exact_budget, spread
 from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
-from .common import make_result, resolve_budget, validate, work_dtype
+from .common import density_peaks, make_result, resolve_budget, validate, work_dtype
 
 COUNT_MODES = ("exact", "released")
 #: ADTS variants of the release: v2 (attention and event relevance), v1 (attention), attention
@@ -290,14 +290,7 @@ def dpc_knn(tokens: torch.Tensor, clusters: int, neighbours: int, noise: torch.T
         assignment (n,) long cluster ids in [0, c), centres (c,) long token indices, highest
         score first; cluster i is centre i's (a centre is in its own cluster).
     """
-    count, channels = tokens.shape
-    distance = torch.cdist(tokens, tokens)  # the matmul form above 25 tokens, as the release
-    distance = distance / math.sqrt(channels)                                         # (n, n)
-    nearest = torch.sort(distance, dim=-1).values[:, :neighbours]
-    density = (-(nearest ** 2)).mean(-1).exp() + noise.to(distance)                   # (n,)
-    higher = density[None, :] > density[:, None]
-    delta = torch.where(higher, distance, distance.max()).min(-1).values
-    score = delta * density
+    score, distance = density_peaks(tokens, neighbours, noise)
     centres = torch.sort(score, descending=True, stable=True).indices[:clusters]
     assignment = distance[:, centres].argmin(-1)
     assignment[centres] = torch.arange(clusters, device=tokens.device)

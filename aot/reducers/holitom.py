@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..config import AOTConfig, check_bool_fields, check_seed, is_finite_number
 from ..pooling import pool_grid
 from ..result import KIND_ANCHOR, KIND_FRAME, ReducedVideo
-from .common import make_result, resolve_budget, validate, work_dtype
+from .common import density_peaks, make_result, resolve_budget, validate, work_dtype
 
 COUNT_MODES = ("exact", "released")
 #: tau of the release's scripts per retention (scripts/eval_ov-7b_holitom.sh,
@@ -229,12 +229,8 @@ def dpc_knn(points: torch.Tensor, clusters: int, knn: int, noise: torch.Tensor
     Returns:
         centres (K,) long ascending, distances (N, N) = ``cdist / sqrt(C)``.
     """
-    distance = torch.cdist(points, points) / (points.shape[-1] ** 0.5)
-    nearest = distance.topk(knn, dim=-1, largest=False).values
-    density = (-(nearest ** 2).mean(dim=-1)).exp() + noise
-    denser = density[None, :] > density[:, None]                   # [i, j]: j denser than i
-    delta = torch.where(denser, distance, distance.max()).min(dim=-1).values
-    centres = (delta * density).topk(clusters).indices
+    score, distance = density_peaks(points, knn, noise)
+    centres = score.topk(clusters).indices
     return centres.sort().values, distance
 
 
