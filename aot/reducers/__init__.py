@@ -103,11 +103,6 @@ _BASE = (
     ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig, inputs=("deep_attention",),
                 summary="VisionZip-style dominant + contextual tokens per frame (ours)",
                 paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
-    ReducerInfo("visionzip-release", reduce_visionzip_release, True, VisionZipReleaseConfig,
-                inputs=("last_attention", "last_keys"),
-                summary="VisionZip as papers run it on LLaVA-OV (HoliTom's port): last-layer "
-                        "attention top-k + key-similarity contextual tokens per frame",
-                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
     ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
                 summary="DyCoke-style temporal merge of redundant tokens (ours; the release: "
                         "dycoke-ttm)",
@@ -137,6 +132,11 @@ _BASE = (
                 summary="FastVID: dynamic segments, salient tokens by the SigLIP pooling head's "
                         "attention, density-peak merging",
                 paper="Shen et al.: FastVID, NeurIPS 2025, arXiv 2503.11187"),
+    ReducerInfo("visionzip-release", reduce_visionzip_release, True, VisionZipReleaseConfig,
+                inputs=("last_attention", "last_keys"),
+                summary="VisionZip as papers run it on LLaVA-OV (HoliTom's port): last-layer "
+                        "attention top-k + key-similarity contextual tokens per frame",
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
