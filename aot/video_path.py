@@ -70,11 +70,16 @@ MATCH_AOT = "aot"
 LAST_LAYER = -1
 
 
+#: The probe attention (F, T) and pooled output (F, C) of a SigLIP attention-pooling head
+#: (:mod:`aot.pooling_head`): a LLaVA model with a head attached gives them, the Qwen adapters
+#: give FastVID's stand-ins.
+HEAD_INPUTS = ("head_attention", "head_features")
+
 #: Reducer inputs an adapter computes beside the received attention, when the reduction declares
-#: them (``Reduction.extra_inputs``): the probe attention (F, T) and pooled output (F, C) of a
-#: SigLIP attention-pooling head (:mod:`aot.pooling_head`): a LLaVA model with a head attached
-#: gives them, the Qwen adapters give FastVID's stand-ins.
-EXTRA_INPUTS = ("head_attention", "head_features")
+#: them (``Reduction.extra_inputs``): :data:`HEAD_INPUTS` and ``last_keys``, the key states of the
+#: tower's last used layer (:data:`LAST_LAYER`) averaged over heads, (F, T, head_dim) in the
+#: model's dtype, one row per token the reducer sees (VisionZip's contextual merge compares them).
+EXTRA_INPUTS = HEAD_INPUTS + ("last_keys",)
 
 
 def resolve_layers(layers: tuple[int, ...], depth: int) -> dict[int, int]:
@@ -241,7 +246,8 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
 
 def keyword_inputs(encoded: Encoded, reducer: str) -> dict[str, torch.Tensor]:
     """The inputs reducer ``reducer`` reads as keyword arguments (``last_attention``: (F, T)
-    float32 attention received at the tower's last used layer; :data:`EXTRA_INPUTS`)."""
+    float32 attention received at the tower's last used layer; :data:`EXTRA_INPUTS`, e.g.
+    ``last_keys``)."""
     from .reducers import reducer_info
 
     declared = reducer_info(reducer).inputs
@@ -249,10 +255,13 @@ def keyword_inputs(encoded: Encoded, reducer: str) -> dict[str, torch.Tensor]:
     for name in declared:
         if name in EXTRA_INPUTS:
             if name not in encoded.extra:
+                hint = ("on a model that gives it (a SigLIP pooling head attached, "
+                        "aot_integrations.pooling_head.attach_pooling_head)"
+                        if name in HEAD_INPUTS else
+                        "(aot.video_path.encode(adapter, pixels, reduction) captures it)")
                 raise ValueError(f"reducer {reducer!r} reads {name!r}, which this encoding lacks "
                                  f"(it has {sorted(encoded.extra)}): encode with this reduction "
-                                 "on a model that gives it (a SigLIP pooling head attached, "
-                                 "aot_integrations.pooling_head.attach_pooling_head)")
+                                 f"{hint}")
             extra[name] = encoded.extra[name]
     if "last_attention" not in declared:
         return extra

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import torch
 
 from aot.pooling_head import PoolingHead, apply_pooling_head
-from aot.video_path import EXTRA_INPUTS, Reduction
+from aot.video_path import EXTRA_INPUTS, HEAD_INPUTS, Reduction
 
 #: Instance attribute holding the attached :class:`aot.pooling_head.PoolingHead`.
 ATTRIBUTE = "aot_pooling_head"
@@ -90,7 +90,7 @@ def pooling_head_of(model, tower=None) -> PoolingHead | None:
 
 def check_extra_inputs(reduction: Reduction, head: PoolingHead | None, model_title: str) -> None:
     """Refuse a reduction reading the head's outputs when ``head`` is None (one clear line)."""
-    needed = reduction.extra_inputs
+    needed = [name for name in reduction.extra_inputs if name in HEAD_INPUTS]
     if needed and head is None:
         raise ValueError(f"reducer {reduction.reducer!r} reads {list(needed)} of SigLIP's "
                          f"attention-pooling head, which {model_title} drops; {HOW_TO_ATTACH}")
@@ -100,10 +100,12 @@ def head_inputs(tower_output: torch.Tensor, head: PoolingHead | None,
                 names) -> dict[str, torch.Tensor]:
     """:data:`aot.video_path.EXTRA_INPUTS` ``names`` from a tower output (N, T, C), the one the
     projector reads: ``head_attention`` (N, T) float32 and ``head_features`` (N, C) float32
-    (nothing when ``names`` is empty; a ValueError when ``head`` is None)."""
+    (nothing when ``names`` holds none of :data:`aot.video_path.HEAD_INPUTS`, which other
+    captures serve; a ValueError when ``head`` is None)."""
     unknown = sorted(set(names) - set(EXTRA_INPUTS))
     if unknown:
         raise ValueError(f"unknown extra inputs {unknown}; expected names of {EXTRA_INPUTS}")
+    names = [name for name in names if name in HEAD_INPUTS]
     if not names:
         return {}
     if head is None:

@@ -144,6 +144,9 @@ INPUT_MAKERS = {
     # another draw of the synthetic video, so consecutive frames drift as in a real one
     "head_features": lambda frames, device: synthetic_video(frames, dim=64, seed=3)[0].mean(1)
     .to(device),
+    # the last layer's keys averaged over heads (SigLIP so400m: 72 channels per head): another
+    # draw of the synthetic video, so similar patches have similar keys as in a real tower
+    "last_keys": lambda frames, device: synthetic_video(frames, dim=72, seed=4)[0].to(device),
 }
 
 

@@ -38,8 +38,9 @@ def check_selects_pooled_tokens_on_tiny_ov(reducer: str, retention: float = 0.25
 def extra_inputs(name: str, features: torch.Tensor, deep: torch.Tensor | None = None) -> dict:
     """The keyword inputs reducer ``name`` declares, for a video of ``features`` (F, T, D):
     ``last_attention`` (the deep attention ``deep`` stands in; random when None) and a SigLIP
-    pooling head's ``head_attention`` (F, T) and ``head_features`` (F, 8), random, seeded by the
-    features' shape; empty for the other reducers."""
+    pooling head's ``head_attention`` (F, T) and ``head_features`` (F, 8) and the last layer's
+    ``last_keys`` (F, T, 4), random, seeded by the features' shape; empty for the other
+    reducers."""
     declared = reducer_info(name).inputs
     frames, tokens = features.shape[:2]
     generator = torch.Generator().manual_seed(frames * 1000 + tokens)
@@ -51,6 +52,9 @@ def extra_inputs(name: str, features: torch.Tensor, deep: torch.Tensor | None = 
         extra["head_attention"] = torch.rand(frames, tokens, generator=generator)
     if "head_features" in declared:
         extra["head_features"] = torch.randn(frames, 8, generator=generator)
+    if "last_keys" in declared:
+        extra["last_keys"] = torch.randn(frames, tokens, 4, generator=generator,
+                                         dtype=features.dtype)
     return extra
 
 

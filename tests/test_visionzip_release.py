@@ -1,7 +1,7 @@
 """The released VisionZip port (HoliTom e9b2972f6895 visionzip/llava_arch.py) against a
 plain-loop float64 oracle written from the release: kept positions, order and contextual values
-(target + mean of its members), the release's S per frame and our exact counts. The reducer is
-not registered yet (no adapter captures the last layer's keys)."""
+(target + mean of its members), the release's S per frame and our exact counts. The registered
+name ``visionzip-release`` on the adapters: tests/test_last_keys.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``,
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``visionzip-release``, ``dycoke``, ``random``, ``vidcom2``,
 ``dycoke-ttm``, ``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of
 :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
 """
@@ -44,6 +44,7 @@ from .fastvid import FastVIDConfig, reduce_fastvid
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
+from .visionzip_release import VisionZipReleaseConfig, reduce_visionzip_release
 
 Reducer = Callable[..., ReducedVideo]
 
@@ -66,7 +67,10 @@ class ReducerInfo:
         output is the features; passed as the keyword ``last_attention=``, and captured by every
         adapter when declared), ``"head_attention"`` / ``"head_features"`` (the probe attention
         (F, T) and pooled output (F, C) of a SigLIP attention-pooling head,
-        :mod:`aot.pooling_head`; keywords, captured by adapters with a head attached), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        :mod:`aot.pooling_head`; keywords, captured by adapters with a head attached),
+        ``"last_keys"`` (F, T, head_dim) (the key states of the tower's last used layer averaged
+        over heads, in the model's dtype; keyword ``last_keys=``, captured by every adapter when
+        declared), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
         shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
@@ -86,7 +90,7 @@ class ReducerInfo:
 ABLATION_PREFIX = "aot:"
 #: What a reducer may read besides the features (``ReducerInfo.inputs``).
 INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention",
-          "head_attention", "head_features")
+          "head_attention", "head_features", "last_keys")
 _ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
@@ -128,6 +132,11 @@ _BASE = (
                 summary="FastVID: dynamic segments, salient tokens by the SigLIP pooling head's "
                         "attention, density-peak merging",
                 paper="Shen et al.: FastVID, NeurIPS 2025, arXiv 2503.11187"),
+    ReducerInfo("visionzip-release", reduce_visionzip_release, True, VisionZipReleaseConfig,
+                inputs=("last_attention", "last_keys"),
+                summary="VisionZip as papers run it on LLaVA-OV (HoliTom's port): last-layer "
+                        "attention top-k + key-similarity contextual tokens per frame",
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -258,6 +267,7 @@ __all__ = [
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
+    "VisionZipReleaseConfig",
     "ablation_config",
     "config_for_budget",
     "get_reducer",
@@ -273,6 +283,7 @@ __all__ = [
     "reduce_uniform",
     "reduce_vidcom2",
     "reduce_visionzip",
+    "reduce_visionzip_release",
     "reducer_names",
     "register_reducer",
     "resolve_budget",

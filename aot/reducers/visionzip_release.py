@@ -14,10 +14,9 @@ of ``prepare_inputs_labels_for_multimodal`` and its nested ``visionzip()``, L75-
 3. order: LLaVA-OV (``mm_newline_position="one_token"``) emits a frame's dominant tokens then its
    contextual ones; LLaVA-Video (``"grid"``) sorts them by position.
 
-NOT REGISTERED YET: the keys are an input no adapter captures today. Once one does (an input
-such as ``last_keys``, in the style of ``last_attention``), the registry entry is
-``ReducerInfo(name, reduce_visionzip_release, True, VisionZipReleaseConfig,
-inputs=("last_attention", "last_keys"))``. The function and its oracle test stand on their own.
+Registered as ``visionzip-release``; it reads ``last_attention`` and ``last_keys``, which every
+adapter captures when a reduction declares them (:data:`aot.video_path.EXTRA_INPUTS`). The
+project's own VisionZip-style reducer is ``visionzip`` (:mod:`.visionzip`).
 """
 
 from __future__ import annotations

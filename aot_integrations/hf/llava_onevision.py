@@ -31,6 +31,17 @@ def siglip_received(module, args, kwargs) -> torch.Tensor:
     return torch.cat(out)
 
 
+def siglip_keys(module, args, kwargs) -> torch.Tensor:
+    """Key states of a SigLIP attention module's input, averaged over heads.
+
+    hidden_states: (N, T, C). Returns (N, T, head_dim) in the module's dtype: only the key
+    projection runs (no attention map).
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    frames, tokens, _ = hidden.shape
+    return module.k_proj(hidden).view(frames, tokens, -1, module.head_dim).mean(2)
+
+
 class OneVisionAdapter(HFAdapter):
     """``LlavaOnevisionForConditionalGeneration``: SigLIP, projector, 2x bilinear pooling, one
     newline after the whole video; 1-D positions."""
@@ -97,7 +108,8 @@ class OneVisionAdapter(HFAdapter):
                       extra_inputs: tuple[str, ...] = ()) -> list[Encoded]:
         """pixel_values_videos (B, F, 3, S, S) -> one :class:`Encoded` per video: (F, T, D)
         projected features before pooling (T = grid^2), received attention at ``layers``, the
-        pooling head's ``extra_inputs`` on the output of the last block the projector reads."""
+        pooling head's ``extra_inputs`` on the output of the last block the projector reads and
+        ``last_keys`` (F, T, head_dim), that block's keys averaged over heads."""
         inner = self.model.model
         config = self.model.config
         pixels = inputs["pixel_values_videos"]
@@ -107,7 +119,10 @@ class OneVisionAdapter(HFAdapter):
                     or config.vision_feature_select_strategy)
         encoder_layers = self._encoder_layers()
         modules = {index: encoder_layers[index].self_attn for index in layers}
-        with capturing(modules, siglip_received) as sinks:
+        last = self.feature_depth - 1
+        keyed = ({last: encoder_layers[last].self_attn} if "last_keys" in extra_inputs else {})
+        with capturing(modules, siglip_received) as sinks, \
+                capturing(keyed, siglip_keys) as keys:
             out = inner.vision_tower(pixels.view(batch * frames, *pixels.shape[2:]),
                                      output_hidden_states=True, return_dict=True)
         if isinstance(layer, int):
@@ -122,6 +137,8 @@ class OneVisionAdapter(HFAdapter):
             tower_output = tower_output[:, 1:]
         extra = head_inputs(tower_output, self.pooling_head() if extra_inputs else None,
                             extra_inputs)
+        if keyed:
+            extra["last_keys"] = keys[last][0][:, 1:] if strategy == "default" else keys[last][0]
         tokens = features.shape[1]
         grid = int(round(tokens ** 0.5))   # SigLIP frames are square (image_size x image_size)
         received = {index: torch.cat(sinks[index]) for index in layers}

@@ -69,6 +69,23 @@ def qwen_probe_attention(module, args, kwargs, unit: int = 4) -> torch.Tensor:
     return torch.cat(out)
 
 
+def qwen_vision_keys(module, args, kwargs) -> torch.Tensor:
+    """Key states of a Qwen2.5-VL / Qwen3-VL vision attention module's input, averaged over
+    heads, before the rotary embedding.
+
+    hidden_states: (S, C) packed patches. Returns (S, head_dim) in the module's dtype, in the
+    tower's order; only the key third of the fused qkv projection runs. The keys are taken before
+    rotary: RoPE rotates each patch's key by its position, so the cosine similarity VisionZip's
+    contextual merge takes would mix where two patches are with what they show (SigLIP's keys,
+    which the release compares, carry position only through the embeddings added at the input).
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    dim = module.qkv.in_features
+    bias = None if module.qkv.bias is None else module.qkv.bias[dim:2 * dim]
+    keys = torch.nn.functional.linear(hidden, module.qkv.weight[dim:2 * dim], bias)
+    return keys.view(hidden.shape[0], module.num_heads, -1).mean(1)
+
+
 class Qwen25VLAdapter(HFAdapter):
     """``Qwen2_5_VLForConditionalGeneration``: windowed ViT, 2x2 merger (its own pooling: AOT
     pools nothing), one AOT frame per temporal patch (two video frames), M-RoPE positions."""
@@ -173,7 +190,15 @@ class Qwen25VLAdapter(HFAdapter):
 
     def check_extra_inputs(self, reduction) -> None:
         """Always servable: ``head_attention`` / ``head_features`` are FastVID's Qwen stand-ins
-        (:func:`qwen_probe_attention` at the last block; the mean merged token per frame)."""
+        (:func:`qwen_probe_attention` at the last block; the mean merged token per frame);
+        ``last_keys`` is the last block's keys (:func:`qwen_vision_keys`) averaged over each
+        merged token's 2x2 patches, as its received attention is."""
+
+    def _keyed(self, extra_inputs) -> dict:
+        """layer -> module hooking the last block for ``last_keys``, if asked."""
+        if "last_keys" not in extra_inputs:
+            return {}
+        return {self.vision_layers - 1: self.visual.blocks[-1].attn}
 
     def _probe(self, extra_inputs):
         """(layer -> module, compute) hooking the last block for ``head_attention``, if asked."""
@@ -195,12 +220,14 @@ class Qwen25VLAdapter(HFAdapter):
         pixels = inputs["pixel_values_videos"].type(visual.dtype)
         modules = {index: visual.blocks[index].attn for index in layers}
         probe = self._probe(extra_inputs)
+        keyed = self._keyed(extra_inputs)
         with capturing(modules, qwen_vision_received) as sinks, \
-                capturing(*probe) if probe else _nothing() as probed:
+                capturing(*probe) if probe else _nothing() as probed, \
+                capturing(keyed, qwen_vision_keys) as keys:
             merged = visual(pixels, grid_thw=grid_thw).pooler_output
         unit = visual.spatial_merge_size ** 2
         received = {}
-        if layers or probe:
+        if layers or probe or keyed:
             window_index, _ = get_vision_window_index(
                 grid_thw, spatial_merge_size=visual.spatial_merge_size,
                 window_size=visual.window_size, patch_size=visual.patch_size)
@@ -209,14 +236,20 @@ class Qwen25VLAdapter(HFAdapter):
                 patches = sinks[index][0]
                 received[index] = patches.view(-1, unit)[restore].mean(1)
         attention = probed[self.vision_layers - 1][0][restore] if probe else None
-        return self._split(merged, grid_thw, received, extra_inputs, attention)
+        last_keys = None
+        if keyed:
+            patches = keys[self.vision_layers - 1][0]
+            last_keys = patches.view(-1, unit, patches.shape[-1])[restore].mean(1)
+        return self._split(merged, grid_thw, received, extra_inputs, attention, last_keys)
 
-    def _split(self, merged, grid_thw, received, extra_inputs=(), probe=None) -> list[Encoded]:
+    def _split(self, merged, grid_thw, received, extra_inputs=(), probe=None,
+               keys=None) -> list[Encoded]:
         """Packed (sum t*h*w/4, C) merger outputs and received attention -> one Encoded per
         video, (t, h*w/4, C) on its own (h/2, w/2) grid of merged tokens (native resolution:
         landscape, portrait or square, each video its own). ``extra_inputs``: ``head_attention``
         from ``probe`` (packed, one value per merged token), ``head_features`` the mean merged
-        token of each frame on the main channels (FastVID's Qwen2.5-VL port)."""
+        token of each frame on the main channels (FastVID's Qwen2.5-VL port), ``last_keys`` from
+        ``keys`` (packed, (sum t*h*w/4, head_dim), one row per merged token)."""
         merge = self.visual.spatial_merge_size
         main = self.model_fields().get("similarity_channels")
         encoded = []
@@ -231,6 +264,8 @@ class Qwen25VLAdapter(HFAdapter):
                 extra["head_attention"] = probe[start:stop].view(t, rows * cols)
             if "head_features" in extra_inputs:
                 extra["head_features"] = features[..., :main].float().mean(1)
+            if "last_keys" in extra_inputs:
+                extra["last_keys"] = keys[start:stop].view(t, rows * cols, -1)
             encoded.append(Encoded(
                 features, (rows, cols),
                 {index: attention[start:stop].view(t, rows * cols)
@@ -314,14 +349,20 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         pixels = inputs["pixel_values_videos"].type(visual.dtype)
         modules = {index: visual.blocks[index].attn for index in layers}
         probe = self._probe(extra_inputs)
+        keyed = self._keyed(extra_inputs)
         with capturing(modules, qwen_vision_received) as sinks, \
-                capturing(*probe) if probe else _nothing() as probed:
+                capturing(*probe) if probe else _nothing() as probed, \
+                capturing(keyed, qwen_vision_keys) as keys:
             out = visual(pixels, grid_thw=grid_thw, return_dict=True)
         merged = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
         unit = visual.spatial_merge_size ** 2
         received = {index: sinks[index][0].view(-1, unit).mean(1) for index in layers}
         attention = probed[self.vision_layers - 1][0] if probe else None
-        return self._split(merged, grid_thw, received, extra_inputs, attention)
+        last_keys = None
+        if keyed:
+            patches = keys[self.vision_layers - 1][0]
+            last_keys = patches.view(-1, unit, patches.shape[-1]).mean(1)
+        return self._split(merged, grid_thw, received, extra_inputs, attention, last_keys)
 
     def positions(self, inputs: dict) -> torch.Tensor:
         position_ids, _ = self.model.model.get_rope_index(

@@ -114,12 +114,16 @@ class LlavaVideoAdapter:
     def encode(self, pixels: torch.Tensor, layers: tuple[int, ...],
                on_stage: StageHook, extra_inputs: tuple[str, ...] = ()) -> Encoded:
         """SigLIP (capturing received attention at ``layers``; -1 is the last of the tower's
-        layers; ``extra_inputs``: the attached pooling head's outputs on the tower output),
-        then the projector."""
+        layers; ``extra_inputs``: the attached pooling head's outputs on the tower output, and
+        ``last_keys``, the last layer's keys averaged over heads, (F, 729, head_dim)), then the
+        projector."""
         plan = resolve_layers(layers, self.tower.num_layers)
+        keys_layer = self.tower.num_layers - 1 if "last_keys" in extra_inputs else None
         out = self.tower(pixels, capture_layers=tuple(sorted(set(plan.values()))),
-                         chunk_size=self.model.vision_chunk_size)
+                         chunk_size=self.model.vision_chunk_size, keys_layer=keys_layer)
         extra = head_inputs(out.features, pooling_head_of(self.model), extra_inputs)
+        if keys_layer is not None:
+            extra["last_keys"] = out.keys
         on_stage("vision")
         projected = self.model.get_model().mm_projector(out.features)
         on_stage("projector")
