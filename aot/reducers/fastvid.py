@@ -100,7 +100,7 @@ class FastVIDConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FastVIDConfig.{name}={value!r}: expected an integer >= 1")
-        check_seed(self.seed, "FastVIDConfig.seed")
+        check_seed(self.seed, "FastVIDConfig")
         ranges = {"dyseg_tau": (-1.0, 1.0), "stprune_d": (0.0, 1.0), "dtm_beta": (0.0, 1.0)}
         for name, (low, high) in ranges.items():
             value = getattr(self, name)

@@ -120,7 +120,7 @@ class FlashVIDConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}.{field}={value!r}: expected an integer >= 1")
-        check_seed(self.seed, f"{name}.seed")
+        check_seed(self.seed, name)
 
     @property
     def used_expansion(self) -> float:
