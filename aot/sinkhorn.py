@@ -24,6 +24,14 @@ depend on ``check_every`` (``AOTConfig.sinkhorn_check_every`` for the reducer's 
 ``check_every=0`` never looks: exactly ``max_iter`` iterations of fixed-shape work with no host
 sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and still the same plan.
 
+Deferred stop test (:func:`sinkhorn_deferred`, the plain domain with ``check_every > 0``): the
+iterations write their scalings into a history, and the stop test of ``check_every`` iterations
+is evaluated at once, on the host, from their change sums; each problem then takes its state at
+its own stop iteration. An iteration is four tensor ops (two products, two divisions) instead of
+seventeen, with the released stop rule to the bit. Its divisions are unguarded: a product that is
+0 (which the guarded loop maps to a 0 scaling) shows up as a non-finite change or scaling, and
+the call is then solved again by the guarded loop, so the plan never depends on the path.
+
 Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
 a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
 (docs/knobs.md, "Small ε and the plain-domain kernel"). :func:`sinkhorn` checks this once per
@@ -34,12 +42,29 @@ call, before iterating, and then solves that call in the log domain with a ``Run
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 STOPPING_MODES = ("batch", "problem")
+
+#: Largest ``cost / reg`` whose kernel entry ``exp(-cost / reg)`` is a normal number, with a wide
+#: margin (float32 normals reach exp(-87.3), float64 exp(-708)): below it no entry is 0.
+NO_UNDERFLOW = {torch.float32: 80.0, torch.float64: 700.0}
+#: Iterations between two stop tests on the CPU when not given: a test costs about as many
+#: operations as an iteration, and an iteration past the stop changes nothing.
+DEFAULT_CHECK_EVERY_CPU = 4
+#: Floats per 64 bytes: history rows start on the allocator's alignment, as fresh tensors do,
+#: so that the products read their operands at the same alignment as the guarded loop.
+_ALIGN = 16
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64, float32 for every other float dtype (``torch.promote_types`` with
+    float32, without dispatching an operation)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -86,16 +111,26 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
     if not reg > 0:
         raise ValueError(f"sinkhorn: reg={reg!r} must be > 0")
     if check_every is None:
-        check_every = 1 if cost.device.type == "cpu" else 10
+        check_every = DEFAULT_CHECK_EVERY_CPU if cost.device.type == "cpu" else 10
     if check_every < 0:
         raise ValueError(f"sinkhorn: check_every={check_every!r} must be >= 0")
-    dtype = torch.promote_types(cost.dtype, torch.float32)
+    dtype = working_dtype(cost.dtype)
     cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
     if cost.shape[0] == 0 or cost.shape[1] == 0 or cost.shape[2] == 0:
         return SinkhornResult(torch.zeros_like(cost),
                               torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
     options = {"max_iter": max_iter, "stop_threshold": stop_threshold, "stopping": stopping,
                "check_every": check_every}
+    if not log_domain and check_every > 0 and _kernel_is_normal(cost, reg):
+        # No kernel entry can underflow or overflow (padding included), so the kernel needs no
+        # padding mask: the deferred loop maps padded rows and columns to 0 scalings by itself.
+        kernel = (cost.div_(-reg) if overwrite_cost else torch.div(cost, -reg)).exp_()
+        solved = sinkhorn_deferred(a, b, kernel, **options)
+        if solved is not None:
+            return solved
+        # a product was 0 somewhere: the guarded loop on the same kernel, padding zeroed
+        return sinkhorn_scaling(a, b, _fill_padding(kernel, a > 0, b > 0, 0.0),
+                                overwrite_kernel=True, **options)
     # Both algorithms start from log K; the plain one exponentiates it in place. New memory is
     # paid in page faults (docs/efficiency.md), so no step writes a second (B, M, N) tensor.
     row_valid, col_valid = a > 0, b > 0
@@ -249,6 +284,157 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
             break
     plan = log_k.add_(f[:, :, None]).add_(g[:, None, :]).exp_()  # exp(f + log K + g)
     return SinkhornResult(_fill_padding(plan, row_valid, col_valid, 0.0), iterations)
+
+
+def _kernel_is_normal(cost: torch.Tensor, reg: float) -> bool:
+    """Whether every ``exp(-cost / reg)`` is a normal float (one host sync): |cost / reg| stays
+    below :data:`NO_UNDERFLOW` (NaN fails)."""
+    low, high = torch.stack(torch.aminmax(cost)).tolist()
+    limit = reg * NO_UNDERFLOW[cost.dtype]
+    return -limit < low and high < limit
+
+
+def _empty_stop(rows: int, max_iter: int, stop_threshold: float, dtype: torch.dtype) -> int:
+    """The stop iteration of a problem without valid rows or columns in the guarded loop: its
+    ``rows`` valid rows (if any) go from the initial scaling 1 to 0 at the first iteration, and
+    nothing changes after that."""
+    if _below(float(rows), max(rows, 1), stop_threshold, dtype):
+        return 1
+    return min(2, max_iter) if _below(0.0, 1, stop_threshold, dtype) else max_iter
+
+
+def _round_up(count: int) -> int:
+    return -(-count // _ALIGN) * _ALIGN
+
+
+def _below(total: float, count: int, threshold: float, dtype: torch.dtype) -> bool:
+    """The released stop test ``total / count < threshold`` evaluated as the device evaluates
+    it: in float32 for float32 (the quotient of two float32 numbers rounded once from double
+    is the float32 quotient, and the tensor comparison rounds the threshold to float32)."""
+    if not math.isfinite(total):
+        return False
+    if dtype == torch.float64:
+        return total / count < threshold
+    return _float32(total / count) < _float32(threshold)
+
+
+def _float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (inf beyond its range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+class _History:
+    """The scalings of consecutive iterations, one row each: ``r`` (B, M) then ``c`` (B, N),
+    each block starting on a 64-byte boundary. Grows by doubling."""
+
+    def __init__(self, batch: int, m: int, n: int, rows: int, like: torch.Tensor):
+        self.shape = (batch, m, n)
+        self.r_size, self.c_start = batch * m, _round_up(batch * m)
+        self.width = self.c_start + _round_up(batch * n)
+        self.data = like.new_empty(rows, self.width)
+
+    def reserve(self, rows: int) -> None:
+        if rows > self.data.shape[0]:
+            grown = self.data.new_empty(max(rows, 2 * self.data.shape[0]), self.width)
+            grown[:self.data.shape[0]].copy_(self.data)
+            self.data = grown
+
+    def r(self, row) -> torch.Tensor:
+        batch, m, _ = self.shape
+        return self.data[row, :self.r_size].view(batch, m)
+
+    def c(self, row) -> torch.Tensor:
+        batch, _, n = self.shape
+        return self.data[row, self.c_start:self.c_start + batch * n].view(batch, n)
+
+
+def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
+                      stop_threshold: float, stopping: str,
+                      check_every: int) -> SinkhornResult | None:
+    """Plain-domain Sinkhorn with the stop test deferred (module doc): the plan and iteration
+    counts of :func:`sinkhorn_scaling` on the same kernel with its padding zeroed, or None when
+    a product was 0 (then the guarded loop must solve it).
+
+    Args:
+        a: (B, M), b: (B, N) marginals, 0 (or less) on padding.
+        kernel: (B, M, N) ``exp(-cost / reg)``, every entry > 0 (padding included); it is
+            scaled in place into the plan.
+        check_every: iterations between two evaluations of the stop test (>= 1).
+    Returns:
+        :class:`SinkhornResult`, or None.
+
+    Why the results are those of the guarded loop: with every kernel entry positive, a padded
+    row (marginal 0) gets the scaling 0 / (K c) = 0 and a padded column 0 / (K^T r) = 0, as the
+    guarded loop's 0, so they add exact zeros to every product; a valid row's product is 0 only
+    if a scaling under- or overflowed, and then a scaling or a change sum is inf or NaN, which
+    the checks below see. A problem without valid rows or columns has a 0 change in the guarded
+    loop: it stops at the first iteration (tolerance > 0) with a zero plan.
+    """
+    batch, m, n = kernel.shape
+    dtype = kernel.dtype
+    row_valid, col_valid = a > 0, b > 0
+    zero = kernel.new_zeros(())
+    a_valid, b_valid = torch.where(row_valid, a, zero), torch.where(col_valid, b, zero)
+    rows, cols = row_valid.sum(1).tolist(), col_valid.sum(1).tolist()
+    empty = [r == 0 or c == 0 for r, c in zip(rows, cols)]
+    per_problem = stopping == "problem"
+    if any(empty) and not per_problem:
+        return None  # the batch mean would read their undefined scalings
+    counts = [max(r, 1) for r in rows] if per_problem else [max(sum(rows), 1)]
+
+    history = _History(batch, m, n, min(max_iter, 2 * check_every) + 1, kernel)
+    history.r(0).copy_(row_valid)
+    history.c(0).copy_(col_valid)
+    kernel_t = kernel.transpose(1, 2)
+    stops: list[int | None] = [None]
+    if per_problem:
+        stops = [_empty_stop(r, max_iter, stop_threshold, dtype) if e else None
+                 for r, e in zip(rows, empty)]
+    done = 0
+    while done < max_iter and None in stops:
+        steps = min(check_every, max_iter - done)
+        history.reserve(done + steps + 1)
+        for row in range(done + 1, done + steps + 1):
+            r, c = history.r(row), history.c(row)
+            torch.bmm(kernel, history.c(row - 1)[:, :, None], out=r[:, :, None])
+            torch.div(a_valid, r, out=r)
+            torch.bmm(kernel_t, r[:, :, None], out=c[:, :, None])
+            torch.div(b_valid, c, out=c)
+        block = history.data[done:done + steps + 1, :history.r_size]
+        change = torch.sub(block[1:], block[:-1]).abs_()
+        sums = (change.view(steps, batch, m).sum(2) if per_problem else change.sum(1)[:, None])
+        for offset, row_sums in enumerate(sums.tolist(), start=done + 1):
+            for i, total in enumerate(row_sums):
+                if stops[i] is not None:
+                    continue
+                if not math.isfinite(total):
+                    return None  # a scaling was inf or NaN: a guarded division would differ
+                if _below(total, counts[i], stop_threshold, dtype):
+                    stops[i] = offset
+        done += steps
+    stops = [max_iter if s is None else s for s in stops]
+    if not per_problem:
+        stops = stops * batch
+    # an empty problem may stop after the last computed row; its plan is 0 whatever it reads
+    at = [min(s, done) for s in stops]
+    if len(set(at)) == 1:
+        r, c = history.r(at[0]), history.c(at[0])
+    else:
+        index = torch.tensor(at, device=kernel.device)
+        problems = torch.arange(batch, device=kernel.device)
+        r = history.data[:, :history.r_size].view(-1, batch, m)[index, problems]
+        c = history.data[:, history.c_start:history.c_start + batch * n].view(-1, batch, n)[
+            index, problems]
+    c_sums = c.sum(1).tolist()
+    if any(not math.isfinite(total) for total, e in zip(c_sums, empty) if not e):
+        return None  # a column product was 0: its scaling is inf where the guard gives 0
+    plan = kernel.mul_(r[:, :, None]).mul_(c[:, None, :])
+    if any(empty):
+        plan.masked_fill_(torch.tensor(empty, device=kernel.device)[:, None, None], 0.0)
+    return SinkhornResult(plan, torch.tensor(stops, device=kernel.device))
 
 
 def _scale_update(marginal: torch.Tensor, kernel_product: torch.Tensor,

@@ -49,8 +49,10 @@ def test_sinkhorn_syncs_only_every_check_every_iterations(monkeypatch, log_domai
         counter.count = 0
         out = sinkhorn(a, b, cost, 0.05, stopping="problem", log_domain=log_domain,
                        check_every=check_every)
-        underflow_check = 0 if check_every == 0 or log_domain else 1
-        assert counter.count == allowed + underflow_check, (check_every, counter.count)
+        # the plain domain's deferred test reads, once per solve, the cost's range, the valid
+        # row and column counts and the final column scalings (module doc of aot.sinkhorn)
+        fixed = 0 if check_every == 0 or log_domain else 4
+        assert counter.count == allowed + fixed, (check_every, counter.count)
         # Converged problems are frozen: the same plan whether or not the loop looked.
         assert torch.equal(out.plan, ref.plan) and torch.equal(out.iterations, ref.iterations)
 
