@@ -164,13 +164,15 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     else:
         survivors = mask_value >= 0.5
 
-    positions, valid = pack_left(survivors)
+    counts = survivors.sum(1)
+    host_counts = counts.tolist()  # the one sync of the pooling: the packed width and the counts
+    positions, valid = pack_left(survivors, max(host_counts, default=0), counts=counts)
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
                      merged=intra.merged)  # (F, S, D): the survivors, packed to the left
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
-                                    else None)
+                                    else None, counts=host_counts)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged

@@ -78,7 +78,8 @@ class SinkhornResult:
 def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
              max_iter: int = 100, stop_threshold: float = 1e-2, stopping: str = "batch",
              log_domain: bool = False, check_every: int | None = None,
-             overwrite_cost: bool = False) -> SinkhornResult:
+             overwrite_cost: bool = False, cost_bound: float | None = None,
+             valid_counts: tuple[list[int], list[int]] | None = None) -> SinkhornResult:
     """Entropic OT plans for a batch of problems.
 
     Args:
@@ -98,6 +99,11 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
             all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same result).
         overwrite_cost: turn the cost in place into the kernel and then the plan (no new
             (B, M, N) tensor; the same numbers), for a cost the caller no longer needs.
+        cost_bound: a bound on |cost| the caller knows (e.g. from its formula): it spares the
+            host sync that reads the cost's range. Only a speed hint; a wrong one is unsafe.
+        valid_counts: (rows, cols), the number of entries > 0 of each problem's ``a`` and
+            ``b``, when the caller knows them and its marginals are exactly +0 on padding (as
+            :func:`uniform_marginals`): spares two reductions and host syncs.
 
     Returns:
         :class:`SinkhornResult` with the (B, M, N) plan in the dtype of ``cost`` (float32 at
@@ -121,11 +127,13 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
                               torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
     options = {"max_iter": max_iter, "stop_threshold": stop_threshold, "stopping": stopping,
                "check_every": check_every}
-    if not log_domain and check_every > 0 and _kernel_is_normal(cost, reg):
+    if not log_domain and check_every > 0 and (
+            cost_bound < reg * NO_UNDERFLOW[dtype] if cost_bound is not None
+            else _kernel_is_normal(cost, reg)):
         # No kernel entry can underflow or overflow (padding included), so the kernel needs no
         # padding mask: the deferred loop maps padded rows and columns to 0 scalings by itself.
         kernel = (cost.div_(-reg) if overwrite_cost else torch.div(cost, -reg)).exp_()
-        solved = sinkhorn_deferred(a, b, kernel, **options)
+        solved = sinkhorn_deferred(a, b, kernel, valid_counts=valid_counts, **options)
         if solved is not None:
             return solved
         # a product was 0 somewhere: the guarded loop on the same kernel, padding zeroed
@@ -352,8 +360,9 @@ class _History:
 
 
 def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
-                      stop_threshold: float, stopping: str,
-                      check_every: int) -> SinkhornResult | None:
+                      stop_threshold: float, stopping: str, check_every: int,
+                      valid_counts: tuple[list[int], list[int]] | None = None
+                      ) -> SinkhornResult | None:
     """Plain-domain Sinkhorn with the stop test deferred (module doc): the plan and iteration
     counts of :func:`sinkhorn_scaling` on the same kernel with its padding zeroed, or None when
     a product was 0 (then the guarded loop must solve it).
@@ -363,6 +372,7 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
         kernel: (B, M, N) ``exp(-cost / reg)``, every entry > 0 (padding included); it is
             scaled in place into the plan.
         check_every: iterations between two evaluations of the stop test (>= 1).
+        valid_counts: see :func:`sinkhorn` (then ``a`` and ``b`` are +0 on padding).
     Returns:
         :class:`SinkhornResult`, or None.
 
@@ -375,19 +385,23 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
     """
     batch, m, n = kernel.shape
     dtype = kernel.dtype
-    row_valid, col_valid = a > 0, b > 0
-    zero = kernel.new_zeros(())
-    a_valid, b_valid = torch.where(row_valid, a, zero), torch.where(col_valid, b, zero)
-    rows, cols = row_valid.sum(1).tolist(), col_valid.sum(1).tolist()
+    if valid_counts is None:
+        row_valid, col_valid = a > 0, b > 0
+        zero = kernel.new_zeros(())
+        # +0 on padding (a padded marginal may be -0.0 or negative)
+        a, b = torch.where(row_valid, a, zero), torch.where(col_valid, b, zero)
+        rows, cols = row_valid.sum(1).tolist(), col_valid.sum(1).tolist()
+    else:
+        rows, cols = valid_counts
     empty = [r == 0 or c == 0 for r, c in zip(rows, cols)]
     per_problem = stopping == "problem"
     if any(empty) and not per_problem:
         return None  # the batch mean would read their undefined scalings
     counts = [max(r, 1) for r in rows] if per_problem else [max(sum(rows), 1)]
 
-    history = _History(batch, m, n, min(max_iter, 2 * check_every) + 1, kernel)
-    history.r(0).copy_(row_valid)
-    history.c(0).copy_(col_valid)
+    history = _History(batch, m, n, min(max_iter, 4 * check_every) + 1, kernel)
+    torch.gt(a, 0, out=history.r(0))  # the initial scalings: 1 on valid entries, 0 on padding
+    torch.gt(b, 0, out=history.c(0))
     kernel_t = kernel.transpose(1, 2)
     stops: list[int | None] = [None]
     if per_problem:
@@ -400,9 +414,9 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
         for row in range(done + 1, done + steps + 1):
             r, c = history.r(row), history.c(row)
             torch.bmm(kernel, history.c(row - 1)[:, :, None], out=r[:, :, None])
-            torch.div(a_valid, r, out=r)
+            torch.div(a, r, out=r)
             torch.bmm(kernel_t, r[:, :, None], out=c[:, :, None])
-            torch.div(b_valid, c, out=c)
+            torch.div(b, c, out=c)
         block = history.data[done:done + steps + 1, :history.r_size]
         change = torch.sub(block[1:], block[:-1]).abs_()
         sums = (change.view(steps, batch, m).sum(2) if per_problem else change.sum(1)[:, None])
