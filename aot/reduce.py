@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .anchors import select_anchors
+from .anchors import anchors_per_frame, select_anchors
 from .budget import ExactPlan, plan_exact_budget
 from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
@@ -125,7 +125,8 @@ def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
         return IntraOutput(features, no_index, None, none, none.clone(), deep_attention.float(),
                            grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
-    merge = aggregate_into_anchors(features, local | global_, grid, config)
+    merge = aggregate_into_anchors(features, local | global_, grid, config,
+                                   anchor_count=anchors_per_frame(grid, config))
     if not merge.checked and _merge_reads_features(config, tokens):
         check_finite("features", features)  # check_inputs left it to a merge that did not run
     return IntraOutput(features, merge.anchor_idx, merge.merged, local, global_,

@@ -41,6 +41,7 @@ call, before iterating, and then solves that call in the log domain with a ``Run
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import warnings
@@ -55,7 +56,7 @@ STOPPING_MODES = ("batch", "problem")
 NO_UNDERFLOW = {torch.float32: 80.0, torch.float64: 700.0}
 #: Iterations between two stop tests on the CPU when not given: a test costs about as many
 #: operations as an iteration, and an iteration past the stop changes nothing.
-DEFAULT_CHECK_EVERY_CPU = 4
+DEFAULT_CHECK_EVERY_CPU = 3
 #: Floats per 64 bytes: history rows start on the allocator's alignment, as fresh tensors do,
 #: so that the products read their operands at the same alignment as the guarded loop.
 _ALIGN = 16
@@ -294,6 +295,12 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
     return SinkhornResult(_fill_padding(plan, row_valid, col_valid, 0.0), iterations)
 
 
+@functools.lru_cache(maxsize=16)
+def _arange(size: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(size)`` on ``device``, made once (read-only)."""
+    return torch.arange(size, device=device)
+
+
 def _kernel_is_normal(cost: torch.Tensor, reg: float) -> bool:
     """Whether every ``exp(-cost / reg)`` is a normal float (one host sync): |cost / reg| stays
     below :data:`NO_UNDERFLOW` (NaN fails)."""
@@ -438,7 +445,7 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
         r, c = history.r(at[0]), history.c(at[0])
     else:
         index = torch.tensor(at, device=kernel.device)
-        problems = torch.arange(batch, device=kernel.device)
+        problems = _arange(batch, kernel.device)
         r = history.data[:, :history.r_size].view(-1, batch, m)[index, problems]
         c = history.data[:, history.c_start:history.c_start + batch * n].view(-1, batch, n)[
             index, problems]

@@ -48,7 +48,8 @@ def packed_survivors(pooled: torch.Tensor, survivors: torch.Tensor):
 
 
 def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
-                  sigma: float, *, invalid: torch.Tensor | None = None) -> torch.Tensor:
+                  sigma: float, *, invalid: torch.Tensor | None = None,
+                  every_problem_valid: bool = False) -> torch.Tensor:
     """Released inter-frame cost: shifted cosine cost scaled by a temporal decay.
 
     ``C = (C_sim - min C_sim) * (1 - exp(-offset^2 / (2 sigma^2)))`` with
@@ -59,6 +60,8 @@ def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
         valid: (B, M, N) bool, entries that belong to the problem.
         offset: frames between the later frame and its keyframe (dt).
         invalid: ``~valid`` when the caller has it already.
+        every_problem_valid: the caller knows that every problem has a valid entry (then
+            every minimum is finite and needs no guard).
     Returns:
         (B, M, N) cost (padding entries are 0), in [0, 2] (:data:`COST_BOUND`).
     """
@@ -66,7 +69,8 @@ def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
     # Padding is set to inf for the minimum and back to 0 below, in place on the new tensor.
     cost = (1 - similarity.clamp(-1 + 1e-6, 1 - 1e-6)).masked_fill_(invalid, math.inf)
     lowest = cost.amin(dim=(1, 2), keepdim=True)  # inf for a problem without valid entries
-    shift = lowest.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # 0 where not finite
+    shift = lowest if every_problem_valid else \
+        lowest.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # 0 where not finite
     cost = torch.sub(cost, shift).masked_fill_(invalid, 0.0)
     return cost.mul_(1 - math.exp(-(offset ** 2) / (2 * sigma ** 2)))
 
@@ -81,7 +85,8 @@ class QuantilePositions:
     valid counts alone (so computed once for every frame of a video).
 
     index: (B, 2) long, the two sorted slots it interpolates; frac: (B,) float64, the weight of
-    the upper one; empty: (B,) bool, rows without valid entries (their quantile is NaN).
+    the upper one; empty: (B,) bool, rows without valid entries (their quantile is NaN), or None
+    when every row has one.
     """
 
     index: torch.Tensor
@@ -99,7 +104,8 @@ class QuantilePositions:
 
     def rows(self, index) -> QuantilePositions:
         """The positions of some rows (a slice or an index tensor)."""
-        return QuantilePositions(self.index[index], self.frac[index], self.empty[index])
+        return QuantilePositions(self.index[index], self.frac[index],
+                                 None if self.empty is None else self.empty[index])
 
 
 def quantile_at(scores: torch.Tensor, invalid: torch.Tensor,
@@ -108,7 +114,8 @@ def quantile_at(scores: torch.Tensor, invalid: torch.Tensor,
     values = scores.to(torch.float64, copy=True).masked_fill_(invalid, math.inf).sort(dim=1).values
     ends = values.gather(1, positions.index)
     threshold = torch.lerp(ends[:, 0], ends[:, 1], positions.frac)
-    return threshold.masked_fill_(positions.empty, math.nan)
+    return threshold if positions.empty is None else threshold.masked_fill_(positions.empty,
+                                                                           math.nan)
 
 
 def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
@@ -240,7 +247,9 @@ def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor
         score = best.values.masked_fill_(~x_valid, 0.0)
         assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
         return score, assign * ~invalid
-    cost = temporal_cost(similarity, None, offset, config.sigma, invalid=invalid)
+    nonempty = valid_counts is not None and min(valid_counts[0] + valid_counts[1]) > 0
+    cost = temporal_cost(similarity, None, offset, config.sigma, invalid=invalid,
+                         every_problem_valid=nonempty)
     if check_every is None:
         check_every = config.sinkhorn_check_every
     plan = sinkhorn(x_marginal, y_marginal, cost, config.temporal_epsilon,
@@ -357,7 +366,14 @@ def _video_inputs(tokens: torch.Tensor, valid: torch.Tensor, clips: list[Clip],
     marginal = valid.to(tokens.dtype) / counts.clamp(min=1)[:, None]  # as uniform_marginals
     return _Video(tokens, unit_rows(tokens[..., :config.similarity_channels]), marginal, valid,
                   ~valid, ~(valid[:, :, None] & key_valid[:, None, :]),
-                  QuantilePositions.of(counts, config.keep_ratio), host_counts)
+                  _positions(counts, config.keep_ratio, host_counts), host_counts)
+
+
+def _positions(counts: torch.Tensor, q: float, host_counts: list[int] | None) -> QuantilePositions:
+    positions = QuantilePositions.of(counts, q)
+    if host_counts is not None and min(host_counts) > 0:
+        positions.empty = None  # no empty row: no NaN to write
+    return positions
 
 
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
