@@ -126,10 +126,13 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
     if chunk_frames is None:
         chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
                                         device=similarity.device)
-    cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
+    # d - (s - 1) is (1 - s) + d to the bit: s - 1 is exactly -(1 - s) (rounding to nearest
+    # is symmetric), and the sum is the same sum; one op less than negating
+    shifted = similarity.sub_(1) if overwrite_similarity else similarity - 1
     for start, stop in chunk_ranges(frames, chunk_frames):
-        cost[start:stop].add_(table[source_idx[start:stop, :, None],
-                                    anchor_idx[start:stop, None, :]])
+        torch.sub(table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]],
+                  shifted[start:stop], out=shifted[start:stop])
+    cost = shifted
     return cost
 
 
@@ -430,7 +433,7 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames)
     # Finite features of norm below 1e17 give finite dot products and norm products in float32
     # (NaN fails the test too): one host sync per video tells the rare cases apart.
-    if not bool((found.norms < SAFE_NORM).all()):
+    if not float(found.norms.amax()) < SAFE_NORM:  # NaN fails too
         check_finite("features", features)  # NaN or inf inside: a ValueError naming the frame
         found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames, rescale=True)
     merged = merged_anchor_features(features, anchor_idx, source_idx, grid, config,

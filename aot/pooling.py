@@ -180,15 +180,17 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
             rows = rows_at[start:stop] + _frame_offsets(stop - start, tokens,
                                                         features.device)[:, :, None]
             chunk_table = features[start:stop].to(work).reshape(-1, dim).contiguous()
-        pooled = F.embedding_bag(rows.reshape(-1, width), chunk_table,
-                                 per_sample_weights=own_weight[start:stop].reshape(-1, width),
+        # bags of ``width`` taps: flat indices with their offsets, as the 2-D form makes them
+        bags = _bag_offsets((stop - start) * positions.shape[1], width, features.device)
+        pooled = F.embedding_bag(rows.reshape(-1), chunk_table, bags,
+                                 per_sample_weights=own_weight[start:stop].reshape(-1),
                                  mode="sum").view(stop - start, -1, dim)
         if merged is None:
             out[start:stop] = pooled
         else:  # the two sums added in the working dtype, rounded once into the output
             torch.add(pooled, F.embedding_bag(
-                slot_at[start:stop].reshape(-1, width), merged_rows,
-                per_sample_weights=merged_weight[start:stop].reshape(-1, width),
+                slot_at[start:stop].reshape(-1), merged_rows, bags,
+                per_sample_weights=merged_weight[start:stop].reshape(-1),
                 mode="sum").view(stop - start, -1, dim), out=out[start:stop])
     return out
 
@@ -203,3 +205,9 @@ def _frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tens
 def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
     """(F, count) long ``0..count-1`` in every row (read-only)."""
     return torch.arange(count, device=device).repeat(frames)
+
+
+@functools.lru_cache(maxsize=16)
+def _bag_offsets(bags: int, width: int, device: torch.device) -> torch.Tensor:
+    """(bags,) long ``0, width, 2 * width, ...``: where each bag starts (read-only)."""
+    return torch.arange(0, bags * width, width, device=device)
