@@ -29,6 +29,54 @@ def received_attention(attention_probs: torch.Tensor) -> torch.Tensor:
     return attention_probs.float().sum(2).mean(1)
 
 
+#: Float32 logits of one query block of :func:`attend_and_receive`: the (B, heads, queries,
+#: keys) probabilities of a layer are never held whole (32 SigLIP frames: 1.1 GB in float32).
+RECEIVED_BLOCK_BYTES = 64 * 2 ** 20
+
+
+def attend_and_receive(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None,
+                       scaling: float, attention_mask: torch.Tensor | None = None, *,
+                       block_bytes: int = RECEIVED_BLOCK_BYTES
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention each key receives, and optionally the attention output, one block of queries
+    at a time.
+
+    The softmax normalises a query's row over all keys, so the blocks are blocks of queries:
+    each block's logits are computed in float32 (the block and the keys upcast, as the full
+    float32 capture does), normalised, their column sums added to a float32 total and, with
+    ``value``, multiplied by the values in ``value``'s dtype. Equal to
+    ``received_attention(softmax(q k^T * scaling + mask))`` up to the order of the float32 sums.
+
+    Args:
+        query: (B, heads, Q, d); key: (B, heads, K, d); value: (B, heads, K, dv) or None.
+        scaling: the logits' scale (``d ** -0.5`` for SigLIP and the Qwen ViTs).
+        attention_mask: additive, broadcastable to (B, heads, Q, K), or None.
+        block_bytes: float32 logits held at a time (at least one query per block).
+    Returns:
+        received (B, K) float32 (sum over queries, mean over heads); the output
+        (B, heads, Q, dv) in ``value``'s dtype, or None without ``value``.
+    """
+    batch, heads, queries, _ = query.shape
+    keys = key.shape[2]
+    block = max(1, block_bytes // max(batch * heads * keys * 4, 1))
+    key_t = key.float().transpose(-1, -2)
+    total = torch.zeros(batch, heads, keys, dtype=torch.float32, device=query.device)
+    outputs = []
+    for start in range(0, queries, block):
+        stop = min(start + block, queries)
+        logits = torch.matmul(query[:, :, start:stop].float(), key_t).mul_(scaling)
+        if attention_mask is not None:
+            mask = attention_mask[..., start:stop, :] if attention_mask.shape[-2] > 1 \
+                else attention_mask
+            logits.add_(mask)
+        probs = logits.softmax(dim=-1)
+        total += probs.sum(2)
+        if value is not None:  # (a list, not out=: the output may carry gradients)
+            outputs.append(torch.matmul(probs.to(value.dtype), value))
+    out = None if value is None else outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+    return total.mean(1), out
+
+
 def anchor_counts(config: AOTConfig, num_windows: int) -> tuple[int, int]:
     """(local anchors per window, global anchors) for the configured V and global share.
 
