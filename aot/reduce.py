@@ -18,6 +18,7 @@ from .anchors import anchors_per_frame, select_anchors
 from .budget import ExactPlan, plan_exact_budget
 from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
+from .graphs import graph_applies, intra_stage_graphed
 from .intra import aggregate_into_anchors, write_anchors
 from .ops import check_finite, first_in_order, pack_left
 from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
@@ -124,6 +125,12 @@ def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
         no_index = torch.zeros(frames, 0, dtype=torch.long, device=features.device)
         return IntraOutput(features, no_index, None, none, none.clone(), deep_attention.float(),
                            grid)
+    if graph_applies(features, config):
+        graphed = intra_stage_graphed(features, shallow_attention, deep_attention, grid, config)
+        if graphed is not None:
+            return IntraOutput(features, graphed.anchor_idx, graphed.merged,
+                               graphed.local_anchors, graphed.global_anchors,
+                               deep_attention.float(), grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
     merge = aggregate_into_anchors(features, local | global_, grid, config,
                                    anchor_count=anchors_per_frame(grid, config))

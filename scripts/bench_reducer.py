@@ -128,7 +128,8 @@ def bench(backbone: str, frames: int, preset: str, args, before, check_every=Non
           scratch_mib=None, released=None) -> dict:
     dtype = getattr(torch, args.dtype)
     feats, shallow, deep = make_inputs(frames, args.dim, args.device, dtype)
-    cfg = aot.AOTConfig.preset(preset).replace(sinkhorn_check_every=check_every)
+    cfg = aot.AOTConfig.preset(preset).replace(sinkhorn_check_every=check_every,
+                                               cuda_graphs=not args.eager)
     knobs = ([f"check_every {check_every}"] if check_every is not None else []) + \
         ([f"scratch {scratch_mib} MiB"] if scratch_mib is not None else [])
     row = {"backbone": backbone, "preset": preset, "load_start": load(),
@@ -233,6 +234,8 @@ def main() -> None:
                         help="also print the top ROWS operators of one call (torch.profiler)")
     parser.add_argument("--before", default=None,
                         help="a checkout whose aot package is timed too (e.g. an older commit)")
+    parser.add_argument("--eager", action="store_true",
+                        help="AOTConfig(cuda_graphs=False): the eager intra stage on CUDA")
     parser.add_argument("--release", default=None, metavar="DIR",
                         help="a checkout of the authors' repository (github.com/TyroneLi/AOT): "
                              "its released reducer functions are timed side by side "
@@ -260,7 +263,9 @@ def main() -> None:
     released = load_release(args.release) if args.release else None
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
-    print(f"AOT reducer benchmark on {name}, torch {torch.__version__}, {args.dtype}; "
+    mode = "eager" if args.eager or not args.device.startswith("cuda") else "CUDA graph"
+    print(f"AOT reducer benchmark on {name} ({mode} intra stage), torch {torch.__version__}, "
+          f"{args.dtype}; "
           f"median of {args.repeats} (reference: {args.reference_repeats}); "
           f"load average 1/5/15 min at start {load()}")
     print("reference = our plain rewrite in the released code's structure "

@@ -1,0 +1,111 @@
+"""The intra stage as a replayed CUDA graph (``AOTConfig.cuda_graphs``, the default on CUDA).
+
+On a GPU the intra stage is launch-bound: a few hundred small kernels (anchor sorts, Sinkhorn
+iterations on (F, M, N) tensors) that the device finishes faster than the host issues them.
+All of its shapes are known from the input's shape and the config (every frame has the same
+anchor count, :func:`aot.anchors.anchors_per_frame`), so it is captured once per (shape, dtype,
+grid, config) and replayed: one launch for the whole stage.
+
+What changes in the captured form, and why the tokens stay those of the eager path:
+
+* the Sinkhorn loop runs its fixed ``sinkhorn_iterations`` with converged problems frozen
+  (``check_every=0``): the same plan as the early stop (aot/sinkhorn.py, module doc);
+* eager Sinkhorn switches to the log domain when the plain kernel underflows; the graph is only
+  used when the intra cost's bound (:func:`aot.intra.intra_cost_bound`) rules that out;
+* the overflow guard of the similarity (norms below :data:`aot.intra.SAFE_NORM`) is read after
+  the replay; a video that fails it runs eagerly.
+
+The inter stage (pooling with the anchor mask, the temporal phase) has data-dependent sizes
+(the surviving tokens) and stays eager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .anchors import anchors_per_frame, select_anchors
+from .config import AOTConfig
+from .intra import SAFE_NORM, anchor_similarity, intra_cost_bound, merged_anchor_features, \
+    split_by_mask
+from .sinkhorn import NO_UNDERFLOW, working_dtype
+
+#: Captured graphs kept (one per input shape, dtype, grid and config); the oldest is dropped.
+MAX_GRAPHS = 8
+
+
+def graph_applies(features: torch.Tensor, config: AOTConfig) -> bool:
+    """Whether :func:`intra_stage_graphed` runs this call: CUDA, ``cuda_graphs`` on, the OT merge
+    of the anchors (other modes are a handful of ops), deterministic anchors, and a kernel that
+    cannot underflow (so the eager path would not switch to the log domain)."""
+    return (features.device.type == "cuda" and config.cuda_graphs and config.intra
+            and config.intra_merge == "ot" and not config.random_anchors
+            and not config.log_domain
+            and intra_cost_bound(config.spatial_weight)
+            < config.intra_epsilon * NO_UNDERFLOW[working_dtype(features.dtype)])
+
+
+@dataclass
+class GraphedIntra:
+    """Outputs of one replay: anchor_idx (F, N), merged (F, N, D) in the input dtype, local and
+    global masks (F, T); fresh tensors (the graph's own buffers are copied out), or None when the
+    overflow guard failed and the caller must run the stage eagerly."""
+
+    anchor_idx: torch.Tensor
+    merged: torch.Tensor
+    local_anchors: torch.Tensor
+    global_anchors: torch.Tensor
+
+
+class _IntraGraph:
+    """One captured intra stage: static input buffers, the graph, its output buffers."""
+
+    def __init__(self, features, shallow, deep, grid, config: AOTConfig):
+        self.inputs = [features.clone(), shallow.clone(), deep.clone()]
+        self.grid, self.config = grid, config
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (caches, allocator)
+            self._body(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self._body(*self.inputs)
+
+    def _body(self, features, shallow, deep):
+        config = self.config
+        local, global_ = select_anchors(shallow, deep, self.grid, config)
+        anchor_idx, source_idx = split_by_mask(local | global_, anchors_per_frame(self.grid,
+                                                                                  config))
+        similar = features[..., :config.similarity_channels]
+        found = anchor_similarity(similar, anchor_idx, source_idx)
+        merged = merged_anchor_features(features, anchor_idx, source_idx, self.grid, config,
+                                        check_every=0, similarity=found.similarity)
+        return anchor_idx, merged.to(features.dtype), local, global_, found.norms.amax()
+
+    def __call__(self, features, shallow, deep) -> GraphedIntra | None:
+        for static, given in zip(self.inputs, (features, shallow, deep)):
+            static.copy_(given)
+        self.graph.replay()
+        anchor_idx, merged, local, global_, peak = self.outputs
+        if not float(peak) < SAFE_NORM:  # one host sync; NaN fails too
+            return None
+        return GraphedIntra(anchor_idx.clone(), merged.clone(), local.clone(), global_.clone())
+
+
+_GRAPHS: dict[tuple, _IntraGraph] = {}
+
+
+def intra_stage_graphed(features: torch.Tensor, shallow: torch.Tensor, deep: torch.Tensor,
+                        grid: tuple[int, int], config: AOTConfig) -> GraphedIntra | None:
+    """The intra stage of :func:`aot.reduce.intra_stage` replayed from a CUDA graph (captured on
+    the first call with this shape, dtype, grid and config); None when the eager path must run
+    (see the module doc). Inputs as :func:`aot.reduce_video`, already checked."""
+    key = (tuple(features.shape), features.dtype, features.device, shallow.dtype, grid, config)
+    graph = _GRAPHS.get(key)
+    if graph is None:
+        if len(_GRAPHS) >= MAX_GRAPHS:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        graph = _GRAPHS[key] = _IntraGraph(features, shallow, deep, grid, config)
+    return graph(features, shallow, deep)
