@@ -91,7 +91,7 @@ def split_by_mask(mask: torch.Tensor, count: int | None = None) -> tuple[torch.T
             raise ValueError(f"split_by_mask: rows hold different numbers of anchors {counts}")
         count = counts[0] if counts else 0
     # a stable descending sort of the flags: True entries first, each group in index order
-    order = torch.sort(mask, dim=1, descending=True, stable=True).indices
+    order = torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices
     return order[:, :count], order[:, count:]
 
 

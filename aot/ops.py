@@ -63,7 +63,7 @@ def pack_left(mask: torch.Tensor, width: int | None = None, *,
     if width is None:
         width = int(counts.max()) if counts.numel() else 0
     # a stable descending sort of the flags: True entries first, each group in index order
-    positions = torch.sort(mask, dim=1, descending=True, stable=True).indices[:, :width]
+    positions = torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
     valid = _arange(width, mask.device)[None, :] < counts[:, None]
     return positions, valid
 
