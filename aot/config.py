@@ -83,7 +83,7 @@ class AOTConfig:
             share one stop test) or ``"problem"`` (each frame stops on its own).
         log_domain: solve in the log domain (for half precision / small epsilon); changes numbers.
         sinkhorn_check_every: Sinkhorn iterations between host syncs for the early stop of the
-            intra and temporal solves. ``None`` = 1 on CPU, 10 on other devices; ``0`` = never
+            intra and temporal solves. ``None`` = 3 on CPU, 10 on other devices; ``0`` = never
             sync: always ``sinkhorn_iterations`` iterations (fixed shapes, CUDA-graph and
             ``torch.compile`` friendly; skips the plain-kernel underflow check, so pair it with
             ``log_domain=True`` for small epsilon). Converged problems are frozen, so the result

@@ -23,7 +23,7 @@ the machine load printed. ``--before DIR`` also times the ``aot`` package
 found in DIR (e.g. a ``git worktree`` of an older commit) on the same inputs.
 
 Knob sweeps (one row per value and shape, same inputs): ``--check-every`` sets
-``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 1 on CPU, 10 on
+``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 3 on CPU, 10 on
 CUDA), ``--scratch-mib`` sets the chunk budget of the passes over the features on the benchmarked
 device (:func:`aot.ops.scratch_bytes`: ``SCRATCH_BYTES`` on CPU, ``ACCELERATOR_SCRATCH_BYTES``
 elsewhere) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
