@@ -460,11 +460,10 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
 
     # The survivors of later frames that were not kept (kept holds later frames only).
     merged = (valid & steps.later[:, None]) > kept  # ... and not kept, in one op (False < True)
-    return _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
-                 pooled_count)
+    return _emit(tokens, positions, valid, kept, merged, anchors, clips, pooled_count)
 
 
-def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
+def _emit(tokens, positions, valid, kept, merged, anchors, clips,
           pooled_count) -> TemporalOutput:
     """Gather the output sequence (order: see :func:`temporal_merge_packed`) with one sync.
 
@@ -474,10 +473,47 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
     """
     frames, width, dim = tokens.shape
     device = tokens.device
-    # One block of ``width`` candidate slots per frame and per clip's anchors, in the released
-    # order: where its flags lie in cat(valid, kept, anchor_valid) (a clip's first frame emits
-    # its survivors, a later frame its kept tokens, then the anchors), where its rows lie in
-    # cat(tokens, anchors), its frame and its kind. Known from the clips: one copy to the device.
+    candidates = _candidates(tuple(map(tuple, clips)), frames, width, device)
+    if candidates is None:
+        index = torch.zeros(0, dtype=torch.long, device=device)
+        frame_ids, token_position = index, index
+        kinds = torch.zeros(0, dtype=torch.int8, device=device)
+    else:
+        flags = torch.cat([valid.reshape(-1), kept.reshape(-1)])
+        chosen = torch.nonzero(flags[candidates.flag]).flatten()  # the one host sync of the phase
+        index = candidates.row[chosen]
+        frame_ids = candidates.frame[chosen]
+        kinds = candidates.kind[chosen]
+        token_position = positions[frame_ids, candidates.slot[chosen]]
+    return TemporalOutput(
+        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
+                            index),
+        token_frame=frame_ids,
+        token_position=token_position,
+        token_kind=kinds,
+        kept=_unpack(kept, positions, pooled_count),
+        merged=_unpack(merged, positions, pooled_count),
+    )
+
+
+@dataclass
+class _Candidates:
+    """Every candidate output slot in the released order (each frame's ``width`` packed slots,
+    then each clip's anchor slots): where its flag lies in cat(valid, kept) (a clip's first frame
+    emits its survivors, a later frame its kept tokens, the anchors the survivors of their
+    keyframe), where its row lies in cat(tokens, anchors), its frame, kind and slot. Each (C*W,)."""
+
+    flag: torch.Tensor
+    row: torch.Tensor
+    frame: torch.Tensor
+    kind: torch.Tensor
+    slot: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _candidates(clips: tuple[Clip, ...], frames: int, width: int,
+                device: torch.device) -> _Candidates | None:
+    """The candidates of a video's clips and packed width (known from them alone: made once)."""
     flag_base, row_base, frame_of, kind_of = [], [], [], []
     anchor_slot = 0
     for start, stop in clips:
@@ -487,33 +523,19 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
             frame_of.append(f)
             kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
         if stop - start >= 2:
-            flag_base.append((2 * frames + anchor_slot) * width)
+            flag_base.append(start * width)  # the anchors' slots are valid where their keyframe's
             row_base.append((frames + anchor_slot) * width)
             frame_of.append(start)
             kind_of.append(KIND_ANCHOR)
             anchor_slot += 1
     if not frame_of or width == 0:
-        index = torch.zeros(0, dtype=torch.long, device=device)
-        frame_ids, kinds, token_position = index, index, index
-    else:
-        table = torch.tensor([flag_base, row_base, frame_of, kind_of]).to(device)
-        flags = torch.cat([valid.reshape(-1), kept.reshape(-1), anchor_valid.reshape(-1)])
-        candidates = (table[0, :, None] + torch.arange(width, device=device)).reshape(-1)
-        chosen = torch.nonzero(flags[candidates]).flatten()  # the one host sync of the phase
-        block, slot = chosen // width, chosen % width
-        index = table[1][block] + slot
-        frame_ids = table[2][block]
-        kinds = table[3][block]
-        token_position = positions[frame_ids, slot]
-    return TemporalOutput(
-        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
-                            index),
-        token_frame=frame_ids,
-        token_position=token_position,
-        token_kind=kinds.to(torch.int8),
-        kept=_unpack(kept, positions, pooled_count),
-        merged=_unpack(merged, positions, pooled_count),
-    )
+        return None
+    slots = torch.arange(width)
+    table = torch.tensor([flag_base, row_base, frame_of, kind_of])[:, :, None]
+    flag, row, frame, kind = (t.expand(-1, width).reshape(-1) for t in table)
+    return _Candidates((flag + slots.repeat(len(frame_of))).to(device),
+                       (row + slots.repeat(len(frame_of))).to(device), frame.to(device),
+                       kind.to(torch.int8).to(device), slots.repeat(len(frame_of)).to(device))
 
 
 def _rows_of_two(first: torch.Tensor, second: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
