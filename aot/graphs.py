@@ -27,8 +27,13 @@ import torch
 
 from .anchors import anchors_per_frame, select_anchors
 from .config import AOTConfig
-from .intra import SAFE_NORM, anchor_similarity, intra_cost_bound, merged_anchor_features, \
-    split_by_mask
+from .intra import (
+    SAFE_NORM,
+    anchor_similarity,
+    intra_cost_bound,
+    merged_anchor_features,
+    split_by_mask,
+)
 from .sinkhorn import NO_UNDERFLOW, working_dtype
 
 #: Captured graphs kept (one per input shape, dtype, grid and config); the oldest is dropped.

@@ -96,8 +96,9 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         log_domain: iterate on log-scalings with logsumexp (:func:`sinkhorn_log`). Without it the
             plain kernel is used unless it underflows (then the log domain, with a warning).
         check_every: iterations between host syncs for the early stop; the result does not
-            depend on it. Default: :data:`DEFAULT_CHECK_EVERY_CPU` on CPU, 10 elsewhere. 0 = never sync: run
-            all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same result).
+            depend on it. Default: :data:`DEFAULT_CHECK_EVERY_CPU` on CPU, 10 elsewhere. 0 =
+            never sync: run all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same
+            result).
         overwrite_cost: turn the cost in place into the kernel and then the plan (no new
             (B, M, N) tensor; the same numbers), for a cost the caller no longer needs.
         cost_bound: a bound on |cost| the caller knows (e.g. from its formula): it spares the
