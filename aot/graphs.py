@@ -8,12 +8,16 @@ grid, config) and replayed: one launch for the whole stage.
 
 What changes in the captured form, and why the tokens stay those of the eager path:
 
-* the Sinkhorn loop runs its fixed ``sinkhorn_iterations`` with converged problems frozen
-  (``check_every=0``): the same plan as the early stop (aot/sinkhorn.py, module doc);
+* the Sinkhorn loop runs all ``sinkhorn_iterations`` into a history and the released stop test
+  is evaluated on the device afterwards, each problem taking its state at its own stop
+  (:func:`aot.sinkhorn.sinkhorn_unrolled`): the eager plan, with four kernels an iteration and
+  no sync; a scaling that turned inf or NaN before the stop (where eager would switch to the
+  guarded loop) is reported and the call runs eagerly;
 * eager Sinkhorn switches to the log domain when the plain kernel underflows; the graph is only
   used when the intra cost's bound (:func:`aot.intra.intra_cost_bound`) rules that out;
 * the overflow guard of the similarity (norms below :data:`aot.intra.SAFE_NORM`) is read after
-  the replay; a video that fails it runs eagerly.
+  the replay, with the Sinkhorn's flag, in one host sync; a video that fails either runs
+  eagerly.
 
 The inter stage (pooling with the anchor mask, the temporal phase) has data-dependent sizes
 (the surviving tokens) and stays eager.
@@ -30,11 +34,16 @@ from .config import AOTConfig
 from .intra import (
     SAFE_NORM,
     anchor_similarity,
+    intra_cost,
     intra_cost_bound,
-    merged_anchor_features,
+    merge_operator,
+    merge_product,
+    merge_weights,
+    nearest_anchors,
     split_by_mask,
+    uniform_rows,
 )
-from .sinkhorn import NO_UNDERFLOW, working_dtype
+from .sinkhorn import NO_UNDERFLOW, sinkhorn_unrolled, working_dtype
 
 #: Captured graphs kept (one per input shape, dtype, grid and config); the oldest is dropped.
 MAX_GRAPHS = 8
@@ -79,24 +88,46 @@ class _IntraGraph:
             self.outputs = self._body(*self.inputs)
 
     def _body(self, features, shallow, deep):
+        """The stage without a host sync: (anchor_idx, merged, local, global, ok), ``ok`` a
+        0-dim bool that says whether the eager path would give the same (read after replay)."""
         config = self.config
         local, global_ = select_anchors(shallow, deep, self.grid, config)
         anchor_idx, source_idx = split_by_mask(local | global_, anchors_per_frame(self.grid,
                                                                                   config))
         similar = features[..., :config.similarity_channels]
         found = anchor_similarity(similar, anchor_idx, source_idx)
-        merged = merged_anchor_features(features, anchor_idx, source_idx, self.grid, config,
-                                        check_every=0, similarity=found.similarity)
-        return anchor_idx, merged.to(features.dtype), local, global_, found.norms.amax()
+        merged, solved = _merge(features, anchor_idx, source_idx, found.similarity, self.grid,
+                                config)
+        ok = (found.norms.amax() < SAFE_NORM) & solved  # NaN fails the first test
+        return anchor_idx, merged.to(features.dtype), local, global_, ok
 
     def __call__(self, features, shallow, deep) -> GraphedIntra | None:
         for static, given in zip(self.inputs, (features, shallow, deep)):
             static.copy_(given)
         self.graph.replay()
-        anchor_idx, merged, local, global_, peak = self.outputs
-        if not float(peak) < SAFE_NORM:  # one host sync; NaN fails too
+        anchor_idx, merged, local, global_, ok = self.outputs
+        if not bool(ok):  # the one host sync
             return None
         return GraphedIntra(anchor_idx.clone(), merged.clone(), local.clone(), global_.clone())
+
+
+def _merge(features, anchor_idx, source_idx, similarity, grid, config: AOTConfig):
+    """:func:`aot.intra.merged_anchor_features` (OT mode) with the Sinkhorn stop test on the
+    device (:func:`aot.sinkhorn.sinkhorn_unrolled`: four kernels an iteration, no sync):
+    (merged (F, N, D) float32, ok)."""
+    nearest = nearest_anchors(similarity)  # read before the similarity's memory is reused
+    frames, num_sources, num_anchors = similarity.shape
+    cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,
+                      overwrite_similarity=True)
+    kernel = cost.div_(-config.intra_epsilon).exp_()  # as the eager plain-domain solve
+    solved, ok = sinkhorn_unrolled(
+        uniform_rows(frames, num_sources, kernel.dtype, kernel.device),
+        uniform_rows(frames, num_anchors, kernel.dtype, kernel.device), kernel,
+        max_iter=config.sinkhorn_iterations, stop_threshold=config.sinkhorn_tolerance,
+        stopping="batch" if config.sinkhorn_stopping == "video" else "problem")
+    weights, self_weight = merge_weights(solved.plan, nearest, config, out=solved.plan)
+    operator = merge_operator(anchor_idx, source_idx, weights, self_weight, features.shape[1])
+    return merge_product(features, operator), ok
 
 
 _GRAPHS: dict[tuple, _IntraGraph] = {}

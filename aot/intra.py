@@ -276,8 +276,9 @@ def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _uniform(rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(rows, size) ``1 / size`` (read-only)."""
+def uniform_rows(rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(rows, size) ``1 / size``, the uniform marginals of the intra solves (made once per
+    shape; read-only)."""
     return torch.full((rows, size), 1.0 / size, dtype=dtype, device=device)
 
 
@@ -365,8 +366,8 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
     plan = None
     if config.intra_merge == "ot":
         frames, num_sources, num_anchors = similarity.shape
-        a = _uniform(frames, num_sources, similarity.dtype, features.device)
-        b = _uniform(frames, num_anchors, similarity.dtype, features.device)
+        a = uniform_rows(frames, num_sources, similarity.dtype, features.device)
+        b = uniform_rows(frames, num_anchors, similarity.dtype, features.device)
         # The similarity becomes the cost, the kernel, the plan and (below) the merge weights
         # in turn, each step in place: the transport writes no new (F, M, N) tensor.
         cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,

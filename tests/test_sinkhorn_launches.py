@@ -252,3 +252,31 @@ def test_a_zero_product_falls_back_to_the_guarded_loop(monkeypatch):
     assert calls == [None], "the deferred loop should have refused this call"
     assert torch.equal(bits(got.plan), bits(want.plan))
     assert torch.equal(got.iterations, want.iterations)
+
+
+@pytest.mark.parametrize("stopping", ["batch", "problem"])
+def test_unrolled_stop_test_on_the_device_equals_the_guarded_loop(stopping):
+    # What the CUDA graph runs: every iteration, then the stop test of all of them on the
+    # device; no padding (the intra solves). Same plan and counts, and an ok flag.
+    from aot.sinkhorn import sinkhorn_unrolled
+
+    g = torch.Generator().manual_seed(6)
+    cost = torch.rand(5, 23, 9, generator=g) * 2
+    a, b = torch.full((5, 23), 1 / 23), torch.full((5, 9), 1 / 9)
+    for reg, threshold in ((0.05, 1e-2), (0.3, 1e-6), (0.3, 0.0)):
+        kernel = torch.exp(cost / -reg)
+        want = sinkhorn_scaling(a, b, kernel.clone(), max_iter=40, stop_threshold=threshold,
+                                stopping=stopping, check_every=1)
+        got, ok = sinkhorn_unrolled(a, b, kernel.clone(), max_iter=40, stop_threshold=threshold,
+                                    stopping=stopping)
+        assert bool(ok)
+        assert torch.equal(bits(got.plan), bits(want.plan)), (reg, threshold)
+        assert torch.equal(got.iterations, want.iterations), (reg, threshold)
+    # the zero-product case of the fallback test: flagged, not silently different
+    cost = torch.rand(3, 12, 5, generator=g) * 0.1
+    cost[0] = 6.9
+    b = torch.full((3, 5), 1 / 5)
+    b[0] = 1e-30
+    _, ok = sinkhorn_unrolled(torch.full((3, 12), 1 / 12), b, torch.exp(cost / -0.1),
+                              max_iter=30, stop_threshold=1e-9, stopping=stopping)
+    assert not bool(ok)
