@@ -25,6 +25,7 @@ The inter stage (pooling with the anchor mask, the temporal phase) has data-depe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -130,7 +131,7 @@ def _merge(features, anchor_idx, source_idx, similarity, grid, config: AOTConfig
     return merge_product(features, operator), ok
 
 
-_GRAPHS: dict[tuple, _IntraGraph] = {}
+_GRAPHS: dict[tuple, _IntraGraph | None] = {}  # None: the capture failed, run eagerly
 
 
 def intra_stage_graphed(features: torch.Tensor, shallow: torch.Tensor, deep: torch.Tensor,
@@ -139,9 +140,15 @@ def intra_stage_graphed(features: torch.Tensor, shallow: torch.Tensor, deep: tor
     the first call with this shape, dtype, grid and config); None when the eager path must run
     (see the module doc). Inputs as :func:`aot.reduce_video`, already checked."""
     key = (tuple(features.shape), features.dtype, features.device, shallow.dtype, grid, config)
-    graph = _GRAPHS.get(key)
-    if graph is None:
+    if key not in _GRAPHS:
         if len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
-        graph = _GRAPHS[key] = _IntraGraph(features, shallow, deep, grid, config)
-    return graph(features, shallow, deep)
+        try:
+            _GRAPHS[key] = _IntraGraph(features, shallow, deep, grid, config)
+        except RuntimeError as error:  # a capture this torch/driver refuses: stay eager
+            warnings.warn(f"aot: capturing the intra stage as a CUDA graph failed ({error}); "
+                          f"running it eagerly for this shape (AOTConfig(cuda_graphs=False) "
+                          f"silences this)", RuntimeWarning, stacklevel=3)
+            _GRAPHS[key] = None
+    graph = _GRAPHS[key]
+    return None if graph is None else graph(features, shallow, deep)
