@@ -310,3 +310,23 @@ def test_cuda_graphs_apply_only_where_the_tokens_cannot_change():
                     {"random_anchors": True}, {"intra": False},
                     {"intra_epsilon": 0.01}):  # the kernel could underflow: eager decides
         assert not graph_applies(cuda, aot.AOTConfig(**changes)), changes
+
+
+def test_a_refused_capture_warns_once_and_leaves_the_stage_eager(monkeypatch):
+    import sys
+    import warnings as warnings_module
+
+    graphs = sys.modules["aot.graphs"]
+
+    class Refused:
+        def __init__(self, *args):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "_IntraGraph", Refused)
+    monkeypatch.setattr(graphs, "_GRAPHS", {})
+    feats, shallow, deep = synthetic_video(2, dim=8, seed=13)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        assert graphs.intra_stage_graphed(feats, shallow, deep, (27, 27), aot.AOTConfig()) is None
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("error")  # the shape is remembered: no second warning
+        assert graphs.intra_stage_graphed(feats, shallow, deep, (27, 27), aot.AOTConfig()) is None
