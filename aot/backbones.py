@@ -177,6 +177,20 @@ class Backbone:
         return 0
 
 
+#: The paper's anchor layers and the depth they index: 5 and 24 of the 26 SigLIP layers the
+#: LLaVA models use (docs/knobs.md, vision layers per backbone).
+PAPER_LAYERS, PAPER_DEPTH = (5, 24), 26
+
+
+def relative_layers(depth: int) -> tuple[int, int]:
+    """(shallow, deep) at the paper's relative depth in a tower of ``depth`` blocks, rounded
+    down: (5, 24) for 26 blocks (SigLIP in LLaVA-OneVision) and for 27 (Qwen3-VL)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth={depth!r}: expected the number of vision blocks, an integer >= 1")
+    shallow, deep = PAPER_LAYERS
+    return shallow * depth // PAPER_DEPTH, deep * depth // PAPER_DEPTH
+
+
 def _pair(grid) -> tuple[int, int]:
     if isinstance(grid, int):
         return grid, grid

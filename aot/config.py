@@ -30,6 +30,16 @@ MAX_SINKHORN_ITERATIONS = 1_000_000
 SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
 
 
+def check_seed(seed, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``seed`` is an integer
+    ``torch.Generator.manual_seed`` takes (:data:`SEED_RANGE`), so a bad seed fails when the
+    config is built, not when the reducer first draws."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (
+            SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise ValueError(f"{name}={seed!r}: expected an integer in [-2**63, 2**64 - 1] (the "
+                         "seeds torch.Generator.manual_seed takes)")
+
+
 @dataclass(frozen=True)
 class AOTConfig:
     """Every knob of AOT. Frozen: derive variants with :meth:`replace`.
@@ -186,10 +196,7 @@ class AOTConfig:
             _check_int(self, "sinkhorn_check_every", low=0)
         if self.exact_retention is not None:
             check_retention(self.exact_retention, "exact_retention")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
-                SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
-            raise ValueError(f"AOTConfig.seed={self.seed!r}: expected an integer in "
-                             "[-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed takes)")
+        check_seed(self.seed, "AOTConfig.seed")
         if self.intra and not (self.local_anchors or self.global_anchors or self.random_anchors):
             raise ValueError(
                 "AOTConfig: local_anchors=False and global_anchors=False leave no way to pick "

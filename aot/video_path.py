@@ -64,6 +64,38 @@ class StageClock:
 #: ``Reduction.budget`` value that gives a budgeted reducer AOT's own count for the same video.
 MATCH_AOT = "aot"
 
+#: Vision layer index meaning "the tower's last used layer", the one whose output is the features
+#: (25 of LLaVA's 26 SigLIP layers): where a reducer's ``last_attention`` input is captured.
+#: Adapters resolve it (and any negative index) against their own depth, :func:`resolve_layers`.
+LAST_LAYER = -1
+
+
+#: The probe attention (F, T) and pooled output (F, C) of a SigLIP attention-pooling head
+#: (:mod:`aot.pooling_head`): a LLaVA model with a head attached gives them, the Qwen adapters
+#: give FastVID's stand-ins.
+HEAD_INPUTS = ("head_attention", "head_features")
+
+#: Reducer inputs an adapter computes beside the received attention, when the reduction declares
+#: them (``Reduction.extra_inputs``): :data:`HEAD_INPUTS` and ``last_keys``, the key states of the
+#: tower's last used layer (:data:`LAST_LAYER`) averaged over heads, (F, T, head_dim) in the
+#: model's dtype, one row per token the reducer sees (VisionZip's contextual merge compares them).
+EXTRA_INPUTS = HEAD_INPUTS + ("last_keys",)
+
+
+def resolve_layers(layers: tuple[int, ...], depth: int) -> dict[int, int]:
+    """Requested vision layer -> the block index it names in a tower of ``depth`` used blocks
+    (negative indices count from the end, as in Python: -1 is the last used block).
+
+    A layer outside the tower raises a ValueError naming it and the tower's range."""
+    plan = {}
+    for layer in layers:
+        actual = layer + depth if layer < 0 else layer
+        if not 0 <= actual < depth:
+            raise ValueError(f"vision layer {layer}: the tower uses layers 0..{depth - 1} "
+                             f"(negative indices count from its last layer)")
+        plan[layer] = actual
+    return plan
+
 
 @dataclass(frozen=True)
 class Reduction:
@@ -102,8 +134,23 @@ class Reduction:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Vision layers whose received attention the reducer reads (sorted, unique)."""
-        return tuple(sorted({self.config.shallow_layer, self.config.deep_layer}))
+        """Vision layers whose received attention the reducer reads (sorted, unique; AOT's
+        shallow and deep layers, plus :data:`LAST_LAYER` for a reducer reading
+        ``last_attention``)."""
+        from .reducers import reducer_info
+
+        layers = {self.config.shallow_layer, self.config.deep_layer}
+        if "last_attention" in reducer_info(self.reducer).inputs:
+            layers.add(LAST_LAYER)
+        return tuple(sorted(layers))
+
+    @property
+    def extra_inputs(self) -> tuple[str, ...]:
+        """The :data:`EXTRA_INPUTS` the reducer reads (captured by ``adapter.encode(...,
+        extra_inputs=...)``, passed to the reducer as keywords)."""
+        from .reducers import reducer_info
+
+        return tuple(name for name in reducer_info(self.reducer).inputs if name in EXTRA_INPUTS)
 
 
 @dataclass
@@ -114,12 +161,15 @@ class Encoded:
     grid: the patch grid of a frame (the tokens the reducer sees): ``(rows, cols)``, or the side
         of a square one (LLaVA's 27). A native-resolution backbone gives each video its own.
     attention: vision layer -> (F, T) float32 attention each patch receives at that layer, for
-        the layers the reduction reads (empty for the unreduced model).
+        the layers the reduction reads (empty for the unreduced model), keyed as requested
+        (:data:`LAST_LAYER` stays -1).
+    extra: name of :data:`EXTRA_INPUTS` -> its tensor, for the ones the reduction reads.
     """
 
     features: torch.Tensor
     grid: int | tuple[int, int]
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -155,7 +205,9 @@ class VideoAdapter(Protocol):
         or layers that do not match), before any work.
     encode(pixels, layers, on_stage): (F, 3, S, S) pixels -> :class:`Encoded`; capture received
         attention at ``layers`` (empty: capture nothing); report ``"vision"`` then
-        ``"projector"`` to ``on_stage``.
+        ``"projector"`` to ``on_stage``. An adapter that can give :data:`EXTRA_INPUTS` also takes
+        the keyword ``extra_inputs=`` (names) and fills ``Encoded.extra``; it is only passed
+        when the reduction reads some, and ``check`` refuses a reduction it cannot serve.
     pool(encoded): the unreduced model's native pooling, (F, P, D) in the model's dtype.
     pack_pooled(pooled): unreduced (F, P, D) -> (L, D) sequence with the backbone's newlines.
     pack_result(result, dtype): a reducer's :class:`ReducedVideo` -> (L, D) sequence in ``dtype``
@@ -186,7 +238,39 @@ def encode(adapter: VideoAdapter, pixels: torch.Tensor, reduction: Reduction | N
     if reduction is not None:
         adapter.check(reduction)
     layers = () if reduction is None else reduction.layers
+    extra = () if reduction is None else reduction.extra_inputs
+    if extra:
+        return adapter.encode(pixels, layers, on_stage or _no_hook, extra_inputs=extra)
     return adapter.encode(pixels, layers, on_stage or _no_hook)
+
+
+def keyword_inputs(encoded: Encoded, reducer: str) -> dict[str, torch.Tensor]:
+    """The inputs reducer ``reducer`` reads as keyword arguments (``last_attention``: (F, T)
+    float32 attention received at the tower's last used layer; :data:`EXTRA_INPUTS`, e.g.
+    ``last_keys``)."""
+    from .reducers import reducer_info
+
+    declared = reducer_info(reducer).inputs
+    extra = {}
+    for name in declared:
+        if name in EXTRA_INPUTS:
+            if name not in encoded.extra:
+                hint = ("on a model that gives it (a SigLIP pooling head attached, "
+                        "aot_integrations.pooling_head.attach_pooling_head)"
+                        if name in HEAD_INPUTS else
+                        "(aot.video_path.encode(adapter, pixels, reduction) captures it)")
+                raise ValueError(f"reducer {reducer!r} reads {name!r}, which this encoding lacks "
+                                 f"(it has {sorted(encoded.extra)}): encode with this reduction "
+                                 f"{hint}")
+            extra[name] = encoded.extra[name]
+    if "last_attention" not in declared:
+        return extra
+    if LAST_LAYER not in encoded.attention:
+        raise ValueError(f"reducer {reducer!r} reads the attention received at the tower's last "
+                         f"layer, which this encoding lacks (it has layers "
+                         f"{sorted(encoded.attention)}): encode with this reduction, "
+                         "aot.video_path.encode(adapter, pixels, reduction)")
+    return {"last_attention": encoded.attention[LAST_LAYER], **extra}
 
 
 def reducer_inputs(encoded: Encoded, config: AOTConfig):
@@ -222,7 +306,8 @@ def reduce(encoded: Encoded, reduction: Reduction) -> ReducedVideo:
     if budget == MATCH_AOT:
         budget = aot_count(encoded, config)
     return get_reducer(reduction.reducer, **reduction.options)(
-        *reducer_inputs(encoded, config), config, budget=budget, grid=encoded.grid)
+        *reducer_inputs(encoded, config), config, budget=budget, grid=encoded.grid,
+        **keyword_inputs(encoded, reduction.reducer))
 
 
 def pack(adapter: VideoAdapter, encoded: Encoded, result: ReducedVideo | None) -> VisualSequence:

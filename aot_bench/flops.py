@@ -30,12 +30,35 @@ def llm_prefill_flops(shape: Shape, seq_len: int, logits: int = 1) -> int:
     3·2·L·h·m, and attention scores + weighted values 2·2·L²·d·heads. Plus the LM head on
     ``logits`` positions: 2·logits·h·vocab.
     """
+    return shape.lm_layers * _layer_flops(shape, seq_len) + 2 * logits * shape.lm_hidden * \
+        shape.vocab
+
+
+def _layer_flops(shape: Shape, seq_len: int) -> int:
+    """One decoder layer over ``seq_len`` tokens (see :func:`llm_prefill_flops`)."""
     L, h, m = int(seq_len), shape.lm_hidden, shape.lm_intermediate
     d, heads, kv = shape.lm_head_dim, shape.lm_heads, shape.lm_kv_heads
     projections = 2 * L * h * (2 * heads * d + 2 * kv * d)
     mlp = 3 * 2 * L * h * m
     attention = 2 * 2 * L * L * d * heads
-    return shape.lm_layers * (projections + mlp + attention) + 2 * logits * h * shape.vocab
+    return projections + mlp + attention
+
+
+def llm_stage_prefill_flops(shape: Shape, seq_len: int, layer: int, kept_len: int,
+                            logits: int = 1) -> int:
+    """Prefill FLOPs with an LLM stage (:mod:`aot.llm_stages`) at ``layer`` K: layers 0..K-1 on
+    ``seq_len`` tokens, layers K.. on ``kept_len``, plus the stage's own products (the keys of
+    layer K-1 again, 2·L·h·kv·d, one query row, 2·h·heads·d, and one score row per head,
+    2·L·heads·d; a merging stage's similarity matrix is not counted)."""
+    if not 1 <= layer < shape.lm_layers or not 0 < kept_len <= seq_len:
+        raise ValueError(f"layer={layer}, kept_len={kept_len}: expected 1 <= layer < "
+                         f"{shape.lm_layers} and 0 < kept_len <= seq_len={seq_len}")
+    h, d = shape.lm_hidden, shape.lm_head_dim
+    heads, kv = shape.lm_heads, shape.lm_kv_heads
+    score = 2 * seq_len * h * kv * d + 2 * h * heads * d + 2 * seq_len * heads * d
+    return (layer * _layer_flops(shape, seq_len)
+            + (shape.lm_layers - layer) * _layer_flops(shape, kept_len)
+            + score + 2 * logits * h * shape.vocab)
 
 
 def vision_flops(shape: Shape, frames: int) -> int:

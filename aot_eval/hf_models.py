@@ -6,7 +6,8 @@ Registered as ``qwen2_5_vl_aot``, ``qwen3_vl_aot`` and ``llava_hf_aot`` (see
 arguments and answer post-processing are the stock code, not a copy. What we add:
 
 * the constructor takes the AOT keys out of ``--model_args`` (:mod:`aot_eval.model_args`:
-  ``reducer``, ``retention``, ``exact``, ``preset``, ``ablation``, AOTConfig fields) plus
+  ``reducer``, ``retention``, ``exact``, ``preset``, ``ablation``, ``reducer.<option>``,
+  AOTConfig fields) plus
   ``retention_log`` and ``prompt_as``, hands every other key to the stock constructor, and
   installs the reducer on the loaded model with :func:`aot_integrations.hf.apply` (nothing with
   ``reducer=none``: the stock model computes as loaded);
@@ -45,7 +46,8 @@ from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
 from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 
 from . import prompts, recording
-from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs
+from .model_args import (NO_REDUCER, ReducerSpec, install_llm_stage, parse_reducer,
+                         split_aot_kwargs, with_llm_stage)
 
 
 def count_per_row(input_ids: torch.Tensor, attention_mask, token_id: Optional[int]) -> list[int]:
@@ -153,7 +155,7 @@ class HFReducerMixin:
             cls.BACKBONE = backbone_of_protocol(cls.PROTOCOL).name
 
     def __init__(self, *args, retention_log: Optional[str] = None, prompt_as: str = "stock",
-                 **kwargs) -> None:
+                 pooling_head: Optional[str] = None, **kwargs) -> None:
         from aot.backbones import get_backbone
 
         aot_kwargs, stock_kwargs = split_aot_kwargs(kwargs)
@@ -168,7 +170,12 @@ class HFReducerMixin:
         self.merge = getattr(vision, "spatial_merge_size", 1)
         self.counter = VideoTokenCounter(self.model)
         self.counter.install_inner()
+        if pooling_head is not None:  # a SigLIP head for reducers reading it (fastvid)
+            from aot_integrations.pooling_head import attach_pooling_head
+
+            attach_pooling_head(self.model, pooling_head)
         self.handle = install_reducer(self.model, self.spec)
+        self.llm_stage = install_llm_stage(self.model, self.spec)
         self.counter.install_outer(self._on_generate, self._refuse_images)
         self._pending: deque = deque()  # (task, split, doc_id) fetched, not yet generated
         self._recording = False
@@ -221,6 +228,7 @@ class HFReducerMixin:
             counted = None
             if error is None and received is not None and count:
                 counted = {"visual_tokens": received[index], "newline_tokens": newlines}
+                counted = with_llm_stage([counted], self.llm_stage, index)[0]
             self._records.append(recording.sample_record(
                 task, split, doc_id, frame_count, per_frame, counted,
                 error=None if error is None else f"{type(error).__name__}: {error}"))
@@ -263,7 +271,7 @@ def install_reducer(model, spec: ReducerSpec):
     config = spec.config
     if reducer_info(spec.name).needs_budget and config.exact_retention is None:
         config = config.replace(exact_retention=spec.retention)
-    return aot_integrations.hf.apply(model, Reduction(config, spec.name))
+    return aot_integrations.hf.apply(model, Reduction(config, spec.name, dict(spec.options)))
 
 
 class _FetchLog:

@@ -25,7 +25,8 @@ from lmms_eval.api.model import lmms
 from . import prompts, recording
 from aot.reducers import reducer_info
 
-from .model_args import NO_REDUCER, ReducerSpec, parse_reducer, split_aot_kwargs, to_bool, to_int
+from .model_args import (NO_REDUCER, ReducerSpec, install_llm_stage, parse_reducer,
+                         split_aot_kwargs, to_bool, to_int, with_llm_stage)
 from .video import VisualLoadError, check_frame_folders, llava_vid_frames, ov_frames
 
 VIDEO_ERROR_MODES = ("answer", "raise")
@@ -100,7 +101,7 @@ class LlavaAOTBase(lmms):
                  mm_spatial_pool_stride=2, mm_spatial_pool_mode: Optional[str] = None,
                  use_cache=True, prompt_as: str = "stock", retention_log: Optional[str] = None,
                  on_video_error: str = "answer", frame_folders: str = "stock",
-                 **kwargs) -> None:
+                 pooling_head: Optional[str] = None, **kwargs) -> None:
         super().__init__()
         aot_kwargs, rest = split_aot_kwargs(kwargs)
         self.extra = self._take_backbone_args(rest)
@@ -128,6 +129,7 @@ class LlavaAOTBase(lmms):
         self.pool_mode = mm_spatial_pool_mode or self.DEFAULTS["mm_spatial_pool_mode"]
         self.use_cache = to_bool(use_cache, "use_cache")
         self.retention_log = retention_log
+        self.pooling_head = pooling_head
         self.pretrained = pretrained
         self._setup_devices(device, device_map)
         self._load(pretrained, model_name, attn_implementation)
@@ -147,10 +149,12 @@ class LlavaAOTBase(lmms):
                 f"{self.MODEL_ID}: unknown model_args {unknown}. Model keys: pretrained, "
                 f"model_name, conv_template, attn_implementation, torch_dtype, device_map, "
                 f"max_frames_num, mm_spatial_pool_stride, mm_spatial_pool_mode, use_cache, "
-                f"prompt_as, retention_log, on_video_error, frame_folders, batch_size"
+                f"prompt_as, retention_log, on_video_error, frame_folders, batch_size, "
+                f"pooling_head"
                 f"{', ' if allowed else ''}"
                 f"{', '.join(sorted(allowed))}; AOT keys: reducer, retention, preset, exact, "
-                f"ablation and any AOTConfig field")
+                f"ablation, reducer.<option>, any AOTConfig field, llm_stage and "
+                f"llm_stage.<field>")
         return {k: rest.get(k, self.DEFAULTS[k]) for k in allowed}
 
     def _setup_devices(self, device: Optional[str], device_map: Optional[str]) -> None:
@@ -182,11 +186,13 @@ class LlavaAOTBase(lmms):
 
         kwargs = dict(device_map=self.device_map, attn_implementation=attn_implementation,
                       torch_dtype=self.torch_dtype, overwrite_config=self.overwrite_config(),
-                      aot_config=self.spec.config)
+                      aot_config=self.spec.config, pooling_head=self.pooling_head)
         if self.spec.name != NO_REDUCER:
             kwargs["reducer"] = self.spec.name
             if reducer_info(self.spec.name).needs_budget:
                 kwargs["retention"] = self.spec.retention
+            if self.spec.options:
+                kwargs["reducer_options"] = self.spec.options
         name = model_name or get_model_name_from_path(pretrained)
         tokenizer, model, image_processor, max_length = load_pretrained_model(
             pretrained, None, name, **kwargs)
@@ -196,6 +202,7 @@ class LlavaAOTBase(lmms):
         self._config = model.config
         self.per_frame = model.video_adapter().pooled_per_frame
         self.counter = recording.TokenCounter(model, IMAGE_TOKEN_INDEX, image_newline(model))
+        self.llm_stage = install_llm_stage(model, self.spec)
 
     # ---------------------------------------------------------------- lmms API
     @property
@@ -336,7 +343,7 @@ class LlavaAOTBase(lmms):
                 **generation_kwargs(gen_kwargs, self.BACKBONE))
         texts = [t.strip() for t in tok.batch_decode(output, skip_special_tokens=True)]
         counted = self.counter.rows or [None] * len(prompts_)
-        return texts, counted
+        return texts, with_llm_stage(counted, self.llm_stage)
 
     # ---------------------------------------------------------------- image docs
     def _answer_images(self, context, gen_kwargs, images, doc_id, task, split) -> str:
@@ -483,3 +490,4 @@ def image_newline(model) -> Optional[torch.Tensor]:
         if torch.is_tensor(value):
             return value
     return None
+

@@ -15,6 +15,18 @@ Accepted AOT keys (beside the model keys of :mod:`aot_eval.lmms_models`):
 * ``preset=paper-ov-mvbench``: a named preset (:data:`aot.config.PRESETS`).
 * ``ablation=no-local`` (several joined with ``+``): the paper's ablations (:data:`aot.config.ABLATIONS`).
 * any :class:`AOTConfig` field, e.g. ``anchors_per_frame=108,keep_ratio=0.1``: overrides applied last.
+* ``reducer.<option>=<value>``: a knob of the reducer's own options dataclass
+  (:attr:`aot.reducers.ReducerInfo.options`), e.g. ``reducer=vidcom2,reducer.count=released``.
+  Checked once, here, against the dataclass's fields and types (:func:`parse_reducer_options`):
+  an unknown or ill-typed knob is a one-line error naming it. Tuple knobs join their items with
+  ``+`` (``reducer.alphas=0.5+1+2``; commas separate model_args). Unset knobs keep the
+  dataclass's defaults, or those of its ``for_backbone(backbone, retention)`` classmethod when
+  it has one (released defaults per backbone and retention). The run's record
+  (:meth:`ReducerSpec.describe`) lists every option that ran, defaults included.
+* ``llm_stage=fastv`` (``flashvid``, ``holitom``; :data:`aot.llm_stages.STAGES`): reduction inside
+  the language model after the reducer (with any reducer, ``none`` included), with its knobs as
+  ``llm_stage.<field>=value`` (``llm_stage.layer=3``, ``llm_stage.retention=0.25``,
+  ``llm_stage.budget=157``; the fields of :class:`aot.llm_stages.LLMStageConfig`).
 
 On the backbones reached only through transformers (``integration="transformers"`` in
 their :class:`aot.backbones.Backbone` record) a ``retention`` is an exact budget
@@ -31,6 +43,10 @@ from typing import Any, Optional
 #: The unreduced model's reducer name (not a registry entry: nothing runs).
 NO_REDUCER = "none"
 AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
+#: model_args keys ``reducer.<option>`` set a knob of the reducer's options dataclass.
+OPTION_PREFIX = "reducer."
+#: The LLM stage's key and the prefix of its knobs' keys.
+LLM_STAGE_KEY, LLM_STAGE_PREFIX = "llm_stage", "llm_stage."
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,12 @@ class ReducerSpec:
     config: the AOT configuration (``None`` for ``reducer=none``).
     retention: the requested retention, or ``None`` when a preset / explicit knobs decide it.
     source: a short human description (``"retention=0.1"``, ``"preset=paper-video"``, ...).
+    overrides: the AOTConfig fields given explicitly.
+    options: every knob of the reducer's options dataclass as it runs (defaults included;
+        empty for a reducer without one), the ``options`` of :class:`aot.video_path.Reduction`.
+    given_options: the knobs given as ``reducer.<option>`` (coerced), for labels.
+    llm_stage: the :class:`aot.llm_stages.LLMStageConfig` run inside the language model after
+        the reducer, or None.
     """
 
     name: str
@@ -48,16 +70,100 @@ class ReducerSpec:
     retention: Optional[float] = None
     source: str = ""
     overrides: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    given_options: dict = field(default_factory=dict)
+    llm_stage: Any = None
 
     def describe(self) -> dict:
         """JSON-friendly summary recorded beside every result."""
+        import dataclasses
+
         return {
             "reducer": self.name,
             "requested_retention": self.retention,
             "source": self.source,
             "overrides": dict(self.overrides),
+            "reducer_options": {key: list(value) if isinstance(value, tuple) else value
+                                for key, value in self.options.items()},
             "aot_config": None if self.config is None else self.config.to_dict(),
+            "llm_stage": (None if self.llm_stage is None
+                          else dataclasses.asdict(self.llm_stage)),
         }
+
+
+def is_llm_stage_key(key: str) -> bool:
+    """``llm_stage`` or one of its ``llm_stage.<field>`` knobs."""
+    return key == LLM_STAGE_KEY or key.startswith(LLM_STAGE_PREFIX)
+
+
+def parse_llm_stage(kwargs: dict):
+    """``llm_stage=NAME`` and ``llm_stage.<field>=value`` -> an
+    :class:`aot.llm_stages.LLMStageConfig`, or None (no ``llm_stage`` or ``llm_stage=none``).
+
+    Raises:
+        ValueError: an unknown stage or knob, a bad value, knobs without a stage.
+    """
+    from aot.llm_stages import LLMStageConfig, get_stage
+
+    name = kwargs.get(LLM_STAGE_KEY)
+    knobs = {key[len(LLM_STAGE_PREFIX):]: value for key, value in kwargs.items()
+             if key.startswith(LLM_STAGE_PREFIX)}
+    if name is None or str(name).strip().lower() in ("none", ""):
+        if knobs:
+            raise ValueError(f"{sorted(LLM_STAGE_PREFIX + k for k in knobs)} given without "
+                             "llm_stage=NAME")
+        return None
+    hints = typing.get_type_hints(LLMStageConfig)
+    fields = sorted(set(hints) - {"name"})
+    coerced = {}
+    for knob, value in knobs.items():
+        if knob not in fields:
+            raise ValueError(f"unknown LLM stage knob {LLM_STAGE_PREFIX + knob!r}; expected "
+                             f"{[LLM_STAGE_PREFIX + f for f in fields]}")
+        key = LLM_STAGE_PREFIX + knob
+        kind = hints[knob]
+        if type(None) in typing.get_args(kind):       # budget / final_retention: None allowed
+            if str(value).strip().lower() in ("none", "null", ""):
+                coerced[knob] = None
+                continue
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:
+            coerced[knob] = to_bool(value, key)
+        elif kind is int:
+            coerced[knob] = to_int(value, key)
+        elif kind is float:
+            coerced[knob] = to_float(value, key)
+        else:
+            coerced[knob] = str(value)
+    return get_stage(str(name).strip().lower(), **coerced)
+
+
+def install_llm_stage(model, spec: ReducerSpec):
+    """:func:`aot_integrations.llm_stage.install` of the run's LLM stage on the loaded model;
+    None when the run has none."""
+    if spec.llm_stage is None:
+        return None
+    from aot_integrations import llm_stage
+
+    return llm_stage.install(model, spec.llm_stage)
+
+
+def with_llm_stage(counted: list, handle, first: int = 0) -> list:
+    """Per-row token counts (rows ``first..`` of the last generate batch) with
+    ``llm_stage_kept`` added from the stage's last prefill (unchanged without a stage)."""
+    record = None if handle is None else handle.last
+    if record is None:
+        return counted
+    return [row if row is None else {**row, "llm_stage_kept": kept}
+            for row, kept in zip(counted, record.kept[first:])]
+
+
+def describe_llm_stage(stage) -> str:
+    """A short description for logs and table rows: ``fastv(K=2, r=0.5)``."""
+    count = (f"budget={stage.budget}" if stage.budget is not None
+             else f"final r={stage.final_retention:g}" if stage.final_retention is not None
+             else f"r={stage.retention:g}")
+    return f"{stage.name}(K={stage.layer}, {count})"
 
 
 def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -65,8 +171,9 @@ def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
     from aot.config import field_names
 
     names = set(AOT_KEYS) | set(field_names())
-    aot_part = {k: v for k, v in kwargs.items() if k in names}
-    rest = {k: v for k, v in kwargs.items() if k not in names}
+    aot_part = {k: v for k, v in kwargs.items()
+                if k in names or is_llm_stage_key(k) or str(k).startswith(OPTION_PREFIX)}
+    rest = {k: v for k, v in kwargs.items() if k not in aot_part}
     return aot_part, rest
 
 
@@ -80,15 +187,29 @@ def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) ->
 
     Raises:
         ValueError: unknown reducer / preset / ablation, retention outside (0, 1], preset and
-            retention given together, knobs given with ``reducer=none``.
+            retention given together, knobs given with ``reducer=none``, an unknown or
+            ill-typed ``reducer.<option>`` (:func:`parse_reducer_options`).
     """
     from aot.backbones import get_backbone
+
+    facts = get_backbone(backbone)
+    stage_keys = {k: v for k, v in aot_kwargs.items() if is_llm_stage_key(k)}
+    stage = parse_llm_stage(stage_keys)
+    kwargs = {k: v for k, v in aot_kwargs.items() if k not in stage_keys}
+    spec = _parse_reducer(facts, kwargs, backbone, frames)
+    if stage is None:
+        return spec
+    import dataclasses
+
+    return dataclasses.replace(spec, llm_stage=stage,
+                               source=f"{spec.source} + llm_stage={describe_llm_stage(stage)}")
+
+
+def _parse_reducer(facts, kwargs: dict, backbone: str, frames) -> ReducerSpec:
     from aot.reducers import reducer_info, reducer_names
     from aot.config import ABLATIONS, PRESETS, AOTConfig, check_retention
     from aot.settings import settings_for
 
-    facts = get_backbone(backbone)
-    kwargs = dict(aot_kwargs)
     name = str(kwargs.pop("reducer", "aot")).strip().lower()
     if name != NO_REDUCER and name not in reducer_names():
         raise ValueError(f"unknown reducer={name!r}: expected {NO_REDUCER!r} or one of "
@@ -102,10 +223,13 @@ def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) ->
     frames = None if hf_only else (facts.frames if frames is None else frames)
     exact = to_bool(kwargs.pop("exact", hf_only and retention is not None), "exact")
     ablations = split_names(kwargs.pop("ablation", None))
+    raw_options = {key[len(OPTION_PREFIX):]: kwargs.pop(key) for key in list(kwargs)
+                   if str(key).startswith(OPTION_PREFIX)}
     overrides = {key: coerce_field(key, value) for key, value in kwargs.items()}
 
     if name == "none":
         given = [k for k, v in (("retention", retention), ("preset", preset)) if v is not None]
+        given += [OPTION_PREFIX + key for key in sorted(raw_options)]
         if given or ablations or overrides or exact:
             raise ValueError(
                 "reducer=none runs the unreduced model and takes no AOT settings; "
@@ -147,7 +271,68 @@ def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) ->
         raise ValueError("exact=true needs retention= (exact mode counts tokens from the ratio)")
     if ablations:
         source += " ablation=" + "+".join(ablations)
-    return ReducerSpec(name, config, retention, source, overrides)
+    given_options, options = parse_reducer_options(name, raw_options, facts.name, retention)
+    if given_options:
+        source += " " + describe_options(given_options)
+    return ReducerSpec(name, config, retention, source, overrides, options, given_options)
+
+
+def parse_reducer_options(name: str, raw: dict, backbone: str | None = None,
+                          retention: float | None = None) -> tuple[dict, dict]:
+    """The ``reducer.<option>`` values of reducer ``name`` -> (the given knobs coerced to their
+    fields' types, every knob as it runs).
+
+    raw: option name (without the prefix) -> value as model_args give it (a string, or the
+        bool / int / float lmms-eval already made of it).
+    backbone, retention: passed to the options dataclass's ``for_backbone(backbone, retention)``
+        classmethod, when it has one, for the defaults of the knobs not given.
+
+    Raises:
+        ValueError: options for a reducer that has none, an unknown knob (naming the reducer's
+            knobs), a value of the wrong type or refused by the dataclass's own checks.
+    """
+    import dataclasses
+
+    from aot.reducers import reducer_info
+
+    info = reducer_info(name)
+    if info.options is None:
+        if raw:
+            raise ValueError(f"reducer={name} has no options (got "
+                             f"{[OPTION_PREFIX + key for key in sorted(raw)]}); its knobs are "
+                             f"AOTConfig fields, given as key=value without the prefix")
+        return {}, {}
+    hints = typing.get_type_hints(info.options)
+    fields = [item.name for item in dataclasses.fields(info.options) if item.init]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"reducer={name} has no option {OPTION_PREFIX}{unknown[0]}; its "
+                         f"options: {', '.join(OPTION_PREFIX + f for f in fields)}")
+    try:
+        given = {key: coerce_value(hints[key], value, OPTION_PREFIX + key)
+                 for key, value in raw.items()}
+    except ValueError as error:
+        raise ValueError(f"reducer={name} {error}") from None
+    defaults = getattr(info.options, "for_backbone", None)
+    try:
+        base = (defaults(backbone, retention) if callable(defaults) and backbone is not None
+                else info.options())
+        resolved = dataclasses.replace(base, **given)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"reducer={name} {describe_options(given)}: "
+                         f"{' '.join(str(error).split())}") from None
+    return given, {key: getattr(resolved, key) for key in fields}
+
+
+def describe_options(options: dict) -> str:
+    """``{"count": "released", "alphas": (1.0, 2.0)}`` -> ``reducer.count=released
+    reducer.alphas=1.0+2.0`` (the model_args spelling, space-separated)."""
+    def text(value) -> str:
+        if isinstance(value, (tuple, list)):
+            return "+".join(str(item) for item in value)
+        return str(value)
+
+    return " ".join(f"{OPTION_PREFIX}{key}={text(value)}" for key, value in options.items())
 
 
 def split_names(value) -> list[str]:
@@ -196,18 +381,53 @@ def coerce_field(name: str, value):
     hints = typing.get_type_hints(AOTConfig)
     if name not in hints:
         raise ValueError(f"unknown AOT knob {name!r}")
-    kind = hints[name]
-    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
-    if optional:
-        if value is None or str(value).strip().lower() in ("none", "null", ""):
+    return coerce_value(hints[name], value, name)
+
+
+def coerce_value(kind, value, name: str):
+    """Convert a model_args value (a string, or what lmms-eval made of it) to the annotated
+    type ``kind``: bool, int, float, str, ``Literal[...]``, ``Optional[...]`` or a tuple
+    (``+``-joined items, each a number when it reads as one)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if type(None) in args and (value is None or
+                                   str(value).strip().lower() in ("none", "null", "")):
             return None
-        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        kinds = [arg for arg in args if arg is not type(None)]
+        if len(kinds) == 1:
+            return coerce_value(kinds[0], value, name)
+        return value
+    if origin is typing.Literal:
+        for choice in args:
+            try:
+                if coerce_value(type(choice), value, name) == choice:
+                    return choice
+            except ValueError:
+                continue
+        raise ValueError(f"{name}={value!r}: expected one of {list(args)}")
+    if kind is tuple or origin is tuple:
+        items = value if isinstance(value, (tuple, list)) else str(value).split("+")
+        item_kind = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        return tuple(coerce_value(item_kind, item, name) if item_kind is not None
+                     else _number_or_text(item) for item in items)
     if kind is bool:
         return to_bool(value, name)
     if kind is int:
         return to_int(value, name)
     if kind is float:
         return to_float(value, name)
-    return str(value)
+    if kind is str:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: expected a word, not true/false")
+        return str(value).strip()
+    return value
+
+
+def _number_or_text(item):
+    text = str(item).strip()
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 

@@ -14,6 +14,9 @@ after the model has loaded).
   in ``args_error`` (empty: valid), so a script reads its facts and checks its arguments in one
   Python start. Without ``--backbone``: every protocol's name, script prefix and table rows.
 
+* ``python -m aot_eval.preflight reducers``: every registry reducer (``--reducer`` names) with
+  its summary and its ``--reducer-opt`` knobs, for the scripts' ``--help``.
+
 ``--backbone`` takes the eval scripts' backbone names: the eval protocols of :mod:`aot.backbones`.
 
 Either exits 0 when all is well, else prints one line ``error: ...`` saying what to do, exit 2.
@@ -115,6 +118,42 @@ def check_reducer_args(backbone: str, pairs: list[str]) -> str:
     return f"reducer={spec.name} ({spec.source})"
 
 
+def reducer_lines(width: int = 96) -> str:
+    """One entry per registry reducer (AOT's ablations folded into one ``aot:<ablation>`` line):
+    name, summary and the knobs of its options dataclass with their defaults."""
+    import dataclasses
+    import textwrap
+
+    from aot.reducers import ABLATION_PREFIX, REDUCERS
+
+    from .model_args import OPTION_PREFIX, describe_options
+
+    lines = []
+    ablations = [name[len(ABLATION_PREFIX):] for name in REDUCERS
+                 if name.startswith(ABLATION_PREFIX)]
+    for name, info in REDUCERS.items():
+        if name.startswith(ABLATION_PREFIX):
+            continue
+        text = f"{name}: {info.summary}" if info.summary else name
+        if info.options is not None:
+            try:
+                defaults = info.options()
+            except (TypeError, ValueError):  # knobs without defaults: name them only
+                names = [item.name for item in dataclasses.fields(info.options) if item.init]
+                lines += textwrap.wrap(f"{text} [knobs: {' '.join(names)}]", width,
+                                       initial_indent="    ", subsequent_indent="      ")
+                continue
+            knobs = describe_options({item.name: getattr(defaults, item.name)
+                                      for item in dataclasses.fields(defaults) if item.init})
+            text += f" [knobs, defaults: {knobs.replace(OPTION_PREFIX, '')}]"
+        lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="      ")
+    if ablations:
+        lines += textwrap.wrap(f"{ABLATION_PREFIX}<ablation>: AOT with one ablation: "
+                               f"{' '.join(ablations)}", width, initial_indent="    ",
+                               subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def _assign(name: str, value) -> str:
     return f"{name}={shlex.quote(str(value))}"
 
@@ -190,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     facts.add_argument("--backbone", default=None, help=names + " (none: every protocol)")
     facts.add_argument("--benchmark", default=None, help="for paper_preset")
     facts.add_argument("pairs", nargs="*", help="key=value pairs to check into args_error")
+    commands.add_parser("reducers", help="the registry's reducers and their knobs")
     args = parser.parse_args(argv)
     try:
-        if args.command == "facts":
+        if args.command == "reducers":
+            print(reducer_lines())
+        elif args.command == "facts":
             print(shell_backbones() if args.backbone is None
                   else shell_facts(args.backbone, args.benchmark, args.pairs))
         elif args.command == "args":

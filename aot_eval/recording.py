@@ -105,7 +105,10 @@ class TokenCounter:
 
 def sample_record(task: str, split: str, doc_id: int, frames: int, per_frame: int,
                   counted: Optional[dict], error: Optional[str] = None) -> dict:
-    """One per-video record; ``retention`` is ``None`` when nothing could be measured."""
+    """One per-video record; ``retention`` is ``None`` when nothing could be measured.
+
+    ``counted`` may also carry ``llm_stage_kept``: the visual tokens an LLM stage let through to
+    its later layers (a newline the stage counts as a candidate included), recorded as is."""
     record = {"task": task, "split": split, "doc_id": int(doc_id), "frames": int(frames),
               "denominator": int(frames * per_frame), "visual_tokens": None,
               "newline_tokens": None, "kept_tokens": None, "retention": None}
@@ -114,6 +117,8 @@ def sample_record(task: str, split: str, doc_id: int, frames: int, per_frame: in
         record.update(visual_tokens=counted["visual_tokens"],
                       newline_tokens=counted["newline_tokens"], kept_tokens=kept,
                       retention=kept / (frames * per_frame))
+        if counted.get("llm_stage_kept") is not None:
+            record["llm_stage_kept"] = int(counted["llm_stage_kept"])
     if error:
         record["error"] = error
     return record

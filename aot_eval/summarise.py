@@ -6,8 +6,10 @@
 Each ``*_results.json`` under the given folders is one run; its ``<date>_aot_retention.json``
 (written by ``python -m aot_eval``) gives the measured retention. Rows are (backbone, setting),
 where the setting is ``full`` (unreduced), ``r=0.10`` (AOT at a retention), a preset name, or a
-reducer / ablation variant; each benchmark cell shows our score, the paper's, the difference and
-the measured retention (mean and range). Runs with ``--limit`` are marked: not comparable.
+reducer / ablation variant (one row per reducer and its ``reducer.<option>`` knobs); each benchmark
+cell shows our score, the reference (the AOT paper's for AOT rows, the published number of the
+reducer's own source for the other reducers, :mod:`aot_eval.reported`), the difference and the
+measured retention (mean and range). Runs with ``--limit`` are marked: not comparable.
 Tasks that are none of the four benchmarks (a local task given with ``--task``) get a column of
 their own with their first metric, as lmms-eval reports it. No lmms-eval import: this runs
 anywhere.
@@ -26,7 +28,9 @@ from typing import Optional
 
 from aot.backbones import eval_protocols, get_protocol
 
+from .model_args import LLM_STAGE_PREFIX, OPTION_PREFIX
 from .paper import BENCHMARKS, LABELS, paper_ablation, paper_table, paper_value, retention_key
+from .reported import SOURCES, reported, reported_value
 
 
 def backbone_order() -> list[str]:
@@ -51,10 +55,24 @@ class Cell:
 
 @dataclass
 class Row:
+    """One table row. paper_row: the AOT paper's row key (AOT runs at a paper retention);
+    reported: (reducer, retention key) of another reducer's published row, else None."""
+
     backbone: str
     setting: str
     paper_row: Optional[str]
     cells: dict = field(default_factory=dict)
+    reported: Optional[tuple] = None
+
+    def reference(self, benchmark: str) -> tuple[Optional[float], str]:
+        """(the number printed beside ours, its word: ``"paper"`` or ``"reported"``) for a
+        benchmark or ``"avg"``."""
+        if self.paper_row is not None:
+            return paper_value(self.backbone, self.paper_row, benchmark), "paper"
+        if self.reported is not None:
+            reducer, retention = self.reported
+            return reported_value(reducer, self.backbone, retention, benchmark), "reported"
+        return None, ""
 
 
 def parse_model_args(text: str) -> dict:
@@ -78,18 +96,23 @@ def backbone_of(model: str) -> Optional[str]:
 
 
 def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
-    """(row label, key of the paper row or None) for a run's model and model_args."""
+    """(row label, key of the paper row or None) for a run's model and model_args. A reducer's
+    own knobs (``reducer.<option>``) follow its name: ``r=0.10 vidcom2(count=released)``."""
     reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
+    stage = llm_stage_label(args)
     if reducer == "none":
-        return "full", "full"
-    knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS)
+        return ("full", "full") if not stage else (f"full {stage}", None)
+    options = [f"{k[len(OPTION_PREFIX):]}={args[k]}" for k in args if k.startswith(OPTION_PREFIX)]
+    knobs = sorted(k for k in args if k not in KNOWN_MODEL_KEYS
+                   and not k.startswith((OPTION_PREFIX, "llm_stage")))
     if "retention" in args:
         label = f"r={retention_key(args['retention'])}"
         paper_row = retention_key(args["retention"])
     else:
         label, paper_row = args.get("preset", "default preset"), None
-    if reducer != "aot":
-        label, paper_row = f"{label} {reducer}", None
+    if reducer != "aot" or options:
+        name = reducer + (f"({','.join(options)})" if options else "")
+        label, paper_row = f"{label} {name}", None
     if args.get("exact", "false").lower() == "true":
         label += " exact"
     if args.get("ablation"):
@@ -97,7 +120,33 @@ def setting_of(model: str, args: dict) -> tuple[str, Optional[str]]:
     if knobs:
         label += " " + ",".join(f"{k}={args[k]}" for k in knobs)
         paper_row = None
+    if stage:
+        label, paper_row = f"{label} {stage}", None
     return label, paper_row
+
+
+def reported_of(model: str, args: dict) -> Optional[tuple]:
+    """(reducer, retention key) whose published row (:mod:`aot_eval.reported`) a run compares
+    with: a registry reducer other than AOT at a retention, without AOT knobs or ablations
+    changing it (its own ``reducer.<option>`` knobs and an LLM stage allowed), else None."""
+    reducer = args.get("reducer", "aot" if model.endswith("_aot") else "none")
+    if reducer in ("aot", "none") or reducer.startswith("aot:") or "retention" not in args:
+        return None
+    if args.get("ablation") or any(k not in KNOWN_MODEL_KEYS
+                                   and not k.startswith((OPTION_PREFIX, "llm_stage"))
+                                   for k in args):
+        return None
+    return reducer, retention_key(args["retention"])
+
+
+def llm_stage_label(args: dict) -> str:
+    """``+fastv(layer=3)`` for a run with ``llm_stage=fastv,llm_stage.layer=3``; "" without."""
+    name = args.get("llm_stage", "none")
+    if name.lower() in ("none", ""):
+        return ""
+    knobs = ",".join(f"{k[len(LLM_STAGE_PREFIX):]}={args[k]}" for k in sorted(args)
+                     if k.startswith(LLM_STAGE_PREFIX))
+    return f"+{name}" + (f"({knobs})" if knobs else "")
 
 
 KNOWN_MODEL_KEYS = {
@@ -205,7 +254,8 @@ def load_runs(folders: list) -> list[Row]:
             continue
         args = parse_model_args(config.get("model_args", ""))
         setting, paper_row = setting_of(model, args)
-        row = rows.setdefault((backbone, setting), Row(backbone, setting, paper_row))
+        row = rows.setdefault((backbone, setting), Row(backbone, setting, paper_row,
+                                                       reported=reported_of(model, args)))
         ret_path = path.with_name(path.name[: -len("_results.json")] + "_aot_retention.json")
         retention = (retention_by_benchmark(json.loads(ret_path.read_text()))
                      if ret_path.exists() else {})
@@ -249,7 +299,7 @@ def average(row: Row) -> tuple[Optional[float], Optional[float]]:
     """(our average, paper average) over the four benchmarks, when all four have scores."""
     ours = [row.cells[b].score if b in row.cells else None for b in BENCHMARKS]
     ours_avg = statistics.fmean(ours) if all(v is not None for v in ours) else None
-    paper = (paper_value(row.backbone, row.paper_row, "avg") if row.paper_row else None)
+    paper = row.reference("avg")[0]
     ablations = get_protocol(row.backbone).paper_ablations
     row_key = get_protocol(row.backbone).paper_ablation_row
     if ablations and row.paper_row is None and f"r={row_key}" in row.setting:
@@ -276,12 +326,12 @@ def table_rows(rows: list[Row]) -> list[dict]:
             else:
                 cell = row.cells.get(bench)
                 ours = cell.score if cell else None
-                paper = (paper_value(row.backbone, row.paper_row, bench)
-                         if row.paper_row and bench in BENCHMARKS else None)
+                paper = row.reference(bench)[0] if bench in BENCHMARKS else None
             info = cell.retention if cell else None
             out.append({
                 "backbone": row.backbone, "setting": row.setting, "benchmark": bench,
                 "metric": cell.metric if cell else "", "ours": ours, "paper": paper,
+                "reference": reference_name(row) if paper is not None else "",
                 "delta": None if ours is None or paper is None else ours - paper,
                 "retention_mean": info.get("mean") if info else None,
                 "retention_min": info.get("min") if info else None,
@@ -310,13 +360,13 @@ def markdown(rows: list[Row]) -> str:
             cells = []
             for bench in BENCHMARKS:
                 cell = row.cells.get(bench)
-                paper = paper_value(row.backbone, row.paper_row, bench) if row.paper_row else None
+                paper, word = row.reference(bench)
                 if cell is None:
-                    cells.append("—" if paper is None else f"— (paper {fmt(paper)})")
+                    cells.append("—" if paper is None else f"— ({word} {fmt(paper)})")
                     continue
                 text = f"**{fmt(cell.score)}**" if cell.score is not None else "unscored"
                 if paper is not None:
-                    text += f" (paper {fmt(paper)}, {fmt_delta(cell.score, paper)})"
+                    text += f" ({word} {fmt(paper)}, {fmt_delta(cell.score, paper)})"
                 text += f"<br>ret. {fmt_retention(cell.retention)}"
                 if cell.failed:
                     text += f"<br>{cell.failed} videos failed"
@@ -329,7 +379,8 @@ def markdown(rows: list[Row]) -> str:
             ours, paper = average(row)
             avg = fmt(ours) if ours is not None else "—"
             if paper is not None:
-                avg += f" (paper {fmt(paper)}, {fmt_delta(ours, paper)})"
+                avg += f" ({row.reference('avg')[1] or 'paper'} {fmt(paper)}, " \
+                       f"{fmt_delta(ours, paper)})"
             lines.append(f"| {row.setting} | " + " | ".join(cells) + f" | {avg} |")
         lines.append("")
     if not lines:
@@ -337,6 +388,14 @@ def markdown(rows: list[Row]) -> str:
     lines.append("Scores in %; (paper value, difference ours − paper); ret. = measured retention "
                  "of visual tokens, mean [min–max] over the videos. EgoSchema is scored by its "
                  "server: 'unscored' means the submission file still has to be sent.")
+    entries = [reported(row.reported[0], row.backbone, row.reported[1])
+               for row in rows if row.reported is not None]
+    cited = sorted({entry.source for entry in entries if entry is not None})
+    if cited:
+        lines.append("Other reducers' rows: 'reported' is the number their source publishes at "
+                     "that retention (not re-run; its own protocol and, for HoliTom and FlashVID, "
+                     "its stage inside the LLM, which ours does not run): " +
+                     "; ".join(f"[{tag}] {SOURCES[tag]}" for tag in cited) + ".")
     published = paper_table()
     unpublished = sorted({row.backbone for row in rows if row.backbone not in published},
                          key=backbone_order().index)
@@ -347,6 +406,16 @@ def markdown(rows: list[Row]) -> str:
         lines.append("Other tasks (not one of the four benchmarks, e.g. a local --task): the "
                      "task's first metric as lmms-eval reports it, unscaled; no paper value.")
     return "\n".join(lines) + "\n"
+
+
+def reference_name(row: Row) -> str:
+    """What a row's reference column holds: ``"AOT paper"`` or the cited source."""
+    if row.paper_row is not None:
+        return "AOT paper"
+    if row.reported is None:
+        return ""
+    entry = reported(row.reported[0], row.backbone, row.reported[1])
+    return "" if entry is None else f"[{entry.source}] {SOURCES[entry.source]}"
 
 
 def other_cell(cell: Cell) -> str:

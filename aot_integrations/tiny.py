@@ -108,6 +108,30 @@ def random_model(backbone: str = "ov", seed: int = 0, vision_layers: int | None 
     return model.eval()
 
 
+def pooling_head_state(hidden_size: int = 16, num_heads: int = 2, intermediate_size: int = 32,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random SigLIP post-layernorm + attention-pooling head, as a state dict with the names of
+    a SigLIP checkpoint (``vision_model.post_layernorm.*``, ``vision_model.head.*``): what
+    :func:`aot_integrations.pooling_head.attach_pooling_head` takes (defaults: the widths of
+    :func:`random_model`'s tower)."""
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    config = SiglipVisionConfig(hidden_size=hidden_size, num_attention_heads=num_heads,
+                                intermediate_size=intermediate_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = SiglipMultiheadAttentionPoolingHead(config)
+        norm = torch.nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        state = {f"vision_model.head.{k}": v for k, v in head.state_dict().items()}
+        for key, value in norm.state_dict().items():
+            state[f"vision_model.post_layernorm.{key}"] = value + torch.randn_like(value) * 0.1
+        # nn.MultiheadAttention starts with zero biases: random ones exercise the projections
+        for key in ("attention.in_proj_bias", "attention.out_proj.bias"):
+            state[f"vision_model.head.{key}"] = torch.randn_like(state[f"vision_model.head.{key}"])
+    return state
+
+
 def write_checkpoint(folder, backbone: str = "ov", seed: int = 0, shards: int = 1,
                      vision_layers: int | None = None, drop: tuple[str, ...] = (),
                      rename: dict | None = None, generation_config: dict | None = None,
@@ -153,21 +177,56 @@ VOCAB = 300
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END, PAD = 290, 291, 292, 293, 0
 
 
-def _text(**extra) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+def _text(text_layers: int = 2, **extra) -> dict:
+    return dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=text_layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 pad_token_id=PAD, bos_token_id=1, eos_token_id=2, **extra)
 
 
-def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4):
+#: Text head sizes the tiny Qwen models come in: 8 (the default, smallest) and 32, the smallest
+#: vLLM's CPU attention kernel accepts (the serving tests' checkpoints).
+HEAD_DIMS = (8, 32)
+
+
+def _qwen_text(head_dim: int, interleaved: bool, text_layers: int = 2) -> dict:
+    """The tiny Qwen text config for a text ``head_dim`` of :data:`HEAD_DIMS`: 8 is 4 heads of a
+    32-wide model (2 KV heads); 32 is 2 heads of a 64-wide one (1 KV head). The M-RoPE sections
+    split head_dim / 2 frequencies 2:1:1 over (t, h, w)."""
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={head_dim!r}: expected one of {HEAD_DIMS}")
+    quarter = head_dim // 4
+    rope = {"rope_type": "default", "rope_theta": 10000.0,
+            "mrope_section": [quarter, quarter // 2, quarter // 2]}
+    if interleaved:
+        rope["mrope_interleaved"] = True
+    if head_dim == 8:
+        return _text(text_layers, rope_parameters=rope, **({"head_dim": 8} if interleaved else {}))
+    return _wide_text(head_dim, text_layers, rope_parameters=rope)
+
+
+def _wide_text(head_dim: int, text_layers: int = 2, **extra) -> dict:
+    """The tiny text config with 2 heads of ``head_dim`` (a 2 * head_dim wide model, 1 KV head)."""
+    text = _text(text_layers, head_dim=head_dim, **extra)
+    text.update(hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_attention_heads=2,
+                num_key_value_heads=1)
+    return text
+
+
+def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4,
+              text_layers: int = 2, head_dim: int = 8):
     """``LlavaOnevisionForConditionalGeneration`` with random weights: SigLIP of
-    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text."""
+    ``vision_layers`` layers on ``image_size`` px (84 -> a 6x6 patch grid), Qwen2 text of
+    ``text_layers`` layers with heads of ``head_dim`` (:data:`HEAD_DIMS`)."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               Qwen2Config, SiglipVisionConfig)
 
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={head_dim!r}: expected one of {HEAD_DIMS}")
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        text_config=Qwen2Config(**_text()),
+        text_config=Qwen2Config(**(_text(text_layers) if head_dim == 8
+                                   else _wide_text(head_dim, text_layers))),
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=vision_layers, num_attention_heads=2,
                                          image_size=image_size, patch_size=14),
@@ -180,17 +239,20 @@ def onevision(seed: int = 0, image_size: int = 84, vision_layers: int = 4):
     return model
 
 
-def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3)):
+def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3),
+               text_layers: int = 2, head_dim: int = 8):
     """``Qwen2_5_VLForConditionalGeneration`` with random weights: a ``depth``-block windowed
-    ViT (full attention in ``fullatt``), 2x2 merger, M-RoPE Qwen2.5 text."""
+    ViT (full attention in ``fullatt``), 2x2 merger, M-RoPE Qwen2.5 text of ``text_layers``
+    layers with heads of ``head_dim`` (:func:`_qwen_text`)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
+    text = _qwen_text(head_dim, interleaved=False, text_layers=text_layers)
     config = Qwen2_5_VLConfig(
-        text_config=_text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                           "mrope_section": [2, 1, 1]}),
+        text_config=text,
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=32, fullatt_block_indexes=list(fullatt),
+                           out_hidden_size=text["hidden_size"],
+                           fullatt_block_indexes=list(fullatt),
                            window_size=112, patch_size=14, spatial_merge_size=2,
                            temporal_patch_size=2, tokens_per_second=2),
         image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
@@ -200,18 +262,20 @@ def qwen2_5_vl(seed: int = 0, depth: int = 4, fullatt: tuple[int, ...] = (1, 3))
     return model
 
 
-def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2)):
+def qwen3_vl(seed: int = 0, depth: int = 4, deepstack: tuple[int, ...] = (1, 2),
+             text_layers: int = 2, head_dim: int = 8):
     """``Qwen3VLForConditionalGeneration`` with random weights: a ``depth``-block ViT on 16-px
-    patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text."""
+    patches with DeepStack levels after blocks ``deepstack``, interleaved M-RoPE text of
+    ``text_layers`` layers with heads of ``head_dim`` (:func:`_qwen_text`)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     torch.manual_seed(seed)
+    text = _qwen_text(head_dim, interleaved=True, text_layers=text_layers)
     config = Qwen3VLConfig(
-        text_config=_text(head_dim=8, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
-            "mrope_interleaved": True}),
+        text_config=text,
         vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=32, patch_size=16, spatial_merge_size=2,
+                           out_hidden_size=text["hidden_size"], patch_size=16,
+                           spatial_merge_size=2,
                            temporal_patch_size=2, num_position_embeddings=16,
                            deepstack_visual_indexes=list(deepstack)),
         image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
@@ -396,14 +460,16 @@ def _hf_tokenizer(model_type: str):
 
 
 def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
-                             vision_layers: int = 4, frame_size: int = 224) -> str:
+                             vision_layers: int = 4, frame_size: int = 224,
+                             head_dim: int = 8) -> str:
     """A tiny random-weight transformers checkpoint of ``model_type`` (``qwen2_5_vl``,
     ``qwen3_vl``, ``llava_onevision``) in ``folder``: ``save_pretrained`` of the model built by
     :mod:`aot_integrations.tiny` (token ids pointed at the tokenizer's), the tokenizer with a chat
     template, the stock (PIL) image processor and ``processor_config.json``.
 
     LLaVA-OneVision's tower is built for ``frame_size`` px (its frames are resized to it); the
-    Qwen towers take any size (the processor's grid). Returns ``folder``.
+    Qwen towers take any size (the processor's grid); ``head_dim`` is the text head size
+    (:data:`HEAD_DIMS`; vLLM's CPU attention needs 32). Returns ``folder``.
     """
     import json
     import os
@@ -418,7 +484,8 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
             LlavaOnevisionImageProcessorPil,
         )
 
-        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers)
+        model = onevision(seed, image_size=frame_size, vision_layers=vision_layers,
+                          head_dim=head_dim)
         model.config.image_token_id, model.config.video_token_id = ids["<image>"], ids["<video>"]
         side = frame_size // 14
         image_processor = LlavaOnevisionImageProcessorPil(
@@ -433,7 +500,7 @@ def write_tiny_hf_checkpoint(folder: str, model_type: str, seed: int = 0,
         )
 
         build = qwen2_5_vl if model_type == "qwen2_5_vl" else qwen3_vl
-        model = build(seed, depth=vision_layers)
+        model = build(seed, depth=vision_layers, head_dim=head_dim)
         config = model.config
         config.image_token_id, config.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
         config.vision_start_token_id = ids["<|vision_start|>"]

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
           times["decode + preprocess"])
 
     clock = StageClock(pixels.device)
-    encoded = pipeline.encode(loaded, pixels, config, clock)
+    encoded = pipeline.encode(loaded, pixels, config, clock, (args.reducer,))
     times["vision encoder"] = clock.stages["vision"]
     times["projector"] = clock.stages["projector"]
     tower = loaded.model.get_vision_tower()

@@ -226,12 +226,25 @@ def preprocess(loaded: LoadedModel, frames: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, pixels: torch.Tensor, config: aot.AOTConfig,
-           clock: StageClock | None = None) -> video_path.Encoded:
-    """The path's first step: vision tower with attention capture at the config's two layers,
-    then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
+           clock: StageClock | None = None, reducers: tuple[str, ...] = ("aot",)
+           ) -> video_path.Encoded:
+    """The path's first step: vision tower with attention capture at the config's two layers
+    (and whatever else one of ``reducers`` reads: the tower's last layer, a pooling head's
+    outputs), then the projector (stages ``vision`` and ``projector`` timed by ``clock``)."""
     try:
-        return video_path.encode(loaded.model.video_adapter(), pixels,
-                                 video_path.Reduction(config), clock and clock.lap)
+        adapter = loaded.model.video_adapter()
+        layers, extra = set(), set()
+        for name in reducers:
+            # budget "aot" only skips the budget check: the count is settled in reduce()
+            reduction = video_path.Reduction(config, name, budget=video_path.MATCH_AOT)
+            adapter.check(reduction)
+            layers.update(reduction.layers)
+            extra.update(reduction.extra_inputs)
+        on_stage = clock.lap if clock is not None else (lambda stage: None)
+        if extra:
+            return adapter.encode(pixels, tuple(sorted(layers)), on_stage,
+                                  extra_inputs=tuple(sorted(extra)))
+        return adapter.encode(pixels, tuple(sorted(layers)), on_stage)
     except ValueError as error:
         raise DemoError(_one_line(error)) from None
 

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     base = pipeline.build_config(loaded.backbone, args.frames, targets[0], None,
                                  exact=args.exact, seed=args.seed)
     start = time.perf_counter()
-    encoded = pipeline.encode(loaded, pipeline.preprocess(loaded, clip.frames), base)
+    encoded = pipeline.encode(loaded, pipeline.preprocess(loaded, clip.frames), base,
+                              reducers=tuple(reducers))
     print(f"encoded {args.frames} frames of {os.path.basename(video)} in "
           f"{time.perf_counter() - start:.2f} s", flush=True)
 

@@ -5,6 +5,7 @@ and against the floor of the method's arithmetic.
                                     [--dtype float32] [--threads N] [--before DIR] [--profile 20]
                                     [--check-every N [N ...]] [--scratch-mib M [M ...]]
                                     [--release DIR [--release-repeats 3]] [--shapes ov video]
+                                    [--reducers all|NAME [NAME ...]] [--retention 0.10]
 
 Shapes: LLaVA-OV 32 frames x 729 x 3584 (paper-ov-mvbench: 126 anchors, temporal phase on) and
 LLaVA-Video 64 frames x 729 x 3584 (paper-video: 180 anchors, average pooling, temporal off).
@@ -28,6 +29,16 @@ CUDA), ``--scratch-mib`` sets the chunk budget of the passes over the features o
 device (:func:`aot.ops.scratch_bytes`: ``SCRATCH_BYTES`` on CPU, ``ACCELERATOR_SCRATCH_BYTES``
 elsewhere) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
 
+``--reducers all`` (or names) also times registry reducers, AOT included, on the same inputs at
+both shapes, each at the backbone's exact budget for ``--retention`` (``aot.settings_for(backbone,
+r, exact=True)``: the same token count for every reducer) with its default options, in one table
+(``all``: every registry name but the ``aot:<ablation>`` variants). Each reducer gets the inputs
+its registry entry declares (``ReducerInfo.inputs``), made like the path's: the attention maps
+of the synthetic video (``last_attention`` and any other declared ``*_attention`` input: another
+smooth map of the same video), ``head_features`` as frame means of another draw, and no
+``frame_features`` (the video path passes none; AOT then
+uses the frame means). A reducer declaring an input with no maker here is listed as skipped.
+
 "floor" is the work no implementation of the method can skip, timed in the same run on the
 same device (interleaved with ``aot.reduce_video``, so both see the same load): the two batched
 products at the call's exact shapes, on operands already laid out for them (the M sources x the
@@ -50,10 +61,13 @@ import time
 
 import torch
 
-import aot
+# This checkout's package, not whichever one the interpreter has installed (the registry timed
+# must be the one beside this script).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import aot  # noqa: E402
 from aot.intra import split_by_mask
-from aot.ops import gather_rows
-from aot.synthetic import synthetic_video
+from aot.ops import gather_rows  # noqa: E402
+from aot.synthetic import synthetic_video  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from reference_reducer import reference_reduce_video
@@ -118,6 +132,106 @@ def load_package(directory: str, name: str = "aot_before"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def attention_map(frames: int, seed: int, device: str) -> torch.Tensor:
+    """(F, 729) positive smooth attention of the synthetic video (another draw per seed)."""
+    return synthetic_video(frames, dim=8, seed=seed)[2].to(device)
+
+
+#: Declared input -> how the registry benchmark makes it: a keyword argument (a function of
+#: frames and device), or None for an input the video path does not pass.
+INPUT_MAKERS = {
+    "shallow_attention": None,  # positional, always passed
+    "deep_attention": None,
+    "frame_features": None,  # the path passes none (AOT then uses the frame means)
+    "last_attention": lambda frames, device: attention_map(frames, 2, device),
+    # FastVID's per-frame global features (the SigLIP pooling head's output): frame means of
+    # another draw of the synthetic video, so consecutive frames drift as in a real one
+    "head_features": lambda frames, device: synthetic_video(frames, dim=64, seed=3)[0].mean(1)
+    .to(device),
+    # the last layer's keys averaged over heads (SigLIP so400m: 72 channels per head): another
+    # draw of the synthetic video, so similar patches have similar keys as in a real tower
+    "last_keys": lambda frames, device: synthetic_video(frames, dim=72, seed=4)[0].to(device),
+}
+
+
+def keyword_inputs(info, frames: int, device: str):
+    """The keyword inputs of a registry reducer (``info.inputs``), or the name of the first
+    declared input the benchmark cannot make (then the reducer is skipped)."""
+    kwargs = {}
+    for seed, name in enumerate(info.inputs, start=10):
+        if name in INPUT_MAKERS:
+            maker = INPUT_MAKERS[name]
+        elif name.endswith("_attention"):  # an attention map at another layer or head
+            maker = lambda frames, device, seed=seed: attention_map(frames, seed, device)  # noqa: E731
+        else:
+            return name
+        if maker is not None:
+            kwargs[name] = maker(frames, device)
+    return kwargs
+
+
+def registry_names(requested: list[str]) -> list[str]:
+    """``--reducers`` values -> registry names (``all``: every name but the ablations)."""
+    from aot.reducers import ABLATION_PREFIX, reducer_info, reducer_names
+
+    if requested == ["all"]:
+        return [name for name in reducer_names() if not name.startswith(ABLATION_PREFIX)]
+    for name in requested:
+        reducer_info(name)  # an unknown name: the registry's error, listing the known ones
+    return list(requested)
+
+
+def bench_registry(backbone: str, frames: int, names: list[str], args) -> list[dict]:
+    """Median wall / CPU ms of each registry reducer on one shape, at the exact budget."""
+    from aot.reducers import get_reducer, reducer_info
+
+    dtype = getattr(torch, args.dtype)
+    feats, shallow, deep = make_inputs(frames, args.dim, args.device, dtype)
+    cfg = aot.settings_for(backbone, args.retention, exact=True, frames=frames)
+    rows = []
+    for name in names:
+        info = reducer_info(name)
+        row = {"reducer": name, "shape": f"{backbone} {frames}x729x{args.dim}",
+               "inputs": ", ".join(info.inputs) or "features", "load_start": load()}
+        kwargs = keyword_inputs(info, frames, args.device)
+        if isinstance(kwargs, str):
+            rows.append({**row, "skipped": f"no synthetic maker for input {kwargs!r}"})
+            print(f"  [{backbone}] {name}: skipped (input {kwargs!r})", flush=True)
+            continue
+        reducer = get_reducer(name)
+        times, cpu = [], []
+        for i in range(args.warmup + args.repeats):
+            timing = i >= args.warmup
+            result, t = timed(lambda: reducer(feats, shallow, deep, cfg, **kwargs), args.device,
+                              cpu if timing else None)
+            if timing:
+                times.append(t)
+            print(f"  [{backbone}] {name} run {i + 1}/{args.warmup + args.repeats}"
+                  f"{' (warm-up)' if not timing else ''}: {t:.1f} ms", flush=True)
+        rows.append({**row, "tokens": result.num_tokens, "ms": statistics.median(times),
+                     "min_ms": min(times), "max_ms": max(times), "cpu_ms": statistics.median(cpu),
+                     "load_end": load()})
+    return rows
+
+
+def print_registry(rows: list[dict], args) -> None:
+    print(f"\nregistry reducers at exact retention {args.retention:g} (default options; "
+          f"median of {args.repeats}, wall and process CPU ms):")
+    print("\n| reducer | shape | inputs | tokens out | wall ms | min-max | cpu ms "
+          "| / aot wall | load 1/5/15 start -> end |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    aot_ms = {r["shape"]: r["ms"] for r in rows if r["reducer"] == "aot" and "ms" in r}
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['reducer']} | {r['shape']} | {r['inputs']} | skipped: {r['skipped']} "
+                  f"| | | | | {r['load_start']} |")
+            continue
+        ratio = (f"{r['ms'] / aot_ms[r['shape']]:.2f}x" if r["shape"] in aot_ms else "-")
+        print(f"| {r['reducer']} | {r['shape']} | {r['inputs']} | {r['tokens']} | "
+              f"{r['ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {r['cpu_ms']:.1f} | "
+              f"{ratio} | {r['load_start']} -> {r['load_end']} |")
 
 
 def load() -> str:
@@ -248,7 +362,22 @@ def main() -> None:
                         help="AOTConfig.sinkhorn_check_every values to time (one row each)")
     parser.add_argument("--scratch-mib", type=int, nargs="+", default=None,
                         help="chunk budgets in MiB to time (aot.ops.scratch_bytes; one row each)")
+    parser.add_argument("--reducers", nargs="+", default=None, metavar="NAME",
+                        help="also time these registry reducers at both shapes ('all': every "
+                             "name but the aot:<ablation> variants)")
+    parser.add_argument("--retention", type=float, default=0.10,
+                        help="exact retention of the --reducers table (default 0.10)")
+    parser.add_argument("--no-aot-table", action="store_true",
+                        help="skip AOT's own table (floor, reference): only --reducers")
     args = parser.parse_args()
+    if not 0 < args.retention <= 1:
+        parser.error(f"--retention {args.retention}: expected a share in (0, 1]")
+    try:
+        names = registry_names(args.reducers) if args.reducers else []
+    except ValueError as error:
+        parser.error(f"--reducers: {error}")
+    if args.no_aot_table and not names:
+        parser.error("--no-aot-table leaves nothing to time: give --reducers")
     for value in args.check_every or []:
         if value < 0:
             parser.error(f"--check-every {value}: expected >= 0 (0 = never sync)")
@@ -265,11 +394,18 @@ def main() -> None:
         f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
     mode = "eager" if args.eager or not args.device.startswith("cuda") else "CUDA graph"
     print(f"AOT reducer benchmark on {name} ({mode} intra stage), torch {torch.__version__}, "
-          f"{args.dtype}; "
-          f"median of {args.repeats} (reference: {args.reference_repeats}); "
-          f"load average 1/5/15 min at start {load()}")
-    print("reference = our plain rewrite in the released code's structure "
-          "(scripts/reference_reducer.py), not the released code itself")
+          f"{args.dtype}; median of {args.repeats}"
+          + ("" if args.no_aot_table else f" (reference: {args.reference_repeats})")
+          + f"; load average 1/5/15 min at start {load()}")
+    if not args.no_aot_table:
+        print("reference = our plain rewrite in the released code's structure "
+              "(scripts/reference_reducer.py), not the released code itself")
+    if names:
+        registry = [row for backbone, frames, _ in SHAPES if backbone in args.shapes
+                    for row in bench_registry(backbone, frames, names, args)]
+        print_registry(registry, args)
+        if args.no_aot_table:
+            return
     rows = []
     for check_every in args.check_every or [None]:
         for scratch_mib in args.scratch_mib or [None]:

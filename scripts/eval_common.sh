@@ -14,17 +14,29 @@
 # and the tables of aot_eval_script_prefix / aot_eval_table_retentions (aot_eval_load_backbones).
 
 aot_eval_usage() {
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local reducers
+  reducers=$(PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" \
+             "$(aot_eval_python "$root")" -m aot_eval.preflight reducers 2>/dev/null) ||
+    reducers="    (the list needs this project's Python: python -m aot_eval.preflight reducers)"
   cat <<USAGE
 Usage: $(basename "$0") (--retention R | --preset NAME | --reducer none) [options]
 
   --retention R      target share of visual tokens, 0 < R <= 1 (paper: 0.10 0.15 0.20 0.25)
   --preset NAME      released AOT setting instead of a ratio: paper-ov-mvbench,
                      paper-ov-videomme, paper-ov-egoschema, paper-ov-longvideobench, paper-video
-  --reducer NAME     aot (default) | none (unreduced model) | uniform | visionzip | dycoke |
-                     random | aot:<ablation>
+  --reducer NAME     aot (default), none (unreduced model) or a reducer of the registry:
+$reducers
+  --reducer-opt K=V  a knob of the reducer's own options (repeat for several), e.g.
+                     --reducer vidcom2 --reducer-opt count=released; tuples join items with
+                     '+' (alphas=0.5+1+2); checked against the reducer's options before launch
   --ablation NAME    AOT ablation(s), '+'-joined: no-local no-global prune-only no-intra-ot
                      no-inter cosine-merge random-anchors
   --exact            exact token count per video (with --retention)
+  --llm-stage NAME   reduction inside the language model after the reducer: fastv | flashvid |
+                     holitom (docs/reducers/llm-stages.md)
+  --llm-stage-opt KV a knob of the LLM stage, e.g. layer=3, retention=0.25, budget=157
+                     (repeatable)
   --frames N         frames per video (default 32; LLaVA-Video: 64, the paper's; Qwen2.5-VL:
                      at most N of its 2-fps frames, as stock)
   --max-pixels N     Qwen2.5-VL / Qwen3-VL: max_pixels per frame (stock 1605632; qwen-vl-utils
@@ -129,14 +141,23 @@ aot_eval_run() {
   local backbone=$1 benchmark=$2; shift 2
   local retention="" preset="" reducer=aot ablation="" exact=0 frames="" model="" nproc=1
   local launcher=torchrun output="" limit="" dtype="" attn=sdpa device="" extra="" task=""
-  local include_path="" dry_run=0 max_pixels="" fps=""
+  local include_path="" dry_run=0 max_pixels="" fps="" llm_stage=""
+  local -a llm_stage_args=() reducer_opts=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --retention) [ $# -ge 2 ] || aot_eval_die "--retention needs a value"; retention=$2; shift 2 ;;
       --preset) [ $# -ge 2 ] || aot_eval_die "--preset needs a value"; preset=$2; shift 2 ;;
       --reducer) [ $# -ge 2 ] || aot_eval_die "--reducer needs a value"; reducer=$2; shift 2 ;;
       --ablation) [ $# -ge 2 ] || aot_eval_die "--ablation needs a value"; ablation=$2; shift 2 ;;
+      --reducer-opt) [ $# -ge 2 ] || aot_eval_die "--reducer-opt needs a value"
+        [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^,=[:space:]]+$ ]] ||
+          aot_eval_die "--reducer-opt '$2' must be KEY=VALUE (one knob; no commas or spaces)"
+        reducer_opts+=("$2"); shift 2 ;;
       --exact) exact=1; shift ;;
+      --llm-stage) [ $# -ge 2 ] || aot_eval_die "--llm-stage needs a value"; llm_stage=$2; shift 2 ;;
+      --llm-stage-opt) [ $# -ge 2 ] || aot_eval_die "--llm-stage-opt needs a value"
+        [[ "$2" =~ ^[a-z_]+=[^,]+$ ]] || aot_eval_die "--llm-stage-opt '$2' must be KEY=VALUE (e.g. layer=3)"
+        llm_stage_args+=("llm_stage.$2"); shift 2 ;;
       --frames) [ $# -ge 2 ] || aot_eval_die "--frames needs a value"; frames=$2; shift 2 ;;
       --max-pixels) [ $# -ge 2 ] || aot_eval_die "--max-pixels needs a value"; max_pixels=$2; shift 2 ;;
       --fps) [ $# -ge 2 ] || aot_eval_die "--fps needs a value"; fps=$2; shift 2 ;;
@@ -169,7 +190,11 @@ aot_eval_run() {
   [ -z "$retention" ] || check+=(retention="$retention")
   [ -z "$preset" ] || check+=(preset="$preset")
   [ -z "$ablation" ] || check+=(ablation="$ablation")
+  local opt
+  for opt in ${reducer_opts[@]+"${reducer_opts[@]}"}; do check+=("reducer.$opt"); done
   [ "$exact" = 0 ] || check+=(exact=true)
+  [ -z "$llm_stage" ] || check+=(llm_stage="$llm_stage")
+  check+=(${llm_stage_args[@]+"${llm_stage_args[@]}"})
   [ -z "$frames" ] || check+=(frames="$frames")  # approximate settings hold for this count
   [ "${AOT_EVAL_ARGS_CHECKED:-0}" = 0 ] || check=()
   local model_id default_model frames_key default_frames dtype_key default_dtype pixels_key
@@ -232,6 +257,16 @@ aot_eval_run() {
     margs+=",preset=$preset"; tag="${reducer}_$preset"
   fi
   [ -z "$ablation" ] || { margs+=",ablation=$ablation"; tag+="_$ablation"; }
+  for opt in ${reducer_opts[@]+"${reducer_opts[@]}"}; do
+    margs+=",reducer.$opt"; tag+="_${opt/=/-}"
+  done
+  if [ -n "$llm_stage" ]; then
+    margs+=",llm_stage=$llm_stage"; tag+="_llm-$llm_stage"
+    local knob
+    for knob in ${llm_stage_args[@]+"${llm_stage_args[@]}"}; do
+      margs+=",$knob"; tag+="_${knob#llm_stage.}"
+    done
+  fi
   [ -z "$extra" ] || { margs+=",$extra"; tag+="_custom"; }
   output=${output:-outputs/eval/$backbone/$benchmark/$tag}
 

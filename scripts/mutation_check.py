@@ -53,7 +53,7 @@ CODE_DIRS = ("aot", "llava")
 # transformers) only for a mutant that the first stage did not kill.
 TEST_STAGES = (("tests/test_knobs.py", "tests/test_oracle.py", "tests/test_config.py",
                 "tests/test_anchors.py", "tests/test_reduce.py", "tests/test_sinkhorn.py",
-                "tests/test_reducers.py"),
+                "tests/test_reducers.py", "tests/test_fastvid.py"),
                ("tests/llava",))
 # Files that declare or validate knobs rather than use them.
 SKIP_FILES = ("aot/config.py",)

@@ -11,7 +11,8 @@
 #   --no-full                   skip the unreduced row
 #   --output DIR                (default: outputs/sweep/<backbone>)
 #   --dry-run                   print the runs only
-# Anything after '--' goes to every eval script (e.g. -- --nproc 8 --limit 16).
+# Anything after '--' goes to every eval script (e.g. -- --nproc 8 --limit 16, or a reducer's
+# knob: --reducers vidcom2 -- --reducer-opt count=released).
 # A failed run does not stop the sweep; the exit status is 1 if any run failed.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -56,9 +57,14 @@ done
 root=$(cd "$here/.." && pwd)
 py=$(aot_eval_python "$root")
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# Knobs passed through (-- --reducer-opt K=V) go to every reducer's run: check them with each.
+opts=""
+for ((i = 0; i < ${#passthrough[@]}; i++)); do
+  [ "${passthrough[$i]}" != --reducer-opt ] || opts+=" reducer.${passthrough[$((i + 1))]:-}"
+done
 checks=()
 for reducer in $reducers; do
-  for r in $retentions; do checks+=(--set "reducer=$reducer retention=$r"); done
+  for r in $retentions; do checks+=(--set "reducer=$reducer retention=$r$opts"); done
 done
 aot_eval_preflight "$py" args --backbone "$backbone" "${checks[@]}"
 export AOT_EVAL_ARGS_CHECKED=1

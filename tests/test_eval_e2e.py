@@ -310,6 +310,21 @@ def test_baseline_reducers_run_at_the_exact_budget(workspace, tmp_path, monkeypa
         assert record["retention"] == 0.25 and record["visual_tokens"] == FRAMES * 49 + 1
 
 
+def test_reducer_options_reach_the_model_and_the_record(workspace, tmp_path, monkeypatch):
+    """``reducer.<option>`` model_args pass lmms-eval's parsing into the model; the record lists
+    every option that ran (defaults included) and the count is still the exact budget."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    results, samples, retention = evaluate_in_process(
+        workspace, "llava_onevision_aot", base_args(workspace, "ov") +
+        f",reducer=dycoke-ttm,retention=0.25,reducer.merging_ratio=0.5,{KNOBS}", tmp_path)
+    check_common(results, samples, retention, OV_POST)
+    assert retention["reducer"] == "dycoke-ttm"
+    assert retention["reducer_options"] == {"count": "exact", "merging_ratio": 0.5}
+    assert "reducer.merging_ratio=0.5" in retention["source"]
+    for record in retention["samples"]:
+        assert record["visual_tokens"] == FRAMES * 49 + 1
+
+
 # ---------------------------------------------------------------- identity with the stock models
 # Stock lmms-eval `llava_onevision` / `llava_vid` run on this project's `llava` package, and our
 # plugin with reducer=none must build the same prompts, pixels and generation arguments and give

@@ -17,6 +17,7 @@ from aot.intra import grid_coordinates
 from aot.pooling import pool_grid, pooled_shape
 from aot.synthetic import synthetic_video
 from aot.result import KIND_ANCHOR, KIND_FRAME
+from reducer_checks import with_inputs
 
 GRIDS = [(12, 20), (20, 12), (7, 5), (1, 6), (6, 1), (10, 10)]
 POOLINGS = ("none", "bilinear", "average")
@@ -219,7 +220,7 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
     per_frame = out_rows * out_cols
     for retention in (0.1, 0.3):
         config = small_config(grid, pooling, exact_retention=retention)
-        result = get_reducer(reducer)(features, shallow, deep, config, grid=grid)
+        result = with_inputs(reducer)(features, shallow, deep, config, grid=grid)
         count = aot.exact_budget(retention, frames, per_frame)
         assert result.num_tokens == count == math.floor(retention * frames * per_frame + 0.5)
         assert result.tokens.shape == (count, DIM)
@@ -236,7 +237,7 @@ def test_every_reducer_gives_exact_counts_and_shapes(grid, pooling, reducer):
         assert count < unreduced.shape[0]
         assert not torch.equal(result.tokens, unreduced[:count])
         # a budget given as a count wins over the retention
-        assert get_reducer(reducer)(features, shallow, deep, config, grid=grid,
+        assert with_inputs(reducer)(features, shallow, deep, config, grid=grid,
                                     budget=count + 1).num_tokens == count + 1
 
 

@@ -13,12 +13,13 @@ from aot.backbones import backbone_names, get_backbone
 
 # the backbones of our llava/ models (the benchmark's and the demo's)
 LLAVA = backbone_names("llava")
-from aot.reducers import REDUCERS, get_reducer, reducer_info, reducer_names
+from aot.reducers import REDUCERS, reducer_info, reducer_names
 from aot.video_path import StageClock
 from llava.constants import IMAGE_TOKEN_INDEX
 from aot_integrations.llava import backbone_name, llava_layout
 from aot_integrations.tiny import random_model
 from playground import pipeline
+from reducer_checks import attach_head_if_read, with_inputs
 
 FRAMES = 4
 
@@ -53,6 +54,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
     model = models[backbone]
     config = tiny_config(backbone)
     video = pixels(1)
+    attach_head_if_read(model, reducer)
     model.set_aot(config, reducer=reducer)
     try:
         embeds = model_embeds(model, video)
@@ -63,7 +65,7 @@ def test_model_benchmark_and_demo_read_the_same_sequence(models, backbone, reduc
             bench = model.video_sequence(video, on_stage=clock.lap)
         # the demo: the path's three steps, with AOT's count as a baseline's budget
         loaded = pipeline.LoadedModel(None, model, None, "tiny", True, backbone)
-        encoded = pipeline.encode(loaded, video, config)
+        encoded = pipeline.encode(loaded, video, config, reducers=(reducer,))
         demo = pipeline.reduce(loaded, encoded, config, reducer).sequence
     finally:
         model.set_aot(None)
@@ -108,11 +110,11 @@ def test_registry_owns_the_budget_rule():
         info = reducer_info(name)
         if info.needs_budget:
             with pytest.raises(ValueError, match="budget"):
-                get_reducer(name)(features, attention, attention, config)
+                with_inputs(name)(features, attention, attention, config)
             with pytest.raises(ValueError, match="needs a token budget"):
                 video_path.Reduction(config, name)
         else:
-            assert get_reducer(name)(features, attention, attention, config).num_tokens > 0
+            assert with_inputs(name)(features, attention, attention, config).num_tokens > 0
             video_path.Reduction(config, name)
     assert {n for n, i in REDUCERS.items() if i.ablation} == \
         {"aot:" + a for a in aot.ABLATIONS}

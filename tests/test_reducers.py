@@ -23,6 +23,7 @@ from aot.reducers import (
 from aot.config import ABLATIONS
 from aot.synthetic import synthetic_video
 from aot.result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
+from reducer_checks import with_inputs
 
 #: the reducers themselves (not the aot:<ablation> names)
 BASE_NAMES = [name for name, info in REDUCERS.items() if info.ablation is None]
@@ -102,7 +103,7 @@ def test_every_reducer_matches_aot_exact(frames):
     # every ablation at one frame count; the five reducers at all of them (keeps the file fast)
     names = reducer_names() if frames == 7 else BASE_NAMES
     for name in names:
-        assert get_reducer(name)(*video(frames), config).num_tokens == target, name
+        assert with_inputs(name)(*video(frames), config).num_tokens == target, name
 
 
 def test_matched_budget_with_released_thresholds():
@@ -110,7 +111,7 @@ def test_matched_budget_with_released_thresholds():
     config = AOTConfig.preset("paper-ov-mvbench")  # no exact mode: AOT's count varies per video
     target = matched_budget(features, shallow, deep, config)
     for name in BASE_NAMES:
-        result = get_reducer(name)(features, shallow, deep, config, budget=target)
+        result = with_inputs(name)(features, shallow, deep, config, budget=target)
         assert result.num_tokens == target, name
 
 
@@ -159,8 +160,8 @@ def test_full_budget_is_the_unreduced_video(name):
 @pytest.mark.parametrize("name", reducer_names())
 def test_deterministic(name):
     config = AOTConfig(exact_retention=0.1, seed=3)
-    a = get_reducer(name)(*video(5), config)
-    b = get_reducer(name)(*video(5), config)
+    a = with_inputs(name)(*video(5), config)
+    b = with_inputs(name)(*video(5), config)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.token_position, b.token_position)
 
 
@@ -361,14 +362,20 @@ def test_declared_inputs_are_the_ones_read(name):
     features, shallow, deep = video(8)
     config = AOTConfig(exact_retention=0.1)
     info = REDUCERS[name]
-    reducer = get_reducer(name)
+    reducer = with_inputs(name)
     base = reducer(features, shallow, deep, config)
     noise = torch.Generator().manual_seed(1)
     replaced = {"shallow_attention": torch.rand(shallow.shape, generator=noise),
-                "deep_attention": torch.rand(deep.shape, generator=noise)}
+                "deep_attention": torch.rand(deep.shape, generator=noise),
+                "last_attention": torch.rand(deep.shape, generator=noise)}
     for input_name, other in replaced.items():
-        args = dict(shallow_attention=shallow, deep_attention=deep)
+        if input_name == "last_attention" and input_name not in info.inputs:
+            continue  # not a keyword of a reducer that does not declare it
+        args = dict(shallow_attention=shallow, deep_attention=deep, last_attention=deep)
         args[input_name] = other
-        out = reducer(features, args["shallow_attention"], args["deep_attention"], config)
+        extra = ({"last_attention": args["last_attention"]}
+                 if "last_attention" in info.inputs else {})
+        out = reducer(features, args["shallow_attention"], args["deep_attention"], config,
+                      **extra)
         same = torch.equal(out.tokens, base.tokens)
         assert same != (input_name in info.inputs), (name, input_name)

@@ -17,8 +17,9 @@ Budget: ``budget=<int>`` wins; else ``config.exact_retention`` gives
 for the same video. The baselines need one of the two; ``aot`` without either runs its released
 thresholds.
 
-Registry names: ``aot``, ``uniform``, ``visionzip``, ``dycoke``, ``random``, ``vidcom2``, and
-``aot:<ablation>`` for every key of :data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
+Registry names: ``aot``, ``uniform``, ``visionzip``, ``visionzip-release``, ``dycoke``, ``random``, ``vidcom2``,
+``dycoke-ttm``, ``holitom``, ``flashvid``, and ``aot:<ablation>`` for every key of
+:data:`aot.config.ABLATIONS` (e.g. ``aot:no-local``). See docs/reducers/.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ from ..result import ReducedVideo
 from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
 from .common import resolve_budget, retention_for_budget
 from .dycoke import DyCokeConfig, reduce_dycoke
+from .dycoke_ttm import DyCokeTTMConfig, reduce_dycoke_ttm
+from .flashvid import FlashVIDConfig, reduce_flashvid
+from .holitom import HoliTomConfig, reduce_holitom
+from .fastvid import FastVIDConfig, reduce_fastvid
 from .uniform import pooling_matrix, reduce_uniform
 from .vidcom2 import VidCom2Config, reduce_vidcom2
 from .visionzip import VisionZipConfig, reduce_visionzip
+from .visionzip_release import VisionZipReleaseConfig, reduce_visionzip_release
 
 Reducer = Callable[..., ReducedVideo]
 
@@ -57,7 +63,14 @@ class ReducerInfo:
         when all its knobs are :class:`AOTConfig` fields.
     inputs: what it reads besides the features: ``"shallow_attention"``, ``"deep_attention"``
         (received attention at ``config.shallow_layer`` / ``deep_layer``), ``"frame_features"``,
-        with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
+        ``"last_attention"`` (received attention at the tower's last used layer, the one whose
+        output is the features; passed as the keyword ``last_attention=``, and captured by every
+        adapter when declared), ``"head_attention"`` / ``"head_features"`` (the probe attention
+        (F, T) and pooled output (F, C) of a SigLIP attention-pooling head,
+        :mod:`aot.pooling_head`; keywords, captured by adapters with a head attached),
+        ``"last_keys"`` (F, T, head_dim) (the key states of the tower's last used layer averaged
+        over heads, in the model's dtype; keyword ``last_keys=``, captured by every adapter when
+        declared), with the reducer's default options (``visionzip`` with ``attention="shallow"`` reads the
         shallow one instead; ``random`` reads the deep one to rank tokens in exact mode).
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
@@ -76,7 +89,8 @@ class ReducerInfo:
 
 ABLATION_PREFIX = "aot:"
 #: What a reducer may read besides the features (``ReducerInfo.inputs``).
-INPUTS = ("shallow_attention", "deep_attention", "frame_features")
+INPUTS = ("shallow_attention", "deep_attention", "frame_features", "last_attention",
+          "head_attention", "head_features", "last_keys")
 _ATTENTION = INPUTS[:2]
 _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Contexts "
               "Optimization for Efficient Video Large Language Models, CVPR 2026, arXiv 2603.01400")
@@ -87,10 +101,11 @@ _BASE = (
     ReducerInfo("uniform", reduce_uniform, True,
                 summary="uniform pooling of each frame to the budget"),
     ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig, inputs=("deep_attention",),
-                summary="VisionZip-style dominant + contextual tokens per frame",
+                summary="VisionZip-style dominant + contextual tokens per frame (ours)",
                 paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
     ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
-                summary="DyCoke-style temporal merge of redundant tokens",
+                summary="DyCoke-style temporal merge of redundant tokens (ours; the release: "
+                        "dycoke-ttm)",
                 paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
     ReducerInfo("random", reduce_random, False, inputs=("deep_attention", "frame_features"),
                 summary="AOT with random anchors (ablation)", paper=_AOT_PAPER),
@@ -99,6 +114,29 @@ _BASE = (
                         "frame-adaptive counts",
                 paper="Liu et al.: Video Compression Commander (VidCom2), EMNLP 2025, "
                       "arXiv 2505.14454"),
+    ReducerInfo("dycoke-ttm", reduce_dycoke_ttm, True, DyCokeTTMConfig,
+                summary="DyCoke's released token temporal merging: pairs of frames, the odd "
+                        "one keeps the tokens least like the even one",
+                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
+    ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
+                summary="HoliTom: static tokens of temporal windows averaged and clustered, "
+                        "attention top-k of the rest per frame",
+                paper="Shao et al.: HoliTom: Holistic Token Merging for Fast Video Large "
+                      "Language Models, NeurIPS 2025, arXiv 2505.21334"),
+    ReducerInfo("flashvid", reduce_flashvid, True, FlashVIDConfig, inputs=("last_attention",),
+                summary="FlashVID vision side: segments, attention-diversity picks, tree merging "
+                        "of the rest, DPC-kNN clusters",
+                paper="Fan et al.: FlashVID, ICLR 2026, arXiv 2602.08024"),
+    ReducerInfo("fastvid", reduce_fastvid, True, FastVIDConfig,
+                inputs=("head_attention", "head_features"),
+                summary="FastVID: dynamic segments, salient tokens by the SigLIP pooling head's "
+                        "attention, density-peak merging",
+                paper="Shen et al.: FastVID, NeurIPS 2025, arXiv 2503.11187"),
+    ReducerInfo("visionzip-release", reduce_visionzip_release, True, VisionZipReleaseConfig,
+                inputs=("last_attention", "last_keys"),
+                summary="VisionZip as papers run it on LLaVA-OV (HoliTom's port): last-layer "
+                        "attention top-k + key-similarity contextual tokens per frame",
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -222,9 +260,14 @@ __all__ = [
     "check_budget",
     "reducer_info",
     "DyCokeConfig",
+    "DyCokeTTMConfig",
+    "FlashVIDConfig",
+    "HoliTomConfig",
+    "FastVIDConfig",
     "Reducer",
     "VidCom2Config",
     "VisionZipConfig",
+    "VisionZipReleaseConfig",
     "ablation_config",
     "config_for_budget",
     "get_reducer",
@@ -232,10 +275,15 @@ __all__ = [
     "pooling_matrix",
     "reduce_aot",
     "reduce_dycoke",
+    "reduce_dycoke_ttm",
+    "reduce_flashvid",
+    "reduce_holitom",
+    "reduce_fastvid",
     "reduce_random",
     "reduce_uniform",
     "reduce_vidcom2",
     "reduce_visionzip",
+    "reduce_visionzip_release",
     "reducer_names",
     "register_reducer",
     "resolve_budget",

@@ -136,3 +136,26 @@ def make_result(tokens, token_frame, token_position, token_kind, *, frames: int,
 def work_dtype(x: torch.Tensor) -> torch.dtype:
     """float32 for half inputs (similarities and averages), float64 stays float64."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def density_peaks(points: torch.Tensor, knn: int, noise: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-kNN's density-peak scores, as HoliTom, FlashVID and FastVID release them.
+
+    Args:
+        points: (..., n, C) one or more point sets (e.g. a frame's tokens per leading index).
+        knn: neighbours of the density, the point itself included (at most n).
+        noise: (..., n) added to the densities (the releases' ``rand * 1e-6`` tie breaker).
+    Returns:
+        scores (..., n) ``density * delta`` and distances (..., n, n) ``cdist / sqrt(C)``, with
+        density = ``exp(-mean of the knn smallest d^2)`` and delta = the distance to the nearest
+        denser point of the set (the set's largest distance for its densest point).
+    """
+    distance = torch.cdist(points, points) / math.sqrt(points.shape[-1])          # (..., n, n)
+    nearest = torch.topk(distance, knn, dim=-1, largest=False).values
+    density = (-(nearest ** 2).mean(dim=-1)).exp() + noise.to(distance)            # (..., n)
+    denser = density[..., None, :] > density[..., :, None]          # [..., i, j]: j denser
+    farthest = distance.flatten(-2).max(dim=-1).values[..., None, None]
+    delta = torch.where(denser, distance, farthest).min(dim=-1).values
+    return delta * density, distance
+

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from aot.backbones import Backbone, get_backbone
+# relative_layers and the paper's layers live with the backbone facts (aot.backbones); they are
+# re-exported here for the adapters and their callers.
+from aot.backbones import (PAPER_DEPTH, PAPER_LAYERS, Backbone, get_backbone,  # noqa: F401
+                           relative_layers)
 from aot.result import ReducedVideo
-from aot.video_path import Encoded, Reduction
+from aot.serving import kept_slots
+from aot.video_path import Encoded, Reduction, resolve_layers
 
+from ..pooling_head import check_extra_inputs
 from .sequence import check_placeholders
 
 
@@ -52,6 +57,32 @@ class HFAdapter:
     def vision_layers(self) -> int:
         raise NotImplementedError
 
+    @property
+    def feature_depth(self) -> int:
+        """Blocks whose output the features come from (the last of them is
+        :data:`aot.video_path.LAST_LAYER`): the whole tower unless the model reads an earlier
+        layer."""
+        return self.vision_layers
+
+    def encode_batch(self, inputs: dict, layers: tuple[int, ...],
+                     extra_inputs: tuple[str, ...] = ()) -> list[Encoded]:
+        """The processor's batch -> one :class:`Encoded` per video, with received attention at
+        ``layers`` (negative indices count from the last used block,
+        :func:`aot.video_path.resolve_layers`), keyed as requested, and the
+        :data:`aot.video_path.EXTRA_INPUTS` named in ``extra_inputs`` (adapters with a pooling
+        head only)."""
+        plan = resolve_layers(layers, self.feature_depth)
+        actual = tuple(sorted(set(plan.values())))
+        encoded = (self._encode_batch(inputs, actual, extra_inputs=tuple(extra_inputs))
+                   if extra_inputs else self._encode_batch(inputs, actual))
+        for video in encoded:
+            video.attention = {layer: video.attention[actual] for layer, actual in plan.items()}
+        return encoded
+
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+        """:meth:`encode_batch` at block indices ``layers`` (sorted, non-negative)."""
+        raise NotImplementedError
+
     def default_layers(self) -> tuple[int, int]:
         """(shallow, deep) vision layers for AOT's local / global anchors on this model's tower:
         the paper's layers at the same relative depth (:func:`relative_layers` of
@@ -76,6 +107,17 @@ class HFAdapter:
             if getattr(config, name) >= self.vision_layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
                                  f"has blocks 0..{self.vision_layers - 1}")
+        self.check_extra_inputs(reduction)
+
+    def check_extra_inputs(self, reduction: Reduction) -> None:
+        """Refuse a reduction reading :data:`aot.video_path.EXTRA_INPUTS` this model cannot give
+        (a SigLIP pooling head's outputs without a head), saying how to attach one."""
+        check_extra_inputs(reduction, self.pooling_head(), self.backbone.title)
+
+    def pooling_head(self):
+        """The SigLIP attention-pooling head this model gives its reducers
+        (:func:`aot_integrations.pooling_head.pooling_head_of`), None without one."""
+        return None
 
     def check_inputs(self, inputs: dict) -> None:
         """Refuse a batch whose video inputs, grids and placeholders disagree, with one line
@@ -109,7 +151,7 @@ class HFAdapter:
         if result is None:
             visual = torch.arange(frames * per_frame)
         else:
-            visual = result.token_frame.cpu() * per_frame + result.token_position.cpu()
+            visual = kept_slots(result, per_frame)
         newlines = self.backbone.newlines(frames, encoded.grid)
         tail = torch.arange(frames * per_frame, frames * per_frame + newlines)
         return torch.cat([visual.long(), tail.long()])
@@ -122,17 +164,3 @@ class HFAdapter:
         """Placeholders the processor wrote for this video (unreduced, newlines included)."""
         frames = encoded.num_frames
         return frames * self._per_frame(encoded) + self.backbone.newlines(frames, encoded.grid)
-
-
-#: The paper's anchor layers and the depth they index: 5 and 24 of the 26 SigLIP layers the
-#: LLaVA models use (docs/knobs.md, vision layers per backbone).
-PAPER_LAYERS, PAPER_DEPTH = (5, 24), 26
-
-
-def relative_layers(depth: int) -> tuple[int, int]:
-    """(shallow, deep) at the paper's relative depth in a tower of ``depth`` blocks, rounded
-    down: (5, 24) for 26 blocks (SigLIP in LLaVA-OneVision) and for 27 (Qwen3-VL)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r}: expected the number of vision blocks, an integer >= 1")
-    shallow, deep = PAPER_LAYERS
-    return shallow * depth // PAPER_DEPTH, deep * depth // PAPER_DEPTH

@@ -150,7 +150,8 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
         _check_grids(adapter, reduction, kwargs)
     layers = () if reduction is None else reduction.layers
     with torch.no_grad():
-        encoded = adapter.encode_batch(kwargs, layers)
+        extra = () if reduction is None else reduction.extra_inputs
+        encoded = adapter.encode_batch(kwargs, layers, extra)
         sequences = []
         for video in encoded:
             result = None if reduction is None else reduce(video, reduction)

@@ -8,8 +8,9 @@ from aot.anchors import attend_and_receive
 from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
+from ..pooling_head import head_inputs, pooling_head_of
 from .base import HFAdapter, relative_layers
-from .capture import capturing
+from ..capture import capturing
 
 
 def siglip_received(module, args, kwargs) -> torch.Tensor:
@@ -26,6 +27,17 @@ def siglip_received(module, args, kwargs) -> torch.Tensor:
     return attend_and_receive(q, k, None, module.scale)[0]
 
 
+def siglip_keys(module, args, kwargs) -> torch.Tensor:
+    """Key states of a SigLIP attention module's input, averaged over heads.
+
+    hidden_states: (N, T, C). Returns (N, T, head_dim) in the module's dtype: only the key
+    projection runs (no attention map).
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    frames, tokens, _ = hidden.shape
+    return module.k_proj(hidden).view(frames, tokens, -1, module.head_dim).mean(2)
+
+
 class OneVisionAdapter(HFAdapter):
     """``LlavaOnevisionForConditionalGeneration``: SigLIP, projector, 2x bilinear pooling, one
     newline after the whole video; 1-D positions."""
@@ -38,16 +50,24 @@ class OneVisionAdapter(HFAdapter):
     def vision_layers(self) -> int:
         return len(self._encoder_layers())
 
-    def default_layers(self) -> tuple[int, int]:
-        """The paper's relative layers over the blocks whose output the projector reads
-        (``vision_feature_layer``; a list of layers: the whole tower)."""
+    @property
+    def feature_depth(self) -> int:
+        """Blocks up to the one whose output the projector reads (``vision_feature_layer``; a
+        list of layers: the whole tower)."""
         total = self.vision_layers
         layer = self.model.config.vision_feature_layer
-        used = total
-        if isinstance(layer, int):
-            # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
-            used = min(max(total + 1 + layer if layer < 0 else layer, 1), total)
-        return relative_layers(used)
+        if not isinstance(layer, int):
+            return total
+        # hidden_states[k] is the output of block k - 1 (hidden_states[0]: the embeddings)
+        return min(max(total + 1 + layer if layer < 0 else layer, 1), total)
+
+    def default_layers(self) -> tuple[int, int]:
+        """The paper's relative layers over the blocks whose output the projector reads."""
+        return relative_layers(self.feature_depth)
+
+    def pooling_head(self):
+        """The attached head, else the tower's own (``vision_use_head=True``), else None."""
+        return pooling_head_of(self.model, self.model.model.vision_tower)
 
     def _encoder_layers(self):
         tower = self.model.model.vision_tower
@@ -80,9 +100,12 @@ class OneVisionAdapter(HFAdapter):
         side = vision.image_size // vision.patch_size
         return [(side, side)] * inputs["pixel_values_videos"].shape[0]
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...],
+                      extra_inputs: tuple[str, ...] = ()) -> list[Encoded]:
         """pixel_values_videos (B, F, 3, S, S) -> one :class:`Encoded` per video: (F, T, D)
-        projected features before pooling (T = grid^2), received attention at ``layers``."""
+        projected features before pooling (T = grid^2), received attention at ``layers``, the
+        pooling head's ``extra_inputs`` on the output of the last block the projector reads and
+        ``last_keys`` (F, T, head_dim), that block's keys averaged over heads."""
         inner = self.model.model
         config = self.model.config
         pixels = inputs["pixel_values_videos"]
@@ -92,7 +115,10 @@ class OneVisionAdapter(HFAdapter):
                     or config.vision_feature_select_strategy)
         encoder_layers = self._encoder_layers()
         modules = {index: encoder_layers[index].self_attn for index in layers}
-        with capturing(modules, siglip_received) as sinks:
+        last = self.feature_depth - 1
+        keyed = ({last: encoder_layers[last].self_attn} if "last_keys" in extra_inputs else {})
+        with capturing(modules, siglip_received) as sinks, \
+                capturing(keyed, siglip_keys) as keys:
             out = inner.vision_tower(pixels.view(batch * frames, *pixels.shape[2:]),
                                      output_hidden_states=True, return_dict=True)
         if isinstance(layer, int):
@@ -102,17 +128,27 @@ class OneVisionAdapter(HFAdapter):
         if strategy == "default":
             selected = selected[:, 1:]
         features = inner.multi_modal_projector(selected)
+        tower_output = out.hidden_states[self.feature_depth]
+        if strategy == "default":
+            tower_output = tower_output[:, 1:]
+        extra = head_inputs(tower_output, self.pooling_head() if extra_inputs else None,
+                            extra_inputs)
+        if keyed:
+            extra["last_keys"] = keys[last][0][:, 1:] if strategy == "default" else keys[last][0]
         tokens = features.shape[1]
         grid = int(round(tokens ** 0.5))   # SigLIP frames are square (image_size x image_size)
         received = {index: torch.cat(sinks[index]) for index in layers}
         return [Encoded(features[v * frames:(v + 1) * frames], grid,
-                        {index: received[index][v * frames:(v + 1) * frames] for index in layers})
+                        {index: received[index][v * frames:(v + 1) * frames] for index in layers},
+                        {name: value[v * frames:(v + 1) * frames] for name, value in extra.items()})
                 for v in range(batch)]
 
-    def encode(self, pixels: torch.Tensor, layers: tuple[int, ...], on_stage) -> Encoded:
+    def encode(self, pixels: torch.Tensor, layers: tuple[int, ...], on_stage,
+               extra_inputs: tuple[str, ...] = ()) -> Encoded:
         """:class:`aot.video_path.VideoAdapter` step for one video, (F, 3, S, S) pixels (the tower
         and the projector run together: ``"vision"`` and ``"projector"`` are reported at once)."""
-        encoded = self.encode_batch({"pixel_values_videos": pixels[None]}, layers)[0]
+        encoded = self.encode_batch({"pixel_values_videos": pixels[None]}, layers,
+                                    extra_inputs)[0]
         on_stage("vision")
         on_stage("projector")
         return encoded

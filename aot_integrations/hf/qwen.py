@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
@@ -11,7 +13,7 @@ from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
 from .base import HFAdapter, relative_layers
-from .capture import capturing
+from ..capture import capturing
 
 
 def qwen_vision_received(module, args, kwargs) -> torch.Tensor:
@@ -38,6 +40,49 @@ def qwen_vision_received(module, args, kwargs) -> torch.Tensor:
         ks = k[start:stop].transpose(0, 1)[None]
         out[start:stop] = attend_and_receive(qs, ks, None, module.scaling)[0][0]
     return out
+
+
+def qwen_probe_attention(module, args, kwargs, unit: int = 4) -> torch.Tensor:
+    """FastVID's Qwen2.5-VL stand-in for a pooling head's attention, from a vision attention
+    module's input (its release computes it in the last block, ``modeling_qwen2_5_vl.py`` L193).
+
+    Per attention segment (a frame in a full-attention block): one query, the mean of the
+    segment's queries after RoPE, against one key per merge group, the mean of its ``unit``
+    consecutive keys; softmax over the groups (scaled by 1/sqrt(head_dim)), averaged over heads.
+    Returns (S / unit,) float32, one value per merge group in the tower's order.
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    hidden = args[0] if args else kwargs["hidden_states"]
+    cos, sin = kwargs["position_embeddings"]
+    seq = hidden.shape[0]
+    qkv = module.qkv(hidden).reshape(seq, 3, module.num_heads, -1).permute(1, 0, 2, 3)
+    q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+    bounds = kwargs["cu_seqlens"].tolist()
+    out = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        query = q[start:stop].float().mean(0)                                   # (heads, d)
+        keys = k[start:stop].float().view(-1, unit, *k.shape[1:]).mean(1)       # (groups, heads, d)
+        logits = torch.einsum("hd,ghd->hg", query, keys) * module.scaling
+        out.append(logits.softmax(-1).mean(0))
+    return torch.cat(out)
+
+
+def qwen_vision_keys(module, args, kwargs) -> torch.Tensor:
+    """Key states of a Qwen2.5-VL / Qwen3-VL vision attention module's input, averaged over
+    heads, before the rotary embedding.
+
+    hidden_states: (S, C) packed patches. Returns (S, head_dim) in the module's dtype, in the
+    tower's order; only the key third of the fused qkv projection runs. The keys are taken before
+    rotary: RoPE rotates each patch's key by its position, so the cosine similarity VisionZip's
+    contextual merge takes would mix where two patches are with what they show (SigLIP's keys,
+    which the release compares, carry position only through the embeddings added at the input).
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    dim = module.qkv.in_features
+    bias = None if module.qkv.bias is None else module.qkv.bias[dim:2 * dim]
+    keys = torch.nn.functional.linear(hidden, module.qkv.weight[dim:2 * dim], bias)
+    return keys.view(hidden.shape[0], module.num_heads, -1).mean(1)
 
 
 class Qwen25VLAdapter(HFAdapter):
@@ -137,21 +182,51 @@ class Qwen25VLAdapter(HFAdapter):
                              "differ); pass the processor's input_ids and mm_token_type_ids "
                              "unchanged")
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def pooling_head(self):
+        """None: the Qwen ViT has no attention-pooling head; :meth:`check_extra_inputs` accepts
+        a reducer reading one anyway (the stand-ins of FastVID's Qwen2.5-VL port)."""
+        return None
+
+    def check_extra_inputs(self, reduction) -> None:
+        """Always servable: ``head_attention`` / ``head_features`` are FastVID's Qwen stand-ins
+        (:func:`qwen_probe_attention` at the last block; the mean merged token per frame);
+        ``last_keys`` is the last block's keys (:func:`qwen_vision_keys`) averaged over each
+        merged token's 2x2 patches, as its received attention is."""
+
+    def _keyed(self, extra_inputs) -> dict:
+        """layer -> module hooking the last block for ``last_keys``, if asked."""
+        if "last_keys" not in extra_inputs:
+            return {}
+        return {self.vision_layers - 1: self.visual.blocks[-1].attn}
+
+    def _probe(self, extra_inputs):
+        """(layer -> module, compute) hooking the last block for ``head_attention``, if asked."""
+        if "head_attention" not in extra_inputs:
+            return {}
+        unit = self.visual.spatial_merge_size ** 2
+        return {self.vision_layers - 1: self.visual.blocks[-1].attn}, \
+            functools.partial(qwen_probe_attention, unit=unit)
+
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...],
+                      extra_inputs: tuple[str, ...] = ()) -> list[Encoded]:
         """Packed patches + video_grid_thw (V, 3) -> one :class:`Encoded` per video: (t, h*w/4, D)
         merger outputs (the LLM's tokens), received attention per merged token (mean over its
-        2x2 patches) at ``layers``."""
+        2x2 patches) at ``layers``, and the ``extra_inputs`` (:meth:`_split`)."""
         from transformers.vision_utils import get_vision_window_index
 
         visual = self.visual
         grid_thw = inputs["video_grid_thw"]
         pixels = inputs["pixel_values_videos"].type(visual.dtype)
         modules = {index: visual.blocks[index].attn for index in layers}
-        with capturing(modules, qwen_vision_received) as sinks:
+        probe = self._probe(extra_inputs)
+        keyed = self._keyed(extra_inputs)
+        with capturing(modules, qwen_vision_received) as sinks, \
+                capturing(*probe) if probe else _nothing() as probed, \
+                capturing(keyed, qwen_vision_keys) as keys:
             merged = visual(pixels, grid_thw=grid_thw).pooler_output
         unit = visual.spatial_merge_size ** 2
         received = {}
-        if layers:
+        if layers or probe or keyed:
             window_index, _ = get_vision_window_index(
                 grid_thw, spatial_merge_size=visual.spatial_merge_size,
                 window_size=visual.window_size, patch_size=visual.patch_size)
@@ -159,23 +234,41 @@ class Qwen25VLAdapter(HFAdapter):
             for index in layers:
                 patches = sinks[index][0]
                 received[index] = patches.view(-1, unit)[restore].mean(1)
-        return self._split(merged, grid_thw, received)
+        attention = probed[self.vision_layers - 1][0][restore] if probe else None
+        last_keys = None
+        if keyed:
+            patches = keys[self.vision_layers - 1][0]
+            last_keys = patches.view(-1, unit, patches.shape[-1])[restore].mean(1)
+        return self._split(merged, grid_thw, received, extra_inputs, attention, last_keys)
 
-    def _split(self, merged, grid_thw, received) -> list[Encoded]:
+    def _split(self, merged, grid_thw, received, extra_inputs=(), probe=None,
+               keys=None) -> list[Encoded]:
         """Packed (sum t*h*w/4, C) merger outputs and received attention -> one Encoded per
         video, (t, h*w/4, C) on its own (h/2, w/2) grid of merged tokens (native resolution:
-        landscape, portrait or square, each video its own)."""
+        landscape, portrait or square, each video its own). ``extra_inputs``: ``head_attention``
+        from ``probe`` (packed, one value per merged token), ``head_features`` the mean merged
+        token of each frame on the main channels (FastVID's Qwen2.5-VL port), ``last_keys`` from
+        ``keys`` (packed, (sum t*h*w/4, head_dim), one row per merged token)."""
         merge = self.visual.spatial_merge_size
+        main = self.model_fields().get("similarity_channels")
         encoded = []
         start = 0
         for t, h, w in grid_thw.tolist():
             rows, cols = h // merge, w // merge
             count = t * rows * cols
             stop = start + count
+            features = merged[start:stop].view(t, rows * cols, -1)
+            extra = {}
+            if "head_attention" in extra_inputs:
+                extra["head_attention"] = probe[start:stop].view(t, rows * cols)
+            if "head_features" in extra_inputs:
+                extra["head_features"] = features[..., :main].float().mean(1)
+            if "last_keys" in extra_inputs:
+                extra["last_keys"] = keys[start:stop].view(t, rows * cols, -1)
             encoded.append(Encoded(
-                merged[start:stop].view(t, rows * cols, -1), (rows, cols),
+                features, (rows, cols),
                 {index: attention[start:stop].view(t, rows * cols)
-                 for index, attention in received.items()}))
+                 for index, attention in received.items()}, extra))
             start = stop
         return encoded
 
@@ -248,17 +341,27 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         merge = self.visual.spatial_merge_size
         return [[h * w // merge ** 2] * t for t, h, w in self.grid_rows(inputs)]
 
-    def encode_batch(self, inputs: dict, layers: tuple[int, ...]) -> list[Encoded]:
+    def _encode_batch(self, inputs: dict, layers: tuple[int, ...],
+                      extra_inputs: tuple[str, ...] = ()) -> list[Encoded]:
         visual = self.visual
         grid_thw = inputs["video_grid_thw"]
         pixels = inputs["pixel_values_videos"].type(visual.dtype)
         modules = {index: visual.blocks[index].attn for index in layers}
-        with capturing(modules, qwen_vision_received) as sinks:
+        probe = self._probe(extra_inputs)
+        keyed = self._keyed(extra_inputs)
+        with capturing(modules, qwen_vision_received) as sinks, \
+                capturing(*probe) if probe else _nothing() as probed, \
+                capturing(keyed, qwen_vision_keys) as keys:
             out = visual(pixels, grid_thw=grid_thw, return_dict=True)
         merged = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
         unit = visual.spatial_merge_size ** 2
         received = {index: sinks[index][0].view(-1, unit).mean(1) for index in layers}
-        return self._split(merged, grid_thw, received)
+        attention = probed[self.vision_layers - 1][0] if probe else None
+        last_keys = None
+        if keyed:
+            patches = keys[self.vision_layers - 1][0]
+            last_keys = patches.view(-1, unit, patches.shape[-1]).mean(1)
+        return self._split(merged, grid_thw, received, extra_inputs, attention, last_keys)
 
     def positions(self, inputs: dict) -> torch.Tensor:
         position_ids, _ = self.model.model.get_rope_index(
@@ -279,3 +382,8 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         return BaseModelOutputWithDeepstackFeatures(
             pooler_output=tuple(p[0] for p in parts),
             deepstack_features=[tuple(p[1 + level] for p in parts) for level in range(levels)])
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield {}

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from aot.backbones import Backbone, backbone_for_pooling, get_backbone
-from aot.video_path import Encoded, Reduction, StageHook
+from aot.video_path import Encoded, Reduction, StageHook, resolve_layers
 
+from ..pooling_head import check_extra_inputs, head_inputs, pooling_head_of
 from . import packing
 
 #: AOT's pooling name of each LLaVA ``mm_spatial_pool_mode`` it can reduce under.
@@ -108,16 +109,26 @@ class LlavaVideoAdapter:
             if getattr(config, name) >= layers:
                 raise ValueError(f"AOTConfig.{name}={getattr(config, name)} but the vision tower "
                                  f"uses layers 0..{layers - 1}")
+        check_extra_inputs(reduction, pooling_head_of(self.model), "LLaVA's SigLIP tower")
 
     def encode(self, pixels: torch.Tensor, layers: tuple[int, ...],
-               on_stage: StageHook) -> Encoded:
-        """SigLIP (capturing received attention at ``layers``), then the projector."""
-        out = self.tower(pixels, capture_layers=layers,
-                         chunk_size=self.model.vision_chunk_size)
+               on_stage: StageHook, extra_inputs: tuple[str, ...] = ()) -> Encoded:
+        """SigLIP (capturing received attention at ``layers``; -1 is the last of the tower's
+        layers; ``extra_inputs``: the attached pooling head's outputs on the tower output, and
+        ``last_keys``, the last layer's keys averaged over heads, (F, 729, head_dim)), then the
+        projector."""
+        plan = resolve_layers(layers, self.tower.num_layers)
+        keys_layer = self.tower.num_layers - 1 if "last_keys" in extra_inputs else None
+        out = self.tower(pixels, capture_layers=tuple(sorted(set(plan.values()))),
+                         chunk_size=self.model.vision_chunk_size, keys_layer=keys_layer)
+        extra = head_inputs(out.features, pooling_head_of(self.model), extra_inputs)
+        if keys_layer is not None:
+            extra["last_keys"] = out.keys
         on_stage("vision")
         projected = self.model.get_model().mm_projector(out.features)
         on_stage("projector")
-        return Encoded(projected, self.tower.grid, {layer: out.received[layer] for layer in layers})
+        return Encoded(projected, self.tower.grid,
+                       {layer: out.received[actual] for layer, actual in plan.items()}, extra)
 
     def pool(self, encoded: Encoded) -> torch.Tensor:
         pooled = packing.pool_frames(encoded.features, self.layout.pool_mode,

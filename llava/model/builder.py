@@ -40,7 +40,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                           attn_implementation="sdpa", customized_config=None,
                           overwrite_config=None, *, aot_config: "aot.AOTConfig | str | None" = None,
                           reducer: str = "aot", retention: float | None = None,
-                          vision_chunk_size: int = 8, **kwargs):
+                          reducer_options: dict | None = None,
+                          vision_chunk_size: int = 8, pooling_head=None, **kwargs):
     """Load a LLaVA-Qwen checkpoint (LLaVA-NeXT signature).
 
     Args:
@@ -60,7 +61,12 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             ``"aot"``, ``"uniform"``, ``"visionzip"``, ``"dycoke"``, ``"random"``, ...).
         retention: for the baselines, the exact retention to run at when the config has no
             ``exact_retention`` yet (so they emit exactly AOT-exact's count).
+        reducer_options: the reducer's own knobs (fields of its
+            :attr:`aot.reducers.ReducerInfo.options` dataclass) as a dict.
         vision_chunk_size: frames per vision-tower call.
+        pooling_head: a SigLIP attention-pooling head to attach before the reducer is set (a
+            google/siglip-so400m-patch14-384 folder, weights file or state dict,
+            :func:`aot_integrations.pooling_head.attach_pooling_head`): what ``fastvid`` reads.
     Returns:
         (tokenizer, model, image_processor, max_length).
     """
@@ -82,12 +88,16 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     refresh_rotary(model)
     model.generation_config = load_generation_config(folder)
     model.vision_chunk_size = vision_chunk_size
+    if pooling_head is not None:
+        from aot_integrations.pooling_head import attach_pooling_head
+
+        attach_pooling_head(model, pooling_head)
     if isinstance(aot_config, str):
         aot_config = aot.AOTConfig.preset(aot_config)
     if aot_config is not None and retention is not None and aot_config.exact_retention is None \
             and aot.reducers.reducer_info(reducer).needs_budget:
         aot_config = aot_config.replace(exact_retention=retention)
-    model.set_aot(aot_config, reducer=reducer)
+    model.set_aot(aot_config, reducer=reducer, options=reducer_options)
 
     tokenizer = load_tokenizer(folder)
     image_processor = build_image_processor(model.get_vision_tower().image_size)

@@ -100,13 +100,15 @@ class LlavaMetaForCausalLM:
         """This model as an adapter of the one video path (:mod:`aot.video_path`)."""
         return LlavaVideoAdapter(self)
 
-    def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot") -> None:
+    def set_aot(self, config: aot.AOTConfig | str | None, reducer: str = "aot",
+                options: dict | None = None) -> None:
         """Turn reduction on with a config (or a preset name such as ``"paper-ov-mvbench"``),
         or off with None. The config's pooling must match ``mm_spatial_pool_mode``.
 
         ``reducer``: a name of :data:`aot.reducers.REDUCERS` (``"aot"``, ``"uniform"``,
         ``"visionzip"``, ``"dycoke"``, ``"random"``, ``"aot:<ablation>"``) run on the same
         inputs; the budgeted ones need ``config.exact_retention`` (their token budget).
+        ``options``: the reducer's own knobs (:attr:`aot.reducers.ReducerInfo.options` fields).
         """
         if isinstance(config, str):
             config = aot.AOTConfig.preset(config)
@@ -117,7 +119,7 @@ class LlavaMetaForCausalLM:
             aot.reducers.reducer_info(reducer)  # unknown names fail even when turning off
             self.reduction = None
             return
-        reduction = video_path.Reduction(config, reducer)
+        reduction = video_path.Reduction(config, reducer, dict(options or {}))
         self.video_adapter().check(reduction)
         self.reduction = reduction
 
@@ -243,21 +245,27 @@ class LlavaMetaForCausalLM:
         labels)`` like LLaVA-NeXT; padding side from ``config.tokenizer_padding_side``.
         """
         self.last_aot_results = []
+        self.last_visual_kinds = self.last_visual_unreduced = None
         if images is None or input_ids is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        visual = []
+        visual, kinds, unreduced = [], [], []
+        one_newline = getattr(self.config, "mm_newline_position", "one_token") == "one_token"
         for item in self.visual_items(images, modalities, image_sizes):
             if item.modality == "video":
                 tokens, result = self.video_tokens(item.pixels)
+                unreduced.append(item.pixels.shape[0] * self.video_adapter().pooled_per_frame)
             else:
                 tokens = self.image_tokens(item.pixels, item.image_size, item.spatial)
                 result = None
+                unreduced.append(tokens.shape[0])
             visual.append(tokens)
+            kinds.append(visual_kinds(tokens.shape[0], item.modality == "video" and one_newline))
             self.last_aot_results.append(result)
-        embeds, mask, new_labels, positions = splice_visual_tokens(
+        self.last_visual_unreduced = _per_row(unreduced, input_ids, attention_mask)
+        embeds, mask, new_labels, positions, self.last_visual_kinds = splice_visual_tokens(
             input_ids, attention_mask, labels, visual, self.get_model().embed_tokens,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
-            padding_side=getattr(self.config, "tokenizer_padding_side", "right"))
+            padding_side=getattr(self.config, "tokenizer_padding_side", "right"), kinds=kinds)
         if position_ids is None:
             positions = None
         if attention_mask is None and bool(mask.all()):
@@ -266,9 +274,32 @@ class LlavaMetaForCausalLM:
                                                                  else None)
 
 
+def _per_row(counts: list[int], input_ids: torch.Tensor,
+             attention_mask: torch.Tensor | None) -> list[int]:
+    """Per-item counts (items in placeholder order over the batch) summed per row."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
+        else attention_mask.bool()
+    per_row, start = [], 0
+    for ids, keep in zip(input_ids, real):
+        items = int((ids[keep] == IMAGE_TOKEN_INDEX).sum())
+        per_row.append(sum(counts[start:start + items]))
+        start += items
+    return per_row
+
+
+def visual_kinds(length: int, trailing_newline: bool) -> torch.Tensor:
+    """(length,) int8 kinds of one visual item's tokens for LLM stages: 1 a visual token, 2 the
+    video's single trailing newline (``one_token`` packing), which some stages keep as text."""
+    kinds = torch.ones(length, dtype=torch.int8)
+    if trailing_newline and length:
+        kinds[-1] = 2
+    return kinds
+
+
 def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                          labels: torch.Tensor | None, visual: list[torch.Tensor], embed: nn.Module,
-                         max_length: int | None = None, padding_side: str = "right"):
+                         max_length: int | None = None, padding_side: str = "right",
+                         kinds: list[torch.Tensor] | None = None):
     """Build the LLM inputs.
 
     Args:
@@ -277,8 +308,10 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
         labels: (B, L) or None (then all IGNORE_INDEX).
         visual: one (L_i, D) tensor per placeholder, in order over the batch.
         embed: the token embedding module.
+        kinds: per visual item, (L_i,) int8 token kinds (:func:`visual_kinds`), or None.
     Returns:
-        embeds (B, L', D), attention_mask (B, L') bool, labels (B, L'), position_ids (B, L').
+        embeds (B, L', D), attention_mask (B, L') bool, labels (B, L'), position_ids (B, L');
+        with ``kinds``, also (B, L') int8 kinds of every column (0 for text and padding).
     """
     if padding_side not in ("right", "left"):
         raise ValueError(f"tokenizer_padding_side={padding_side!r}: expected 'right' or 'left'")
@@ -294,9 +327,10 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
     if labels is None:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
     weight = embed.weight
-    sequences, sequence_labels = [], []
+    sequences, sequence_labels, sequence_kinds = [], [], []
     next_visual = 0
     for ids, keep, lab in zip(input_ids, attention_mask.bool(), labels):
+        row_kinds = []
         ids, lab = ids[keep], lab[keep]
         cuts = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
         bounds = [-1] + cuts + [ids.shape[0]]
@@ -307,9 +341,12 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
             span = bounds[i + 1] - bounds[i] - 1
             parts.append(text_embeds[start:start + span])
             part_labels.append(lab[bounds[i] + 1:bounds[i + 1]].to(weight.device))
+            row_kinds.append(torch.zeros(span, dtype=torch.int8))
             start += span
             if i < len(cuts):
                 tokens = visual[next_visual].to(device=weight.device, dtype=weight.dtype)
+                if kinds is not None:
+                    row_kinds.append(kinds[next_visual])
                 next_visual += 1
                 parts.append(tokens)
                 part_labels.append(torch.full((tokens.shape[0],), IGNORE_INDEX,
@@ -319,6 +356,8 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
             sequence, sequence_label = sequence[:max_length], sequence_label[:max_length]
         sequences.append(sequence)
         sequence_labels.append(sequence_label)
+        if kinds is not None:
+            sequence_kinds.append(torch.cat(row_kinds)[:sequence.shape[0]])
 
     batch, longest, dim = len(sequences), max(s.shape[0] for s in sequences), weight.shape[1]
     embeds = weight.new_zeros(batch, longest, dim)
@@ -326,6 +365,7 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
     out_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=labels.dtype,
                             device=weight.device)
     positions = torch.zeros(batch, longest, dtype=torch.long, device=weight.device)
+    kind_map = torch.zeros(batch, longest, dtype=torch.int8, device=weight.device)
     for b, (sequence, sequence_label) in enumerate(zip(sequences, sequence_labels)):
         n = sequence.shape[0]
         where = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
@@ -333,4 +373,8 @@ def splice_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor |
         mask[b, where] = True
         out_labels[b, where] = sequence_label
         positions[b, where] = torch.arange(n, device=weight.device)
+        if kinds is not None:
+            kind_map[b, where] = sequence_kinds[b].to(weight.device)
+    if kinds is not None:
+        return embeds, mask, out_labels, positions, kind_map
     return embeds, mask, out_labels, positions

@@ -55,10 +55,15 @@ def capture_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     """Attention kernel of the tower (registered with transformers' ``AttentionInterface``).
 
     query/key/value: (B, heads, T, head_dim). Returns ((B, T, heads, head_dim), None).
-    If ``module.aot_sink`` is a list, the softmax is computed in float32, one block of queries
-    at a time (:func:`aot.anchors.attend_and_receive`), and the received attention (B, T) is
-    appended to it; otherwise the module's ``base_attention`` kernel runs.
+    If ``module.aot_keys`` is a list, the keys averaged over heads, (B, T, head_dim) in the
+    model's dtype, are appended to it. If ``module.aot_sink`` is a list, the softmax is computed
+    in float32, one block of queries at a time (:func:`aot.anchors.attend_and_receive`), and the
+    received attention (B, T) is appended to it; otherwise the module's ``base_attention``
+    kernel runs.
     """
+    keys = module.__dict__.get("aot_keys")
+    if keys is not None:
+        keys.append(key.mean(1))
     sink = module.__dict__.get("aot_sink")
     if sink is None:
         base = getattr(module, "base_attention", "sdpa")
@@ -134,10 +139,13 @@ class _Holder(nn.Module):
 @dataclass
 class VisionOutput:
     """features: (N, T, C) output of the last used layer (no post-layernorm), T = grid^2.
-    received: layer index -> (N, T) float32 attention received at that layer."""
+    received: layer index -> (N, T) float32 attention received at that layer.
+    keys: (N, T, head_dim) key states of the ``keys_layer`` asked for, averaged over heads, in
+    the tower's dtype (None when none was asked for)."""
 
     features: torch.Tensor
     received: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: torch.Tensor | None = None
 
 
 class SigLipVisionTower(nn.Module):
@@ -187,14 +195,16 @@ class SigLipVisionTower(nn.Module):
             layer.self_attn.base_attention = attention
 
     def forward(self, pixel_values: torch.Tensor, capture_layers: tuple[int, ...] = (),
-                chunk_size: int | None = None) -> VisionOutput:
+                chunk_size: int | None = None, keys_layer: int | None = None) -> VisionOutput:
         """Encode images in chunks of ``chunk_size`` (None: all at once).
 
         Args:
             pixel_values: (N, 3, S, S).
             capture_layers: 0-based layer indices whose received attention is returned.
+            keys_layer: 0-based layer index whose key states (averaged over heads) are returned
+                as ``keys``; None: none.
         """
-        for layer in capture_layers:
+        for layer in (*capture_layers, *(() if keys_layer is None else (keys_layer,))):
             if not 0 <= layer < self.num_layers:
                 raise ValueError(f"cannot capture attention at vision layer {layer}: the tower "
                                  f"uses layers 0..{self.num_layers - 1}")
@@ -203,25 +213,35 @@ class SigLipVisionTower(nn.Module):
             # route attention through the capture kernel again, or capture would silently fail.
             self.config._attn_implementation = CAPTURE_ATTENTION
         chunks = pixel_values.split(chunk_size) if chunk_size else (pixel_values,)
-        outputs = [self._forward_chunk(chunk, capture_layers) for chunk in chunks]
+        outputs = [self._forward_chunk(chunk, capture_layers, keys_layer) for chunk in chunks]
         features = torch.cat([o.features for o in outputs])
         received = {layer: torch.cat([o.received[layer] for o in outputs])
                     for layer in capture_layers}
-        return VisionOutput(features, received)
+        keys = None if keys_layer is None else torch.cat([o.keys for o in outputs])
+        return VisionOutput(features, received, keys)
 
-    def _forward_chunk(self, pixels: torch.Tensor, capture_layers) -> VisionOutput:
+    def _forward_chunk(self, pixels: torch.Tensor, capture_layers,
+                       keys_layer: int | None = None) -> VisionOutput:
         model = self.vision_tower.vision_model
         hidden = model.embeddings(pixels.to(device=self.device, dtype=self.dtype))
         received = {}
+        keys = None
         for index, layer in enumerate(self.layers):
-            if index not in capture_layers:
+            if index not in capture_layers and index != keys_layer:
                 hidden = layer(hidden, None)
                 continue
             attention = layer.self_attn
-            attention.aot_sink = []
+            if index in capture_layers:
+                attention.aot_sink = []
+            if index == keys_layer:
+                attention.aot_keys = []
             try:
                 hidden = layer(hidden, None)
-                received[index] = attention.aot_sink[0]
+                if index in capture_layers:
+                    received[index] = attention.aot_sink[0]
+                if index == keys_layer:
+                    keys = attention.aot_keys[0]
             finally:
-                del attention.aot_sink
-        return VisionOutput(hidden, received)
+                attention.__dict__.pop("aot_sink", None)
+                attention.__dict__.pop("aot_keys", None)
+        return VisionOutput(hidden, received, keys)

@@ -26,7 +26,7 @@ pytest.importorskip("transformers")
 from aot_integrations.hf import qwen as hf_qwen
 from aot_integrations import tiny
 from aot_integrations.hf.adapters import adapter_for
-from aot_integrations.hf.capture import capturing
+from aot_integrations.capture import capturing
 from aot_integrations.hf.qwen import qwen_vision_received
 
 # video_grid_thw rows (t, h, w) in patches: 6x10 and 10x6 merged tokens per temporal patch.

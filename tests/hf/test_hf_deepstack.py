@@ -1,8 +1,11 @@
 """Qwen3-VL's DeepStack levels ride along the reducer as extra channels: this holds only if
 every registered reducer applies one per-token linear map to all channels."""
 
+import functools
+
 import pytest
 import torch
+from reducer_checks import extra_inputs
 
 import aot
 from aot.reducers import get_reducer, reducer_names
@@ -17,11 +20,14 @@ def test_every_reducer_maps_all_channels_alike(reducer):
     deep = torch.rand(frames, grid * grid, generator=g, dtype=torch.float64)
     config = aot.AOTConfig(pooling="none", anchors_per_frame=8, window=3, exact_retention=0.3)
     # two copies of the main features stand for main + one DeepStack level
-    result = get_reducer(reducer)(torch.cat([features, features], -1), shallow, deep, config)
+    extra = extra_inputs(reducer, features, deep)
+    result = get_reducer(reducer)(torch.cat([features, features], -1), shallow, deep, config,
+                                  **extra)
     assert result.num_tokens == aot.exact_budget(0.3, frames, grid * grid)
     torch.testing.assert_close(result.tokens[:, :dim], result.tokens[:, dim:], rtol=0, atol=1e-12)
     # a level scaled by 3 comes out scaled by 3 (the map is linear per channel)
-    scaled = get_reducer(reducer)(torch.cat([features, 3 * features], -1), shallow, deep, config)
+    scaled = get_reducer(reducer)(torch.cat([features, 3 * features], -1), shallow, deep, config,
+                                  **extra)
     torch.testing.assert_close(scaled.tokens[:, dim:], 3 * scaled.tokens[:, :dim],
                                rtol=1e-9, atol=1e-9)
 
@@ -52,7 +58,7 @@ def test_similarities_read_only_the_main_channels(reducer):
     # dynamic clips too: their cut points come from frame features (the main channels' means)
     config = aot.AOTConfig(pooling="none", anchors_per_frame=10, window=5, exact_retention=0.3,
                            similarity_channels=dim, dynamic_clips=True, num_clips=3)
-    reduce = get_reducer(reducer)
+    reduce = functools.partial(get_reducer(reducer), **extra_inputs(reducer, features, deep))
     runs = [reduce(torch.cat([features, level], -1), shallow, deep, config, grid=(6, 10))
             for level in levels]
     main_only = reduce(features, shallow, deep, config.replace(similarity_channels=None),

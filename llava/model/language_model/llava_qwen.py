@@ -48,6 +48,11 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.reduction = None
         self.last_aot_results = []
+        #: (B, L') int8 kinds of the columns of the last spliced prompt (llava_arch.visual_kinds;
+        #: None when the last call had no images), and per row its visual tokens before any
+        #: reducer; read once by an installed LLM stage.
+        self.last_visual_kinds = None
+        self.last_visual_unreduced = None
         self.post_init()
 
     def get_model(self) -> LlavaQwenModel:
@@ -81,6 +86,7 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
                 raise ValueError("give either inputs_embeds, or input ids (inputs=...) with "
                                  "images, not both")
             self.last_aot_results = []
+            self.last_visual_kinds = None
             return super().generate(**kwargs)
         kwargs.pop("inputs_embeds", None)
         kwargs.pop("position_ids", None)  # generation derives positions from the mask
@@ -92,6 +98,11 @@ class LlavaQwenForCausalLM(Qwen2ForCausalLM, LlavaMetaForCausalLM):
         else:
             self.last_aot_results = []
             inputs_embeds = self.get_model().embed_tokens(inputs)
+            self.last_visual_kinds = torch.zeros(inputs.shape, dtype=torch.int8,
+                                                 device=inputs_embeds.device)
+        if self.last_visual_kinds is not None:   # LLM stages read where the visual tokens went
+            self.last_visual_kinds = left_align(self.last_visual_kinds[..., None],
+                                                attention_mask)[0][..., 0]
         inputs_embeds, attention_mask = left_align(inputs_embeds, attention_mask)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 **kwargs)

@@ -1,7 +1,10 @@
-"""Attention received at chosen vision layers of a stock transformers tower, one frame at a time.
+"""Attention received at chosen vision layers of a stock tower (transformers' or vLLM's), one
+frame at a time.
 
 Each model family computes its attention from the hooked module's inputs (``siglip_received`` in
-:mod:`.llava_onevision`, ``qwen_vision_received`` in :mod:`.qwen`); this module holds the hooks.
+:mod:`aot_integrations.hf.llava_onevision`, ``qwen_vision_received`` in
+:mod:`aot_integrations.hf.qwen`, their vLLM twins in :mod:`aot_integrations.vllm`); this module
+holds the hooks and imports no model library, so both integrations share it.
 
 The tower keeps its own attention kernel (sdpa, flash, eager: whatever the user loaded). A forward
 hook on the attention module of each chosen layer re-reads that module's input, recomputes its
