@@ -29,6 +29,54 @@ def received_attention(attention_probs: torch.Tensor) -> torch.Tensor:
     return attention_probs.float().sum(2).mean(1)
 
 
+#: Float32 logits of one query block of :func:`attend_and_receive`: the (B, heads, queries,
+#: keys) probabilities of a layer are never held whole (32 SigLIP frames: 1.1 GB in float32).
+RECEIVED_BLOCK_BYTES = 64 * 2 ** 20
+
+
+def attend_and_receive(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None,
+                       scaling: float, attention_mask: torch.Tensor | None = None, *,
+                       block_bytes: int = RECEIVED_BLOCK_BYTES
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention each key receives, and optionally the attention output, one block of queries
+    at a time.
+
+    The softmax normalises a query's row over all keys, so the blocks are blocks of queries:
+    each block's logits are computed in float32 (the block and the keys upcast, as the full
+    float32 capture does), normalised, their column sums added to a float32 total and, with
+    ``value``, multiplied by the values in ``value``'s dtype. Equal to
+    ``received_attention(softmax(q k^T * scaling + mask))`` up to the order of the float32 sums.
+
+    Args:
+        query: (B, heads, Q, d); key: (B, heads, K, d); value: (B, heads, K, dv) or None.
+        scaling: the logits' scale (``d ** -0.5`` for SigLIP and the Qwen ViTs).
+        attention_mask: additive, broadcastable to (B, heads, Q, K), or None.
+        block_bytes: float32 logits held at a time (at least one query per block).
+    Returns:
+        received (B, K) float32 (sum over queries, mean over heads); the output
+        (B, heads, Q, dv) in ``value``'s dtype, or None without ``value``.
+    """
+    batch, heads, queries, _ = query.shape
+    keys = key.shape[2]
+    block = max(1, block_bytes // max(batch * heads * keys * 4, 1))
+    key_t = key.float().transpose(-1, -2)
+    total = torch.zeros(batch, heads, keys, dtype=torch.float32, device=query.device)
+    outputs = []
+    for start in range(0, queries, block):
+        stop = min(start + block, queries)
+        logits = torch.matmul(query[:, :, start:stop].float(), key_t).mul_(scaling)
+        if attention_mask is not None:
+            mask = attention_mask[..., start:stop, :] if attention_mask.shape[-2] > 1 \
+                else attention_mask
+            logits.add_(mask)
+        probs = logits.softmax(dim=-1)
+        total += probs.sum(2)
+        if value is not None:  # (a list, not out=: the output may carry gradients)
+            outputs.append(torch.matmul(probs.to(value.dtype), value))
+    out = None if value is None else outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+    return total.mean(1), out
+
+
 def anchor_counts(config: AOTConfig, num_windows: int) -> tuple[int, int]:
     """(local anchors per window, global anchors) for the configured V and global share.
 
@@ -112,30 +160,83 @@ def select_anchors(shallow_attention: torch.Tensor, deep_attention: torch.Tensor
         return torch.zeros_like(mask), mask
 
     rows, cols = check_grid_tokens(grid, tokens, "shallow_attention")
-    window_of = _window_index((rows, cols), config.window, shallow_attention.device)
-    sizes = torch.bincount(window_of)
-    num_windows = sizes.shape[0]
-    per_window, global_count = anchor_counts(config, num_windows)
-    local_counts = sizes.clamp(max=per_window)
-    if config.global_anchors:
-        global_count += per_window * num_windows - int(local_counts.sum())
-    if int(local_counts.sum()) + global_count == 0:
+    layout = _window_layout((rows, cols), config.window, config.anchors_per_frame,
+                            config.global_share, config.local_anchors, config.global_anchors,
+                            shallow_attention.device)
+    if layout.local_total + layout.global_count == 0:
         raise ValueError(
             f"anchors_per_frame={config.anchors_per_frame} gives no anchor on the {rows}x{cols} "
-            f"grid: its {num_windows} windows of at most {config.window}x{config.window} get "
-            f"{per_window} local anchors each and there are no global anchors "
+            f"grid: its {layout.num_windows} windows of at most {config.window}x{config.window} "
+            f"get {layout.per_window} local anchors each and there are no global anchors "
             f"(global_anchors={config.global_anchors}, global_share={config.global_share}); "
-            f"give at least {num_windows} anchors per frame, a larger window or global anchors")
+            f"give at least {layout.num_windows} anchors per frame, a larger window or global "
+            f"anchors")
 
-    local = torch.zeros(frames, tokens, dtype=torch.bool, device=shallow_attention.device)
-    if per_window > 0:
-        local = _top_per_window(shallow_attention.float(), window_of, sizes, local_counts)
+    if layout.per_window == 0:
+        local = torch.zeros(frames, tokens, dtype=torch.bool, device=shallow_attention.device)
+    elif layout.by_window is not None:
+        local = _top_in_equal_windows(shallow_attention.float(), layout)
+    else:
+        local = _top_per_window(shallow_attention.float(), layout.window_of, layout.sizes,
+                                layout.local_counts)
+    if layout.global_count == 0:
+        return local, torch.zeros_like(local)
+    scores = deep_attention.float().masked_fill(local, -torch.inf)
+    return local, _indices_to_mask(_top_indices(scores, layout.global_count), tokens)
 
-    global_mask = torch.zeros_like(local)
-    if global_count > 0:
-        scores = deep_attention.float().masked_fill(local, -torch.inf)
-        global_mask = _indices_to_mask(_top_indices(scores, global_count), tokens)
-    return local, global_mask
+
+class _WindowLayout:
+    """The windows of a grid and the anchor counts of a config, known before any value is read
+    (made once per grid and config: no operation per call)."""
+
+    def __init__(self, grid: tuple[int, int], window: int, anchors: int, global_share: float,
+                 local_anchors: bool, global_anchors: bool, device: torch.device):
+        config = AOTConfig(anchors_per_frame=anchors, global_share=global_share,
+                           local_anchors=local_anchors, global_anchors=global_anchors)
+        self.window_of = window_index(grid, window, device)
+        sizes = torch.bincount(self.window_of.cpu())
+        self.num_windows = sizes.shape[0]
+        self.per_window, self.global_count = anchor_counts(config, self.num_windows)
+        local_counts = sizes.clamp(max=self.per_window)
+        self.local_total = int(local_counts.sum())
+        if global_anchors:  # a window's shortfall goes to the global anchors
+            self.global_count += self.per_window * self.num_windows - self.local_total
+        self.sizes, self.local_counts = sizes.to(device), local_counts.to(device)
+        # Equal windows: the tokens of window w, ascending, are by_window[w]; the top of every
+        # window is then one sort of a (F, W, size) view.
+        self.by_window = None
+        if int(sizes.min()) == int(sizes.max()) and self.per_window <= int(sizes[0]):
+            order = torch.sort(self.window_of.cpu(), stable=True).indices
+            self.by_window = order.view(self.num_windows, -1).to(device)
+
+
+def anchors_per_frame(grid, config: AOTConfig) -> int:
+    """How many anchors :func:`select_anchors` gives every frame of ``grid`` under ``config``
+    (known from the settings alone: every frame of a grid gets the same count)."""
+    if config.random_anchors:
+        return config.anchors_per_frame
+    layout = _window_layout(grid_shape(grid), config.window, config.anchors_per_frame,
+                            config.global_share, config.local_anchors, config.global_anchors,
+                            torch.device("cpu"))
+    return layout.local_total + layout.global_count
+
+
+@functools.lru_cache(maxsize=32)
+def _window_layout(grid, window, anchors, global_share, local_anchors, global_anchors,
+                   device) -> _WindowLayout:
+    return _WindowLayout(grid, window, anchors, global_share, local_anchors, global_anchors,
+                         device)
+
+
+def _top_in_equal_windows(scores: torch.Tensor, layout: _WindowLayout) -> torch.Tensor:
+    """(F, T) bool: in every window its ``per_window`` highest scores (ties: lower token index),
+    for windows of one size: one gather, one stable sort, one scatter."""
+    frames, tokens = scores.shape
+    by_window = layout.by_window  # (W, size) token ids, ascending in each window
+    grouped = scores[:, by_window]  # (F, W, size)
+    best = torch.sort(grouped, dim=2, descending=True, stable=True).indices[..., :layout.per_window]
+    chosen = torch.gather(by_window.expand(frames, -1, -1), 2, best)
+    return _indices_to_mask(chosen.reshape(frames, -1), tokens)
 
 
 @functools.lru_cache(maxsize=32)

@@ -93,11 +93,14 @@ class AOTConfig:
             share one stop test) or ``"problem"`` (each frame stops on its own).
         log_domain: solve in the log domain (for half precision / small epsilon); changes numbers.
         sinkhorn_check_every: Sinkhorn iterations between host syncs for the early stop of the
-            intra and temporal solves. ``None`` = 1 on CPU, 10 on other devices; ``0`` = never
+            intra and temporal solves. ``None`` = 3 on CPU, 10 on other devices; ``0`` = never
             sync: always ``sinkhorn_iterations`` iterations (fixed shapes, CUDA-graph and
             ``torch.compile`` friendly; skips the plain-kernel underflow check, so pair it with
             ``log_domain=True`` for small epsilon). Converged problems are frozen, so the result
             does not depend on it.
+        cuda_graphs: on a CUDA device, run the intra stage (all its shapes are known from the
+            input's) as a CUDA graph captured once per shape and replayed (aot/graphs.py); False
+            = the eager path. The same tokens either way; ignored on other devices.
 
     Budget
         exact_retention: ``None`` = released thresholds (retention varies per video); a value r in
@@ -147,6 +150,7 @@ class AOTConfig:
     sinkhorn_stopping: str = "video"
     log_domain: bool = False
     sinkhorn_check_every: Optional[int] = None
+    cuda_graphs: bool = True
 
     exact_retention: Optional[float] = None
     seed: int = 0

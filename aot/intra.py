@@ -22,6 +22,7 @@ time), so its scratch does not grow with the video; chunking does not change a s
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,12 +32,10 @@ from .ops import (
     check_finite,
     chunk_ranges,
     frames_per_chunk,
-    gather_rows,
-    pack_left,
     unit_rows,
 )
 from .pooling import grid_shape
-from .sinkhorn import sinkhorn
+from .sinkhorn import sinkhorn, working_dtype
 
 # Largest patch norm whose dot products and norm products stay finite in float32 (1e34 < 3e38).
 SAFE_NORM = 1e17
@@ -60,6 +59,12 @@ def _grid_distances(grid: tuple[int, int], device: torch.device,
     return (xy[:, None, :] - xy[None, :, :]).pow(2).sum(-1).sqrt()
 
 
+@functools.lru_cache(maxsize=8)
+def _scaled_distances(grid: tuple[int, int], device: torch.device, dtype: torch.dtype,
+                      cost_dtype: torch.dtype, weight: float) -> torch.Tensor:
+    return _grid_distances(grid, device, dtype).to(cost_dtype).mul(weight)
+
+
 def grid_distances(grid, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(T, T) Euclidean distances between the scaled grid coordinates of every token pair, in
     ``dtype`` (float32, as released, for every input dtype but float64)."""
@@ -71,20 +76,23 @@ def distance_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_by_mask(mask: torch.Tensor, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the True and False entries per row, each in ascending order.
 
     Args:
         mask: (F, T) bool with the same number of True entries in every row.
+        count: that number, when the caller knows it (no check, no host sync).
     Returns:
         (F, N) indices of True entries, (F, T - N) indices of False entries.
     """
-    counts = mask.sum(1)
-    if counts.numel() and not bool((counts == counts[0]).all()):
-        raise ValueError(f"split_by_mask: rows hold different numbers of anchors {counts.tolist()}")
-    n = int(counts[0]) if counts.numel() else 0
-    order, _ = pack_left(mask, mask.shape[1])
-    return order[:, :n], order[:, n:]
+    if count is None:
+        counts = mask.sum(1).tolist()
+        if counts and min(counts) != max(counts):
+            raise ValueError(f"split_by_mask: rows hold different numbers of anchors {counts}")
+        count = counts[0] if counts else 0
+    # a stable descending sort of the flags: True entries first, each group in index order
+    order = torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices
+    return order[:, :count], order[:, count:]
 
 
 def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: torch.Tensor,
@@ -111,17 +119,27 @@ def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: t
         (F, M, N) cost.
     """
     frames, num_sources, num_anchors = similarity.shape
-    # float64 inputs get float64 distances: a float32 table would cap their precision at ~1e-8
-    table = grid_distances(grid, similarity.device, distance_dtype(similarity.dtype))
-    table = table.to(similarity.dtype)
+    # float64 inputs get float64 distances: a float32 table would cap their precision at ~1e-8;
+    # the table is scaled once (the same products as scaling each gathered distance)
+    table = _scaled_distances(grid_shape(grid), similarity.device,
+                              distance_dtype(similarity.dtype), similarity.dtype, spatial_weight)
     if chunk_frames is None:
         chunk_frames = frames_per_chunk(num_sources * num_anchors * similarity.itemsize, frames,
                                         device=similarity.device)
-    cost = similarity.neg_().add_(1) if overwrite_similarity else 1 - similarity  # same bits
+    # d - (s - 1) is (1 - s) + d to the bit: s - 1 is exactly -(1 - s) (rounding to nearest
+    # is symmetric), and the sum is the same sum; one op less than negating
+    shifted = similarity.sub_(1) if overwrite_similarity else similarity - 1
     for start, stop in chunk_ranges(frames, chunk_frames):
-        distance = table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]]
-        cost[start:stop].add_(distance.mul_(spatial_weight))  # scratch, scaled in place
+        torch.sub(table[source_idx[start:stop, :, None], anchor_idx[start:stop, None, :]],
+                  shifted[start:stop], out=shifted[start:stop])
+    cost = shifted
     return cost
+
+
+def intra_cost_bound(spatial_weight: float) -> float:
+    """A bound on |:func:`intra_cost`|: ``1 - cos`` lies in [0, 2] (0.5 of margin for the
+    rounding of long dot products), grid distances in [0, sqrt(2)]."""
+    return 2.5 + spatial_weight * math.sqrt(2)
 
 
 def nearest_anchors(similarity: torch.Tensor) -> torch.Tensor:
@@ -159,7 +177,8 @@ def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTC
         share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
         return out.zero_().scatter_(2, nearest, share[:, :, None]), s / hard_denominator
     w = config.hard_merge_weight
-    ot_denominator = 1 + s * plan.sum(1).clamp(min=1e-9)
+    load = plan.sum(1).clamp(min=1e-9)
+    ot_denominator = 1 + (load if s == 1.0 else s * load)  # 1.0 * x is x: one op less
     weights = torch.mul(plan, (1 - w) * s, out=out).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
@@ -199,7 +218,7 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     Returns:
         :class:`AnchorSimilarity`.
     """
-    work = torch.promote_types(features.dtype, torch.float32)
+    work = working_dtype(features.dtype)
     frames, tokens, dim = features.shape
     num_anchors = anchor_idx.shape[1]
     if chunk_frames is None:
@@ -211,25 +230,56 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
     similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
     norms = torch.empty(frames, tokens, dtype=work, device=features.device)
-    # One buffer for the gathered anchors of every chunk: a new one per chunk (13 MB at width
-    # 3584) may be fresh memory each time, paid in page faults (docs/efficiency.md).
-    anchor_rows = torch.empty(min(chunk_frames, frames), num_anchors, dim, dtype=work,
-                              device=features.device)
+    # One buffer for the gathered anchors and one for the products of every chunk: a new one
+    # per chunk (13 MB at width 3584) may be fresh memory each time, paid in page faults
+    # (docs/efficiency.md).
+    chunk = min(chunk_frames, frames)
+    anchor_rows = torch.empty(chunk, num_anchors, dim, dtype=work, device=features.device)
+    products = torch.empty(chunk, tokens, num_anchors, dtype=work, device=features.device)
+    # row indices inside a chunk's flattened (f * T, ...) rows, for every frame at once
+    within = _chunk_offsets(frames, chunk, tokens, features.device)
+    anchor_rows_at, source_rows_at = anchor_idx + within, source_idx + within
     for start, stop in chunk_ranges(frames, chunk_frames):
         x = features[start:stop].to(work)
         if rescale:
             x = unit_rows(x)
-        a_idx, s_idx = anchor_idx[start:stop], source_idx[start:stop]
-        norm = torch.linalg.vector_norm(x, dim=-1).clamp(min=1e-12)  # F.normalize's floor
-        norms[start:stop] = norm
-        anchors = gather_rows(x, a_idx, out=anchor_rows[:stop - start])
+        f = stop - start
+        torch.linalg.vector_norm(x, dim=-1, out=norms[start:stop])
+        anchors = torch.index_select(x.reshape(-1, dim), 0, anchor_rows_at[start:stop].reshape(-1),
+                                     out=anchor_rows[:f].view(-1, dim)).view(f, num_anchors, dim)
+        dots = torch.bmm(x, anchors.transpose(1, 2), out=products[:f])
         # the dot products of the sources land in their place and are divided there
-        dots = gather_rows(torch.bmm(x, anchors.transpose(1, 2)), s_idx,
-                           out=similarity[start:stop])  # (f, M, N)
-        norm_products = (torch.gather(norm, 1, s_idx)[:, :, None]
-                         * torch.gather(norm, 1, a_idx)[:, None, :])
-        dots.div_(norm_products)
+        torch.index_select(dots.view(-1, num_anchors), 0, source_rows_at[start:stop].reshape(-1),
+                           out=similarity[start:stop].view(-1, num_anchors))
+    norms.clamp_(min=1e-12)  # F.normalize's floor
+    similarity.div_(torch.gather(norms, 1, source_idx)[:, :, None]
+                    * torch.gather(norms, 1, anchor_idx)[:, None, :])
     return AnchorSimilarity(similarity, norms)
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_offsets(frames: int, chunk: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """(F, 1) long ``tokens * (f % chunk)``: where frame f's rows start in its chunk."""
+    return (tokens * (torch.arange(frames, device=device) % chunk))[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """(F, 1) long ``tokens * f``: where frame f's rows start in the flattened video."""
+    return (tokens * torch.arange(frames, device=device))[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
+    """(F * count,) long ``0..count-1`` repeated per frame."""
+    return torch.arange(count, device=device).repeat(frames)
+
+
+@functools.lru_cache(maxsize=16)
+def uniform_rows(rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(rows, size) ``1 / size``, the uniform marginals of the intra solves (made once per
+    shape; read-only)."""
+    return torch.full((rows, size), 1.0 / size, dtype=dtype, device=device)
 
 
 def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: torch.Tensor,
@@ -248,7 +298,7 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
         for free.
     """
     frames, num_anchors = anchor_idx.shape
-    offsets = tokens * torch.arange(frames, device=weights.device)[:, None]
+    offsets = _frame_offsets(frames, tokens, weights.device)
     by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
                            device=weights.device)
     by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
@@ -256,7 +306,7 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     # land rather than copied from an (F, N, N) diagonal matrix.
     anchor_rows = (anchor_idx + offsets).reshape(-1)
     by_token.index_fill_(0, anchor_rows, 0.0)
-    own_column = torch.arange(num_anchors, device=weights.device).repeat(frames)
+    own_column = _columns(frames, num_anchors, weights.device)
     by_token.index_put_((anchor_rows, own_column), self_weight.reshape(-1))
     return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
 
@@ -316,10 +366,8 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
     plan = None
     if config.intra_merge == "ot":
         frames, num_sources, num_anchors = similarity.shape
-        a = torch.full((frames, num_sources), 1.0 / num_sources, dtype=similarity.dtype,
-                       device=features.device)
-        b = torch.full((frames, num_anchors), 1.0 / num_anchors, dtype=similarity.dtype,
-                       device=features.device)
+        a = uniform_rows(frames, num_sources, similarity.dtype, features.device)
+        b = uniform_rows(frames, num_anchors, similarity.dtype, features.device)
         # The similarity becomes the cost, the kernel, the plan and (below) the merge weights
         # in turn, each step in place: the transport writes no new (F, M, N) tensor.
         cost = intra_cost(similarity, source_idx, anchor_idx, grid, config.spatial_weight,
@@ -328,7 +376,8 @@ def merged_anchor_features(features: torch.Tensor, anchor_idx: torch.Tensor,
                         stop_threshold=config.sinkhorn_tolerance,
                         stopping="batch" if config.sinkhorn_stopping == "video" else "problem",
                         log_domain=config.log_domain, check_every=check_every,
-                        overwrite_cost=True).plan
+                        overwrite_cost=True, cost_bound=intra_cost_bound(config.spatial_weight),
+                        valid_counts=([num_sources] * frames, [num_anchors] * frames)).plan
         del cost
     weights, self_weight = merge_weights(plan, nearest, config,
                                          out=similarity if plan is None else plan)
@@ -355,7 +404,8 @@ class AnchorMerge:
 
 def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, grid,
                            config: AOTConfig, *, check_every: int | None = None,
-                           chunk_frames: int | None = None) -> AnchorMerge:
+                           chunk_frames: int | None = None,
+                           anchor_count: int | None = None) -> AnchorMerge:
     """Intra-frame OT of a video: every anchor absorbs the other tokens of its frame.
 
     Args:
@@ -365,6 +415,7 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
         config: uses intra_merge (the mode), intra_epsilon, spatial_weight, intra_scale,
             hard_merge_weight, and the Sinkhorn knobs.
         check_every, chunk_frames: see :func:`merged_anchor_features` (same result for any value).
+        anchor_count: the anchors of every frame when known (:func:`aot.anchors.anchors_per_frame`).
     Returns:
         :class:`AnchorMerge`.
 
@@ -375,7 +426,7 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     of the features; the pipeline instead pools it straight from the two tensors
     (:func:`aot.pooling.pool_at`).
     """
-    anchor_idx, source_idx = split_by_mask(anchor_mask)
+    anchor_idx, source_idx = split_by_mask(anchor_mask, anchor_count)
     if config.intra_merge == "prune" or anchor_idx.shape[1] == 0 or source_idx.shape[1] == 0:
         return AnchorMerge(anchor_idx, None, False)
     # the similarity reads the first similarity_channels channels; the merge moves all of them
@@ -383,7 +434,7 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames)
     # Finite features of norm below 1e17 give finite dot products and norm products in float32
     # (NaN fails the test too): one host sync per video tells the rare cases apart.
-    if not bool((found.norms < SAFE_NORM).all()):
+    if not float(found.norms.amax()) < SAFE_NORM:  # NaN fails too
         check_finite("features", features)  # NaN or inf inside: a ValueError naming the frame
         found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames, rescale=True)
     merged = merged_anchor_features(features, anchor_idx, source_idx, grid, config,

@@ -6,6 +6,7 @@ shapes unless a width is not given) and breaks ties towards the lower index.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,22 +47,31 @@ def chunk_ranges(frames: int, chunk_frames: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, frames)) for start in range(0, frames, step)]
 
 
-def pack_left(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_left(mask: torch.Tensor, width: int | None = None, *,
+              counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of each row's True entries packed to the left, in ascending order.
 
     Args:
         mask: (B, P) bool.
         width: slots to return (default: the largest row count, which costs one host sync).
+        counts: ``mask.sum(1)`` when the caller has it.
     Returns:
         positions (B, S) long (slots past a row's count hold the row's False positions, in
         ascending order) and valid (B, S) bool, ``valid[b, s] = s < count[b]``.
     """
-    counts = mask.sum(1)
+    counts = mask.sum(1) if counts is None else counts
     if width is None:
         width = int(counts.max()) if counts.numel() else 0
-    positions = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    # a stable descending sort of the flags: True entries first, each group in index order
+    positions = torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    valid = _arange(width, mask.device)[None, :] < counts[:, None]
     return positions, valid
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(size: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(size)`` on ``device``, made once (read-only)."""
+    return torch.arange(size, device=device)
 
 
 def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -103,10 +113,14 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., D) same dtype.
     """
+    # A zero row has a zero peak and norm: raised to the smallest positive float, they divide
+    # its zeros into zeros, and any positive peak or norm is left as it is (the released
+    # ``where(v > 0, v, 1)`` in one op instead of three).
+    floor = torch.finfo(x.dtype).tiny * torch.finfo(x.dtype).eps  # smallest subnormal
     peak = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True)  # max |x|, no copy
-    scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    scaled = x / peak.clamp_(min=floor)
     norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
-    return scaled.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
+    return scaled.div_(norm.clamp_(min=floor))
 
 
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,7 +140,7 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     bool tensor as large as the input and reduce it); it can also overflow for huge finite
     values, so the exact scan runs only to confirm and to name the frame. One host sync.
     """
-    if bool(torch.isfinite(x.sum(dtype=torch.float32))):
+    if math.isfinite(float(x.sum(dtype=torch.float32))):
         return
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
     if bool(bad.any()):

@@ -143,35 +143,71 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
     """
     frames, tokens, dim = features.shape
-    work = torch.promote_types(features.dtype, torch.float32)
+    work = torch.float64 if features.dtype == torch.float64 else torch.float32
     if chunk_frames is None:  # the sums of a chunk (two per token) and its dense copy, if any
         copied = tokens * dim if work != features.dtype or not features.is_contiguous() else 0
         chunk_frames = frames_per_chunk((2 * positions.shape[1] * dim + copied) * work.itemsize,
                                         frames, device=features.device)
     taps, weights = pooling_taps(grid, mode, features.device)
     width = taps.shape[1]
-    slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)
-    if merged is not None:
-        slot.scatter_(1, anchor_idx, torch.arange(anchor_idx.shape[1], device=features.device)
-                      .expand_as(anchor_idx))
+    # Every requested token's taps, their weights and which of them are anchors, for all frames
+    # at once; the chunks below only gather.
+    tap = taps[positions]  # (F, S, K) token index of each tap
+    w = weights.to(work)[positions]
+    dense = work == features.dtype and features.is_contiguous()
+    rows_at = tap + _frame_offsets(frames, tokens, features.device)[:, :, None] if dense else tap
+    if merged is None:
+        own_weight, merged_weight, slot_at = w, None, None
+    else:
+        slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)
+        slot.scatter_(1, anchor_idx, _columns(frames, anchor_idx.shape[1], features.device)
+                      .view_as(anchor_idx))
+        tap_slot = torch.gather(slot, 1, tap.reshape(frames, -1)).view_as(tap)
+        is_anchor = tap_slot >= 0
+        own_weight, merged_weight = w.masked_fill(is_anchor, 0.0), w.masked_fill_(~is_anchor, 0.0)
+        slot_at = tap_slot.clamp_(min=0).add_(
+            _frame_offsets(frames, merged.shape[1], features.device)[:, :, None])
+        merged_rows = merged.to(work).reshape(-1, dim)
+    # dense rows: a strided table takes another kernel, whose sums differ in the last bit
+    table = features.reshape(-1, dim) if dense else None
     out = torch.empty(frames, positions.shape[1], dim, dtype=features.dtype,
                       device=features.device)
     for start in range(0, frames, chunk_frames):
         stop = min(start + chunk_frames, frames)
-        tap = taps[positions[start:stop]]  # (f, S, K) token index of each tap
-        w = weights.to(work)[positions[start:stop]]
-        base = torch.arange(stop - start, device=features.device)[:, None, None]
-        tap_slot = torch.gather(slot[start:stop], 1, tap.reshape(stop - start, -1)).view_as(tap)
-        is_anchor = tap_slot >= 0
-        pooled = F.embedding_bag(
-            (base * tokens + tap).reshape(-1, width),
-            # dense rows: a strided table takes another kernel, whose sums differ in the last bit
-            features[start:stop].to(work).reshape(-1, dim).contiguous(),
-            per_sample_weights=torch.where(is_anchor, 0.0, w).reshape(-1, width), mode="sum")
-        if merged is not None:
-            pooled += F.embedding_bag(
-                (base * merged.shape[1] + tap_slot.clamp(min=0)).reshape(-1, width),
-                merged[start:stop].to(work).reshape(-1, dim),
-                per_sample_weights=torch.where(is_anchor, w, 0.0).reshape(-1, width), mode="sum")
-        out[start:stop] = pooled.view(stop - start, -1, dim)
+        if dense:
+            rows, chunk_table = rows_at[start:stop], table
+        else:  # the chunk's upcast (or dense) copy, indexed from its own first row
+            rows = rows_at[start:stop] + _frame_offsets(stop - start, tokens,
+                                                        features.device)[:, :, None]
+            chunk_table = features[start:stop].to(work).reshape(-1, dim).contiguous()
+        # bags of ``width`` taps: flat indices with their offsets, as the 2-D form makes them
+        bags = _bag_offsets((stop - start) * positions.shape[1], width, features.device)
+        pooled = F.embedding_bag(rows.reshape(-1), chunk_table, bags,
+                                 per_sample_weights=own_weight[start:stop].reshape(-1),
+                                 mode="sum").view(stop - start, -1, dim)
+        if merged is None:
+            out[start:stop] = pooled
+        else:  # the two sums added in the working dtype, rounded once into the output
+            torch.add(pooled, F.embedding_bag(
+                slot_at[start:stop].reshape(-1), merged_rows, bags,
+                per_sample_weights=merged_weight[start:stop].reshape(-1),
+                mode="sum").view(stop - start, -1, dim), out=out[start:stop])
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """(F, 1) long ``tokens * f`` (read-only)."""
+    return (tokens * torch.arange(frames, device=device))[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
+    """(F, count) long ``0..count-1`` in every row (read-only)."""
+    return torch.arange(count, device=device).repeat(frames)
+
+
+@functools.lru_cache(maxsize=16)
+def _bag_offsets(bags: int, width: int, device: torch.device) -> torch.Tensor:
+    """(bags,) long ``0, width, 2 * width, ...``: where each bag starts (read-only)."""
+    return torch.arange(0, bags * width, width, device=device)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .anchors import select_anchors
+from .anchors import anchors_per_frame, select_anchors
 from .budget import ExactPlan, plan_exact_budget
 from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
+from .graphs import graph_applies, intra_stage_graphed
 from .intra import aggregate_into_anchors, write_anchors
 from .ops import check_finite, first_in_order, pack_left
 from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
@@ -124,8 +125,15 @@ def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
         no_index = torch.zeros(frames, 0, dtype=torch.long, device=features.device)
         return IntraOutput(features, no_index, None, none, none.clone(), deep_attention.float(),
                            grid)
+    if graph_applies(features, config):
+        graphed = intra_stage_graphed(features, shallow_attention, deep_attention, grid, config)
+        if graphed is not None:
+            return IntraOutput(features, graphed.anchor_idx, graphed.merged,
+                               graphed.local_anchors, graphed.global_anchors,
+                               deep_attention.float(), grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
-    merge = aggregate_into_anchors(features, local | global_, grid, config)
+    merge = aggregate_into_anchors(features, local | global_, grid, config,
+                                   anchor_count=anchors_per_frame(grid, config))
     if not merge.checked and _merge_reads_features(config, tokens):
         check_finite("features", features)  # check_inputs left it to a merge that did not run
     return IntraOutput(features, merge.anchor_idx, merge.merged, local, global_,
@@ -164,13 +172,15 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     else:
         survivors = mask_value >= 0.5
 
-    positions, valid = pack_left(survivors)
+    counts = survivors.sum(1)
+    host_counts = counts.tolist()  # the one sync of the pooling: the packed width and the counts
+    positions, valid = pack_left(survivors, max(host_counts, default=0), counts=counts)
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
                      merged=intra.merged)  # (F, S, D): the survivors, packed to the left
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
-                                    else None)
+                                    else None, counts=host_counts)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged

@@ -24,6 +24,14 @@ depend on ``check_every`` (``AOTConfig.sinkhorn_check_every`` for the reducer's 
 ``check_every=0`` never looks: exactly ``max_iter`` iterations of fixed-shape work with no host
 sync at all (CUDA graphs, ``torch.compile(fullgraph=True)``), and still the same plan.
 
+Deferred stop test (:func:`sinkhorn_deferred`, the plain domain with ``check_every > 0``): the
+iterations write their scalings into a history, and the stop test of ``check_every`` iterations
+is evaluated at once, on the host, from their change sums; each problem then takes its state at
+its own stop iteration. An iteration is four tensor ops (two products, two divisions) instead of
+seventeen, with the released stop rule to the bit. Its divisions are unguarded: a product that is
+0 (which the guarded loop maps to a 0 scaling) shows up as a non-finite change or scaling, and
+the call is then solved again by the guarded loop, so the plan never depends on the path.
+
 Underflow: in the plain domain ``exp(-cost / reg)`` is 0 in float32 once ``cost / reg > ~103``;
 a row or column whose kernel entries are all 0 can carry no mass, and the plan silently loses it
 (docs/knobs.md, "Small ε and the plain-domain kernel"). :func:`sinkhorn` checks this once per
@@ -33,13 +41,31 @@ call, before iterating, and then solves that call in the log domain with a ``Run
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 STOPPING_MODES = ("batch", "problem")
+
+#: Largest ``cost / reg`` whose kernel entry ``exp(-cost / reg)`` is a normal number, with a wide
+#: margin (float32 normals reach exp(-87.3), float64 exp(-708)): below it no entry is 0.
+NO_UNDERFLOW = {torch.float32: 80.0, torch.float64: 700.0}
+#: Iterations between two stop tests on the CPU when not given: a test costs about as many
+#: operations as an iteration, and an iteration past the stop changes nothing.
+DEFAULT_CHECK_EVERY_CPU = 3
+#: Floats per 64 bytes: history rows start on the allocator's alignment, as fresh tensors do,
+#: so that the products read their operands at the same alignment as the guarded loop.
+_ALIGN = 16
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64, float32 for every other float dtype (``torch.promote_types`` with
+    float32, without dispatching an operation)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -53,7 +79,8 @@ class SinkhornResult:
 def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
              max_iter: int = 100, stop_threshold: float = 1e-2, stopping: str = "batch",
              log_domain: bool = False, check_every: int | None = None,
-             overwrite_cost: bool = False) -> SinkhornResult:
+             overwrite_cost: bool = False, cost_bound: float | None = None,
+             valid_counts: tuple[list[int], list[int]] | None = None) -> SinkhornResult:
     """Entropic OT plans for a batch of problems.
 
     Args:
@@ -69,10 +96,16 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         log_domain: iterate on log-scalings with logsumexp (:func:`sinkhorn_log`). Without it the
             plain kernel is used unless it underflows (then the log domain, with a warning).
         check_every: iterations between host syncs for the early stop; the result does not
-            depend on it. Default: 1 on CPU (syncs are free), 10 elsewhere. 0 = never sync: run
-            all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same result).
+            depend on it. Default: :data:`DEFAULT_CHECK_EVERY_CPU` on CPU, 10 elsewhere. 0 =
+            never sync: run all ``max_iter`` iterations (fixed shapes, CUDA-graph friendly, same
+            result).
         overwrite_cost: turn the cost in place into the kernel and then the plan (no new
             (B, M, N) tensor; the same numbers), for a cost the caller no longer needs.
+        cost_bound: a bound on |cost| the caller knows (e.g. from its formula): it spares the
+            host sync that reads the cost's range. Only a speed hint; a wrong one is unsafe.
+        valid_counts: (rows, cols), the number of entries > 0 of each problem's ``a`` and
+            ``b``, when the caller knows them and its marginals are exactly +0 on padding (as
+            :func:`uniform_marginals`): spares two reductions and host syncs.
 
     Returns:
         :class:`SinkhornResult` with the (B, M, N) plan in the dtype of ``cost`` (float32 at
@@ -86,16 +119,28 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
     if not reg > 0:
         raise ValueError(f"sinkhorn: reg={reg!r} must be > 0")
     if check_every is None:
-        check_every = 1 if cost.device.type == "cpu" else 10
+        check_every = DEFAULT_CHECK_EVERY_CPU if cost.device.type == "cpu" else 10
     if check_every < 0:
         raise ValueError(f"sinkhorn: check_every={check_every!r} must be >= 0")
-    dtype = torch.promote_types(cost.dtype, torch.float32)
+    dtype = working_dtype(cost.dtype)
     cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
     if cost.shape[0] == 0 or cost.shape[1] == 0 or cost.shape[2] == 0:
         return SinkhornResult(torch.zeros_like(cost),
                               torch.zeros(cost.shape[0], dtype=torch.long, device=cost.device))
     options = {"max_iter": max_iter, "stop_threshold": stop_threshold, "stopping": stopping,
                "check_every": check_every}
+    if not log_domain and check_every > 0 and (
+            cost_bound < reg * NO_UNDERFLOW[dtype] if cost_bound is not None
+            else _kernel_is_normal(cost, reg)):
+        # No kernel entry can underflow or overflow (padding included), so the kernel needs no
+        # padding mask: the deferred loop maps padded rows and columns to 0 scalings by itself.
+        kernel = (cost.div_(-reg) if overwrite_cost else torch.div(cost, -reg)).exp_()
+        solved = sinkhorn_deferred(a, b, kernel, valid_counts=valid_counts, **options)
+        if solved is not None:
+            return solved
+        # a product was 0 somewhere: the guarded loop on the same kernel, padding zeroed
+        return sinkhorn_scaling(a, b, _fill_padding(kernel, a > 0, b > 0, 0.0),
+                                overwrite_kernel=True, **options)
     # Both algorithms start from log K; the plain one exponentiates it in place. New memory is
     # paid in page faults (docs/efficiency.md), so no step writes a second (B, M, N) tensor.
     row_valid, col_valid = a > 0, b > 0
@@ -249,6 +294,214 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, log_k: torch.Tensor, *,
             break
     plan = log_k.add_(f[:, :, None]).add_(g[:, None, :]).exp_()  # exp(f + log K + g)
     return SinkhornResult(_fill_padding(plan, row_valid, col_valid, 0.0), iterations)
+
+
+@functools.lru_cache(maxsize=16)
+def _arange(size: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(size)`` on ``device``, made once (read-only)."""
+    return torch.arange(size, device=device)
+
+
+def _kernel_is_normal(cost: torch.Tensor, reg: float) -> bool:
+    """Whether every ``exp(-cost / reg)`` is a normal float (one host sync): |cost / reg| stays
+    below :data:`NO_UNDERFLOW` (NaN fails)."""
+    low, high = torch.stack(torch.aminmax(cost)).tolist()
+    limit = reg * NO_UNDERFLOW[cost.dtype]
+    return -limit < low and high < limit
+
+
+def _empty_stop(rows: int, max_iter: int, stop_threshold: float, dtype: torch.dtype) -> int:
+    """The stop iteration of a problem without valid rows or columns in the guarded loop: its
+    ``rows`` valid rows (if any) go from the initial scaling 1 to 0 at the first iteration, and
+    nothing changes after that."""
+    if _below(float(rows), max(rows, 1), stop_threshold, dtype):
+        return 1
+    return min(2, max_iter) if _below(0.0, 1, stop_threshold, dtype) else max_iter
+
+
+def _round_up(count: int) -> int:
+    return -(-count // _ALIGN) * _ALIGN
+
+
+def _below(total: float, count: int, threshold: float, dtype: torch.dtype) -> bool:
+    """The released stop test ``total / count < threshold`` evaluated as the device evaluates
+    it: in float32 for float32 (the quotient of two float32 numbers rounded once from double
+    is the float32 quotient, and the tensor comparison rounds the threshold to float32)."""
+    if not math.isfinite(total):
+        return False
+    if dtype == torch.float64:
+        return total / count < threshold
+    return _float32(total / count) < _float32(threshold)
+
+
+def _float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (inf beyond its range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+class _History:
+    """The scalings of consecutive iterations, one row each: ``r`` (B, M) then ``c`` (B, N),
+    each block starting on a 64-byte boundary. Grows by doubling."""
+
+    def __init__(self, batch: int, m: int, n: int, rows: int, like: torch.Tensor):
+        self.shape = (batch, m, n)
+        self.r_size, self.c_start = batch * m, _round_up(batch * m)
+        self.width = self.c_start + _round_up(batch * n)
+        self.data = like.new_empty(rows, self.width)
+
+    def reserve(self, rows: int) -> None:
+        if rows > self.data.shape[0]:
+            grown = self.data.new_empty(max(rows, 2 * self.data.shape[0]), self.width)
+            grown[:self.data.shape[0]].copy_(self.data)
+            self.data = grown
+
+    def r(self, row) -> torch.Tensor:
+        batch, m, _ = self.shape
+        return self.data[row, :self.r_size].view(batch, m)
+
+    def c(self, row) -> torch.Tensor:
+        batch, _, n = self.shape
+        return self.data[row, self.c_start:self.c_start + batch * n].view(batch, n)
+
+
+def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
+                      stop_threshold: float, stopping: str, check_every: int,
+                      valid_counts: tuple[list[int], list[int]] | None = None
+                      ) -> SinkhornResult | None:
+    """Plain-domain Sinkhorn with the stop test deferred (module doc): the plan and iteration
+    counts of :func:`sinkhorn_scaling` on the same kernel with its padding zeroed, or None when
+    a product was 0 (then the guarded loop must solve it).
+
+    Args:
+        a: (B, M), b: (B, N) marginals, 0 (or less) on padding.
+        kernel: (B, M, N) ``exp(-cost / reg)``, every entry > 0 (padding included); it is
+            scaled in place into the plan.
+        check_every: iterations between two evaluations of the stop test (>= 1).
+        valid_counts: see :func:`sinkhorn` (then ``a`` and ``b`` are +0 on padding).
+    Returns:
+        :class:`SinkhornResult`, or None.
+
+    Why the results are those of the guarded loop: with every kernel entry positive, a padded
+    row (marginal 0) gets the scaling 0 / (K c) = 0 and a padded column 0 / (K^T r) = 0, as the
+    guarded loop's 0, so they add exact zeros to every product; a valid row's product is 0 only
+    if a scaling under- or overflowed, and then a scaling or a change sum is inf or NaN, which
+    the checks below see. A problem without valid rows or columns has a 0 change in the guarded
+    loop: it stops at the first iteration (tolerance > 0) with a zero plan.
+    """
+    batch, m, n = kernel.shape
+    dtype = kernel.dtype
+    if valid_counts is None:
+        row_valid, col_valid = a > 0, b > 0
+        zero = kernel.new_zeros(())
+        # +0 on padding (a padded marginal may be -0.0 or negative)
+        a, b = torch.where(row_valid, a, zero), torch.where(col_valid, b, zero)
+        rows, cols = row_valid.sum(1).tolist(), col_valid.sum(1).tolist()
+    else:
+        rows, cols = valid_counts
+    empty = [r == 0 or c == 0 for r, c in zip(rows, cols)]
+    per_problem = stopping == "problem"
+    if any(empty) and not per_problem:
+        return None  # the batch mean would read their undefined scalings
+    counts = [max(r, 1) for r in rows] if per_problem else [max(sum(rows), 1)]
+
+    history = _History(batch, m, n, min(max_iter, 4 * check_every) + 1, kernel)
+    torch.gt(a, 0, out=history.r(0))  # the initial scalings: 1 on valid entries, 0 on padding
+    torch.gt(b, 0, out=history.c(0))
+    kernel_t = kernel.transpose(1, 2)
+    stops: list[int | None] = [None]
+    if per_problem:
+        stops = [_empty_stop(r, max_iter, stop_threshold, dtype) if e else None
+                 for r, e in zip(rows, empty)]
+    done = 0
+    while done < max_iter and None in stops:
+        steps = min(check_every, max_iter - done)
+        history.reserve(done + steps + 1)
+        for row in range(done + 1, done + steps + 1):
+            r, c = history.r(row), history.c(row)
+            torch.bmm(kernel, history.c(row - 1)[:, :, None], out=r[:, :, None])
+            torch.div(a, r, out=r)
+            torch.bmm(kernel_t, r[:, :, None], out=c[:, :, None])
+            torch.div(b, c, out=c)
+        block = history.data[done:done + steps + 1, :history.r_size]
+        change = torch.sub(block[1:], block[:-1]).abs_()
+        sums = (change.view(steps, batch, m).sum(2) if per_problem else change.sum(1)[:, None])
+        for offset, row_sums in enumerate(sums.tolist(), start=done + 1):
+            for i, total in enumerate(row_sums):
+                if stops[i] is not None:
+                    continue
+                if not math.isfinite(total):
+                    return None  # a scaling was inf or NaN: a guarded division would differ
+                if _below(total, counts[i], stop_threshold, dtype):
+                    stops[i] = offset
+        done += steps
+    stops = [max_iter if s is None else s for s in stops]
+    if not per_problem:
+        stops = stops * batch
+    # an empty problem may stop after the last computed row; its plan is 0 whatever it reads
+    at = [min(s, done) for s in stops]
+    if len(set(at)) == 1:
+        r, c = history.r(at[0]), history.c(at[0])
+    else:
+        index = torch.tensor(at, device=kernel.device)
+        problems = _arange(batch, kernel.device)
+        r = history.data[:, :history.r_size].view(-1, batch, m)[index, problems]
+        c = history.data[:, history.c_start:history.c_start + batch * n].view(-1, batch, n)[
+            index, problems]
+    c_sums = c.sum(1).tolist()
+    if any(not math.isfinite(total) for total, e in zip(c_sums, empty) if not e):
+        return None  # a column product was 0: its scaling is inf where the guard gives 0
+    plan = kernel.mul_(r[:, :, None]).mul_(c[:, None, :])
+    if any(empty):
+        plan.masked_fill_(torch.tensor(empty, device=kernel.device)[:, None, None], 0.0)
+    return SinkhornResult(plan, torch.tensor(stops, device=kernel.device))
+
+
+def sinkhorn_unrolled(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
+                      stop_threshold: float, stopping: str) -> tuple[SinkhornResult, torch.Tensor]:
+    """The deferred loop without a host sync (for CUDA graphs): all ``max_iter`` unguarded
+    iterations into a history, then the released stop test of every iteration at once on the
+    device, each problem's state taken at its first passing iteration.
+
+    Args:
+        a: (B, M), b: (B, N) marginals, every entry > 0 (no padding); kernel: (B, M, N), every
+            entry > 0, scaled in place into the plan.
+    Returns:
+        (:class:`SinkhornResult`, ok): ``ok`` is a 0-dim bool tensor, False when a scaling was
+        inf or NaN up to a problem's stop (then the guarded loop must solve the call; the plan
+        is not that loop's). Four operations per iteration, a dozen for the stop test.
+    """
+    batch, m, n = kernel.shape
+    history = _History(batch, m, n, max_iter + 1, kernel)
+    history.r(0).fill_(1.0)
+    history.c(0).fill_(1.0)
+    kernel_t = kernel.transpose(1, 2)
+    for row in range(1, max_iter + 1):
+        r, c = history.r(row), history.c(row)
+        torch.bmm(kernel, history.c(row - 1)[:, :, None], out=r[:, :, None])
+        torch.div(a, r, out=r)
+        torch.bmm(kernel_t, r[:, :, None], out=c[:, :, None])
+        torch.div(b, c, out=c)
+    scalings = history.data[:, :history.r_size]
+    change = torch.sub(scalings[1:], scalings[:-1]).abs_().view(max_iter, batch, m)
+    if stopping == "problem":
+        sums, count = change.sum(2), m  # (max_iter, B)
+    else:
+        sums, count = change.sum((1, 2))[:, None].expand(max_iter, batch), batch * m
+    passed = sums / kernel.new_full((), float(count)) < stop_threshold
+    # the first passing iteration (1-based), max_iter where none passes
+    first = torch.argmax(passed.to(torch.uint8), dim=0)
+    stops = torch.where(passed.any(0), first + 1, max_iter)
+    problems = _arange(batch, kernel.device)
+    r = history.data[:, :history.r_size].view(-1, batch, m)[stops, problems]
+    c = history.data[:, history.c_start:history.c_start + batch * n].view(-1, batch, n)[
+        stops, problems]
+    before_stop = _arange(max_iter, kernel.device)[:, None] < stops[None, :]
+    ok = ~(before_stop & ~torch.isfinite(sums)).any() & torch.isfinite(c.sum())
+    plan = kernel.mul_(r[:, :, None]).mul_(c[:, None, :])
+    return SinkhornResult(plan, stops), ok
 
 
 def _scale_update(marginal: torch.Tensor, kernel_product: torch.Tensor,

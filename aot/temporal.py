@@ -8,6 +8,7 @@ anchors are updated frame after frame.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -16,8 +17,8 @@ import torch
 from .clips import Clip
 from .config import AOTConfig
 from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
-from .ops import cosine_similarity, first_in_order, pack_left
-from .sinkhorn import sinkhorn, uniform_marginals
+from .ops import first_in_order, pack_left, unit_rows
+from .sinkhorn import sinkhorn, uniform_marginals, working_dtype
 
 
 @dataclass
@@ -47,7 +48,8 @@ def packed_survivors(pooled: torch.Tensor, survivors: torch.Tensor):
 
 
 def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
-                  sigma: float) -> torch.Tensor:
+                  sigma: float, *, invalid: torch.Tensor | None = None,
+                  every_problem_valid: bool = False) -> torch.Tensor:
     """Released inter-frame cost: shifted cosine cost scaled by a temporal decay.
 
     ``C = (C_sim - min C_sim) * (1 - exp(-offset^2 / (2 sigma^2)))`` with
@@ -57,16 +59,63 @@ def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
         similarity: (B, M, N) cosine similarity of a later frame's tokens and the anchors.
         valid: (B, M, N) bool, entries that belong to the problem.
         offset: frames between the later frame and its keyframe (dt).
+        invalid: ``~valid`` when the caller has it already.
+        every_problem_valid: the caller knows that every problem has a valid entry (then
+            every minimum is finite and needs no guard).
     Returns:
-        (B, M, N) cost (padding entries are 0).
+        (B, M, N) cost (padding entries are 0), in [0, 2] (:data:`COST_BOUND`).
     """
-    invalid = ~valid
+    invalid = ~valid if invalid is None else invalid
     # Padding is set to inf for the minimum and back to 0 below, in place on the new tensor.
     cost = (1 - similarity.clamp(-1 + 1e-6, 1 - 1e-6)).masked_fill_(invalid, math.inf)
     lowest = cost.amin(dim=(1, 2), keepdim=True)  # inf for a problem without valid entries
-    shift = lowest.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # 0 where not finite
+    shift = lowest if every_problem_valid else \
+        lowest.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # 0 where not finite
     cost = torch.sub(cost, shift).masked_fill_(invalid, 0.0)
     return cost.mul_(1 - math.exp(-(offset ** 2) / (2 * sigma ** 2)))
+
+
+#: |temporal cost| <= 2: a clamped cosine cost lies in [0, 2] after its shift, the decay in [0, 1].
+COST_BOUND = 2.0
+
+
+@dataclass
+class QuantilePositions:
+    """Where the linear-interpolation quantile of each row's valid entries lies, known from the
+    valid counts alone (so computed once for every frame of a video).
+
+    index: (B, 2) long, the two sorted slots it interpolates; frac: (B,) float64, the weight of
+    the upper one; empty: (B,) bool, rows without valid entries (their quantile is NaN), or None
+    when every row has one.
+    """
+
+    index: torch.Tensor
+    frac: torch.Tensor
+    empty: torch.Tensor
+
+    @classmethod
+    def of(cls, count: torch.Tensor, q: float) -> QuantilePositions:
+        """count: (B,) long valid entries per row."""
+        last = (count - 1).clamp(min=0)  # the last valid slot (0 for an empty row)
+        pos = last.double() * q
+        # pos >= 0: truncation is floor, and frac(pos) is exactly pos - floor(pos)
+        low = pos.long()
+        return cls(torch.stack([low, torch.minimum(low + 1, last)], 1), pos.frac(), count == 0)
+
+    def rows(self, index) -> QuantilePositions:
+        """The positions of some rows (a slice or an index tensor)."""
+        return QuantilePositions(self.index[index], self.frac[index],
+                                 None if self.empty is None else self.empty[index])
+
+
+def quantile_at(scores: torch.Tensor, invalid: torch.Tensor,
+                positions: QuantilePositions) -> torch.Tensor:
+    """(B,) float64 quantiles of each row's valid scores; scores (B, M), invalid (B, M) bool."""
+    values = scores.to(torch.float64, copy=True).masked_fill_(invalid, math.inf).sort(dim=1).values
+    ends = values.gather(1, positions.index)
+    threshold = torch.lerp(ends[:, 0], ends[:, 1], positions.frac)
+    return threshold if positions.empty is None else threshold.masked_fill_(positions.empty,
+                                                                           math.nan)
 
 
 def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
@@ -80,17 +129,7 @@ def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> t
     Returns:
         (B,) float64.
     """
-    values = scores.to(torch.float64, copy=True).masked_fill_(~valid, math.inf).sort(dim=1).values
-    count = valid.sum(1)
-    last = (count - 1).clamp(min=0)  # the last valid slot (0 for an empty row)
-    pos = last.double() * q
-    # pos >= 0: truncation is floor, and frac(pos) is exactly pos - floor(pos)
-    low = pos.long()
-    high = torch.minimum(low + 1, last)
-    below = values.gather(1, low[:, None])[:, 0]
-    above = values.gather(1, high[:, None])[:, 0]
-    threshold = torch.lerp(below, above, pos.frac())
-    return threshold.masked_fill_(count == 0, math.nan)
+    return quantile_at(scores, ~valid, QuantilePositions.of(valid.sum(1), q))
 
 
 def lowest_k(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -123,8 +162,11 @@ class ClipSteps:
     frame_ids[k - 1]: (C_k,) long the frame at position k (1, 2, ...) of each clip that has one;
     clip_ids[k - 1]: (C_k,) long those clips, or None when every clip has a frame there (equal
     clips, the usual case: the anchors then need no gather and no scatter);
-    later: (F,) bool, the frames that are not the first of their clip.
-    They are known from the clips alone and reach the device in two copies, not one per step.
+    later: (F,) bool, the frames that are not the first of their clip;
+    stride: L when the clips are all of one length L >= 2 and cover the video (the released
+    clips): then keyframes are frames ``0::L`` and step k's frames ``k::L``, views, not gathers.
+    They are known from the clips alone and reach the device in two copies, not one per step
+    (and are cached: the same clips give the same tensors).
     """
 
     keyframes: torch.Tensor
@@ -132,25 +174,41 @@ class ClipSteps:
     frame_ids: list[torch.Tensor]
     clip_ids: list[torch.Tensor | None]
     later: torch.Tensor
+    stride: int | None = None
 
     @classmethod
     def of(cls, clips: list[Clip], frames: int, device: torch.device) -> ClipSteps:
         """The steps of ``clips``, consecutive (start, stop) frame ranges of ``frames`` frames."""
-        multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
-        starts = [start for start, _ in multi]
-        lengths = [stop - start for start, stop in multi]
-        rows = [starts]  # keyframes, then per step: frame ids, clip ids (empty: all clips)
-        for step in range(1, max(lengths, default=0)):
-            ids = [i for i, length in enumerate(lengths) if length > step]
-            rows += [[starts[i] + step for i in ids], [] if len(ids) == len(multi) else ids]
-        flat = torch.tensor([i for row in rows for i in row], dtype=torch.long)
-        keyframes, *per_step = flat.to(device, non_blocking=True).split([len(r) for r in rows])
-        later = [True] * frames
-        for start, _ in clips:
-            later[start] = False
-        return cls(keyframes, lengths, per_step[0::2],
-                   [ids if row else None for ids, row in zip(per_step[1::2], rows[2::2])],
-                   torch.tensor(later, dtype=torch.bool).to(device, non_blocking=True))
+        return _clip_steps(tuple(map(tuple, clips)), frames, torch.device(device))
+
+    def keyframe_rows(self):
+        """What selects the keyframes' rows: a slice when strided, else the index tensor."""
+        return slice(0, None, self.stride) if self.stride else self.keyframes
+
+    def step_rows(self, step: int):
+        """What selects the rows of step ``step`` (1, 2, ...)."""
+        return slice(step, None, self.stride) if self.stride else self.frame_ids[step - 1]
+
+
+@functools.lru_cache(maxsize=64)
+def _clip_steps(clips: tuple[Clip, ...], frames: int, device: torch.device) -> ClipSteps:
+    multi = [clip for clip in clips if clip[1] - clip[0] >= 2]
+    starts = [start for start, _ in multi]
+    lengths = [stop - start for start, stop in multi]
+    rows = [starts]  # keyframes, then per step: frame ids, clip ids (empty: all clips)
+    for step in range(1, max(lengths, default=0)):
+        ids = [i for i, length in enumerate(lengths) if length > step]
+        rows += [[starts[i] + step for i in ids], [] if len(ids) == len(multi) else ids]
+    flat = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+    keyframes, *per_step = flat.to(device, non_blocking=True).split([len(r) for r in rows])
+    later = [True] * frames
+    for start, _ in clips:
+        later[start] = False
+    stride = lengths[0] if multi and len(multi) == len(clips) and len(set(lengths)) == 1 \
+        and lengths[0] * len(multi) == frames else None
+    return ClipSteps(keyframes, lengths, per_step[0::2],
+                     [ids if row else None for ids, row in zip(per_step[1::2], rows[2::2])],
+                     torch.tensor(later, dtype=torch.bool).to(device, non_blocking=True), stride)
 
 
 def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
@@ -168,26 +226,40 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
         score (B, S): q_i = max_j P[i, j] of the row-normalised plan (``"cosine"``: the best
         cosine); assign (B, S, S'): P (``"cosine"``: one-hot best anchor), 0 on padding.
     """
-    entry_valid = x_valid[:, :, None] & y_valid[:, None, :]
     channels = config.similarity_channels  # None: all (the rest ride along, e.g. DeepStack)
-    similarity = cosine_similarity(x[..., :channels], y[..., :channels])
+    invalid = ~(x_valid[:, :, None] & y_valid[:, None, :])
+    return _scores(unit_rows(x[..., :channels]), uniform_marginals(x_valid, x.dtype),
+                   unit_rows(y[..., :channels]), uniform_marginals(y_valid, x.dtype), invalid,
+                   x_valid, offset, config, check_every=check_every)
+
+
+def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor,
+            y_marginal: torch.Tensor, invalid: torch.Tensor, x_valid: torch.Tensor, offset: int,
+            config: AOTConfig, *, check_every: int | None,
+            valid_counts: tuple[list[int], list[int]] | None = None):
+    """:func:`transport_scores` from unit rows (:func:`aot.ops.unit_rows`), uniform marginals
+    and the (B, S, S') ``invalid`` entries, which a video computes once for all its steps;
+    ``valid_counts``: the valid rows and columns of each problem when known on the host."""
+    similarity = torch.bmm(x_unit, y_unit.transpose(1, 2))
     if config.inter_merge == "cosine":
         # Ablation: judged and merged by plain cosine similarity, no transport plan.
-        best = similarity.masked_fill_(~entry_valid, -math.inf).max(2)
+        best = similarity.masked_fill_(invalid, -math.inf).max(2)
         score = best.values.masked_fill_(~x_valid, 0.0)
         assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
-        return score, assign * entry_valid
-    cost = temporal_cost(similarity, entry_valid, offset, config.sigma)
+        return score, assign * ~invalid
+    nonempty = valid_counts is not None and min(valid_counts[0] + valid_counts[1]) > 0
+    cost = temporal_cost(similarity, None, offset, config.sigma, invalid=invalid,
+                         every_problem_valid=nonempty)
     if check_every is None:
         check_every = config.sinkhorn_check_every
-    plan = sinkhorn(uniform_marginals(x_valid, x.dtype), uniform_marginals(y_valid, x.dtype),
-                    cost, config.temporal_epsilon, max_iter=config.sinkhorn_iterations,
-                    stop_threshold=config.sinkhorn_tolerance, stopping="problem",
-                    log_domain=config.log_domain, check_every=check_every).plan
+    plan = sinkhorn(x_marginal, y_marginal, cost, config.temporal_epsilon,
+                    max_iter=config.sinkhorn_iterations, stop_threshold=config.sinkhorn_tolerance,
+                    stopping="problem", log_domain=config.log_domain, check_every=check_every,
+                    overwrite_cost=True, cost_bound=COST_BOUND, valid_counts=valid_counts).plan
     row_mass = plan.sum(2, keepdim=True)
     # Rows without mass: 0 / 0 is NaN, set to 0 (as are rows whose mass is NaN).
     assign = plan.div_(row_mass).masked_fill_(~(row_mass > 0), 0.0)
-    return assign.max(2).values, assign
+    return assign.amax(2), assign
 
 
 def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tensor,
@@ -197,14 +269,24 @@ def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tenso
     Released rule: ``q < quantile(q, keep_ratio)``; exact mode: the ``keep_counts[b]`` lowest.
     A keyframe with no surviving token leaves nothing to merge into: everything is kept.
     """
+    positions = None if keep_counts is not None else \
+        QuantilePositions.of(x_valid.sum(1), config.keep_ratio)
+    return _select(score, x_valid, ~x_valid, positions, y_valid.any(1), keep_counts)
+
+
+def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor,
+            positions: QuantilePositions | None, y_any: torch.Tensor | None,
+            keep_counts: torch.Tensor | None) -> torch.Tensor:
+    """:func:`select_kept` with the row-constant parts given (``y_any`` None: every keyframe
+    has a surviving token)."""
     if keep_counts is not None:
         return lowest_k(score, x_valid, keep_counts)
-    threshold = quantile_threshold(score, x_valid, config.keep_ratio)
+    threshold = quantile_at(score, x_invalid, positions)
     keep = x_valid & (score < threshold[:, None])  # compared in float64 (type promotion)
-    return torch.where(y_valid.any(1)[:, None], keep, x_valid)
+    return keep if y_any is None else torch.where(y_any[:, None], keep, x_valid)
 
 
-def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
+def update_anchors(y: torch.Tensor, y_valid: torch.Tensor | None, x: torch.Tensor,
                    assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig) -> torch.Tensor:
     """Anchors after folding in the merged tokens of one later frame.
 
@@ -212,19 +294,26 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor, x: torch.Tensor,
     ``"cosine"``: ``y_j <- (s * y_j + sum_{i -> j} x_i) / (s + count_j)``; sums over merged i.
 
     Args:
-        y: (B, S', D); y_valid: (B, S'); x: (B, S, D); assign: (B, S, S'); merge: (B, S) bool.
+        y: (B, S', D); y_valid: (B, S'), or None when every anchor is valid; x: (B, S, D);
+        assign: (B, S, S'); merge: (B, S) bool.
     Returns:
         (B, S', D); padded anchors unchanged.
     """
     weights = assign * merge[:, :, None]
     scale = config.inter_scale
-    summed = weights.transpose(1, 2) @ x
+    summed = torch.bmm(weights.transpose(1, 2), x)
     load = weights.sum(1)[:, :, None]
     # In place on the new ``summed`` (sums commute exactly): one (B, S', D) tensor per step.
+    # A scale of 1 is skipped: multiplying by 1.0 changes no bit.
     if config.inter_merge == "cosine":
         updated = summed.add_(scale * y).div_(scale + load)  # (s * y + agg) / (s + count)
     else:
-        updated = summed.mul_(scale).add_(y).div_(1 + scale * load)  # (y + s agg) / (1 + s load)
+        if scale != 1.0:
+            summed.mul_(scale)
+            load = scale * load
+        updated = summed.add_(y).div_(1 + load)  # (y + s agg) / (1 + s load)
+    if y_valid is None:
+        return updated
     return torch.where(y_valid[:, :, None], updated, y, out=updated)
 
 
@@ -249,15 +338,56 @@ def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_val
     return keep, update_anchors(y, y_valid, x, assign, merge, config)
 
 
+@dataclass
+class _Video:
+    """What every step reads about the video's frames, made once for all steps (F rows each):
+    unit rows of the similarity channels, uniform marginals, the (F, S, S) invalid entries
+    against the frame's keyframe, the quantile positions and the valid counts on the host."""
+
+    tokens: torch.Tensor
+    unit: torch.Tensor
+    marginal: torch.Tensor
+    valid: torch.Tensor
+    invalid: torch.Tensor
+    entries_invalid: torch.Tensor
+    positions: QuantilePositions
+    counts: list[int] | None
+
+
+def _video_inputs(tokens: torch.Tensor, valid: torch.Tensor, clips: list[Clip],
+                  steps: ClipSteps, config: AOTConfig, counts: torch.Tensor,
+                  host_counts: list[int] | None) -> _Video:
+    """tokens (F, S, D) in the working dtype, valid (F, S), counts (F,) long on the device."""
+    if steps.stride:
+        key_valid = valid[::steps.stride].repeat_interleave(steps.stride, 0)
+    else:
+        keyframe_of = [start for start, stop in clips for _ in range(start, stop)]
+        key_valid = valid[torch.tensor(keyframe_of, device=valid.device)]
+    marginal = valid.to(tokens.dtype) / counts.clamp(min=1)[:, None]  # as uniform_marginals
+    return _Video(tokens, unit_rows(tokens[..., :config.similarity_channels]), marginal, valid,
+                  ~valid, ~(valid[:, :, None] & key_valid[:, None, :]),
+                  _positions(counts, config.keep_ratio, host_counts), host_counts)
+
+
+def _positions(counts: torch.Tensor, q: float, host_counts: list[int] | None) -> QuantilePositions:
+    positions = QuantilePositions.of(counts, q)
+    if host_counts is not None and min(host_counts) > 0:
+        positions.empty = None  # no empty row: no NaN to write
+    return positions
+
+
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
                           pooled_count: int, clips: list[Clip], config: AOTConfig,
                           keep_counts: torch.Tensor | None = None, *,
-                          check_every: int | None = None) -> TemporalOutput:
+                          check_every: int | None = None,
+                          counts: list[int] | None = None) -> TemporalOutput:
     """The temporal phase on survivors already packed to the left (:func:`packed_survivors`).
 
     Step k of every clip (its k-th frame against the clip's current anchors) runs as one batch;
     no host sync happens inside the loop except Sinkhorn's every ``check_every`` iterations
     (``check_every=0``: none; the emission at the end syncs once for the output length).
+    What does not change between steps (unit rows of the tokens, marginals, masks, quantile
+    positions) is made once for the video.
 
     Args:
         tokens: (F, S, D) survivors; positions: (F, S) their pooled positions; valid: (F, S).
@@ -267,37 +397,73 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             Sinkhorn knobs (each step's problems stop on their own, as if solved one by one).
         keep_counts: (F,) long, exact number of tokens to keep in each later frame (exact-budget
             mode); ``None`` = released rule ``q < quantile(q, keep_ratio)``.
+        counts: the survivors per frame (``valid.sum(1)``) when the caller has them on the
+            host (one sync less; with ``check_every=0`` they are not read).
     Returns:
         :class:`TemporalOutput`. Per clip of two or more frames: the keyframe's surviving tokens
         as they are, then every later frame's kept tokens in frame order, then the clip's merged
         anchors (so the keyframe appears twice, as in the released code). A clip of one frame
         emits its survivors once.
     """
-    work = torch.promote_types(tokens.dtype, torch.float32)
+    work = working_dtype(tokens.dtype)
     kept = torch.zeros_like(valid)
     steps = ClipSteps.of(clips, tokens.shape[0], tokens.device)
-    anchors = tokens[steps.keyframes].to(work)  # (C, S, D), updated step by step
-    anchor_valid = valid[steps.keyframes]
-    for step, (frame_ids, clip_ids) in enumerate(zip(steps.frame_ids, steps.clip_ids), start=1):
-        counts = keep_counts[frame_ids] if keep_counts is not None else None
-        # No step's copies outlive the step (its inputs are passed, not held).
-        if clip_ids is None:  # every clip has a frame at this step
-            keep, anchors = temporal_step(
-                tokens[frame_ids].to(work), valid[frame_ids], anchors, anchor_valid, step,
-                config, counts, check_every=check_every)
-        else:
-            keep, anchors[clip_ids] = temporal_step(
-                tokens[frame_ids].to(work), valid[frame_ids], anchors[clip_ids],
-                anchor_valid[clip_ids], step, config, counts, check_every=check_every)
-        kept[frame_ids] = keep
+    device_counts = valid.sum(1)
+    every = config.sinkhorn_check_every if check_every is None else check_every
+    host = counts if counts is not None or every == 0 else device_counts.tolist()
+    video = _video_inputs(tokens.to(work), valid, clips, steps, config, device_counts, host)
+    keys = steps.keyframe_rows()
+    anchors = video.tokens[keys]  # (C, S, D), updated step by step
+    anchor_valid, anchor_unit = valid[keys], video.unit[keys]
+    anchor_marginal = video.marginal[keys]
+    key_counts = None if host is None else [host[i] for i in steps.keyframes.tolist()] \
+        if steps.stride is None else host[::steps.stride]
+    width = valid.shape[1]
+    # Row-constant parts that only matter for some videos: a keyframe without survivors keeps
+    # its clip's later tokens; padded anchors are left as they are.
+    anchor_any = None if key_counts is not None and min(key_counts, default=1) > 0 \
+        else anchor_valid.any(1)
+    anchor_pad = None if key_counts is not None and min(key_counts, default=width) == width \
+        else anchor_valid
+    for step in range(1, len(steps.frame_ids) + 1):
+        rows, clip_ids = steps.step_rows(step), steps.clip_ids[step - 1]
+        if step > 1:  # the anchors changed: their unit rows too
+            anchor_unit = unit_rows(anchors[..., :config.similarity_channels])
+        y, y_valid, y_unit, y_marginal, y_any, y_pad, y_counts = (
+            anchors, anchor_valid, anchor_unit, anchor_marginal, anchor_any, anchor_pad,
+            key_counts)
+        if clip_ids is not None:  # not every clip has a frame at this step
+            y, y_valid, y_unit, y_marginal = (t[clip_ids] for t in (y, y_valid, y_unit,
+                                                                    y_marginal))
+            y_any = None if y_any is None else y_any[clip_ids]
+            y_pad = None if y_pad is None else y_pad[clip_ids]
+            y_counts = None if y_counts is None else [y_counts[i] for i in clip_ids.tolist()]
+        x, x_valid = video.tokens[rows], video.valid[rows]
+        x_counts = None if host is None else host[rows] if isinstance(rows, slice) else \
+            [host[i] for i in rows.tolist()]
+        score, assign = _scores(
+            video.unit[rows], video.marginal[rows], y_unit, y_marginal,
+            video.entries_invalid[rows], x_valid, step, config, check_every=check_every,
+            valid_counts=None if host is None else (x_counts, y_counts))
+        counts_k = keep_counts[rows] if keep_counts is not None else None
+        keep = _select(score, x_valid, video.invalid[rows],
+                       None if counts_k is not None else video.positions.rows(rows), y_any,
+                       counts_k)
+        if config.inter_merge != "prune":
+            merge = x_valid > keep  # x_valid and not keep, in one op (False < True)
+            updated = update_anchors(y, y_pad, x, assign, merge, config)
+            if clip_ids is None:
+                anchors = updated
+            else:  # gathered keyframes (no stride): a tensor of their own
+                anchors[clip_ids] = updated
+        kept[rows] = keep
 
     # The survivors of later frames that were not kept (kept holds later frames only).
     merged = (valid & steps.later[:, None]) > kept  # ... and not kept, in one op (False < True)
-    return _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
-                 pooled_count)
+    return _emit(tokens, positions, valid, kept, merged, anchors, clips, pooled_count)
 
 
-def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
+def _emit(tokens, positions, valid, kept, merged, anchors, clips,
           pooled_count) -> TemporalOutput:
     """Gather the output sequence (order: see :func:`temporal_merge_packed`) with one sync.
 
@@ -307,10 +473,47 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
     """
     frames, width, dim = tokens.shape
     device = tokens.device
-    # One block of ``width`` candidate slots per frame and per clip's anchors, in the released
-    # order: where its flags lie in cat(valid, kept, anchor_valid) (a clip's first frame emits
-    # its survivors, a later frame its kept tokens, then the anchors), where its rows lie in
-    # cat(tokens, anchors), its frame and its kind. Known from the clips: one copy to the device.
+    candidates = _candidates(tuple(map(tuple, clips)), frames, width, device)
+    if candidates is None:
+        index = torch.zeros(0, dtype=torch.long, device=device)
+        frame_ids, token_position = index, index
+        kinds = torch.zeros(0, dtype=torch.int8, device=device)
+    else:
+        flags = torch.cat([valid.reshape(-1), kept.reshape(-1)])
+        chosen = torch.nonzero(flags[candidates.flag]).flatten()  # the one host sync of the phase
+        index = candidates.row[chosen]
+        frame_ids = candidates.frame[chosen]
+        kinds = candidates.kind[chosen]
+        token_position = positions[frame_ids, candidates.slot[chosen]]
+    return TemporalOutput(
+        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
+                            index),
+        token_frame=frame_ids,
+        token_position=token_position,
+        token_kind=kinds,
+        kept=_unpack(kept, positions, pooled_count),
+        merged=_unpack(merged, positions, pooled_count),
+    )
+
+
+@dataclass
+class _Candidates:
+    """Every candidate output slot in the released order (each frame's ``width`` packed slots,
+    then each clip's anchor slots): where its flag lies in cat(valid, kept) (a clip's first frame
+    emits its survivors, a later frame its kept tokens, the anchors the survivors of their
+    keyframe), where its row lies in cat(tokens, anchors), its frame, kind and slot. Each (C*W,)."""
+
+    flag: torch.Tensor
+    row: torch.Tensor
+    frame: torch.Tensor
+    kind: torch.Tensor
+    slot: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _candidates(clips: tuple[Clip, ...], frames: int, width: int,
+                device: torch.device) -> _Candidates | None:
+    """The candidates of a video's clips and packed width (known from them alone: made once)."""
     flag_base, row_base, frame_of, kind_of = [], [], [], []
     anchor_slot = 0
     for start, stop in clips:
@@ -320,33 +523,19 @@ def _emit(tokens, positions, valid, kept, merged, anchors, anchor_valid, clips,
             frame_of.append(f)
             kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
         if stop - start >= 2:
-            flag_base.append((2 * frames + anchor_slot) * width)
+            flag_base.append(start * width)  # the anchors' slots are valid where their keyframe's
             row_base.append((frames + anchor_slot) * width)
             frame_of.append(start)
             kind_of.append(KIND_ANCHOR)
             anchor_slot += 1
     if not frame_of or width == 0:
-        index = torch.zeros(0, dtype=torch.long, device=device)
-        frame_ids, kinds, token_position = index, index, index
-    else:
-        table = torch.tensor([flag_base, row_base, frame_of, kind_of]).to(device)
-        flags = torch.cat([valid.reshape(-1), kept.reshape(-1), anchor_valid.reshape(-1)])
-        candidates = (table[0, :, None] + torch.arange(width, device=device)).reshape(-1)
-        chosen = torch.nonzero(flags[candidates]).flatten()  # the one host sync of the phase
-        block, slot = chosen // width, chosen % width
-        index = table[1][block] + slot
-        frame_ids = table[2][block]
-        kinds = table[3][block]
-        token_position = positions[frame_ids, slot]
-    return TemporalOutput(
-        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
-                            index),
-        token_frame=frame_ids,
-        token_position=token_position,
-        token_kind=kinds.to(torch.int8),
-        kept=_unpack(kept, positions, pooled_count),
-        merged=_unpack(merged, positions, pooled_count),
-    )
+        return None
+    slots = torch.arange(width)
+    table = torch.tensor([flag_base, row_base, frame_of, kind_of])[:, :, None]
+    flag, row, frame, kind = (t.expand(-1, width).reshape(-1) for t in table)
+    return _Candidates((flag + slots.repeat(len(frame_of))).to(device),
+                       (row + slots.repeat(len(frame_of))).to(device), frame.to(device),
+                       kind.to(torch.int8).to(device), slots.repeat(len(frame_of)).to(device))
 
 
 def _rows_of_two(first: torch.Tensor, second: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 # The GPU checks and numbers of docs/efficiency.md in one run, for a machine with one CUDA GPU:
 #   1. tests/test_cuda.py (same tokens as the CPU, no host sync in the loops, CUDA-graph replay,
 #      torch.compile, half precision)
-#   2. scripts/bench_reducer.py --device cuda, float32 and bfloat16 (ours vs reference vs floor)
+#   2. scripts/bench_reducer.py --device cuda, float32 and bfloat16, OV 32 and Video 64 frames,
+#      ms per call with the card's name: the default (CUDA-graph intra stage) and --eager
 #   3. knob sweeps of bench_reducer: sinkhorn_check_every 1..10, chunk budget (aot.ops.scratch_bytes) 16..256 MiB
 #   4. scripts/bench_memory.py --device cuda at 32..1024 frames (peak / input, ms per frame)
 #   5. one call under torch.profiler (kernel launches, syncs, GPU time per kernel)
@@ -49,6 +50,11 @@ frames=(32 128 256 512 1024) repeats=20
 step reducer_float32 "$PY" scripts/bench_reducer.py --device cuda --repeats "$repeats" --warmup 3
 step reducer_bfloat16 "$PY" scripts/bench_reducer.py --device cuda --dtype bfloat16 \
     --repeats "$repeats" --warmup 3 --reference-repeats 0
+# the same shapes with the eager intra stage (AOTConfig(cuda_graphs=False)), same machine
+for dtype in float32 bfloat16; do
+    step "reducer_eager_$dtype" "$PY" scripts/bench_reducer.py --device cuda --dtype "$dtype" \
+        --repeats "$repeats" --warmup 3 --reference-repeats 0 --eager
+done
 step sweep_check_every "$PY" scripts/bench_reducer.py --device cuda --repeats 10 --warmup 2 \
     --reference-repeats 0 --check-every 1 2 3 5 10
 for dtype in float32 bfloat16; do

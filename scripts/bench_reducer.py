@@ -4,6 +4,7 @@ and against the floor of the method's arithmetic.
     python scripts/bench_reducer.py [--device cpu|cuda] [--repeats 5] [--reference-repeats 3]
                                     [--dtype float32] [--threads N] [--before DIR] [--profile 20]
                                     [--check-every N [N ...]] [--scratch-mib M [M ...]]
+                                    [--release DIR [--release-repeats 3]] [--shapes ov video]
                                     [--reducers all|NAME [NAME ...]] [--retention 0.10]
 
 Shapes: LLaVA-OV 32 frames x 729 x 3584 (paper-ov-mvbench: 126 anchors, temporal phase on) and
@@ -11,7 +12,11 @@ LLaVA-Video 64 frames x 729 x 3584 (paper-video: 180 anchors, average pooling, t
 Inputs are a synthetic video lifted to width 3584 (random features, smooth attention maps);
 timing does not depend on the values except through the Sinkhorn iteration count.
 
-"reference" is NOT the authors' released code (not available here): it is our plain rewrite in
+``--release DIR`` times the authors' released functions themselves, loaded from a checkout of
+github.com/TyroneLi/AOT that the user provides (scripts/release_reducer.py; nothing of it is
+copied here), side by side with ``aot.reduce_video`` on the same inputs, checking the tokens.
+
+"reference" is NOT the authors' released code: it is our plain rewrite in
 its structure (scripts/reference_reducer.py: Python loops over frames, windows, anchors and
 tokens, a host sync per selected index and per Sinkhorn iteration). Each row checks that the
 reference and ``aot.reduce_video`` give the same tokens, and times both in the same run, with
@@ -19,7 +24,7 @@ the machine load printed. ``--before DIR`` also times the ``aot`` package
 found in DIR (e.g. a ``git worktree`` of an older commit) on the same inputs.
 
 Knob sweeps (one row per value and shape, same inputs): ``--check-every`` sets
-``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 1 on CPU, 10 on
+``AOTConfig.sinkhorn_check_every`` (Sinkhorn iterations between host syncs; None = 3 on CPU, 10 on
 CUDA), ``--scratch-mib`` sets the chunk budget of the passes over the features on the benchmarked
 device (:func:`aot.ops.scratch_bytes`: ``SCRATCH_BYTES`` on CPU, ``ACCELERATOR_SCRATCH_BYTES``
 elsewhere) for the run. Neither changes the tokens (tests/test_hot_path.py): only the time.
@@ -66,6 +71,7 @@ from aot.synthetic import synthetic_video  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from reference_reducer import reference_reduce_video
+from release_reducer import load_release, release_reduce_video
 
 SHAPES = (("ov", 32, "paper-ov-mvbench"), ("video", 64, "paper-video"))
 
@@ -233,10 +239,11 @@ def load() -> str:
 
 
 def bench(backbone: str, frames: int, preset: str, args, before, check_every=None,
-          scratch_mib=None) -> dict:
+          scratch_mib=None, released=None) -> dict:
     dtype = getattr(torch, args.dtype)
     feats, shallow, deep = make_inputs(frames, args.dim, args.device, dtype)
-    cfg = aot.AOTConfig.preset(preset).replace(sinkhorn_check_every=check_every)
+    cfg = aot.AOTConfig.preset(preset).replace(sinkhorn_check_every=check_every,
+                                               cuda_graphs=not args.eager)
     knobs = ([f"check_every {check_every}"] if check_every is not None else []) + \
         ([f"scratch {scratch_mib} MiB"] if scratch_mib is not None else [])
     row = {"backbone": backbone, "preset": preset, "load_start": load(),
@@ -276,6 +283,17 @@ def bench(backbone: str, frames: int, preset: str, args, before, check_every=Non
         row["before_ms"] = statistics.median(times)
         row["before_cpu_ms"] = statistics.median(cpu)
         row["before_diff"] = _diff(old.tokens, result.tokens)
+    if released is not None:
+        times, cpu = [], []
+        for i in range(args.release_repeats):
+            rel, t = timed(lambda: release_reduce_video(released, feats.float(), shallow.float(),
+                                                        deep.float(), cfg), args.device, cpu)
+            times.append(t)
+            print(f"  [{backbone}] released run {i + 1}/{args.release_repeats}: {t:.1f} ms "
+                  f"(load {load()})", flush=True)
+        row["release_ms"] = statistics.median(times)
+        row["release_cpu_ms"] = statistics.median(cpu)
+        row["release_diff"] = _diff(rel, result.tokens)
     if args.reference_repeats:
         times, cpu = [], []
         for i in range(args.reference_repeats):
@@ -330,6 +348,16 @@ def main() -> None:
                         help="also print the top ROWS operators of one call (torch.profiler)")
     parser.add_argument("--before", default=None,
                         help="a checkout whose aot package is timed too (e.g. an older commit)")
+    parser.add_argument("--eager", action="store_true",
+                        help="AOTConfig(cuda_graphs=False): the eager intra stage on CUDA")
+    parser.add_argument("--release", default=None, metavar="DIR",
+                        help="a checkout of the authors' repository (github.com/TyroneLi/AOT): "
+                             "its released reducer functions are timed side by side "
+                             "(scripts/release_reducer.py; nothing is copied)")
+    parser.add_argument("--release-repeats", type=int, default=3,
+                        help="timed runs of the released functions (with --release)")
+    parser.add_argument("--shapes", nargs="+", default=[name for name, _, _ in SHAPES],
+                        choices=[name for name, _, _ in SHAPES], help="shapes to run")
     parser.add_argument("--check-every", type=int, nargs="+", default=None,
                         help="AOTConfig.sinkhorn_check_every values to time (one row each)")
     parser.add_argument("--scratch-mib", type=int, nargs="+", default=None,
@@ -361,17 +389,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     before = load_package(args.before) if args.before else None
+    released = load_release(args.release) if args.release else None
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
-    print(f"AOT reducer benchmark on {name}, torch {torch.__version__}, {args.dtype}; "
-          f"median of {args.repeats}"
+    mode = "eager" if args.eager or not args.device.startswith("cuda") else "CUDA graph"
+    print(f"AOT reducer benchmark on {name} ({mode} intra stage), torch {torch.__version__}, "
+          f"{args.dtype}; median of {args.repeats}"
           + ("" if args.no_aot_table else f" (reference: {args.reference_repeats})")
           + f"; load average 1/5/15 min at start {load()}")
     if not args.no_aot_table:
         print("reference = our plain rewrite in the released code's structure "
               "(scripts/reference_reducer.py), not the released code itself")
     if names:
-        registry = [row for backbone, frames, _ in SHAPES
+        registry = [row for backbone, frames, _ in SHAPES if backbone in args.shapes
                     for row in bench_registry(backbone, frames, names, args)]
         print_registry(registry, args)
         if args.no_aot_table:
@@ -383,8 +413,9 @@ def main() -> None:
                 name = ("SCRATCH_BYTES" if torch.device(args.device).type == "cpu"
                         else "ACCELERATOR_SCRATCH_BYTES")  # the budget aot.ops.scratch_bytes reads
                 setattr(aot.ops, name, scratch_mib * 2 ** 20)
-            rows += [bench(backbone, frames, preset, args, before, check_every, scratch_mib)
-                     for backbone, frames, preset in SHAPES]
+            rows += [bench(backbone, frames, preset, args, before, check_every, scratch_mib,
+                           released)
+                     for backbone, frames, preset in SHAPES if backbone in args.shapes]
     print("\nwall = elapsed ms (median); cpu = process CPU ms summed over threads (median), "
           "less sensitive to other jobs on a shared machine")
     print("floor = the two batched products at the call's shapes + one read of the features "
@@ -407,6 +438,17 @@ def main() -> None:
                  f"({r['reference_cpu_ms'] / r['floor_cpu_ms']:.1f}x) | {r['reference_diff']} | "
                  if ref is not None else "- | - | - | - | - | ")
               + f"{r['load_start']} -> {r['load_end']} |")
+    if released is not None:
+        print("\nreleased = the authors' functions from the --release checkout, run by "
+              "scripts/release_reducer.py; same inputs, same run")
+        print("\n| shape | released ms | aot ms | released / aot wall | released cpu ms "
+              "| aot cpu ms | released / aot cpu | max abs diff | load 1/5/15 start -> end |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['shape']} | {r['release_ms']:.0f} | {r['total_ms']:.1f} | "
+                  f"{r['release_ms'] / r['total_ms']:.1f}x | {r['release_cpu_ms']:.0f} | "
+                  f"{r['cpu_ms']:.1f} | {r['release_cpu_ms'] / r['cpu_ms']:.1f}x | "
+                  f"{r['release_diff']} | {r['load_start']} -> {r['load_end']} |")
     if before is not None:
         print("\n| shape | --before ms | aot ms | speed-up wall | --before cpu ms | aot cpu ms "
               "| speed-up cpu | max abs diff |")

@@ -121,7 +121,7 @@ BOOL_FIELDS = [f.name for f in dataclasses.fields(aot.AOTConfig) if f.type in ("
 
 def test_bool_fields_are_listed():
     assert set(BOOL_FIELDS) == {"local_anchors", "global_anchors", "random_anchors", "intra",
-                                "inter", "dynamic_clips", "log_domain"}
+                                "inter", "dynamic_clips", "log_domain", "cuda_graphs"}
 
 
 @pytest.mark.parametrize("name", BOOL_FIELDS)

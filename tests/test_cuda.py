@@ -134,3 +134,34 @@ def test_half_precision_keeps_the_float32_count_on_cuda(dtype, preset):
     assert half.tokens.dtype == dtype
     assert half.num_tokens == full.num_tokens
     assert positions_agree(half, full) >= 0.98
+
+
+def graphed_and_eager(cfg, frames=16, dim=256, seed=0, dtype=torch.float32):
+    feats, shallow, deep = video(frames=frames, dim=dim, seed=seed, dtype=dtype)
+    graphed = aot.reduce_video(feats, shallow, deep, cfg)  # the default on CUDA
+    eager = aot.reduce_video(feats, shallow, deep, cfg.replace(cuda_graphs=False))
+    return graphed, eager
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_default_gives_the_eager_tokens(preset, dtype):
+    from aot.graphs import graph_applies
+
+    cfg = aot.AOTConfig.preset(preset)
+    assert graph_applies(video(dtype=dtype)[0], cfg), "the default should run the graph"
+    for seed in (0, 1):  # the second video replays the graph captured for the first
+        graphed, eager = graphed_and_eager(cfg, seed=seed, dtype=dtype)
+        assert graphed.num_tokens == eager.num_tokens
+        assert positions_agree(graphed, eager) == 1.0
+        assert torch.equal(graphed.local_anchors, eager.local_anchors)
+        assert torch.equal(graphed.global_anchors, eager.global_anchors)
+        torch.testing.assert_close(graphed.tokens, eager.tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_graph_outputs_are_not_overwritten_by_the_next_call():
+    cfg = aot.AOTConfig()
+    first = aot.reduce_video(*video(seed=2), cfg)
+    kept = first.tokens.clone(), first.local_anchors.clone()
+    aot.reduce_video(*video(seed=3), cfg)  # same shape: the same graph replays
+    assert torch.equal(first.tokens, kept[0]) and torch.equal(first.local_anchors, kept[1])

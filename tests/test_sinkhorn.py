@@ -1,13 +1,14 @@
 """Batched Sinkhorn: POT as the reference solver, marginals, stopping rules, padding, and the
 ``sinkhorn_check_every`` knob (host syncs of the early stop)."""
 
+import math
 import warnings
 
 import pytest
 import torch
 
 import aot
-from aot.sinkhorn import sinkhorn, uniform_marginals
+from aot.sinkhorn import DEFAULT_CHECK_EVERY_CPU, sinkhorn, uniform_marginals
 from aot.synthetic import synthetic_video
 from test_hot_path import SyncCounter
 
@@ -135,9 +136,10 @@ def test_sinkhorn_check_every_knob_keeps_the_output(preset, log_domain):
 
 
 def test_sinkhorn_check_every_knob_removes_the_loop_syncs(monkeypatch):
-    # A tolerance no problem reaches: every solve runs all its iterations. Polling every
-    # iteration (the CPU default) costs one host sync per iteration and solve; 0 costs none,
-    # so the call's other syncs (anchor split, overflow check, output length) stay alone.
+    # A tolerance no problem reaches: every solve runs all its iterations. The stop test (the
+    # CPU default: every DEFAULT_CHECK_EVERY_CPU iterations) costs one host sync per test and
+    # solve; 0 costs none, so the call's other syncs (anchor split, overflow check, output
+    # length) stay alone.
     feats, shallow, deep = synthetic_video(16, dim=16, seed=4)  # clips of 2: one temporal step
     counts = {}
     for every in (None, 0):
@@ -149,7 +151,9 @@ def test_sinkhorn_check_every_knob_removes_the_loop_syncs(monkeypatch):
             counts[every, iterations] = counter.count
             monkeypatch.undo()
     # 20 more iterations x 2 solves (the intra one, the temporal step's batch).
-    assert counts[None, 30] - counts[None, 10] == 40, counts
+    every = DEFAULT_CHECK_EVERY_CPU
+    tests = 2 * (math.ceil(30 / every) - math.ceil(10 / every))
+    assert counts[None, 30] - counts[None, 10] == tests, counts
     assert counts[0, 10] == counts[0, 30] < counts[None, 10], counts
 
 

@@ -7,6 +7,7 @@ forms give what the released loop gave.
 """
 
 import math
+import sys
 
 import pytest
 import torch
@@ -202,3 +203,80 @@ def test_loops_equal_the_released_loops_bit_for_bit(dtype, stopping):
                                released_log(a, b, cost, reg, **options))):
                 assert torch.equal(bits(got.plan), bits(want.plan)), (seed, reg)
                 assert torch.equal(got.iterations, want.iterations), (seed, reg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stopping", ["batch", "problem"])
+def test_deferred_stop_test_equals_the_guarded_loop_bit_for_bit(dtype, stopping):
+    # The default plain-domain path (check_every > 0) runs the deferred loop; padding, problems
+    # without rows or columns, a zero tolerance and any test interval give the guarded loop's
+    # plan and iteration counts.
+    for seed in range(3):
+        a, b, cost = padded_problem(seed, dtype=dtype)
+        if stopping == "batch":  # the batch mean needs no empty problem to take the fast path
+            a[1], b[2] = padded_problem(seed + 10, dtype=dtype)[0][1], b[3]
+        for reg, threshold in ((0.05, 1e-2), (0.3, 1e-6), (0.3, 0.0)):
+            log_kernel = masked_log_kernel(cost, reg, a > 0, b > 0)
+            want = sinkhorn_scaling(a, b, log_kernel.exp(), max_iter=40, stop_threshold=threshold,
+                                    stopping=stopping, check_every=1)
+            for every in (1, 3, 7, 100):
+                got = sinkhorn(a, b, cost, reg, max_iter=40, stop_threshold=threshold,
+                               stopping=stopping, check_every=every)
+                assert torch.equal(bits(got.plan), bits(want.plan)), (seed, reg, every)
+                assert torch.equal(got.iterations, want.iterations), (seed, reg, every, got.iterations, want.iterations)
+
+
+def test_a_zero_product_falls_back_to_the_guarded_loop(monkeypatch):
+    # Kernel entries of 1e-30 (cost / reg = 69, inside the no-underflow bound) and column
+    # marginals of 1e-30: the products K c underflow to 0 at the second iteration, where an
+    # unguarded division gives inf and the released loop 0. The deferred loop must notice and
+    # the call equal the released loop.
+    module = sys.modules["aot.sinkhorn"]
+    g = torch.Generator().manual_seed(4)
+    cost = torch.rand(3, 12, 5, generator=g) * 0.1
+    cost[0] = 6.9
+    a = torch.full((3, 12), 1 / 12)
+    b = torch.full((3, 5), 1 / 5)
+    b[0] = 1e-30
+    calls = []
+    original = module.sinkhorn_deferred
+
+    def recorded(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(module, "sinkhorn_deferred", recorded)
+    got = sinkhorn(a, b, cost, 0.1, max_iter=30, stop_threshold=1e-9, stopping="problem")
+    want = sinkhorn_scaling(a, b, masked_log_kernel(cost, 0.1, a > 0, b > 0).exp(), max_iter=30,
+                            stop_threshold=1e-9, stopping="problem", check_every=1)
+    assert calls == [None], "the deferred loop should have refused this call"
+    assert torch.equal(bits(got.plan), bits(want.plan))
+    assert torch.equal(got.iterations, want.iterations)
+
+
+@pytest.mark.parametrize("stopping", ["batch", "problem"])
+def test_unrolled_stop_test_on_the_device_equals_the_guarded_loop(stopping):
+    # What the CUDA graph runs: every iteration, then the stop test of all of them on the
+    # device; no padding (the intra solves). Same plan and counts, and an ok flag.
+    from aot.sinkhorn import sinkhorn_unrolled
+
+    g = torch.Generator().manual_seed(6)
+    cost = torch.rand(5, 23, 9, generator=g) * 2
+    a, b = torch.full((5, 23), 1 / 23), torch.full((5, 9), 1 / 9)
+    for reg, threshold in ((0.05, 1e-2), (0.3, 1e-6), (0.3, 0.0)):
+        kernel = torch.exp(cost / -reg)
+        want = sinkhorn_scaling(a, b, kernel.clone(), max_iter=40, stop_threshold=threshold,
+                                stopping=stopping, check_every=1)
+        got, ok = sinkhorn_unrolled(a, b, kernel.clone(), max_iter=40, stop_threshold=threshold,
+                                    stopping=stopping)
+        assert bool(ok)
+        assert torch.equal(bits(got.plan), bits(want.plan)), (reg, threshold)
+        assert torch.equal(got.iterations, want.iterations), (reg, threshold)
+    # the zero-product case of the fallback test: flagged, not silently different
+    cost = torch.rand(3, 12, 5, generator=g) * 0.1
+    cost[0] = 6.9
+    b = torch.full((3, 5), 1 / 5)
+    b[0] = 1e-30
+    _, ok = sinkhorn_unrolled(torch.full((3, 12), 1 / 12), b, torch.exp(cost / -0.1),
+                              max_iter=30, stop_threshold=1e-9, stopping=stopping)
+    assert not bool(ok)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aot.anchors import received_attention
+from aot.anchors import attend_and_receive
 from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
@@ -16,19 +16,15 @@ from ..capture import capturing
 def siglip_received(module, args, kwargs) -> torch.Tensor:
     """Received attention of a SigLIP attention module's input.
 
-    hidden_states: (N, T, C), one image (frame) per row. Returns (N, T) float32, computed one
-    frame at a time (heads x T x T in memory).
+    hidden_states: (N, T, C), one image (frame) per row. Returns (N, T) float32, all frames at
+    once, one block of queries at a time (:func:`aot.anchors.attend_and_receive`: the float32
+    probabilities are never held whole).
     """
     hidden = args[0] if args else kwargs["hidden_states"]
     frames, tokens, _ = hidden.shape
-    out = []
-    for frame in range(frames):
-        h = hidden[frame:frame + 1]
-        q = module.q_proj(h).view(1, tokens, -1, module.head_dim).transpose(1, 2)
-        k = module.k_proj(h).view(1, tokens, -1, module.head_dim).transpose(1, 2)
-        probs = (torch.matmul(q.float(), k.float().transpose(-1, -2)) * module.scale).softmax(-1)
-        out.append(received_attention(probs))
-    return torch.cat(out)
+    q = module.q_proj(hidden).view(frames, tokens, -1, module.head_dim).transpose(1, 2)
+    k = module.k_proj(hidden).view(frames, tokens, -1, module.head_dim).transpose(1, 2)
+    return attend_and_receive(q, k, None, module.scale)[0]
 
 
 def siglip_keys(module, args, kwargs) -> torch.Tensor:

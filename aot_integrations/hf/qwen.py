@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from aot.anchors import received_attention
+from aot.anchors import attend_and_receive
 from aot.result import ReducedVideo
 from aot.video_path import Encoded
 
@@ -36,10 +36,9 @@ def qwen_vision_received(module, args, kwargs) -> torch.Tensor:
     out = torch.empty(seq, dtype=torch.float32, device=hidden.device)
     bounds = cu_seqlens.tolist()
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        qs = q[start:stop].transpose(0, 1).float()          # (heads, n, d)
-        ks = k[start:stop].transpose(0, 1).float()
-        probs = (torch.matmul(qs, ks.transpose(-1, -2)) * module.scaling).softmax(-1)
-        out[start:stop] = received_attention(probs[None])[0]
+        qs = q[start:stop].transpose(0, 1)[None]  # (1, heads, n, d)
+        ks = k[start:stop].transpose(0, 1)[None]
+        out[start:stop] = attend_and_receive(qs, ks, None, module.scaling)[0][0]
     return out
 
 

@@ -8,8 +8,9 @@ published. The layers themselves are transformers' ``SiglipEncoderLayer``.
 AOT needs the attention each token *receives* at two layers only. Materialising every layer's
 maps (what ``output_attentions=True`` does) costs 26 x frames x heads x 729^2 floats, so instead
 every attention call goes through :func:`capture_attention`, which runs the normal kernel (SDPA
-by default) unless the layer is being captured; a captured layer computes its softmax once and
-keeps only the (frames, 729) column sums. Frames are processed in chunks.
+by default) unless the layer is being captured; a captured layer computes its softmax block of
+queries by block of queries and keeps only the (frames, 729) column sums. Frames are processed
+in chunks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from transformers.models.siglip.modeling_siglip import (
     eager_attention_forward,
 )
 
-from aot import received_attention
+from aot.anchors import attend_and_receive
 
 # Hyper-parameters of google/siglip-so400m-patch14-384 (the published tower, 27 layers), built
 # in so that loading never reaches the hub.
@@ -56,8 +57,9 @@ def capture_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     query/key/value: (B, heads, T, head_dim). Returns ((B, T, heads, head_dim), None).
     If ``module.aot_keys`` is a list, the keys averaged over heads, (B, T, head_dim) in the
     model's dtype, are appended to it. If ``module.aot_sink`` is a list, the softmax is computed
-    in float32 and the received attention (B, T) is appended to it; otherwise the module's
-    ``base_attention`` kernel runs.
+    in float32, one block of queries at a time (:func:`aot.anchors.attend_and_receive`), and the
+    received attention (B, T) is appended to it; otherwise the module's ``base_attention``
+    kernel runs.
     """
     keys = module.__dict__.get("aot_keys")
     if keys is not None:
@@ -69,12 +71,9 @@ def capture_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         return kernel(module, query, key, value, attention_mask, scaling=scaling,
                       dropout=dropout, **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        logits = logits + attention_mask
-    probs = logits.softmax(dim=-1)
-    sink.append(received_attention(probs))
-    out = torch.matmul(probs.to(value.dtype), value)
+    # one block of queries at a time: the layer's float32 probabilities are never held whole
+    received, out = attend_and_receive(query, key, value, scaling, attention_mask)
+    sink.append(received)
     return out.transpose(1, 2).contiguous(), None
 
 
