@@ -17,6 +17,13 @@ same run. The ``llava`` backbones share one random-weight model of this project'
 :func:`aot_integrations.hf.apply` (exact budget) on frames of ``--qwen-frame-size`` (``S`` or
 ``HxW`` px). Outputs: ``efficiency.json``, ``efficiency.md``, ``latency_breakdown.png``,
 ``ttft_vs_frames.png`` in ``--out``.
+
+``--llm-stage NAME`` (``fastv``, ``flashvid``, ``holitom``; :mod:`aot.llm_stages`) with
+``--llm-stage-opt KEY=VALUE`` knobs adds, after every grid point, the same point with that stage
+installed on the language model (:func:`aot_integrations.llm_stage.install`): layers before K
+see all tokens, layers K.. the kept ones. Its row has ``llm_stage`` (the stage's fields), the
+kept count measured and expected (:func:`aot.llm_stages.kept_count`), analytic prefill FLOPs
+from :func:`aot_bench.flops.llm_stage_prefill_flops`, and ratios against the stage-free full row.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ import time
 import torch
 
 import aot
+from aot.llm_stages import kept_count
 
 from .configs import BACKBONES, Shape, get_shape, hf_bench_backbones
 from .flops import (
     counted_prefill_flops,
     llm_prefill_flops,
+    llm_stage_prefill_flops,
     paper_prefill_flops,
     qwen_vision_flops,
     vision_flops,
@@ -98,11 +107,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-context", type=int, default=None,
                         help="LLM context in tokens (default: the model's, 32768 for 7B); "
                              "longer sequences are reported as over_context, not run")
+    parser.add_argument("--llm-stage", default=None, metavar="NAME",
+                        help="also run every point with this LLM stage installed (fastv, "
+                             "flashvid, holitom; docs/reducers/llm-stages.md)")
+    parser.add_argument("--llm-stage-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a knob of --llm-stage (layer, retention, budget, count_rule, "
+                             "merge, newline_is_text, final_retention); repeatable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/efficiency")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     args.retentions = [parse_retention(r) for r in args.retentions]
+    args.llm_stage = parse_stage(args.llm_stage, args.llm_stage_opt)
     for frames in args.frames:
         if frames < 1:
             parser.error(f"--frames {frames}: expected positive frame counts")
@@ -120,6 +136,77 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"{'runs' if len(hf) == 1 else 'run'} with random weights at the preset's "
                      "shapes")
     return args
+
+
+def parse_stage(name: str | None, options: list[str]):
+    """``--llm-stage`` and its ``--llm-stage-opt KEY=VALUE`` knobs -> an
+    :class:`aot.llm_stages.LLMStageConfig` (None without a stage), parsed by the eval scripts'
+    own :func:`aot_eval.model_args.parse_llm_stage` so both take the same names and values; a
+    bad one exits with one line naming it."""
+    from aot_eval.model_args import LLM_STAGE_KEY, LLM_STAGE_PREFIX, parse_llm_stage
+
+    kwargs = {} if name is None else {LLM_STAGE_KEY: name}
+    for option in options:
+        key, equals, value = option.partition("=")
+        if not equals or not key.strip():
+            raise SystemExit(f"--llm-stage-opt {option!r}: must be KEY=VALUE (e.g. layer=2)")
+        kwargs[LLM_STAGE_PREFIX + key.strip()] = value.strip()
+    try:
+        return parse_llm_stage(kwargs)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"--llm-stage: {error}") from None
+
+
+def stage_label(stage) -> str:
+    """``fastv(K=2, r=0.5)``: the stage as the eval summaries show it."""
+    from aot_eval.model_args import describe_llm_stage
+
+    return describe_llm_stage(stage)
+
+
+def stage_candidates(model, stage, visual: int, newlines: int) -> int:
+    """Columns of one video that compete in ``stage``: its visual and newline tokens, less
+    the single trailing newline of ``one_token`` packing when the stage keeps it as text
+    (what :func:`aot_integrations.llm_stage.install` reads from the kinds of the sequence)."""
+    if not (stage.newline_is_text and newlines):
+        return visual + newlines
+    if hasattr(model, "item_kinds"):
+        kinds = model.item_kinds(visual + newlines, "video")
+        return int((kinds == 1).sum())
+    return visual + newlines
+
+
+def stage_fields(stage, shape: Shape, reference: Shape | None, seq_len: int,
+                 candidates: int, unreduced: int) -> dict:
+    """The row fields of ``stage`` on one sequence: its knobs, the kept count
+    (:func:`aot.llm_stages.kept_count`), the length layers K.. see, and prefill FLOPs with the
+    stage (:func:`llm_stage_prefill_flops`) in place of the stage-free ones; FLOPs counted by
+    FlopCounterMode and the paper's convention are of the stage-free model, so left out."""
+    kept = kept_count(candidates, stage, unreduced)
+    after = seq_len - candidates + kept
+    fields = {"llm_stage": dataclasses.asdict(stage), "llm_stage_label": stage_label(stage),
+              "llm_stage_candidates": candidates, "llm_stage_kept_expected": kept,
+              "seq_len_after_stage": after,
+              "prefill_flops_analytic": llm_stage_prefill_flops(shape, seq_len, stage.layer,
+                                                                after),
+              "prefill_flops_counted": None}
+    if reference is not None:
+        fields.update(prefill_flops_7b_analytic=llm_stage_prefill_flops(
+            reference, seq_len, stage.layer, after), prefill_flops_7b_counted=None,
+            prefill_flops_7b_paper_convention=None)
+    else:
+        fields["prefill_flops_paper_convention"] = None
+    return fields
+
+
+def check_stage_layer(stage, shapes: dict) -> None:
+    """Exit with one line when ``stage``'s layer K is outside 1..layers-1 of a benchmarked
+    language model, before any row runs (install would refuse it mid-run)."""
+    for backbone, shape in shapes.items():
+        if not 1 <= stage.layer < shape.lm_layers:
+            raise SystemExit(f"--llm-stage-opt layer={stage.layer}: out of range for {backbone}'s "
+                             f"language model of {shape.lm_layers} layers (preset "
+                             f"{shape.name!r}; expected 1..{shape.lm_layers - 1})")
 
 
 def hf_backbones(names) -> list[str]:
@@ -257,9 +344,10 @@ def flops_fields(shape: Shape, reference: Shape | None, frames: int, visual: int
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Ratios of every reduced row against the full row of the same backbone and frames."""
+    """Ratios of every row against the full row of the same backbone and frames: unreduced
+    and without an LLM stage, so a stage row's ratios are what vision reducer + stage save."""
     full = {(r["backbone"], r["frames"]): r for r in rows
-            if r["retention"] is None and r["status"] == "ok"}
+            if r["retention"] is None and not r.get("llm_stage") and r["status"] == "ok"}
     for row in rows:
         base = full.get((row["backbone"], row["frames"]))
         if row["status"] != "ok" or base is None:
@@ -269,6 +357,8 @@ def add_ratios(rows: list[dict]) -> None:
         ratios = {"ttft_speedup": b["ttft"]["median"] / s["ttft"]["median"],
                   "prefill_speedup": b["prefill"]["median"] / s["prefill"]["median"],
                   "tokens": row["visual_tokens"] / base["visual_tokens"],
+                  "sequence_after_stage": (row.get("seq_len_after_stage", row["seq_len"])
+                                           / base["seq_len"]),
                   "prefill_flops": row["prefill_flops_analytic"] / base["prefill_flops_analytic"],
                   "vision_capture_overhead": s["vision"]["median"] / b["vision"]["median"],
                   "reducer_share_of_ttft": s["reduce"]["median"] / s["ttft"]["median"],
@@ -302,6 +392,8 @@ def environment(args, device, dtype, shape: Shape, source: str) -> dict:
             "frames": args.frames, "backbones": args.backbones,
             "qwen_frame_size": list(args.qwen_frame_size),
             "retentions": ["full" if r is None else r for r in args.retentions],
+            "llm_stage": (None if args.llm_stage is None
+                          else dataclasses.asdict(args.llm_stage)),
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python -m aot_bench.efficiency " + " ".join(sys.argv[1:])}
@@ -353,6 +445,8 @@ def run(args) -> dict:
     grid: list[tuple] = []
     shapes: dict[str, Shape] = {}
     env_shape, source = None, "random"
+    # each point stage-free, then (with --llm-stage) the same point with the stage installed
+    stages = [None] if args.llm_stage is None else [None, args.llm_stage]
     if built is not None:
         model, shape, llava, source = built
         model.vision_chunk_size = args.vision_chunk
@@ -362,29 +456,31 @@ def run(args) -> dict:
         env_shape = shape
         for backbone in llava:
             shapes[backbone] = shape
-            grid += [(backbone, f, r, model, shape, reference, input_ids)
-                     for f in args.frames for r in args.retentions]
+            grid += [(backbone, f, r, model, shape, reference, input_ids, stage)
+                     for f in args.frames for r in args.retentions for stage in stages]
     for backbone in hf_backbones(args.backbones):
         qwen, shape = build_qwen(args, device, dtype, backbone)
         reference = get_shape("7b", backbone) if shape.name != "7b" else None
         shapes[backbone] = shape
         env_shape = env_shape or shape
-        grid += [(backbone, f, r, qwen, shape, reference, None)
-                 for f in args.frames for r in args.retentions]
+        grid += [(backbone, f, r, qwen, shape, reference, None, stage)
+                 for f in args.frames for r in args.retentions for stage in stages]
     backbones = [b for b in args.backbones if b in shapes]
+    if args.llm_stage is not None:
+        check_stage_layer(args.llm_stage, shapes)
     rows: list[dict] = []
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
-    for index, (backbone, frames, retention, model, shape, reference, input_ids) in \
+    for index, (backbone, frames, retention, model, shape, reference, input_ids, stage) in \
             enumerate(grid, 1):
         if hf_backbones([backbone]):
             row = run_qwen_point(model, shape, reference, frames, retention, args, device, dtype,
-                                 backbone)
+                                 backbone, stage)
         else:
             if source == "random":
                 set_backbone(model, backbone)
             row = run_point(model, shape, reference, backbone, frames, retention, input_ids,
-                            args, device, dtype)
+                            args, device, dtype, stage)
         rows.append(row)
         log(f"[{index}/{len(grid)}] {progress_line(row)}")
     add_ratios(rows)
@@ -409,11 +505,36 @@ def record_oom(row: dict, error: BaseException, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def install_stage(model, stage):
+    """:func:`aot_integrations.llm_stage.install` of ``stage`` (None: nothing, returns None)."""
+    if stage is None:
+        return None
+    from aot_integrations import llm_stage
+
+    return llm_stage.install(model, stage)
+
+
+def check_stage_row(row: dict, handle, label: str) -> None:
+    """Record what the installed stage did in the last prefill (candidates, kept, the length
+    layers K.. saw) and fail loudly when it is not what the row's analytic FLOPs assumed."""
+    record = handle.last
+    if record is None:
+        raise RuntimeError(f"{label}: the LLM stage {row['llm_stage_label']} did not run in "
+                           "the prefill (it found no visual tokens)")
+    row["llm_stage_kept"] = record.kept[0]
+    measured = (record.candidates[0], record.kept[0], int(record.keep[0].sum()))
+    expected = (row["llm_stage_candidates"], row["llm_stage_kept_expected"],
+                row["seq_len_after_stage"])
+    if measured != expected:
+        raise RuntimeError(f"{label}: the LLM stage saw (candidates, kept, sequence after it) "
+                           f"= {measured}, expected {expected}")
+
+
 def run_qwen_point(model, shape, reference, frames, retention, args, device, dtype,
-                   backbone: str) -> dict:
+                   backbone: str, stage=None) -> dict:
     """One row of a backbone on Qwen2.5-VL shapes: processor-shaped inputs for ``frames``
     frames, the stock model (``retention`` None) or :func:`aot_integrations.hf.apply` at the
-    exact budget; OOM recorded."""
+    exact budget, with ``stage`` installed on the language model when given; OOM recorded."""
     from aot_integrations.hf import apply
 
     grid = qwen_grid(shape, frames, args.qwen_frame_size)
@@ -422,8 +543,12 @@ def run_qwen_point(model, shape, reference, frames, retention, args, device, dty
     row = {"backbone": backbone, "frames": frames, "retention": retention,
            "visual_tokens": visual, "newline_tokens": 0, "seq_len": seq_len,
            "video_grid_thw": list(grid)}
-    row.update(flops_fields(shape, reference, frames, visual, seq_len, not args.no_count_flops,
-                            backbone, grid))
+    row.update(flops_fields(shape, reference, frames, visual, seq_len,
+                            not args.no_count_flops and stage is None, backbone, grid))
+    if stage is not None:
+        # Qwen2.5-VL packs no newline tokens: every video token competes; unreduced = the grid
+        row.update(stage_fields(stage, shape, reference, seq_len, visual,
+                                grid[0] * grid[1] * grid[2] // shape.merge_size ** 2))
     if seq_len > shape.max_context:
         row["status"] = "over_context"
         return row
@@ -431,11 +556,16 @@ def run_qwen_point(model, shape, reference, frames, retention, args, device, dty
                               dtype, args.seed + frames)
     config = qwen_aot_config(model, retention, grid, shape)
     handle = None if config is None else apply(model, config)
+    staged = install_stage(model, stage)
     try:
         row.update(measure_point(model, inputs, None, args, device, qwen_ttft_pass))
+        if staged is not None and row["status"] == "ok":
+            check_stage_row(row, staged, f"{backbone} F={frames} r={retention}")
     except (RuntimeError, MemoryError) as error:
         record_oom(row, error, device)
     finally:
+        if staged is not None:
+            staged.remove()
         if handle is not None:
             handle.remove()
     if row["status"] == "ok" and (row["seq_len"], row["visual_tokens"]) != (seq_len, visual):
@@ -446,26 +576,37 @@ def run_qwen_point(model, shape, reference, frames, retention, args, device, dty
 
 
 def run_point(model, shape, reference, backbone, frames, retention, input_ids, args, device,
-              dtype) -> dict:
-    """One (backbone, frames, retention) row: skipped past the context, OOM recorded."""
+              dtype, stage=None) -> dict:
+    """One (backbone, frames, retention[, LLM stage]) row: skipped past the context, OOM
+    recorded."""
     visual, newlines = expected_visual_tokens(backbone, frames, retention)
     seq_len = visual + newlines + args.text_tokens
     row = {"backbone": backbone, "frames": frames, "retention": retention,
            "visual_tokens": visual, "newline_tokens": newlines, "seq_len": seq_len}
     row.update(flops_fields(shape, reference, frames, visual, seq_len,
-                            not args.no_count_flops))
+                            not args.no_count_flops and stage is None))
+    if stage is not None:
+        row.update(stage_fields(stage, shape, reference, seq_len,
+                                stage_candidates(model, stage, visual, newlines),
+                                frames * BACKBONES[backbone].pooled_per_frame()))
     if seq_len > shape.max_context:
         row["status"] = "over_context"
         return row
     config = aot_config(retention, backbone, frames, shape)
+    staged = None
     try:
         model.set_aot(config)
+        staged = install_stage(model, stage)
         generator = torch.Generator().manual_seed(args.seed + frames)
         pixels = (torch.rand(frames, 3, 384, 384, generator=generator) * 2 - 1).to(device, dtype)
         row.update(measure_point(model, pixels, input_ids, args, device))
+        if staged is not None and row["status"] == "ok":
+            check_stage_row(row, staged, f"{backbone} F={frames} r={retention}")
     except (RuntimeError, MemoryError) as error:
         record_oom(row, error, device)
     finally:
+        if staged is not None:
+            staged.remove()
         model.set_aot(None)
     if row["status"] == "ok" and row["seq_len"] != seq_len:
         raise RuntimeError(f"{backbone} F={frames} r={retention}: sequence of {row['seq_len']} "
@@ -476,13 +617,17 @@ def run_point(model, shape, reference, backbone, frames, retention, input_ids, a
 def progress_line(row: dict) -> str:
     """A one-line summary of a finished row."""
     label = "full" if row["retention"] is None else f"{row['retention']:.2f}"
+    if row.get("llm_stage"):
+        label += f" + {row['llm_stage_label']}, {row['llm_stage_kept_expected']} of " \
+                 f"{row['llm_stage_candidates']} kept from layer {row['llm_stage']['layer']}"
     head = f"{row['backbone']} F={row['frames']} r={label}: {row['visual_tokens']} visual tokens"
     if row["status"] != "ok":
         return f"{head}, {row['status']}"
     s = {k: v["median"] * 1e3 for k, v in row["seconds"].items()}
     return (f"{head}, TTFT {s['ttft']:.1f} ms (vision {s['vision']:.1f}, reduce "
             f"{s['reduce']:.1f}, prefill {s['prefill']:.1f}), spread "
-            f"{row['seconds']['ttft']['spread'] * 100:.0f}%")
+            f"{row['seconds']['ttft']['spread'] * 100:.0f}%, prefill "
+            f"{row['prefill_flops_analytic'] / 1e9:.3g} GFLOPs")
 
 
 def main(argv=None) -> int:

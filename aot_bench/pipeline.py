@@ -70,10 +70,15 @@ def ttft_pass(model, pixels: torch.Tensor, input_ids: torch.Tensor,
     with PeakMemory(device) as memory:
         clock = StageClock(device)
         sequence = model.video_sequence(pixels, on_stage=clock.lap)
-        embeds, _, _, _ = splice_visual_tokens(
+        embeds, _, _, _, kind_map = splice_visual_tokens(
             input_ids, None, None, [sequence.tokens], embed,
             max_length=getattr(model.config, "tokenizer_model_max_length", None),
-            padding_side="right")
+            padding_side="right",
+            kinds=[model.item_kinds(sequence.tokens.shape[0], "video")])
+        # model(inputs_embeds=...) skips prepare_inputs_labels_for_multimodal, so an installed
+        # LLM stage learns where the video is from the same note that path leaves
+        model.note_visual_map(kind_map, [pixels.shape[0]
+                                         * model.video_adapter().pooled_per_frame])
         clock.lap("splice")
         out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1)

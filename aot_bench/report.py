@@ -39,6 +39,12 @@ def _label(retention) -> str:
     return "full" if retention is None else f"{retention:.2f}"
 
 
+def _row_label(row: dict) -> str:
+    """The row's retention, with ``+ stage(K=.., r=..)`` when an LLM stage was installed."""
+    stage = row.get("llm_stage_label")
+    return _label(row["retention"]) + (f" + {stage}" if stage else "")
+
+
 def _ms(row: dict, key: str) -> float:
     return row["seconds"][key]["median"] * 1e3
 
@@ -87,7 +93,11 @@ def markdown(report: dict) -> str:
     lines += [("Prefill FLOPs: matrix products only, a multiply-add = 2 FLOPs, full L x L "
                "attention (eager), last-position logits; *counted* = `torch.utils.flop_counter."
                "FlopCounterMode` on transformers' Qwen2 with eager attention (meta device). "
-               "*paper conv.* = the paper's convention (FastV formula on visual tokens)."), ""]
+               "*paper conv.* = the paper's convention (FastV formula on visual tokens). "
+               "Rows with `+ stage` have an LLM stage installed (aot_integrations.llm_stage): "
+               "layers before K see the whole sequence, layers K.. the kept tokens; their "
+               "analytic FLOPs are `aot_bench.flops.llm_stage_prefill_flops`, not counted "
+               "(–), and their ratios are against the full row without a stage."), ""]
     return "\n".join(lines)
 
 
@@ -115,13 +125,21 @@ def _latency_table(backbone: str, rows: list[dict]) -> list[str]:
               "overhead | decode tok/s | peak MiB |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        head = f"| {row['frames']} | {_label(row['retention'])} | {row['visual_tokens']} |"
+        head = f"| {row['frames']} | {_row_label(row)} | {_tokens(row)} |"
         if row["status"] != "ok":
             lines.append(head + f" {row['status']} |" + " |" * 9)
             continue
         lines.append(_latency_cells(head, row, row["seconds"]["ttft"],
                                     row.get("decode_tokens_per_s")))
     return lines
+
+
+def _tokens(row: dict) -> str:
+    """Visual tokens into the LLM, and ``-> n from layer K`` with an LLM stage."""
+    if not row.get("llm_stage"):
+        return str(row["visual_tokens"])
+    return (f"{row['visual_tokens']} → {row['llm_stage_kept_expected']} kept of "
+            f"{row['llm_stage_candidates']} from layer {row['llm_stage']['layer']}")
 
 
 def _latency_cells(head: str, row: dict, ttft: dict, decode) -> str:
@@ -142,6 +160,7 @@ def _flops_table(backbone: str, rows: list[dict]) -> list[str]:
     vision = "ViT+merger" if _qwen_vit([backbone]) else "vision+projector"
     lines = [f"## {backbone}: prefill FLOPs (T = 1e12)", ""]
     header = "| frames | retention | sequence | analytic | counted | FLOPs ratio |"
+    # a stage row's sequence: what layers < K see -> what layers K.. see
     rule = "|---|---|---|---|---|---|"
     if seven:
         header += f" 7B analytic | 7B counted | 7B paper conv. | 7B {vision} |"
@@ -151,16 +170,18 @@ def _flops_table(backbone: str, rows: list[dict]) -> list[str]:
         rule += "---|---|"
     lines += [header, rule]
     for row in rows:
-        cells = (f"| {row['frames']} | {_label(row['retention'])} | {row['seq_len']} | "
+        sequence = (f"{row['seq_len']} → {row['seq_len_after_stage']}"
+                    if row.get("llm_stage") else str(row["seq_len"]))
+        cells = (f"| {row['frames']} | {_row_label(row)} | {sequence} | "
                  f"{_t(row['prefill_flops_analytic'])} | {_t(row.get('prefill_flops_counted'))}"
                  f" | {_ratio(row, 'prefill_flops', '{:.3f}')} |")
         if seven:
             cells += (f" {_t(row['prefill_flops_7b_analytic'])} | "
                       f"{_t(row.get('prefill_flops_7b_counted'))} | "
-                      f"{_t(row['prefill_flops_7b_paper_convention'])} | "
+                      f"{_t(row.get('prefill_flops_7b_paper_convention'))} | "
                       f"{_t(row['vision_flops_7b_analytic'])} |")
         else:
-            cells += (f" {_t(row['prefill_flops_paper_convention'])} | "
+            cells += (f" {_t(row.get('prefill_flops_paper_convention'))} | "
                       f"{_t(row['vision_flops_analytic'])} |")
         lines.append(cells)
     return lines
@@ -193,7 +214,7 @@ def plot_breakdown(report: dict, path: str) -> str:
         rows = [r for r in report["rows"] if r["backbone"] == backbone]
         frames = _reference_frames(rows, backbone)
         rows = [r for r in rows if r["frames"] == frames and r["status"] == "ok"]
-        labels = [_label(r["retention"]) for r in rows]
+        labels = [_row_label(r) for r in rows]
         bottom = [0.0] * len(rows)
         for stage in STAGES:
             heights = [_ms(r, stage) for r in rows]
@@ -258,15 +279,21 @@ def plot_ttft_vs_frames(report: dict, path: str) -> str:
                   or [1.0])
         for retention in env["retentions"]:
             value = None if retention == "full" else retention
-            series = [r for r in rows if r["retention"] == value]
-            ok = [r for r in series if r["status"] == "ok"]
-            ax.plot([r["frames"] for r in ok], [_ms(r, "ttft") for r in ok], marker="o",
-                    label=_label(value), linestyle="--" if value is None else "-")
-            for r in series:
-                if r["status"] != "ok":
-                    ax.scatter([r["frames"]], [top * 1.3], marker="x", color="black", zorder=5)
-                    ax.annotate(f"{_label(value)}: {r['status']}", (r["frames"], top * 1.3),
-                                fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for staged in (False, True):    # one line per retention, and with the LLM stage
+                series = [r for r in rows if r["retention"] == value
+                          and bool(r.get("llm_stage")) == staged]
+                if not series:
+                    continue
+                ok = [r for r in series if r["status"] == "ok"]
+                ax.plot([r["frames"] for r in ok], [_ms(r, "ttft") for r in ok],
+                        marker="s" if staged else "o", label=_row_label(series[0]),
+                        linestyle=":" if staged else "--" if value is None else "-")
+                for r in series:
+                    if r["status"] != "ok":
+                        ax.scatter([r["frames"]], [top * 1.3], marker="x", color="black",
+                                   zorder=5)
+                        ax.annotate(f"{_row_label(r)}: {r['status']}", (r["frames"], top * 1.3),
+                                    fontsize=7, xytext=(3, 3), textcoords="offset points")
         limit = context_limit_frames(report, backbone)
         frames = [r["frames"] for r in rows]
         if frames and limit <= 4 * max(frames):

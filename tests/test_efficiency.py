@@ -281,3 +281,105 @@ def test_qwen_benchmark_on_landscape_frames(tmp_path):
     assert [r["visual_tokens"] for r in rows] == [
         2 * 4 * 7, aot_integrations.hf.reduced_token_count("qwen2_5_vl", (2, 8, 14), 0.25)]
     assert all(r["prefill_flops_counted"] == r["prefill_flops_analytic"] for r in rows)
+
+
+# ------------------------------------------------------------------ with an LLM stage
+def test_llm_stage_rows_on_tiny_run(tmp_path):
+    """``--llm-stage fastv --llm-stage-opt layer=1``: every point also runs with FastV installed;
+    the stage kept what kept_count says (measured by the installed stage, checked by the
+    benchmark), its analytic FLOPs are llm_stage_prefill_flops and below the stage-free row's,
+    and ratios are against the full row without a stage."""
+    from aot.llm_stages import get_stage, kept_count
+    from aot_bench.flops import llm_stage_prefill_flops
+
+    out = tmp_path / "bench"
+    assert efficiency.main(["--preset", "tiny", "--backbones", "ov", "--frames", "2",
+                            "--retentions", "full", "0.25", "--warmup", "0", "--repeats", "1",
+                            "--decode-tokens", "1", "--text-tokens", "16", "--llm-stage",
+                            "fastv", "--llm-stage-opt", "layer=1", "--out", str(out)]) == 0
+    report = json.loads((out / "efficiency.json").read_text())
+    rows = {(r["retention"], bool(r.get("llm_stage"))): r for r in report["rows"]}
+    assert len(report["rows"]) == 4 and set(rows) == {(None, False), (None, True),
+                                                       (0.25, False), (0.25, True)}
+    assert all(r["status"] == "ok" for r in rows.values())
+    stage = get_stage("fastv", layer=1)
+    shape = get_shape("tiny")
+    for retention in (None, 0.25):
+        plain, staged = rows[(retention, False)], rows[(retention, True)]
+        assert staged["llm_stage"]["name"] == "fastv" and staged["llm_stage"]["layer"] == 1
+        assert staged["llm_stage_label"] == "fastv(K=1, r=0.5)"
+        # the same sequence enters the LLM; the one-token newline competes (newline_is_text off)
+        assert staged["seq_len"] == plain["seq_len"]
+        candidates = plain["visual_tokens"] + plain["newline_tokens"]
+        assert staged["llm_stage_candidates"] == candidates
+        kept = kept_count(candidates, stage)
+        assert staged["llm_stage_kept"] == staged["llm_stage_kept_expected"] == kept < candidates
+        after = staged["seq_len"] - candidates + kept
+        assert staged["seq_len_after_stage"] == after
+        assert staged["prefill_flops_analytic"] == llm_stage_prefill_flops(
+            shape, staged["seq_len"], 1, after)
+        assert staged["prefill_flops_analytic"] < plain["prefill_flops_analytic"]
+        assert staged["prefill_flops_7b_analytic"] < plain["prefill_flops_7b_analytic"]
+        assert staged["prefill_flops_counted"] is None and "llm_stage" not in plain
+    full = rows[(None, False)]
+    assert full["ratios"]["prefill_flops"] == 1.0 and full["ratios"]["tokens"] == 1.0
+    for key in ((None, True), (0.25, False), (0.25, True)):
+        row = rows[key]
+        assert row["ratios"]["prefill_flops"] == pytest.approx(
+            row["prefill_flops_analytic"] / full["prefill_flops_analytic"])
+    assert rows[(0.25, True)]["ratios"]["prefill_flops"] < rows[(0.25, False)]["ratios"][
+        "prefill_flops"]
+    assert report["environment"]["llm_stage"]["name"] == "fastv"
+    text = (out / "efficiency.md").read_text()
+    assert "| 2 | 0.25 + fastv(K=1, r=0.5) | 98 → 50 kept of 99 from layer 1 |" in text
+    assert "115 → 66" in text
+
+
+def test_llm_stage_rows_on_qwen(tmp_path):
+    """The transformers path: the stage reads the video placeholders of the (reduced) ids."""
+    from aot.llm_stages import get_stage, kept_count
+    from aot_bench.flops import llm_stage_prefill_flops
+
+    out = tmp_path / "bench"
+    assert efficiency.main(["--preset", "tiny", "--backbones", "qwen2_5_vl", "--frames", "4",
+                            "--retentions", "full", "0.25", "--warmup", "0", "--repeats", "1",
+                            "--decode-tokens", "1", "--text-tokens", "8",
+                            "--qwen-frame-size", "112", "--llm-stage", "fastv",
+                            "--llm-stage-opt", "layer=1", "--llm-stage-opt", "retention=0.25",
+                            "--no-plots", "--out", str(out)]) == 0
+    rows = json.loads((out / "efficiency.json").read_text())["rows"]
+    staged = [r for r in rows if r.get("llm_stage")]
+    assert len(rows) == 4 and len(staged) == 2
+    shape, stage = get_shape("tiny", "qwen2_5_vl"), get_stage("fastv", layer=1, retention=0.25)
+    for row in staged:
+        kept = kept_count(row["visual_tokens"], stage)
+        assert row["llm_stage_kept"] == kept and row["llm_stage_candidates"] == \
+            row["visual_tokens"]
+        assert row["prefill_flops_analytic"] == llm_stage_prefill_flops(
+            shape, row["seq_len"], 1, row["seq_len"] - row["visual_tokens"] + kept)
+        assert 0 < row["ratios"]["prefill_flops"] < 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--llm-stage", "fastvv"], "unknown LLM stage 'fastvv'"),
+    (["--llm-stage", "fastv", "--llm-stage-opt", "layer"], "'layer': must be KEY=VALUE"),
+    (["--llm-stage", "fastv", "--llm-stage-opt", "layr=1"], "'llm_stage.layr'"),
+    (["--llm-stage", "fastv", "--llm-stage-opt", "layer=two"], "two"),
+    (["--llm-stage", "fastv", "--llm-stage-opt", "retention=1.5"], "retention=1.5"),
+    (["--llm-stage-opt", "layer=1"], "without llm_stage=NAME"),
+])
+def test_bad_llm_stage_exits_with_one_line(argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        efficiency.parse_args(argv)
+    text = str(exit_info.value.code)
+    assert message in text and "\n" not in text
+
+
+def test_llm_stage_layer_beyond_the_model_exits_before_running(tmp_path):
+    args = efficiency.parse_args(["--preset", "tiny", "--backbones", "ov", "--frames", "2",
+                                  "--llm-stage", "fastv", "--llm-stage-opt", "layer=2",
+                                  "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        efficiency.run(args)
+    text = str(exit_info.value.code)
+    assert "layer=2" in text and "2 layers" in text and "\n" not in text

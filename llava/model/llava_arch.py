@@ -235,6 +235,21 @@ class LlavaMetaForCausalLM:
             items.append(VisualItem(pixels, modality))
         return items
 
+    def item_kinds(self, length: int, modality: str) -> torch.Tensor:
+        """(length,) int8 kinds of one visual item's tokens for LLM stages
+        (:func:`visual_kinds`): a video's single trailing newline is kind 2 under ``one_token``
+        packing, every other token kind 1."""
+        one_newline = getattr(self.config, "mm_newline_position", "one_token") == "one_token"
+        return visual_kinds(length, modality == "video" and one_newline)
+
+    def note_visual_map(self, kind_map: torch.Tensor, unreduced: list[int]) -> None:
+        """Leave, for the next language-model call, where its visual tokens are ((B, L') kinds
+        from :func:`splice_visual_tokens`) and each row's visual tokens before any reducer: an
+        installed LLM stage (:mod:`aot_integrations.llm_stage`) reads both once. A caller that
+        splices inputs_embeds itself (the efficiency benchmark) calls this like
+        :meth:`prepare_inputs_labels_for_multimodal` does."""
+        self.last_visual_kinds, self.last_visual_unreduced = kind_map, unreduced
+
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask,
                                              past_key_values, labels, images,
                                              modalities=("image",), image_sizes=None):
@@ -249,7 +264,6 @@ class LlavaMetaForCausalLM:
         if images is None or input_ids is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
         visual, kinds, unreduced = [], [], []
-        one_newline = getattr(self.config, "mm_newline_position", "one_token") == "one_token"
         for item in self.visual_items(images, modalities, image_sizes):
             if item.modality == "video":
                 tokens, result = self.video_tokens(item.pixels)
@@ -259,13 +273,13 @@ class LlavaMetaForCausalLM:
                 result = None
                 unreduced.append(tokens.shape[0])
             visual.append(tokens)
-            kinds.append(visual_kinds(tokens.shape[0], item.modality == "video" and one_newline))
+            kinds.append(self.item_kinds(tokens.shape[0], item.modality))
             self.last_aot_results.append(result)
-        self.last_visual_unreduced = _per_row(unreduced, input_ids, attention_mask)
-        embeds, mask, new_labels, positions, self.last_visual_kinds = splice_visual_tokens(
+        embeds, mask, new_labels, positions, kind_map = splice_visual_tokens(
             input_ids, attention_mask, labels, visual, self.get_model().embed_tokens,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
             padding_side=getattr(self.config, "tokenizer_padding_side", "right"), kinds=kinds)
+        self.note_visual_map(kind_map, _per_row(unreduced, input_ids, attention_mask))
         if position_ids is None:
             positions = None
         if attention_mask is None and bool(mask.all()):
