@@ -296,3 +296,41 @@ def merge_dropped(hidden: torch.Tensor, kept: torch.Tensor,
 __all__ = ["COUNT_RULES", "LLMStageConfig", "STAGES", "StageInfo", "final_budget", "get_stage",
            "keep_index", "kept_count", "last_query_attention", "merge_dropped", "select_tokens",
            "stage_names"]
+
+
+def describe_stage(stage: LLMStageConfig) -> str:
+    """A short description for logs and table rows: ``fastv(K=2, r=0.5)``."""
+    count = (f"budget={stage.budget}" if stage.budget is not None
+             else f"final r={stage.final_retention:g}" if stage.final_retention is not None
+             else f"r={stage.retention:g}")
+    return f"{stage.name}(K={stage.layer}, {count})"
+
+
+def stage_from_text(name, knobs: dict, prefix: str = "", stage_key: str = "llm_stage"
+                    ) -> LLMStageConfig | None:
+    """A stage from text (command lines, model_args): ``name`` (None, ``none`` or empty: no
+    stage) with ``knobs`` field -> value (text or typed), each checked against
+    :class:`LLMStageConfig`'s field types (:func:`aot.parsing.typed_value`).
+
+    ``prefix`` / ``stage_key`` only spell the knobs in messages as the caller's users write
+    them (``llm_stage.layer``). Raises ValueError for an unknown stage or knob, a bad value, or
+    knobs without a stage."""
+    import typing
+
+    from .parsing import typed_value
+
+    if name is None or str(name).strip().lower() in ("none", ""):
+        if knobs:
+            raise ValueError(f"{sorted(prefix + k for k in knobs)} given without "
+                             f"{stage_key}=NAME")
+        return None
+    hints = typing.get_type_hints(LLMStageConfig)
+    fields = sorted(set(hints) - {"name"})
+    coerced = {}
+    for knob, value in knobs.items():
+        if knob not in fields:
+            raise ValueError(f"unknown LLM stage knob {prefix + knob!r}; expected "
+                             f"{[prefix + f for f in fields]}")
+        coerced[knob] = typed_value(hints[knob], value, prefix + knob)
+    return get_stage(str(name).strip().lower(), **coerced)
+

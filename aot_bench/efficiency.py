@@ -140,28 +140,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_stage(name: str | None, options: list[str]):
     """``--llm-stage`` and its ``--llm-stage-opt KEY=VALUE`` knobs -> an
-    :class:`aot.llm_stages.LLMStageConfig` (None without a stage), parsed by the eval scripts'
-    own :func:`aot_eval.model_args.parse_llm_stage` so both take the same names and values; a
-    bad one exits with one line naming it."""
-    from aot_eval.model_args import LLM_STAGE_KEY, LLM_STAGE_PREFIX, parse_llm_stage
+    :class:`aot.llm_stages.LLMStageConfig` (None without a stage), parsed by
+    :func:`aot.llm_stages.stage_from_text` as the eval scripts' knobs are, so both take the same
+    names and values; a bad one exits with one line naming it."""
+    from aot.llm_stages import stage_from_text
 
-    kwargs = {} if name is None else {LLM_STAGE_KEY: name}
+    knobs = {}
     for option in options:
         key, equals, value = option.partition("=")
         if not equals or not key.strip():
             raise SystemExit(f"--llm-stage-opt {option!r}: must be KEY=VALUE (e.g. layer=2)")
-        kwargs[LLM_STAGE_PREFIX + key.strip()] = value.strip()
+        knobs[key.strip()] = value.strip()
     try:
-        return parse_llm_stage(kwargs)
+        return stage_from_text(name, knobs, stage_key="--llm-stage")
     except (ValueError, TypeError) as error:
         raise SystemExit(f"--llm-stage: {error}") from None
 
 
 def stage_label(stage) -> str:
     """``fastv(K=2, r=0.5)``: the stage as the eval summaries show it."""
-    from aot_eval.model_args import describe_llm_stage
+    from aot.llm_stages import describe_stage
 
-    return describe_llm_stage(stage)
+    return describe_stage(stage)
 
 
 def stage_candidates(model, stage, visual: int, newlines: int) -> int:

@@ -40,6 +40,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from aot.llm_stages import describe_stage
+from aot.parsing import to_bool, to_float, to_int
+
 #: The unreduced model's reducer name (not a registry entry: nothing runs).
 NO_REDUCER = "none"
 AOT_KEYS = ("reducer", "retention", "preset", "exact", "ablation")
@@ -103,39 +106,12 @@ def parse_llm_stage(kwargs: dict):
     Raises:
         ValueError: an unknown stage or knob, a bad value, knobs without a stage.
     """
-    from aot.llm_stages import LLMStageConfig, get_stage
+    from aot.llm_stages import stage_from_text
 
-    name = kwargs.get(LLM_STAGE_KEY)
     knobs = {key[len(LLM_STAGE_PREFIX):]: value for key, value in kwargs.items()
              if key.startswith(LLM_STAGE_PREFIX)}
-    if name is None or str(name).strip().lower() in ("none", ""):
-        if knobs:
-            raise ValueError(f"{sorted(LLM_STAGE_PREFIX + k for k in knobs)} given without "
-                             "llm_stage=NAME")
-        return None
-    hints = typing.get_type_hints(LLMStageConfig)
-    fields = sorted(set(hints) - {"name"})
-    coerced = {}
-    for knob, value in knobs.items():
-        if knob not in fields:
-            raise ValueError(f"unknown LLM stage knob {LLM_STAGE_PREFIX + knob!r}; expected "
-                             f"{[LLM_STAGE_PREFIX + f for f in fields]}")
-        key = LLM_STAGE_PREFIX + knob
-        kind = hints[knob]
-        if type(None) in typing.get_args(kind):       # budget / final_retention: None allowed
-            if str(value).strip().lower() in ("none", "null", ""):
-                coerced[knob] = None
-                continue
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if kind is bool:
-            coerced[knob] = to_bool(value, key)
-        elif kind is int:
-            coerced[knob] = to_int(value, key)
-        elif kind is float:
-            coerced[knob] = to_float(value, key)
-        else:
-            coerced[knob] = str(value)
-    return get_stage(str(name).strip().lower(), **coerced)
+    return stage_from_text(kwargs.get(LLM_STAGE_KEY), knobs, prefix=LLM_STAGE_PREFIX,
+                           stage_key=LLM_STAGE_KEY)
 
 
 def install_llm_stage(model, spec: ReducerSpec):
@@ -156,14 +132,6 @@ def with_llm_stage(counted: list, handle, first: int = 0) -> list:
         return counted
     return [row if row is None else {**row, "llm_stage_kept": kept}
             for row, kept in zip(counted, record.kept[first:])]
-
-
-def describe_llm_stage(stage) -> str:
-    """A short description for logs and table rows: ``fastv(K=2, r=0.5)``."""
-    count = (f"budget={stage.budget}" if stage.budget is not None
-             else f"final r={stage.final_retention:g}" if stage.final_retention is not None
-             else f"r={stage.retention:g}")
-    return f"{stage.name}(K={stage.layer}, {count})"
 
 
 def split_aot_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -202,7 +170,7 @@ def parse_reducer(aot_kwargs: dict, backbone: str, frames: int | None = None) ->
     import dataclasses
 
     return dataclasses.replace(spec, llm_stage=stage,
-                               source=f"{spec.source} + llm_stage={describe_llm_stage(stage)}")
+                               source=f"{spec.source} + llm_stage={describe_stage(stage)}")
 
 
 def _parse_reducer(facts, kwargs: dict, backbone: str, frames) -> ReducerSpec:
@@ -340,38 +308,6 @@ def split_names(value) -> list[str]:
     if value is None or value == "":
         return []
     return [part.strip() for part in str(value).split("+") if part.strip()]
-
-
-def to_bool(value, name: str) -> bool:
-    """``True/False``, ``1/0`` or the strings true/false/yes/no/1/0."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"{name}={value!r}: expected true or false")
-
-
-def to_float(value, name: str) -> float:
-    """A number from an int, float or numeric string."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r}: expected a number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: expected a number") from None
-
-
-def to_int(value, name: str) -> int:
-    """An integer from an int or an integral string / float."""
-    number = to_float(value, name)
-    if number != int(number):
-        raise ValueError(f"{name}={value!r}: expected an integer")
-    return int(number)
 
 
 def coerce_field(name: str, value):

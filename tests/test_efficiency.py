@@ -363,10 +363,10 @@ def test_llm_stage_rows_on_qwen(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--llm-stage", "fastvv"], "unknown LLM stage 'fastvv'"),
     (["--llm-stage", "fastv", "--llm-stage-opt", "layer"], "'layer': must be KEY=VALUE"),
-    (["--llm-stage", "fastv", "--llm-stage-opt", "layr=1"], "'llm_stage.layr'"),
+    (["--llm-stage", "fastv", "--llm-stage-opt", "layr=1"], "unknown LLM stage knob 'layr'"),
     (["--llm-stage", "fastv", "--llm-stage-opt", "layer=two"], "two"),
     (["--llm-stage", "fastv", "--llm-stage-opt", "retention=1.5"], "retention=1.5"),
-    (["--llm-stage-opt", "layer=1"], "without llm_stage=NAME"),
+    (["--llm-stage-opt", "layer=1"], "given without --llm-stage=NAME"),
 ])
 def test_bad_llm_stage_exits_with_one_line(argv, message):
     with pytest.raises(SystemExit) as exit_info:
