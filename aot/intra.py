@@ -31,6 +31,8 @@ from .config import AOTConfig
 from .ops import (
     check_finite,
     chunk_ranges,
+    frame_columns,
+    frame_offsets,
     frames_per_chunk,
     unit_rows,
 )
@@ -264,18 +266,6 @@ def _chunk_offsets(frames: int, chunk: int, tokens: int, device: torch.device) -
 
 
 @functools.lru_cache(maxsize=16)
-def _frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
-    """(F, 1) long ``tokens * f``: where frame f's rows start in the flattened video."""
-    return (tokens * torch.arange(frames, device=device))[:, None]
-
-
-@functools.lru_cache(maxsize=16)
-def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
-    """(F * count,) long ``0..count-1`` repeated per frame."""
-    return torch.arange(count, device=device).repeat(frames)
-
-
-@functools.lru_cache(maxsize=16)
 def uniform_rows(rows: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(rows, size) ``1 / size``, the uniform marginals of the intra solves (made once per
     shape; read-only)."""
@@ -298,7 +288,7 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
         for free.
     """
     frames, num_anchors = anchor_idx.shape
-    offsets = _frame_offsets(frames, tokens, weights.device)
+    offsets = frame_offsets(frames, tokens, weights.device)
     by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
                            device=weights.device)
     by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
@@ -306,7 +296,7 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     # land rather than copied from an (F, N, N) diagonal matrix.
     anchor_rows = (anchor_idx + offsets).reshape(-1)
     by_token.index_fill_(0, anchor_rows, 0.0)
-    own_column = _columns(frames, num_anchors, weights.device)
+    own_column = frame_columns(frames, num_anchors, weights.device)
     by_token.index_put_((anchor_rows, own_column), self_weight.reshape(-1))
     return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
 

@@ -146,3 +146,16 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     if bool(bad.any()):
         frame = int(torch.nonzero(bad)[0])
         raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
+
+
+@functools.lru_cache(maxsize=16)
+def frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """(F, 1) long ``tokens * f``: where frame f's rows start in the flattened video (cached
+    per shape; read-only)."""
+    return (tokens * torch.arange(frames, device=device))[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def frame_columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
+    """(F * count,) long ``0..count-1`` repeated per frame (cached per shape; read-only)."""
+    return torch.arange(count, device=device).repeat(frames)

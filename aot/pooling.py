@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import POOLING_MODES
-from .ops import frames_per_chunk
+from .ops import frame_columns, frame_offsets, frames_per_chunk
 
 
 def grid_shape(grid) -> tuple[int, int]:
@@ -155,18 +155,18 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
     tap = taps[positions]  # (F, S, K) token index of each tap
     w = weights.to(work)[positions]
     dense = work == features.dtype and features.is_contiguous()
-    rows_at = tap + _frame_offsets(frames, tokens, features.device)[:, :, None] if dense else tap
+    rows_at = tap + frame_offsets(frames, tokens, features.device)[:, :, None] if dense else tap
     if merged is None:
         own_weight, merged_weight, slot_at = w, None, None
     else:
         slot = torch.full((frames, tokens), -1, dtype=torch.long, device=features.device)
-        slot.scatter_(1, anchor_idx, _columns(frames, anchor_idx.shape[1], features.device)
+        slot.scatter_(1, anchor_idx, frame_columns(frames, anchor_idx.shape[1], features.device)
                       .view_as(anchor_idx))
         tap_slot = torch.gather(slot, 1, tap.reshape(frames, -1)).view_as(tap)
         is_anchor = tap_slot >= 0
         own_weight, merged_weight = w.masked_fill(is_anchor, 0.0), w.masked_fill_(~is_anchor, 0.0)
         slot_at = tap_slot.clamp_(min=0).add_(
-            _frame_offsets(frames, merged.shape[1], features.device)[:, :, None])
+            frame_offsets(frames, merged.shape[1], features.device)[:, :, None])
         merged_rows = merged.to(work).reshape(-1, dim)
     # dense rows: a strided table takes another kernel, whose sums differ in the last bit
     table = features.reshape(-1, dim) if dense else None
@@ -177,7 +177,7 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         if dense:
             rows, chunk_table = rows_at[start:stop], table
         else:  # the chunk's upcast (or dense) copy, indexed from its own first row
-            rows = rows_at[start:stop] + _frame_offsets(stop - start, tokens,
+            rows = rows_at[start:stop] + frame_offsets(stop - start, tokens,
                                                         features.device)[:, :, None]
             chunk_table = features[start:stop].to(work).reshape(-1, dim).contiguous()
         # bags of ``width`` taps: flat indices with their offsets, as the 2-D form makes them
@@ -193,18 +193,6 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
                 per_sample_weights=merged_weight[start:stop].reshape(-1),
                 mode="sum").view(stop - start, -1, dim), out=out[start:stop])
     return out
-
-
-@functools.lru_cache(maxsize=16)
-def _frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
-    """(F, 1) long ``tokens * f`` (read-only)."""
-    return (tokens * torch.arange(frames, device=device))[:, None]
-
-
-@functools.lru_cache(maxsize=16)
-def _columns(frames: int, count: int, device: torch.device) -> torch.Tensor:
-    """(F, count) long ``0..count-1`` in every row (read-only)."""
-    return torch.arange(count, device=device).repeat(frames)
 
 
 @functools.lru_cache(maxsize=16)
