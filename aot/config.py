@@ -237,7 +237,7 @@ def check_bool_fields(options) -> None:
     """The one rule for the switches of every options dataclass (AOTConfig, the reducers'
     options): a field annotated ``bool`` takes only True or False. A string such as ``"false"``
     is truthy and would silently mean True; 0/1 are refused too (convert text with
-    ``aot_eval.model_args.to_bool``)."""
+    ``aot.parsing.to_bool``)."""
     for item in dataclasses.fields(options):
         if item.type not in ("bool", bool):
             continue

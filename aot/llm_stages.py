@@ -310,14 +310,14 @@ def stage_from_text(name, knobs: dict, prefix: str = "", stage_key: str = "llm_s
                     ) -> LLMStageConfig | None:
     """A stage from text (command lines, model_args): ``name`` (None, ``none`` or empty: no
     stage) with ``knobs`` field -> value (text or typed), each checked against
-    :class:`LLMStageConfig`'s field types (:func:`aot.parsing.typed_value`).
+    :class:`LLMStageConfig`'s field types (:func:`aot.parsing.coerce_value`).
 
     ``prefix`` / ``stage_key`` only spell the knobs in messages as the caller's users write
     them (``llm_stage.layer``). Raises ValueError for an unknown stage or knob, a bad value, or
     knobs without a stage."""
     import typing
 
-    from .parsing import typed_value
+    from .parsing import coerce_value
 
     if name is None or str(name).strip().lower() in ("none", ""):
         if knobs:
@@ -331,6 +331,6 @@ def stage_from_text(name, knobs: dict, prefix: str = "", stage_key: str = "llm_s
         if knob not in fields:
             raise ValueError(f"unknown LLM stage knob {prefix + knob!r}; expected "
                              f"{[prefix + f for f in fields]}")
-        coerced[knob] = typed_value(hints[knob], value, prefix + knob)
+        coerced[knob] = coerce_value(hints[knob], value, prefix + knob)
     return get_stage(str(name).strip().lower(), **coerced)
 

@@ -23,10 +23,11 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 from . import prompts, recording
+from aot.parsing import to_bool, to_int
 from aot.reducers import reducer_info
 
 from .model_args import (NO_REDUCER, ReducerSpec, install_llm_stage, parse_reducer,
-                         split_aot_kwargs, to_bool, to_int, with_llm_stage)
+                         split_aot_kwargs, with_llm_stage)
 from .video import VisualLoadError, check_frame_folders, llava_vid_frames, ov_frames
 
 VIDEO_ERROR_MODES = ("answer", "raise")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from aot.llm_stages import describe_stage
-from aot.parsing import to_bool, to_float, to_int
+from aot.parsing import coerce_value, to_bool, to_float
 
 #: The unreduced model's reducer name (not a registry entry: nothing runs).
 NO_REDUCER = "none"
@@ -318,52 +318,5 @@ def coerce_field(name: str, value):
     if name not in hints:
         raise ValueError(f"unknown AOT knob {name!r}")
     return coerce_value(hints[name], value, name)
-
-
-def coerce_value(kind, value, name: str):
-    """Convert a model_args value (a string, or what lmms-eval made of it) to the annotated
-    type ``kind``: bool, int, float, str, ``Literal[...]``, ``Optional[...]`` or a tuple
-    (``+``-joined items, each a number when it reads as one)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is typing.Union or (origin is not None and type(None) in args):
-        if type(None) in args and (value is None or
-                                   str(value).strip().lower() in ("none", "null", "")):
-            return None
-        kinds = [arg for arg in args if arg is not type(None)]
-        if len(kinds) == 1:
-            return coerce_value(kinds[0], value, name)
-        return value
-    if origin is typing.Literal:
-        for choice in args:
-            try:
-                if coerce_value(type(choice), value, name) == choice:
-                    return choice
-            except ValueError:
-                continue
-        raise ValueError(f"{name}={value!r}: expected one of {list(args)}")
-    if kind is tuple or origin is tuple:
-        items = value if isinstance(value, (tuple, list)) else str(value).split("+")
-        item_kind = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
-        return tuple(coerce_value(item_kind, item, name) if item_kind is not None
-                     else _number_or_text(item) for item in items)
-    if kind is bool:
-        return to_bool(value, name)
-    if kind is int:
-        return to_int(value, name)
-    if kind is float:
-        return to_float(value, name)
-    if kind is str:
-        if isinstance(value, bool):
-            raise ValueError(f"{name}={value!r}: expected a word, not true/false")
-        return str(value).strip()
-    return value
-
-
-def _number_or_text(item):
-    text = str(item).strip()
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 

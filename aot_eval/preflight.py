@@ -101,7 +101,9 @@ def check_reducer_args(backbone: str, pairs: list[str]) -> str:
     """``key=value`` strings -> the resolved reducer description, parsed for the scripts'
     ``backbone`` as its model parses them; ValueError when invalid. ``frames=N`` (the scripts'
     ``--frames``) is the model's frame count, which approximate settings are solved for."""
-    from .model_args import parse_reducer, to_int
+    from aot.parsing import to_int
+
+    from .model_args import parse_reducer
 
     facts = facts_backbone(backbone)
     kwargs = {}
