@@ -131,3 +131,38 @@ def test_dynamic_clips_are_refused():
         frame_token_counts("qwen3_vl", (8, 32, 32), config)
     fixed = frame_token_counts("qwen3_vl", (8, 32, 32), config.replace(dynamic_clips=False))
     assert sum(fixed) == reduced_token_count("qwen3_vl", (8, 32, 32), 0.25)
+
+
+def test_each_piece_holds_its_own_frames_tokens(qwen3):
+    """The embeddings in frame f's piece are the reducer's tokens of frame f (in its order), the
+    ones whose positions that piece carries, though AOT emits a clip's merged anchors (its
+    keyframe's) after the clip's later frames."""
+    config = aot_integrations.hf.config_for(qwen3, 0.3, **get_backbone("qwen3_vl").tiny)
+    handle = aot_integrations.hf.apply(qwen3, Reduction(config, "aot"))
+    seen = {}
+
+    def keep(key, name):
+        def hook(module, args, kwargs):
+            seen.setdefault(key, kwargs[name])
+        return hook
+
+    hooks = [qwen3.model.register_forward_pre_hook(keep("ids", "input_ids"), with_kwargs=True),
+             qwen3.model.language_model.register_forward_pre_hook(
+                 keep("embeds", "inputs_embeds"), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            qwen3(**tiny.qwen3_inputs([(10, 8, 8)]))      # 10 pieces: clips of two
+        result = handle.last[0].result
+    finally:
+        for hook in hooks:
+            hook.remove()
+        handle.remove()
+    frames = result.token_frame.tolist()
+    assert frames != sorted(frames)                     # the reducer's order is not by frame
+    ids, embeds = seen["ids"][0], seen["embeds"][0]
+    piece = torch.cumsum(ids == tiny.VISION_START, 0) - 1
+    video = ids == tiny.VIDEO_TOKEN
+    width = embeds.shape[-1]
+    for frame in range(10):
+        written = embeds[video & (piece == frame)]
+        torch.testing.assert_close(written, result.tokens[result.token_frame == frame, :width])
