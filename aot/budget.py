@@ -80,3 +80,18 @@ def plan_exact_budget(retention: float, frames: int, pooled_per_frame: int, clip
     keep[later] = torch.tensor(spread(budget - key_count * weight, len(later)))
     return ExactPlan(budget, survivors, keep)
 
+
+def frame_emissions(plan: ExactPlan, clips: list[Clip]) -> list[int]:
+    """(F,) tokens each frame puts into the output under ``plan`` (the clips the plan was made
+    with; ``[]`` without a temporal phase). Each token counts for the frame whose slot it keeps:
+    the keyframe of a clip of two or more frames emits its s survivors twice (as they are and as
+    the merged anchors, which keep the keyframe's slots), each later frame its ``keep``, a
+    one-frame clip's frame (or any frame without clips) its survivors. Sums to ``plan.budget``.
+    """
+    counts = plan.survivors.clone()
+    for start, stop in clips:
+        if stop - start >= 2:
+            counts[start] = 2 * plan.survivors[start]
+            counts[start + 1:stop] = plan.keep[start + 1:stop]
+    return counts.tolist()
+

@@ -3,7 +3,9 @@
 An engine (vLLM, SGLang) sizes a request's placeholder tokens when it tokenizes the prompt, so a
 reducer it serves must give a count that depends only on the video's grid and the settings:
 AOT's exact mode and every registry reducer under ``exact_retention`` do
-(:func:`reduced_token_count`). :func:`kept_slots` says which placeholder of the unreduced run
+(:func:`reduced_token_count`). An engine that also lays out each frame's tokens after its own
+timestamp (Qwen3-VL) needs each frame's count in advance (:func:`frame_token_counts`): only
+reducers whose split over the frames is fixed give one. :func:`kept_slots` says which placeholder of the unreduced run
 each kept token stands for, so the engine can give it that placeholder's M-RoPE position.
 docs/serving.md.
 """
@@ -59,6 +61,55 @@ def reduced_token_count(backbone: Backbone | str, video_grid,
     rows, cols = rows // backbone.patch_merge, cols // backbone.patch_merge
     per_frame = backbone.pooled_per_frame((rows, cols))
     return exact_budget(retention, frames, per_frame) + backbone.newlines(frames, (rows, cols))
+
+
+def frame_token_counts(backbone: Backbone | str, video_grid, settings: AOTConfig | float,
+                       reducer: str = "aot") -> list[int]:
+    """Placeholder tokens of each frame of one video after exact-mode reduction, before any
+    encoder runs: the layout of an engine that writes each frame's tokens after its own
+    timestamp (Qwen3-VL). Each kept token counts for the frame whose slot it keeps (a merged
+    anchor: its anchor's frame), where the transformers integration emits it.
+
+    backbone, video_grid: as :func:`reduced_token_count` (on Qwen one ``video_grid_thw`` row
+        (t, h, w): t frames, one per temporal patch).
+    settings: an AOTConfig with ``exact_retention`` set (the reducer's settings: AOT's clips and
+        keep ratio decide its split), or the retention itself (then the backbone's exact
+        settings, :func:`aot.settings_for`).
+    reducer: a registry name (:data:`aot.reducers.REDUCERS`), with its default options.
+    Returns:
+        (t,) ints that sum to ``reduced_token_count(backbone, video_grid, settings)`` minus the
+        backbone's newline tokens.
+    Raises:
+        ValueError: a reducer whose split over the frames follows the content (its registry
+            entry has no ``frame_counts``), or settings that make AOT's split content-dependent
+            (dynamic clips); bad arguments as :func:`reduced_token_count`.
+    """
+    from .reducers import REDUCERS, reducer_info
+    from .settings import settings_for
+
+    if isinstance(backbone, str):
+        backbone = get_backbone(backbone)
+    elif not isinstance(backbone, Backbone):
+        raise TypeError(f"frame_token_counts: backbone={backbone!r}: expected a backbone name "
+                        "or an aot.backbones.Backbone")
+    retention = _check_settings(settings)
+    config = settings if isinstance(settings, AOTConfig) else settings_for(backbone, retention,
+                                                                           exact=True)
+    frames, rows, cols = _check_video_grid(backbone, video_grid)
+    rows, cols = rows // backbone.patch_merge, cols // backbone.patch_merge
+    info = reducer_info(reducer)
+    if info.frame_counts is None:
+        fixed = [name for name, entry in REDUCERS.items() if entry.frame_counts is not None]
+        raise ValueError(f"reducer={reducer!r} splits its tokens over the frames by the video's "
+                         f"content, so no fixed per-frame layout exists before the encoder runs; "
+                         f"expected one of {fixed}")
+    counts = [int(count) for count in
+              info.frame_counts(config, frames, backbone.pooled_per_frame((rows, cols)))]
+    budget = exact_budget(retention, frames, backbone.pooled_per_frame((rows, cols)))
+    if len(counts) != frames or sum(counts) != budget or min(counts) < 0:
+        raise RuntimeError(f"frame_token_counts: reducer {reducer!r} declared {counts} for "
+                           f"{frames} frames but exact mode keeps {budget} tokens")
+    return counts
 
 
 def _check_settings(settings) -> float:

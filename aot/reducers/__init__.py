@@ -34,10 +34,11 @@ import torch
 from ..config import ABLATIONS, AOTConfig
 from ..reduce import reduce_video
 from ..result import ReducedVideo
-from .aot_variants import ablation_config, config_for_budget, reduce_aot, reduce_random
-from .common import resolve_budget, retention_for_budget
-from .dycoke import DyCokeConfig, reduce_dycoke
-from .dycoke_ttm import DyCokeTTMConfig, reduce_dycoke_ttm
+from .aot_variants import (ablation_config, aot_frame_counts, config_for_budget, reduce_aot,
+                           reduce_random)
+from .common import resolve_budget, retention_for_budget, spread_frame_counts
+from .dycoke import DyCokeConfig, dycoke_frame_counts, reduce_dycoke
+from .dycoke_ttm import DyCokeTTMConfig, frame_quotas, reduce_dycoke_ttm
 from .flashvid import FlashVIDConfig, reduce_flashvid
 from .holitom import HoliTomConfig, reduce_holitom
 from .fastvid import FastVIDConfig, reduce_fastvid
@@ -75,6 +76,12 @@ class ReducerInfo:
     summary: one line for ``--help`` texts and error messages.
     paper: the method's reference (title, venue, arXiv id), "" for the simple baselines.
     ablation: for ``aot:<ablation>`` names, the key of :data:`aot.config.ABLATIONS`.
+    frame_counts: the tokens each frame emits in exact mode, when that is a pure function
+        ``(config, frames, pooled_per_frame) -> list of F ints`` of the settings and the
+        video's shape (with the reducer's default options; a token counts for the frame whose
+        slot it keeps); an engine that lays out each frame's placeholders before the encoder
+        runs (Qwen3-VL in vLLM, :func:`aot.serving.frame_token_counts`) can serve only these.
+        None: the total is fixed but its split over the frames follows the content.
     """
 
     name: str
@@ -85,6 +92,7 @@ class ReducerInfo:
     summary: str = ""
     paper: str = ""
     ablation: str | None = None
+    frame_counts: Callable[[AOTConfig, int, int], list[int]] | None = None
 
 
 ABLATION_PREFIX = "aot:"
@@ -97,18 +105,23 @@ _AOT_PAPER = ("Li, Jiang, Zhang, Sebe: Token Reduction via Local and Global Cont
 
 _BASE = (
     ReducerInfo("aot", reduce_aot, False, inputs=_ATTENTION + ("frame_features",),
-                summary="AOT (anchors + intra/inter-frame OT)", paper=_AOT_PAPER),
+                summary="AOT (anchors + intra/inter-frame OT)", paper=_AOT_PAPER,
+                frame_counts=aot_frame_counts),
     ReducerInfo("uniform", reduce_uniform, True,
-                summary="uniform pooling of each frame to the budget"),
+                summary="uniform pooling of each frame to the budget",
+                frame_counts=spread_frame_counts),
     ReducerInfo("visionzip", reduce_visionzip, True, VisionZipConfig, inputs=("deep_attention",),
                 summary="VisionZip-style dominant + contextual tokens per frame (ours)",
-                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467",
+                frame_counts=spread_frame_counts),
     ReducerInfo("dycoke", reduce_dycoke, True, DyCokeConfig,
                 summary="DyCoke-style temporal merge of redundant tokens (ours; the release: "
                         "dycoke-ttm)",
-                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
+                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024",
+                frame_counts=dycoke_frame_counts),
     ReducerInfo("random", reduce_random, False, inputs=("deep_attention", "frame_features"),
-                summary="AOT with random anchors (ablation)", paper=_AOT_PAPER),
+                summary="AOT with random anchors (ablation)", paper=_AOT_PAPER,
+                frame_counts=functools.partial(aot_frame_counts, ablation="random-anchors")),
     ReducerInfo("vidcom2", reduce_vidcom2, True, VidCom2Config,
                 summary="VidCom2: per frame, the tokens least like the video and frame means, "
                         "frame-adaptive counts",
@@ -117,7 +130,8 @@ _BASE = (
     ReducerInfo("dycoke-ttm", reduce_dycoke_ttm, True, DyCokeTTMConfig,
                 summary="DyCoke's released token temporal merging: pairs of frames, the odd "
                         "one keeps the tokens least like the even one",
-                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024"),
+                paper="Tao et al.: DyCoke, CVPR 2025, arXiv 2411.15024",
+                frame_counts=frame_quotas),
     ReducerInfo("holitom", reduce_holitom, True, HoliTomConfig, inputs=("last_attention",),
                 summary="HoliTom: static tokens of temporal windows averaged and clustered, "
                         "attention top-k of the rest per frame",
@@ -136,7 +150,8 @@ _BASE = (
                 inputs=("last_attention", "last_keys"),
                 summary="VisionZip as papers run it on LLaVA-OV (HoliTom's port): last-layer "
                         "attention top-k + key-similarity contextual tokens per frame",
-                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467"),
+                paper="Yang et al.: VisionZip, CVPR 2025, arXiv 2412.04467",
+                frame_counts=spread_frame_counts),
 )
 
 #: name -> ReducerInfo of every reducer :func:`get_reducer` accepts, AOT and ``aot:<ablation>``
@@ -146,7 +161,8 @@ REDUCERS.update({
     ABLATION_PREFIX + ablation: ReducerInfo(
         ABLATION_PREFIX + ablation, functools.partial(reduce_aot, ablation=ablation), False,
         inputs=_ATTENTION + ("frame_features",), summary=f"AOT ablation {ablation}",
-        paper=_AOT_PAPER, ablation=ablation)
+        paper=_AOT_PAPER, ablation=ablation,
+        frame_counts=functools.partial(aot_frame_counts, ablation=ablation))
     for ablation in ABLATIONS})
 
 

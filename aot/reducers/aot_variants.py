@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..budget import frame_emissions, plan_exact_budget
+from ..clips import split_clips
 from ..config import ABLATIONS, AOTConfig
 from ..pooling import pooled_shape
 from ..reduce import check_inputs, reduce_video
@@ -35,6 +37,32 @@ def config_for_budget(config: AOTConfig, budget, frames: int, pooled_per_frame: 
     """
     count = resolve_budget(config, frames, pooled_per_frame, budget, reducer="aot")
     return config.replace(exact_retention=retention_for_budget(count, frames, pooled_per_frame))
+
+
+def aot_frame_counts(config: AOTConfig, frames: int, pooled_per_frame: int,
+                     ablation: str | None = None) -> list[int]:
+    """Exact mode's tokens per frame (the registry entries' ``frame_counts``): the clips of
+    ``config`` and :func:`aot.budget.plan_exact_budget` fix how many tokens each frame emits
+    (:func:`aot.budget.frame_emissions`) before any content is seen.
+
+    Raises:
+        ValueError: no ``exact_retention`` (the released thresholds decide the counts from the
+            content), or dynamic clips (their cuts follow the content, and with them which
+            frames are keyframes).
+    """
+    if ablation is not None:
+        config = ablation_config(ablation, config)
+    if config.exact_retention is None:
+        raise ValueError("aot: exact_retention=None runs the released thresholds, whose counts "
+                         "depend on the video; set exact_retention for fixed per-frame counts")
+    if config.inter and config.dynamic_clips:
+        raise ValueError("aot: dynamic_clips=True cuts the clips where the content changes, so "
+                         "each frame's token count depends on the video; a fixed per-frame "
+                         "layout needs dynamic_clips=False")
+    clips = split_clips(frames, config) if config.inter and frames >= 2 else []
+    plan = plan_exact_budget(config.exact_retention, frames, pooled_per_frame, clips,
+                             keep_ratio=config.keep_ratio)
+    return frame_emissions(plan, clips)
 
 
 def reduce_aot(features: torch.Tensor, shallow_attention: torch.Tensor,

@@ -70,6 +70,14 @@ def resolve_budget(config: AOTConfig, frames: int, pooled_per_frame: int,
         f"(aot.reducers.matched_budget gives AOT's count for a video)")
 
 
+def spread_frame_counts(config: AOTConfig, frames: int, pooled_per_frame: int) -> list[int]:
+    """Exact mode's tokens per frame of the reducers that spread the budget over the frames
+    (``uniform``, ``visionzip``, ``visionzip-release``): :func:`frame_counts` of the exact
+    budget, a pure function of the settings and the video's shape (their registry entries'
+    ``frame_counts``)."""
+    return spread(resolve_budget(config, frames, pooled_per_frame), frames)
+
+
 def frame_counts(budget: int, frames: int, device=None) -> torch.Tensor:
     """(F,) long: ``budget`` spread over the frames as evenly as possible, earlier frames first
     (the same rule as AOT's exact mode without a temporal phase)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..budget import spread
 from ..config import AOTConfig, check_bool_fields
 from ..ops import gather_rows, pack_left
 from ..pooling import pool_grid
@@ -90,14 +91,33 @@ def keep_least_redundant(redundancy: torch.Tensor, budget: int, allocation: str)
     later = redundancy[1:]
     valid = torch.ones_like(later, dtype=torch.bool)
     if allocation == "frame":
-        base, extra = divmod(rest, frames - 1)
-        counts = base + (torch.arange(frames - 1, device=later.device) < extra).long()
+        counts = torch.tensor(spread(rest, frames - 1), device=later.device)
         keep[1:] = lowest_k(later, valid, counts)
     else:
         flat = lowest_k(later.reshape(1, -1), valid.reshape(1, -1),
                         torch.tensor([rest], device=later.device))
         keep[1:] = flat.reshape(frames - 1, pooled_count)
     return keep
+
+
+def dycoke_frame_counts(config: AOTConfig, frames: int, pooled_count: int,
+                        options: DyCokeConfig | None = None) -> list[int]:
+    """Exact mode's tokens per frame (its registry entry's ``frame_counts``): frame 0 whole and
+    ``spread(B - P, F - 1)`` over the later frames; below one frame (B < P) frame 0 pooled to B
+    and nothing else.
+
+    Raises:
+        ValueError: ``allocation="video"``, which picks the later frames' tokens across frames
+            by their content, so only the total is fixed.
+    """
+    options = options or DyCokeConfig()
+    if options.allocation != "frame":
+        raise ValueError(f"dycoke allocation={options.allocation!r} splits the budget over the "
+                         "frames by content; a fixed per-frame count needs allocation='frame'")
+    total = resolve_budget(config, frames, pooled_count, reducer="dycoke")
+    if total < pooled_count or frames == 1:
+        return [total] + [0] * (frames - 1)
+    return [pooled_count] + spread(total - pooled_count, frames - 1)
 
 
 def merge_into_kept(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

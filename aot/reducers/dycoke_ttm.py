@@ -121,6 +121,24 @@ def exact_quotas(budget: int, weights: list[int], pooled_count: int) -> list[int
     return quotas
 
 
+def frame_quotas(config: AOTConfig, frames: int, pooled_count: int,
+                 options: DyCokeTTMConfig | None = None, budget: int | None = None) -> list[int]:
+    """(F,) tokens each frame keeps: the release's counts (``count="released"``) or, in exact
+    mode, :func:`exact_quotas` of the budget (``budget``, else ``config.exact_retention``'s).
+    A pure function of the settings and the video's shape (the registry entry's
+    ``frame_counts``)."""
+    options = options or DyCokeTTMConfig()
+    released = options.count == "released"
+    roles, _ = frame_roles(frames, released)
+    cut_keep = released_keep(pooled_count, options.merging_ratio)
+    weights = [pooled_count if role == WHOLE else cut_keep if role == CUT else 0
+               for role in roles]
+    if released:
+        return weights
+    return exact_quotas(resolve_budget(config, frames, pooled_count, budget,
+                                       reducer="dycoke-ttm"), weights, pooled_count)
+
+
 def reduce_dycoke_ttm(features: torch.Tensor, shallow_attention: torch.Tensor,
                       deep_attention: torch.Tensor, config: AOTConfig | None = None, *,
                       budget: int | None = None, frame_features: torch.Tensor | None = None,
@@ -153,14 +171,7 @@ def reduce_dycoke_ttm(features: torch.Tensor, shallow_attention: torch.Tensor,
                          f"second pass stacks an empty list below that); got {frames}: use "
                          f"count='exact'")
     roles, other = frame_roles(frames, released)
-    cut_keep = released_keep(pooled_count, options.merging_ratio)
-    weights = [pooled_count if role == WHOLE else cut_keep if role == CUT else 0
-               for role in roles]
-    if released:
-        quotas = weights
-    else:
-        quotas = exact_quotas(resolve_budget(config, frames, pooled_count, budget,
-                                             reducer="dycoke-ttm"), weights, pooled_count)
+    quotas = frame_quotas(config, frames, pooled_count, options, budget)
 
     values = pool_grid(features.to(work_dtype(features)), grid, config.pooling)  # (F, P, D)
     device = values.device

@@ -21,7 +21,7 @@ from aot.config import AOTConfig
 from aot.video_path import Reduction, pack, reduce
 
 from .adapters import HFAdapter, adapter_for
-from .sequence import Shortened, shorten
+from .sequence import Shortened, piece_order, shorten
 from .settings import config_for
 
 _ATTRIBUTE = "_aot_hf_handle"
@@ -159,6 +159,11 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     handle.last = sequences
     runs = [adapter.run_length(video) for video in encoded]
     slots = [adapter.slots(s.encoded, s.result) for s in sequences]
+    # tokens and slots in the order the shortened prompt holds them (piece by piece)
+    orders = [piece_order(slot, pieces)
+              for slot, pieces in zip(slots, adapter.video_pieces(kwargs))]
+    slots = [slot[order] for slot, order in zip(slots, orders)]
+    tokens = [s.tokens[order.to(s.tokens.device)] for s, order in zip(sequences, orders)]
     positions = adapter.positions(kwargs)
     pad = model.generation_config.pad_token_id
     pad = pad if isinstance(pad, int) else 0
@@ -169,7 +174,7 @@ def _reduce_inputs(handle: Handle, kwargs: dict) -> dict:
     out["attention_mask"] = short.attention_mask
     if kwargs.get("mm_token_type_ids") is not None:
         out["mm_token_type_ids"] = short.take(kwargs["mm_token_type_ids"])
-    encoder_outputs = {"video": adapter.encoder_outputs([s.tokens for s in sequences])}
+    encoder_outputs = {"video": adapter.encoder_outputs(tokens)}
     if out.get("pixel_values") is not None:
         # forward refuses pixels beside mm_encoder_outputs: encode the images as stock does
         encoder_outputs["image"] = _stock_image_outputs(model, out)

@@ -112,6 +112,23 @@ def check_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
                          "pass the processor's input_ids unchanged")
 
 
+def piece_order(slots: torch.Tensor, pieces: list[int]) -> torch.Tensor:
+    """(L,) long permutation of one video's tokens into the order :func:`shorten` emits them:
+    by the piece (run of placeholders between text) that holds each token's slot, and within a
+    piece in the given (the reducer's) order.
+
+    slots: (L,) long, each token's placeholder index in the video's unreduced run.
+    pieces: the video's placeholder run lengths in order (one run: the identity).
+
+    The model fills the placeholders with the tokens in sequence order, so tokens taken in this
+    order sit where their positions are: a reducer that emits a frame's tokens after a later
+    frame's (AOT's merged anchors follow the clip's later frames) would otherwise put them in
+    another frame's piece, at another token's position."""
+    bounds = torch.tensor(pieces, dtype=torch.long, device=slots.device).cumsum(0)
+    piece = torch.bucketize(slots, bounds, right=True)
+    return torch.sort(piece, stable=True).indices
+
+
 def shorten(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, video_token_id: int,
             runs: list[int], slots: list[torch.Tensor], pad_token_id: int = 0) -> Shortened:
     """Replace each video's placeholder run by its reduced length.
@@ -125,7 +142,8 @@ def shorten(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, video_
         slots: per video, (L_v,) long indices into that video's unreduced placeholders
             (counted in order). A video's placeholders may be split by text (Qwen3-VL's
             per-frame timestamps): each token is emitted in the piece that holds its slot, at
-            that piece's place, in the reducer's order; the text between pieces stays.
+            that piece's place, in the given order; the text between pieces stays. The
+            embeddings must come in the same order (:func:`piece_order`).
         pad_token_id: id written into new padding columns.
     Returns:
         :class:`Shortened`; rows are padded to the longest on the side the batch was padded

@@ -17,6 +17,19 @@ CASES = {
     "8x112x112-r0.3-flashvid": (8, 112, 112, 0.3, "flashvid"),
     "16x112x112-full": (16, 112, 112, None, "aot"),
 }
+#: Qwen3-VL cases (16 px patches: the processor resizes frames to multiples of 32 px, 112 ->
+#: 128; one piece of 4x4 merged tokens per two frames). From 18 frames on, the clips hold two
+#: pieces, so keyframes emit their survivors twice and later frames their keep; at 24 frames
+#: and r = 0.1 the later frames keep nothing (empty pieces).
+QWEN3_CASES = {
+    "q3-20x112x112-r0.25": (20, 112, 112, 0.25, "aot"),
+    "q3-20x112x112-r0.5": (20, 112, 112, 0.5, "aot"),
+    "q3-24x112x168-r0.1": (24, 112, 168, 0.1, "aot"),
+    "q3-8x112x112-r0.3": (8, 112, 112, 0.3, "aot"),
+    "q3-4x168x112-r0.3-uniform": (4, 168, 112, 0.3, "uniform"),
+    "q3-6x112x112-r0.4-dycoke": (6, 112, 112, 0.4, "dycoke"),
+    "q3-16x112x112-full": (16, 112, 112, None, "aot"),
+}
 #: LLaVA-OneVision cases (its tiny tower is built for 112 px square frames: 8x8 patches, 4x4
 #: pooled tokens, one newline after the video): name -> (frames, retention or None, reducer).
 OV_CASES = {
@@ -46,7 +59,7 @@ SERVER_AOT_CONFIG = {"anchors_per_frame": 8, "window": 3}
 def frames(name: str) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of case ``name``: smooth random blobs (a seed per case), so the
     vision tower's attention has structure to rank."""
-    count, height, width = CASES[name][:3]
+    count, height, width = {**CASES, **QWEN3_CASES}[name][:3]
     rng = np.random.default_rng(sum(map(ord, name)))
     low = rng.integers(0, 256, size=(count, height // 28 + 1, width // 28 + 1, 3))
     up = low.repeat(28, axis=1).repeat(28, axis=2)[:, :height, :width]

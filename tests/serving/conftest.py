@@ -50,9 +50,10 @@ def reference(tmp_path_factory):
     return folder, json.loads(out.read_text())
 
 
-def engine(checkpoint: Path, images: int):
+def engine(checkpoint: Path, images: int, **options):
     """vLLM's engine on a tiny checkpoint with the plugin, in this process (the engine core
-    otherwise starts in a subprocess, ~20 s more), the server's AOT knobs of :mod:`cases`."""
+    otherwise starts in a subprocess, ~20 s more), the server's AOT knobs of :mod:`cases`;
+    ``options``: more ``LLM`` arguments."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     sys.path.insert(0, str(HERE))
     from cases import SERVER_AOT_CONFIG
@@ -60,7 +61,7 @@ def engine(checkpoint: Path, images: int):
 
     return LLM(model=str(checkpoint), max_model_len=4096, enforce_eager=True, dtype="float32",
                limit_mm_per_prompt={"video": 1, "image": images}, kv_cache_memory_bytes=256 << 20,
-               max_num_seqs=8, hf_overrides={"aot_config": SERVER_AOT_CONFIG})
+               max_num_seqs=8, hf_overrides={"aot_config": SERVER_AOT_CONFIG}, **options)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The transformers side of the identity test: ``python hf_reference.py FOLDER OUT.json``
-writes the tiny Qwen2.5-VL and LLaVA-OneVision checkpoints (text head_dim 32, which vLLM's CPU
-attention needs) into FOLDER/qwen2_5_vl and FOLDER/llava_onevision, then the reference answers
+writes the tiny Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision checkpoints (text head_dim 32, which
+vLLM's CPU attention needs) into FOLDER/qwen2_5_vl, FOLDER/qwen3_vl and FOLDER/llava_onevision,
+then the reference answers
 (prompt length, greedy ids and their log-probabilities) of every case of :mod:`cases` into
 OUT.json, the image request included (the stock model: AOT reduces videos only).
 
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import (CASES, IMAGE_PROMPT, NEW_TOKENS, OV_CASES, OV_FRAME, PROMPT,  # noqa: E402
-                   SERVER_AOT_CONFIG, frames, image, ov_frames)
+                   QWEN3_CASES, SERVER_AOT_CONFIG, frames, image, ov_frames)
 
 
 def main(folder: str, out_path: str) -> None:
@@ -30,7 +31,8 @@ def main(folder: str, out_path: str) -> None:
     qwen = write_tiny_hf_checkpoint(str(Path(folder) / "qwen2_5_vl"), "qwen2_5_vl", head_dim=32)
     onevision = write_tiny_hf_checkpoint(str(Path(folder) / "llava_onevision"), "llava_onevision",
                                          head_dim=32, frame_size=OV_FRAME)
-    results = {**qwen_answers(qwen), **onevision_answers(onevision)}
+    qwen3 = write_tiny_hf_checkpoint(str(Path(folder) / "qwen3_vl"), "qwen3_vl", head_dim=32)
+    results = {**qwen_answers(qwen), **onevision_answers(onevision), **qwen3_answers(qwen3)}
     Path(out_path).write_text(json.dumps(results, indent=1))
 
 
@@ -75,27 +77,52 @@ def onevision_answers(checkpoint: str) -> dict:
     return results
 
 
-def qwen_answers(checkpoint: str) -> dict:
-    import aot_integrations.hf
-    from aot.video_path import Reduction
+def qwen3_answers(checkpoint: str) -> dict:
+    """Every Qwen3-VL case (per-frame timestamp pieces; aot_integrations.hf keeps each token in
+    its frame's piece)."""
+    model, processor, prompt = _qwen_model(checkpoint)
+    return {name: answer(model, _qwen_video_inputs(processor, prompt, name, count),
+                         _reduction(model, retention, reducer))
+            for name, (count, _, _, retention, reducer) in QWEN3_CASES.items()}
+
+
+def _qwen_model(checkpoint: str):
+    """(model in float32, processor, chat prompt with one video) of a Qwen checkpoint."""
     from playground.hf import load_processor
     from transformers import AutoModelForImageTextToText
-    from transformers.video_utils import VideoMetadata
 
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor, _ = load_processor(checkpoint, model.config.model_type)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    results = {}
-    for name, (count, _, _, retention, reducer) in CASES.items():
-        metadata = VideoMetadata(total_num_frames=count, fps=2.0, frames_indices=list(range(count)))
-        inputs = processor(text=[prompt], videos=[frames(name)], video_metadata=[metadata],
-                           do_sample_frames=False, return_tensors="pt")
-        reduction = None
-        if retention is not None:
-            config = aot_integrations.hf.config_for(model, retention, **SERVER_AOT_CONFIG)
-            reduction = Reduction(config, reducer)
-        results[name] = answer(model, inputs, reduction)
+    return model, processor, prompt
+
+
+def _qwen_video_inputs(processor, prompt: str, name: str, count: int):
+    """The processor's inputs for case ``name`` (all ``count`` frames at 2 fps, none sampled)."""
+    from transformers.video_utils import VideoMetadata
+
+    metadata = VideoMetadata(total_num_frames=count, fps=2.0, frames_indices=list(range(count)))
+    return processor(text=[prompt], videos=[frames(name)], video_metadata=[metadata],
+                     do_sample_frames=False, return_tensors="pt")
+
+
+def _reduction(model, retention, reducer):
+    """The case's reduction with the server's AOT knobs (None: unreduced)."""
+    import aot_integrations.hf
+    from aot.video_path import Reduction
+
+    if retention is None:
+        return None
+    return Reduction(aot_integrations.hf.config_for(model, retention, **SERVER_AOT_CONFIG),
+                     reducer)
+
+
+def qwen_answers(checkpoint: str) -> dict:
+    model, processor, prompt = _qwen_model(checkpoint)
+    results = {name: answer(model, _qwen_video_inputs(processor, prompt, name, count),
+                            _reduction(model, retention, reducer))
+               for name, (count, _, _, retention, reducer) in CASES.items()}
     inputs = processor(text=[IMAGE_PROMPT], images=[image()], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
                          output_logits=True, return_dict_in_generate=True)
