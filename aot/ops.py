@@ -74,6 +74,14 @@ def _arange(size: int, device: torch.device) -> torch.Tensor:
     return torch.arange(size, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0-dim ``value`` on ``device`` (made once, read-only): a Python number given to
+    ``torch.where`` or as a broadcast operand would be made into a new device tensor, one more
+    operation, on every call."""
+    return torch.full((), value, dtype=dtype, device=device)
+
+
 def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """(B, M) bool: True for the first ``counts[b]`` entries of row b in ``order``.
 

@@ -180,7 +180,7 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
-                                    else None, counts=host_counts)
+                                    else None, counts=host_counts, survivors=survivors)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged
