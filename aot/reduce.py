@@ -37,6 +37,8 @@ class IntraOutput:
     local_anchors, global_anchors: (F, T) bool.
     deep_attention: (F, T) float32, kept to rank pooled tokens in exact-budget mode.
     grid: (rows, cols) of the patch grid (T = rows * cols).
+    anchor_mask: (F, T) bool ``local_anchors | global_anchors`` when the stage made it (then
+        :attr:`anchors` reads it instead of making it again), else None.
 
     ``features`` gives the (F, T, D) patches with the anchors replaced, as a new tensor (a copy
     of the input the pipeline itself never makes: :func:`inter_stage` pools from the two parts).
@@ -50,8 +52,13 @@ class IntraOutput:
     deep_attention: torch.Tensor
     grid: tuple[int, int]
 
+    anchor_mask: torch.Tensor | None = None
+
     @property
     def anchors(self) -> torch.Tensor:
+        """(F, T) bool, local or global anchor (the union the stage already made, if any)."""
+        if self.anchor_mask is not None:
+            return self.anchor_mask
         return self.local_anchors | self.global_anchors
 
     @property
@@ -132,12 +139,13 @@ def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
                                graphed.local_anchors, graphed.global_anchors,
                                deep_attention.float(), grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
-    merge = aggregate_into_anchors(features, local | global_, grid, config,
+    anchors = local | global_
+    merge = aggregate_into_anchors(features, anchors, grid, config,
                                    anchor_count=anchors_per_frame(grid, config))
     if not merge.checked and _merge_reads_features(config, tokens):
         check_finite("features", features)  # check_inputs left it to a merge that did not run
     return IntraOutput(features, merge.anchor_idx, merge.merged, local, global_,
-                       deep_attention.float(), grid)
+                       deep_attention.float(), grid, anchors)
 
 
 @torch.no_grad()

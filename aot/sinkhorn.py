@@ -60,6 +60,10 @@ DEFAULT_CHECK_EVERY_CPU = 3
 #: Floats per 64 bytes: history rows start on the allocator's alignment, as fresh tensors do,
 #: so that the products read their operands at the same alignment as the guarded loop.
 _ALIGN = 16
+#: Largest history rows (batch x row width, in entries) that :func:`sinkhorn_deferred` gathers
+#: whole to read the problems' final scalings in one operation; a gather of B rows copies B
+#: times the scalings it needs, so large batches take the two exact gathers instead.
+_ONE_GATHER = 2 ** 18
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -408,8 +412,11 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
     counts = [max(r, 1) for r in rows] if per_problem else [max(sum(rows), 1)]
 
     history = _History(batch, m, n, min(max_iter, 4 * check_every) + 1, kernel)
-    torch.gt(a, 0, out=history.r(0))  # the initial scalings: 1 on valid entries, 0 on padding
-    torch.gt(b, 0, out=history.c(0))
+    if min(rows, default=m) == m and min(cols, default=n) == n:  # no padding: all ones
+        history.data[0].fill_(1.0)  # (and the alignment gaps, which nothing reads)
+    else:  # the initial scalings: 1 on valid entries, 0 on padding
+        torch.gt(a, 0, out=history.r(0))
+        torch.gt(b, 0, out=history.c(0))
     kernel_t = kernel.transpose(1, 2)
     stops: list[int | None] = [None]
     if per_problem:
@@ -444,6 +451,12 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
     at = [min(s, done) for s in stops]
     if len(set(at)) == 1:
         r, c = history.r(at[0]), history.c(at[0])
+    elif batch * history.width <= _ONE_GATHER:
+        # Each problem's whole history row in one gather; its r and c blocks are then strided
+        # views: problem b's scalings start b * m (b * n) entries into its own row.
+        chosen = history.data[torch.tensor(at, device=kernel.device)]  # (B, width), fresh
+        r = chosen.as_strided((batch, m), (history.width + m, 1), 0)
+        c = chosen.as_strided((batch, n), (history.width + n, 1), history.c_start)
     else:
         index = torch.tensor(at, device=kernel.device)
         problems = _arange(batch, kernel.device)
