@@ -161,6 +161,20 @@ def quantile_at(scores: torch.Tensor, invalid: torch.Tensor,
                                                                            math.nan)
 
 
+def _quantile_padding_first(scores: torch.Tensor,
+                            positions: QuantilePositions) -> torch.Tensor:
+    """:func:`quantile_at` for scores that are +0 on every invalid entry and >= +0 (not NaN)
+    on the valid ones, as the transport's are (a padded row of a plan is 0, and so is its
+    score), with ``positions`` shifted past the row's invalid entries: sorted, those come first
+    and hold the value 0, so slot ``S - count + k`` holds the k-th smallest valid score (a valid
+    0 ties with them in value), with no masked copy. Sorted in the scores' dtype; the two ends
+    are converted exactly."""
+    ends = scores.sort(dim=1).values.gather(1, positions.index).double()
+    threshold = torch.lerp(ends[:, 0], ends[:, 1], positions.frac)
+    return threshold if positions.empty is None else threshold.masked_fill_(positions.empty,
+                                                                           math.nan)
+
+
 def quantile_threshold(scores: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row linear-interpolation quantile over the valid entries, in float64.
 
@@ -325,14 +339,16 @@ def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tenso
     return _select(score, x_valid, ~x_valid, positions, y_valid.any(1), keep_counts)
 
 
-def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor,
+def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor | None,
             positions: QuantilePositions | None, y_any: torch.Tensor | None,
             keep_counts: torch.Tensor | None) -> torch.Tensor:
     """:func:`select_kept` with the row-constant parts given (``y_any`` None: every keyframe
-    has a surviving token)."""
+    has a surviving token; ``x_invalid`` None: transport scores and positions shifted past the
+    invalid entries, :func:`_quantile_padding_first`)."""
     if keep_counts is not None:
         return lowest_k(score, x_valid, keep_counts)
-    threshold = quantile_at(score, x_invalid, positions)
+    threshold = quantile_at(score, x_invalid, positions) if x_invalid is not None else \
+        _quantile_padding_first(score, positions)
     keep = x_valid & (score < threshold[:, None])  # compared in float64 (type promotion)
     return keep if y_any is None else torch.where(y_any[:, None], keep, x_valid)
 
@@ -392,7 +408,8 @@ def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_val
 @dataclass
 class _Video:
     """What every step reads about the video's frames, made once for all steps (F rows each):
-    unit rows of the similarity channels, uniform marginals, the (F, S) invalid tokens, the
+    unit rows of the similarity channels, uniform marginals, the (F, S) invalid tokens (None
+    when the quantile positions are shifted past them, :func:`_quantile_padding_first`), the
     (F, S, S) entries against the frame's keyframe (``base``: the padding base of
     :func:`_padded_cost` for the transport; ``entries_invalid``: for ``"cosine"``; the other
     one None), the quantile positions and the valid counts on the host."""
@@ -401,7 +418,7 @@ class _Video:
     unit: torch.Tensor
     marginal: torch.Tensor
     valid: torch.Tensor
-    invalid: torch.Tensor
+    invalid: torch.Tensor | None
     base: torch.Tensor | None
     entries_invalid: torch.Tensor | None
     positions: QuantilePositions
@@ -429,20 +446,26 @@ def _video_inputs(tokens: torch.Tensor, valid: torch.Tensor, clips: list[Clip],
     else:
         base = torch.where(entries, constant(1.0, tokens.dtype, tokens.device),
                            constant(_PADDING_BASE, tokens.dtype, tokens.device))
+    # transport scores (not cosine ones) are >= 0 and 0 on padding: their quantile needs no mask
+    padding_first = host_counts is not None and config.inter_merge != "cosine"
     if host_counts is None:
         marginal = valid.to(tokens.dtype) / counts.clamp(min=1)[:, None]  # as uniform_marginals
         positions = QuantilePositions.of(counts, config.keep_ratio)
     else:
         marginal, positions = _host_inputs(host_counts, width, config.keep_ratio, tokens.dtype,
-                                           tokens.device)
+                                           tokens.device, padding_first)
     return _Video(tokens, unit_rows(tokens[..., :config.similarity_channels]), marginal, valid,
-                  ~valid, base, entries_invalid, positions, host_counts)
+                  None if padding_first else ~valid, base, entries_invalid, positions,
+                  host_counts)
 
 
 def _host_inputs(counts: list[int], width: int, q: float, dtype: torch.dtype,
-                 device: torch.device) -> tuple[torch.Tensor, QuantilePositions]:
+                 device: torch.device,
+                 padding_first: bool) -> tuple[torch.Tensor, QuantilePositions]:
     """The uniform marginals (F, S) of packed-left rows and the quantile positions of
-    :meth:`QuantilePositions.of`, computed on the host from the valid counts, with the device's
+    :meth:`QuantilePositions.of` (``padding_first``: shifted past the row's S - count invalid
+    entries, for :func:`_quantile_padding_first`; an empty row's stay in range, its quantile is
+    NaN anyway), computed on the host from the valid counts, with the device's
     numbers: ``1 / n`` rounded once to float32 is the float32 quotient (double holds more than
     twice float32's precision), and the positions are float64 arithmetic in both places. They
     reach the device in three copies instead of a dozen operations."""
@@ -455,6 +478,9 @@ def _host_inputs(counts: list[int], width: int, q: float, dtype: torch.dtype,
         low = int(pos)  # pos >= 0: truncation is floor, and pos - low is exactly its fraction
         index.append((low, min(low + 1, last)))
         frac.append(pos - low)
+        if padding_first:
+            shift = width - n
+            index[-1] = tuple(min(i + shift, max(width - 1, 0)) for i in index[-1])
     empty = None if min(counts, default=1) > 0 else \
         torch.tensor([n == 0 for n in counts]).to(device, non_blocking=True)
     return (torch.tensor(marginal, dtype=dtype).view(len(counts), width)
@@ -544,7 +570,7 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             valid_counts=None if host is None else (x_counts, y_counts),
             base=None if video.base is None else video.base[rows])
         counts_k = keep_counts[rows] if keep_counts is not None else None
-        keep = _select(score, x_valid, video.invalid[rows],
+        keep = _select(score, x_valid, None if video.invalid is None else video.invalid[rows],
                        None if counts_k is not None else video.positions.rows(rows), y_any,
                        counts_k)
         if config.inter_merge != "prune":
@@ -582,9 +608,9 @@ def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count,
         kinds = torch.zeros(0, dtype=torch.int8, device=device)
     else:
         chosen = torch.nonzero(emit.reshape(-1)[candidates.slot]).flatten()  # the one host sync
-        slot, index, frame_ids = candidates.table[:, chosen]
+        index, frame_ids, position_frame, column = candidates.table[:, chosen]
         kinds = candidates.kind[chosen]
-        token_position = positions.reshape(-1)[slot]
+        token_position = positions[position_frame, column]
     # kept: emitted by a later frame; merged: a later frame's survivor not emitted (a keyframe
     # emits all its survivors)
     if survivors is None:
@@ -607,10 +633,11 @@ def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count,
 @dataclass
 class _Candidates:
     """Every candidate output slot in the released order (each frame's ``width`` packed slots,
-    then each clip's anchor slots). ``slot``: (C*W,) where its flag lies in the (F, S) emit mask,
-    which is also where its position lies in the (F, S) positions (a frame's own slot; an
-    anchor's is its keyframe's slot, valid where the keyframe's survivor is); ``table``: (3, C*W)
-    long rows slot, row in cat(tokens, anchors), frame; ``kind``: (C*W,) int8."""
+    then each clip's anchor slots). ``slot``: (C*W,) where its flag lies in the (F, S) emit mask
+    (a frame's own slot; an anchor's is its keyframe's slot, valid where the keyframe's survivor
+    is); ``table``: (4, C*W) long rows: row in cat(tokens, anchors), frame, and where its
+    position lies in the (F, S) positions (frame, column: the flag's slot); ``kind``: (C*W,)
+    int8."""
 
     slot: torch.Tensor
     table: torch.Tensor
@@ -641,7 +668,8 @@ def _candidates(clips: tuple[Clip, ...], frames: int, width: int,
     table = torch.tensor([slot_base, row_base, frame_of, kind_of])[:, :, None]
     slot, row, frame, kind = (t.expand(-1, width).reshape(-1) for t in table)
     slot, row = slot + slots, row + slots
-    return _Candidates(slot.to(device), torch.stack([slot, row, frame]).to(device),
+    return _Candidates(slot.to(device),
+                       torch.stack([row, frame, slot // width, slots]).to(device),
                        kind.to(torch.int8).to(device))
 
 
