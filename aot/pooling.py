@@ -131,7 +131,7 @@ def _taps_in(grid: tuple[int, int], mode: str, device: torch.device,
 
 def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
             anchor_idx: torch.Tensor | None = None, merged: torch.Tensor | None = None,
-            chunk_frames: int | None = None) -> torch.Tensor:
+            chunk_frames: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Selected pooled tokens of the features with the anchor rows replaced by ``merged``.
 
     ``pool_at(x, pos, ...)[f, s] == pool_grid(x', grid, mode)[f, pos[f, s]]`` where x' is x with
@@ -147,6 +147,8 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         chunk_frames: frames per gather (default: as many as fit
             :func:`aot.ops.scratch_bytes` of float32 sums and upcast copy of a half-precision
             input); the result does not depend on it.
+        out: an (F, S, D) tensor in the dtype of ``features`` to write the result into (e.g.
+            the head of a buffer that also holds other rows).
     Returns:
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
     """
@@ -180,8 +182,9 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         merged_rows = merged.to(work).reshape(-1, dim)
     # dense rows: a strided table takes another kernel, whose sums differ in the last bit
     table = features.reshape(-1, dim) if dense else None
-    out = torch.empty(frames, positions.shape[1], dim, dtype=features.dtype,
-                      device=features.device)
+    if out is None:
+        out = torch.empty(frames, positions.shape[1], dim, dtype=features.dtype,
+                          device=features.device)
     for start in range(0, frames, chunk_frames):
         stop = min(start + chunk_frames, frames)
         if dense:

@@ -182,13 +182,21 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
 
     counts = survivors.sum(1)
     host_counts = counts.tolist()  # the one sync of the pooling: the packed width and the counts
-    positions, valid = pack_left(survivors, max(host_counts, default=0), counts=counts)
+    width = max(host_counts, default=0)
+    positions, valid = pack_left(survivors, width, counts=counts)
+    rows = None
+    if clips:  # the survivors, then the final anchors of the clips of two or more frames
+        multi = sum(stop - start >= 2 for start, stop in clips)
+        rows = torch.empty((frames + multi) * width, features.shape[2], dtype=features.dtype,
+                           device=features.device)
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
-                     merged=intra.merged)  # (F, S, D): the survivors, packed to the left
+                     merged=intra.merged,  # (F, S, D): the survivors, packed to the left
+                     out=None if rows is None else rows[:frames * width].view(frames, width, features.shape[2]))
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
-                                    else None, counts=host_counts, survivors=survivors)
+                                    else None, counts=host_counts, survivors=survivors,
+                                    token_rows=rows)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged

@@ -354,7 +354,8 @@ def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor 
 
 
 def update_anchors(y: torch.Tensor, y_valid: torch.Tensor | None, x: torch.Tensor,
-                   assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig) -> torch.Tensor:
+                   assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig, *,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Anchors after folding in the merged tokens of one later frame.
 
     ``"ot"``: ``y_j <- (y_j + s * sum_i P[i, j] x_i) / (1 + s * sum_i P[i, j])``;
@@ -363,12 +364,13 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor | None, x: torch.Tenso
     Args:
         y: (B, S', D); y_valid: (B, S'), or None when every anchor is valid; x: (B, S, D);
         assign: (B, S, S'); merge: (B, S) bool.
+        out: a (B, S', D) tensor of y's dtype, not overlapping y, to write the result into.
     Returns:
-        (B, S', D); padded anchors unchanged.
+        (B, S', D) (``out`` when given); padded anchors unchanged.
     """
     weights = assign * merge[:, :, None]
     scale = config.inter_scale
-    summed = torch.bmm(weights.transpose(1, 2), x)
+    summed = torch.bmm(weights.transpose(1, 2), x, out=out)
     load = weights.sum(1)[:, :, None]
     # In place on the new ``summed`` (sums commute exactly): one (B, S', D) tensor per step.
     # A scale of 1 is skipped: multiplying by 1.0 changes no bit.
@@ -496,7 +498,8 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
                           keep_counts: torch.Tensor | None = None, *,
                           check_every: int | None = None,
                           counts: list[int] | None = None,
-                          survivors: torch.Tensor | None = None) -> TemporalOutput:
+                          survivors: torch.Tensor | None = None,
+                          token_rows: torch.Tensor | None = None) -> TemporalOutput:
     """The temporal phase on survivors already packed to the left (:func:`packed_survivors`).
 
     Step k of every clip (its k-th frame against the clip's current anchors) runs as one batch;
@@ -517,6 +520,9 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             host (one sync less; with ``check_every=0`` they are not read).
         survivors: (F, P) bool, the unpacked ``valid``, when the caller has it (two operations
             less).
+        token_rows: an (F * S + C * S, D) buffer whose first F * S rows are ``tokens`` (C the
+            clips of two or more frames): the final anchors are written into the rest, so that
+            the output is one gather from it.
     Returns:
         :class:`TemporalOutput`. Per clip of two or more frames: the keyframe's surviving tokens
         as they are, then every later frame's kept tokens in frame order, then the clip's merged
@@ -549,7 +555,12 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
     # steps stack their keep masks at the end instead of writing each into a copy.
     keeps = []
     emit = None if steps.stride else valid.clone()
-    for step in range(1, len(steps.frame_ids) + 1):
+    frames, width = valid.shape
+    # where the final anchors go: the rows after the tokens, when the caller made them
+    tail = None if token_rows is None else \
+        token_rows[frames * width:].view(len(steps.lengths), width, tokens.shape[2])
+    last = len(steps.frame_ids)
+    for step in range(1, last + 1):
         rows, clip_ids = steps.step_rows(step), steps.clip_ids[step - 1]
         if step > 1:  # the anchors changed: their unit rows too
             anchor_unit = unit_rows(anchors[..., :config.similarity_channels])
@@ -575,7 +586,10 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
                        counts_k)
         if config.inter_merge != "prune":
             merge = x_valid > keep  # x_valid and not keep, in one op (False < True)
-            updated = update_anchors(y, None, x, assign, merge, config)
+            # every clip's last update is written straight into the tail when it can be
+            into = tail if (step == last and clip_ids is None and tail is not None
+                            and tail.dtype == work) else None
+            updated = update_anchors(y, None, x, assign, merge, config, out=into)
             if clip_ids is None:
                 anchors = updated
             else:  # gathered keyframes (no stride): a tensor of their own
@@ -586,18 +600,24 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             emit[rows] = keep
     if emit is None:  # frame c * L + k is row k of clip c
         emit = torch.stack([valid[keys], *keeps], 1).view(valid.shape)
+    rows = None
+    if tail is not None:
+        if anchors.data_ptr() != tail.data_ptr():
+            tail.copy_(anchors)  # (in the tokens' dtype)
+        rows = token_rows
     return _emit(tokens, positions, valid, emit, steps.later[:, None], anchors, clips,
-                 pooled_count, survivors)
+                 pooled_count, survivors, rows)
 
 
-def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count,
-          survivors) -> TemporalOutput:
+def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count, survivors,
+          rows) -> TemporalOutput:
     """Gather the output sequence (order: see :func:`temporal_merge_packed`) with one sync.
 
     Every candidate slot (each frame's packed slots, then each clip's anchor slots) has a place
     in the released order, known from the clips alone; one mask in that order and one
     ``nonzero`` select the emitted ones. ``emit`` (F, S): what each frame's slots emit;
-    ``later`` (F, 1): the frames that are not the first of their clip.
+    ``later`` (F, 1): the frames that are not the first of their clip; ``rows``: the tokens'
+    rows followed by the anchors' (``token_rows`` of :func:`temporal_merge_packed`), or None.
     """
     frames, width, dim = tokens.shape
     device = tokens.device
@@ -620,8 +640,8 @@ def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count,
         emitted = _unpack(emit, positions, pooled_count)
         kept, merged = emitted & later, survivors > emitted
     return TemporalOutput(
-        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
-                            index),
+        tokens=rows.index_select(0, index) if rows is not None else
+        _rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim), index),
         token_frame=frame_ids,
         token_position=token_position,
         token_kind=kinds,
