@@ -179,11 +179,16 @@ def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTC
     """
     s = config.intra_scale
     frames, _, num_anchors = out.shape
-    count = torch.zeros(frames, num_anchors, dtype=out.dtype, device=out.device)
+    # An integer scale plus counts below 2 ** 24 is exact in any order, so the counts may be
+    # added straight onto s (one op less than counting from 0 and adding s); otherwise s is
+    # added to the exact counts, as the formula reads.
+    exact = float(s).is_integer() and s + nearest.shape[1] < 2 ** 24
+    count = torch.full((frames, num_anchors), s if exact else 0.0, dtype=out.dtype,
+                       device=out.device)
     # cached 0-dim operands, broadcast: a Python number or a ones_like would each be one more op
     count.scatter_add_(1, nearest[:, :, 0],
                        constant(1.0, out.dtype, out.device).expand(nearest.shape[:2]))
-    hard_denominator = s + count  # (F, N)
+    hard_denominator = count if exact else s + count  # (F, N)
     if plan is None:
         share = torch.div(constant(1.0, out.dtype, out.device),
                           hard_denominator).gather(1, nearest[:, :, 0])
