@@ -294,12 +294,13 @@ def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor
             y_marginal: torch.Tensor, invalid: torch.Tensor | None, x_valid: torch.Tensor,
             offset: int, config: AOTConfig, *, check_every: int | None,
             valid_counts: tuple[list[int], list[int]] | None = None,
-            base: torch.Tensor | None = None):
+            base: torch.Tensor | None = None, workspace: dict | None = None):
     """:func:`transport_scores` from unit rows (:func:`aot.ops.unit_rows`), uniform marginals
     and the (B, S, S') ``invalid`` entries, which a video computes once for all its steps;
     ``valid_counts``: the valid rows and columns of each problem when known on the host;
     ``base``: (B, S, S') the padding base of :func:`_padded_cost`, used instead of
-    ``invalid`` by the transport (``"cosine"`` reads ``invalid``)."""
+    ``invalid`` by the transport (``"cosine"`` reads ``invalid``); ``workspace``: Sinkhorn's,
+    kept across the steps of a video (:func:`aot.sinkhorn.sinkhorn`)."""
     similarity = torch.bmm(x_unit, y_unit.transpose(1, 2))
     if config.inter_merge == "cosine":
         # Ablation: judged and merged by plain cosine similarity, no transport plan.
@@ -318,7 +319,8 @@ def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor
     plan = sinkhorn(x_marginal, y_marginal, cost, config.temporal_epsilon,
                     max_iter=config.sinkhorn_iterations, stop_threshold=config.sinkhorn_tolerance,
                     stopping="problem", log_domain=config.log_domain, check_every=check_every,
-                    overwrite_cost=True, cost_bound=COST_BOUND, valid_counts=valid_counts).plan
+                    overwrite_cost=True, cost_bound=COST_BOUND, valid_counts=valid_counts,
+                    workspace=workspace).plan
     row_mass = plan.sum(2, keepdim=True)
     # Rows without mass: 0 / 0 is NaN, set to 0 (as are rows whose mass is NaN); written over
     # the plan.
@@ -560,6 +562,7 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
     tail = None if token_rows is None else \
         token_rows[frames * width:].view(len(steps.lengths), width, tokens.shape[2])
     last = len(steps.frame_ids)
+    workspace = {}  # Sinkhorn's history, shared by the steps (they have one shape when strided)
     for step in range(1, last + 1):
         rows, clip_ids = steps.step_rows(step), steps.clip_ids[step - 1]
         if step > 1:  # the anchors changed: their unit rows too
@@ -579,7 +582,7 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             None if video.entries_invalid is None else video.entries_invalid[rows], x_valid,
             step, config, check_every=check_every,
             valid_counts=None if host is None else (x_counts, y_counts),
-            base=None if video.base is None else video.base[rows])
+            base=None if video.base is None else video.base[rows], workspace=workspace)
         counts_k = keep_counts[rows] if keep_counts is not None else None
         keep = _select(score, x_valid, None if video.invalid is None else video.invalid[rows],
                        None if counts_k is not None else video.positions.rows(rows), y_any,
