@@ -156,6 +156,19 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
 
 
+def check_all_finite(*named: tuple[str, torch.Tensor]) -> None:
+    """:func:`check_finite` of several ``(name, tensor)`` pairs with one host sync: their float32
+    sums are read together, and only when one is not finite are they checked one by one, in
+    order (so the error names the first bad tensor, as separate checks would)."""
+    if not named:
+        return
+    sums = torch.stack([x.sum(dtype=torch.float32) for _, x in named]).tolist()
+    if all(math.isfinite(total) for total in sums):
+        return
+    for name, x in named:
+        check_finite(name, x)
+
+
 @functools.lru_cache(maxsize=16)
 def frame_offsets(frames: int, tokens: int, device: torch.device) -> torch.Tensor:
     """(F, 1) long ``tokens * f``: where frame f's rows start in the flattened video (cached

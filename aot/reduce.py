@@ -20,7 +20,7 @@ from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
 from .graphs import graph_applies, intra_stage_graphed
 from .intra import aggregate_into_anchors, write_anchors
-from .ops import check_finite, first_in_order, pack_left
+from .ops import check_all_finite, check_finite, first_in_order, pack_left
 from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
 from .result import ReducedVideo
 from .temporal import temporal_merge_packed
@@ -277,8 +277,8 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
     if config.intra and config.anchors_per_frame > tokens:
         raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
                          f"tokens of a {rows}x{cols} frame")
-    check_finite("shallow_attention", shallow_attention)
-    check_finite("deep_attention", deep_attention)
-    if not _merge_reads_features(config, tokens):
-        check_finite("features", features)  # else the merge's norm pass checks (intra_stage)
+    # the features only when the merge's norm pass does not check them (intra_stage)
+    check_all_finite(("shallow_attention", shallow_attention),
+                     ("deep_attention", deep_attention),
+                     *([] if _merge_reads_features(config, tokens) else [("features", features)]))
     return rows, cols
