@@ -32,6 +32,7 @@ from .ops import (
     check_finite,
     chunk_ranges,
     frame_columns,
+    constant,
     frame_offsets,
     frames_per_chunk,
     unit_rows,
@@ -92,9 +93,15 @@ def split_by_mask(mask: torch.Tensor, count: int | None = None) -> tuple[torch.T
         if counts and min(counts) != max(counts):
             raise ValueError(f"split_by_mask: rows hold different numbers of anchors {counts}")
         count = counts[0] if counts else 0
-    # a stable descending sort of the flags: True entries first, each group in index order
-    order = torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices
+    order = split_order(mask)
     return order[:, :count], order[:, count:]
+
+
+def split_order(mask: torch.Tensor) -> torch.Tensor:
+    """(F, T) long: each row's True entries, then its False entries, each group ascending (the
+    concatenation of :func:`split_by_mask`'s two results)."""
+    # a stable descending sort of the flags: True entries first, each group in index order
+    return torch.sort(mask.view(torch.uint8), dim=1, descending=True, stable=True).indices
 
 
 def intra_cost(similarity: torch.Tensor, source_idx: torch.Tensor, anchor_idx: torch.Tensor,
@@ -172,11 +179,19 @@ def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTC
     """
     s = config.intra_scale
     frames, _, num_anchors = out.shape
-    count = torch.zeros(frames, num_anchors, dtype=out.dtype, device=out.device)
-    count.scatter_add_(1, nearest[:, :, 0], torch.ones_like(nearest[:, :, 0], dtype=count.dtype))
-    hard_denominator = s + count  # (F, N)
+    # An integer scale plus counts below 2 ** 24 is exact in any order, so the counts may be
+    # added straight onto s (one op less than counting from 0 and adding s); otherwise s is
+    # added to the exact counts, as the formula reads.
+    exact = float(s).is_integer() and s + nearest.shape[1] < 2 ** 24
+    count = torch.full((frames, num_anchors), s if exact else 0.0, dtype=out.dtype,
+                       device=out.device)
+    # cached 0-dim operands, broadcast: a Python number or a ones_like would each be one more op
+    count.scatter_add_(1, nearest[:, :, 0],
+                       constant(1.0, out.dtype, out.device).expand(nearest.shape[:2]))
+    hard_denominator = count if exact else s + count  # (F, N)
     if plan is None:
-        share = (torch.ones_like(hard_denominator) / hard_denominator).gather(1, nearest[:, :, 0])
+        share = torch.div(constant(1.0, out.dtype, out.device),
+                          hard_denominator).gather(1, nearest[:, :, 0])
         return out.zero_().scatter_(2, nearest, share[:, :, None]), s / hard_denominator
     w = config.hard_merge_weight
     load = plan.sum(1).clamp(min=1e-9)
@@ -184,7 +199,7 @@ def merge_weights(plan: torch.Tensor | None, nearest: torch.Tensor, config: AOTC
     weights = torch.mul(plan, (1 - w) * s, out=out).div_(ot_denominator[:, None, :])
     self_weight = (1 - w) / ot_denominator
     if w > 0:
-        share = torch.full_like(hard_denominator, w) / hard_denominator
+        share = torch.div(constant(w, out.dtype, out.device), hard_denominator)
         weights.scatter_add_(2, nearest, share.gather(1, nearest[:, :, 0])[:, :, None])
         self_weight = self_weight + w * s / hard_denominator
     return weights, self_weight
@@ -201,8 +216,8 @@ class AnchorSimilarity:
 
 
 def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_idx: torch.Tensor,
-                      chunk_frames: int | None = None, *,
-                      rescale: bool = False) -> AnchorSimilarity:
+                      chunk_frames: int | None = None, *, rescale: bool = False,
+                      order: torch.Tensor | None = None) -> AnchorSimilarity:
     """Cosine similarity of every source token to every anchor of its frame, in two reads.
 
     ``x @ anchors^T`` runs on all T rows of x (the anchor rows are computed and dropped):
@@ -217,6 +232,9 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         chunk_frames: frames per pass (default: as many as fit :func:`aot.ops.scratch_bytes` of
             gathered anchors, products and upcast/rescaled copy; any value gives the same bits).
         rescale: scale every patch to unit norm first (overflow-free, two more passes).
+        order: (F, T) ``cat([anchor_idx, source_idx], 1)`` when the caller has it (as
+            :func:`split_order` gives it): their norms are then gathered in one operation
+            instead of two.
     Returns:
         :class:`AnchorSimilarity`.
     """
@@ -231,7 +249,11 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
             device=features.device)
     similarity = torch.empty(frames, source_idx.shape[1], num_anchors, dtype=work,
                              device=features.device)
-    norms = torch.empty(frames, tokens, dtype=work, device=features.device)
+    # Features read as they are: every norm in one pass (a row's norm does not depend on the
+    # frames read with it), else chunk by chunk from the upcast or rescaled copy.
+    whole = not rescale and work == features.dtype and features.is_contiguous()
+    norms = torch.linalg.vector_norm(features, dim=-1) if whole else \
+        torch.empty(frames, tokens, dtype=work, device=features.device)
     # One buffer for the gathered anchors and one for the products of every chunk: a new one
     # per chunk (13 MB at width 3584) may be fresh memory each time, paid in page faults
     # (docs/efficiency.md).
@@ -246,7 +268,8 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         if rescale:
             x = unit_rows(x)
         f = stop - start
-        torch.linalg.vector_norm(x, dim=-1, out=norms[start:stop])
+        if not whole:
+            torch.linalg.vector_norm(x, dim=-1, out=norms[start:stop])
         anchors = torch.index_select(x.reshape(-1, dim), 0, anchor_rows_at[start:stop].reshape(-1),
                                      out=anchor_rows[:f].view(-1, dim)).view(f, num_anchors, dim)
         dots = torch.bmm(x, anchors.transpose(1, 2), out=products[:f])
@@ -254,8 +277,13 @@ def anchor_similarity(features: torch.Tensor, anchor_idx: torch.Tensor, source_i
         torch.index_select(dots.view(-1, num_anchors), 0, source_rows_at[start:stop].reshape(-1),
                            out=similarity[start:stop].view(-1, num_anchors))
     norms.clamp_(min=1e-12)  # F.normalize's floor
-    similarity.div_(torch.gather(norms, 1, source_idx)[:, :, None]
-                    * torch.gather(norms, 1, anchor_idx)[:, None, :])
+    if order is None:
+        source_norms, anchor_norms = (torch.gather(norms, 1, source_idx),
+                                      torch.gather(norms, 1, anchor_idx))
+    else:
+        ordered = torch.gather(norms, 1, order)
+        source_norms, anchor_norms = ordered[:, num_anchors:], ordered[:, :num_anchors]
+    similarity.div_(source_norms[:, :, None] * anchor_norms[:, None, :])
     return AnchorSimilarity(similarity, norms)
 
 
@@ -283,22 +311,22 @@ def merge_operator(anchor_idx: torch.Tensor, source_idx: torch.Tensor, weights: 
     Returns:
         (F, N, T), a transposed view of an (F, T, N) tensor whose row t holds the weights of
         token t: ``weights[m]`` at source m, ``self_weight[n]`` at anchor n's own column.
-        The sources are written as whole rows (one ``index_copy_``, one contiguous copy per
-        source instead of N scattered single entries); the product reads the result transposed
-        for free.
+        The sources are written as whole rows (one ``index_put_`` on (frame, token) pairs, one
+        contiguous copy per source instead of N scattered single entries); the product reads
+        the result transposed for free.
     """
     frames, num_anchors = anchor_idx.shape
-    offsets = frame_offsets(frames, tokens, weights.device)
     by_token = torch.empty(frames * tokens, num_anchors, dtype=weights.dtype,
-                           device=weights.device)
-    by_token.index_copy_(0, (source_idx + offsets).reshape(-1), weights.reshape(-1, num_anchors))
+                           device=weights.device).view(frames, tokens, num_anchors)
+    # (frame, token) index pairs address whole rows: no flattened row index to compute
+    frame_of = frame_offsets(frames, 1, weights.device)  # (F, 1) frame ids
+    by_token.index_put_((frame_of, source_idx), weights)
     # Anchor rows: zeros with the anchor's own weight in its own column, written where they
     # land rather than copied from an (F, N, N) diagonal matrix.
-    anchor_rows = (anchor_idx + offsets).reshape(-1)
-    by_token.index_fill_(0, anchor_rows, 0.0)
-    own_column = frame_columns(frames, num_anchors, weights.device)
-    by_token.index_put_((anchor_rows, own_column), self_weight.reshape(-1))
-    return by_token.view(frames, tokens, num_anchors).transpose(1, 2)
+    by_token.index_put_((frame_of, anchor_idx), constant(0.0, weights.dtype, weights.device))
+    own_column = frame_columns(frames, num_anchors, weights.device).view(frames, num_anchors)
+    by_token.index_put_((frame_of, anchor_idx, own_column), self_weight)
+    return by_token.transpose(1, 2)
 
 
 def merge_product(features: torch.Tensor, operator: torch.Tensor,
@@ -416,12 +444,17 @@ def aggregate_into_anchors(features: torch.Tensor, anchor_mask: torch.Tensor, gr
     of the features; the pipeline instead pools it straight from the two tensors
     (:func:`aot.pooling.pool_at`).
     """
-    anchor_idx, source_idx = split_by_mask(anchor_mask, anchor_count)
+    if anchor_count is None:
+        anchor_idx, source_idx = split_by_mask(anchor_mask)
+        order = None
+    else:
+        order = split_order(anchor_mask)
+        anchor_idx, source_idx = order[:, :anchor_count], order[:, anchor_count:]
     if config.intra_merge == "prune" or anchor_idx.shape[1] == 0 or source_idx.shape[1] == 0:
         return AnchorMerge(anchor_idx, None, False)
     # the similarity reads the first similarity_channels channels; the merge moves all of them
     similar = features[..., :config.similarity_channels]
-    found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames)
+    found = anchor_similarity(similar, anchor_idx, source_idx, chunk_frames, order=order)
     # Finite features of norm below 1e17 give finite dot products and norm products in float32
     # (NaN fails the test too): one host sync per video tells the rare cases apart.
     if not float(found.norms.amax()) < SAFE_NORM:  # NaN fails too

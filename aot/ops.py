@@ -74,6 +74,14 @@ def _arange(size: int, device: torch.device) -> torch.Tensor:
     return torch.arange(size, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0-dim ``value`` on ``device`` (made once, read-only): a Python number given to
+    ``torch.where`` or as a broadcast operand would be made into a new device tensor, one more
+    operation, on every call."""
+    return torch.full((), value, dtype=dtype, device=device)
+
+
 def first_in_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """(B, M) bool: True for the first ``counts[b]`` entries of row b in ``order``.
 
@@ -146,6 +154,19 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     if bool(bad.any()):
         frame = int(torch.nonzero(bad)[0])
         raise ValueError(f"{name} holds NaN or inf values (first in frame {frame})")
+
+
+def check_all_finite(*named: tuple[str, torch.Tensor]) -> None:
+    """:func:`check_finite` of several ``(name, tensor)`` pairs with one host sync: their float32
+    sums are read together, and only when one is not finite are they checked one by one, in
+    order (so the error names the first bad tensor, as separate checks would)."""
+    if not named:
+        return
+    sums = torch.stack([x.sum(dtype=torch.float32) for _, x in named]).tolist()
+    if all(math.isfinite(total) for total in sums):
+        return
+    for name, x in named:
+        check_finite(name, x)
 
 
 @functools.lru_cache(maxsize=16)

@@ -121,9 +121,17 @@ def pooling_taps(grid, mode: str, device=None) -> tuple[torch.Tensor, torch.Tens
     return _pooling_taps(grid_shape(grid), mode, torch.device(device or "cpu"))
 
 
+@functools.lru_cache(maxsize=16)
+def _taps_in(grid: tuple[int, int], mode: str, device: torch.device,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pooling_taps` with the weights in ``dtype`` (made once; read-only)."""
+    taps, weights = _pooling_taps(grid, mode, device)
+    return taps, weights.to(dtype)
+
+
 def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
             anchor_idx: torch.Tensor | None = None, merged: torch.Tensor | None = None,
-            chunk_frames: int | None = None) -> torch.Tensor:
+            chunk_frames: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Selected pooled tokens of the features with the anchor rows replaced by ``merged``.
 
     ``pool_at(x, pos, ...)[f, s] == pool_grid(x', grid, mode)[f, pos[f, s]]`` where x' is x with
@@ -139,6 +147,8 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         chunk_frames: frames per gather (default: as many as fit
             :func:`aot.ops.scratch_bytes` of float32 sums and upcast copy of a half-precision
             input); the result does not depend on it.
+        out: an (F, S, D) tensor in the dtype of ``features`` to write the result into (e.g.
+            the head of a buffer that also holds other rows).
     Returns:
         (F, S, D) in the dtype of ``features``; sums are taken in float32 (float64 stays).
     """
@@ -148,12 +158,12 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
         copied = tokens * dim if work != features.dtype or not features.is_contiguous() else 0
         chunk_frames = frames_per_chunk((2 * positions.shape[1] * dim + copied) * work.itemsize,
                                         frames, device=features.device)
-    taps, weights = pooling_taps(grid, mode, features.device)
+    taps, weights = _taps_in(grid_shape(grid), mode, torch.device(features.device), work)
     width = taps.shape[1]
     # Every requested token's taps, their weights and which of them are anchors, for all frames
     # at once; the chunks below only gather.
     tap = taps[positions]  # (F, S, K) token index of each tap
-    w = weights.to(work)[positions]
+    w = weights[positions]
     dense = work == features.dtype and features.is_contiguous()
     rows_at = tap + frame_offsets(frames, tokens, features.device)[:, :, None] if dense else tap
     if merged is None:
@@ -164,14 +174,17 @@ def pool_at(features: torch.Tensor, positions: torch.Tensor, grid, mode: str, *,
                       .view_as(anchor_idx))
         tap_slot = torch.gather(slot, 1, tap.reshape(frames, -1)).view_as(tap)
         is_anchor = tap_slot >= 0
-        own_weight, merged_weight = w.masked_fill(is_anchor, 0.0), w.masked_fill_(~is_anchor, 0.0)
+        # w - own is w on anchor taps and exactly +0 elsewhere, as a masked fill would give
+        own_weight = w.masked_fill(is_anchor, 0.0)
+        merged_weight = w.sub_(own_weight)
         slot_at = tap_slot.clamp_(min=0).add_(
             frame_offsets(frames, merged.shape[1], features.device)[:, :, None])
         merged_rows = merged.to(work).reshape(-1, dim)
     # dense rows: a strided table takes another kernel, whose sums differ in the last bit
     table = features.reshape(-1, dim) if dense else None
-    out = torch.empty(frames, positions.shape[1], dim, dtype=features.dtype,
-                      device=features.device)
+    if out is None:
+        out = torch.empty(frames, positions.shape[1], dim, dtype=features.dtype,
+                          device=features.device)
     for start in range(0, frames, chunk_frames):
         stop = min(start + chunk_frames, frames)
         if dense:

@@ -20,7 +20,7 @@ from .clips import Clip, check_frame_features, split_clips
 from .config import AOTConfig
 from .graphs import graph_applies, intra_stage_graphed
 from .intra import aggregate_into_anchors, write_anchors
-from .ops import check_finite, first_in_order, pack_left
+from .ops import check_all_finite, check_finite, first_in_order, pack_left
 from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
 from .result import ReducedVideo
 from .temporal import temporal_merge_packed
@@ -37,6 +37,8 @@ class IntraOutput:
     local_anchors, global_anchors: (F, T) bool.
     deep_attention: (F, T) float32, kept to rank pooled tokens in exact-budget mode.
     grid: (rows, cols) of the patch grid (T = rows * cols).
+    anchor_mask: (F, T) bool ``local_anchors | global_anchors`` when the stage made it (then
+        :attr:`anchors` reads it instead of making it again), else None.
 
     ``features`` gives the (F, T, D) patches with the anchors replaced, as a new tensor (a copy
     of the input the pipeline itself never makes: :func:`inter_stage` pools from the two parts).
@@ -50,8 +52,13 @@ class IntraOutput:
     deep_attention: torch.Tensor
     grid: tuple[int, int]
 
+    anchor_mask: torch.Tensor | None = None
+
     @property
     def anchors(self) -> torch.Tensor:
+        """(F, T) bool, local or global anchor (the union the stage already made, if any)."""
+        if self.anchor_mask is not None:
+            return self.anchor_mask
         return self.local_anchors | self.global_anchors
 
     @property
@@ -132,12 +139,13 @@ def _intra_stage(features: torch.Tensor, shallow_attention: torch.Tensor,
                                graphed.local_anchors, graphed.global_anchors,
                                deep_attention.float(), grid)
     local, global_ = select_anchors(shallow_attention, deep_attention, grid, config)
-    merge = aggregate_into_anchors(features, local | global_, grid, config,
+    anchors = local | global_
+    merge = aggregate_into_anchors(features, anchors, grid, config,
                                    anchor_count=anchors_per_frame(grid, config))
     if not merge.checked and _merge_reads_features(config, tokens):
         check_finite("features", features)  # check_inputs left it to a merge that did not run
     return IntraOutput(features, merge.anchor_idx, merge.merged, local, global_,
-                       deep_attention.float(), grid)
+                       deep_attention.float(), grid, anchors)
 
 
 @torch.no_grad()
@@ -174,13 +182,21 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
 
     counts = survivors.sum(1)
     host_counts = counts.tolist()  # the one sync of the pooling: the packed width and the counts
-    positions, valid = pack_left(survivors, max(host_counts, default=0), counts=counts)
+    width = max(host_counts, default=0)
+    positions, valid = pack_left(survivors, width, counts=counts)
+    rows = None
+    if clips:  # the survivors, then the final anchors of the clips of two or more frames
+        multi = sum(stop - start >= 2 for start, stop in clips)
+        rows = torch.empty((frames + multi) * width, features.shape[2], dtype=features.dtype,
+                           device=features.device)
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
-                     merged=intra.merged)  # (F, S, D): the survivors, packed to the left
+                     merged=intra.merged,  # (F, S, D): the survivors, packed to the left
+                     out=None if rows is None else rows[:frames * width].view(frames, width, features.shape[2]))
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None
-                                    else None, counts=host_counts)
+                                    else None, counts=host_counts, survivors=survivors,
+                                    token_rows=rows)
         tokens, token_frame, token_position, token_kind = (
             out.tokens, out.token_frame, out.token_position, out.token_kind)
         kept, merged = out.kept, out.merged
@@ -261,8 +277,8 @@ def check_inputs(features, shallow_attention, deep_attention, config: AOTConfig,
     if config.intra and config.anchors_per_frame > tokens:
         raise ValueError(f"anchors_per_frame={config.anchors_per_frame} exceeds the {tokens} "
                          f"tokens of a {rows}x{cols} frame")
-    check_finite("shallow_attention", shallow_attention)
-    check_finite("deep_attention", deep_attention)
-    if not _merge_reads_features(config, tokens):
-        check_finite("features", features)  # else the merge's norm pass checks (intra_stage)
+    # the features only when the merge's norm pass does not check them (intra_stage)
+    check_all_finite(("shallow_attention", shallow_attention),
+                     ("deep_attention", deep_attention),
+                     *([] if _merge_reads_features(config, tokens) else [("features", features)]))
     return rows, cols

@@ -60,6 +60,10 @@ DEFAULT_CHECK_EVERY_CPU = 3
 #: Floats per 64 bytes: history rows start on the allocator's alignment, as fresh tensors do,
 #: so that the products read their operands at the same alignment as the guarded loop.
 _ALIGN = 16
+#: Largest history rows (batch x row width, in entries) that :func:`sinkhorn_deferred` gathers
+#: whole to read the problems' final scalings in one operation; a gather of B rows copies B
+#: times the scalings it needs, so large batches take the two exact gathers instead.
+_ONE_GATHER = 2 ** 18
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -80,7 +84,8 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
              max_iter: int = 100, stop_threshold: float = 1e-2, stopping: str = "batch",
              log_domain: bool = False, check_every: int | None = None,
              overwrite_cost: bool = False, cost_bound: float | None = None,
-             valid_counts: tuple[list[int], list[int]] | None = None) -> SinkhornResult:
+             valid_counts: tuple[list[int], list[int]] | None = None,
+             workspace: dict | None = None) -> SinkhornResult:
     """Entropic OT plans for a batch of problems.
 
     Args:
@@ -106,6 +111,9 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         valid_counts: (rows, cols), the number of entries > 0 of each problem's ``a`` and
             ``b``, when the caller knows them and its marginals are exactly +0 on padding (as
             :func:`uniform_marginals`): spares two reductions and host syncs.
+        workspace: a dict the caller keeps across solves of one shape (e.g. the steps of a
+            video's temporal phase): the deferred loop keeps its scaling history there instead
+            of allocating one per solve (see :func:`sinkhorn_deferred`).
 
     Returns:
         :class:`SinkhornResult` with the (B, M, N) plan in the dtype of ``cost`` (float32 at
@@ -135,7 +143,8 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *
         # No kernel entry can underflow or overflow (padding included), so the kernel needs no
         # padding mask: the deferred loop maps padded rows and columns to 0 scalings by itself.
         kernel = (cost.div_(-reg) if overwrite_cost else torch.div(cost, -reg)).exp_()
-        solved = sinkhorn_deferred(a, b, kernel, valid_counts=valid_counts, **options)
+        solved = sinkhorn_deferred(a, b, kernel, valid_counts=valid_counts, workspace=workspace,
+                                   **options)
         if solved is not None:
             return solved
         # a product was 0 somewhere: the guarded loop on the same kernel, padding zeroed
@@ -369,8 +378,8 @@ class _History:
 
 def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *, max_iter: int,
                       stop_threshold: float, stopping: str, check_every: int,
-                      valid_counts: tuple[list[int], list[int]] | None = None
-                      ) -> SinkhornResult | None:
+                      valid_counts: tuple[list[int], list[int]] | None = None,
+                      workspace: dict | None = None) -> SinkhornResult | None:
     """Plain-domain Sinkhorn with the stop test deferred (module doc): the plan and iteration
     counts of :func:`sinkhorn_scaling` on the same kernel with its padding zeroed, or None when
     a product was 0 (then the guarded loop must solve it).
@@ -381,6 +390,10 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
             scaled in place into the plan.
         check_every: iterations between two evaluations of the stop test (>= 1).
         valid_counts: see :func:`sinkhorn` (then ``a`` and ``b`` are +0 on padding).
+        workspace: a dict kept by the caller across solves: the history of one solve is reused
+            by the next of the same shape and dtype (nothing reads it after a solve returns), and
+            the initial column scalings it holds are not written again for the same ``b``
+            tensor (the caller does not modify its marginals).
     Returns:
         :class:`SinkhornResult`, or None.
 
@@ -407,9 +420,22 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
         return None  # the batch mean would read their undefined scalings
     counts = [max(r, 1) for r in rows] if per_problem else [max(sum(rows), 1)]
 
-    history = _History(batch, m, n, min(max_iter, 4 * check_every) + 1, kernel)
-    torch.gt(a, 0, out=history.r(0))  # the initial scalings: 1 on valid entries, 0 on padding
-    torch.gt(b, 0, out=history.c(0))
+    history = None if workspace is None else workspace.get("history")
+    if history is None or history.shape != (batch, m, n) or history.data.dtype != dtype \
+            or history.data.device != kernel.device:
+        history = _History(batch, m, n, min(max_iter, 4 * check_every) + 1, kernel)
+        if workspace is not None:
+            workspace.update(history=history, c0=None)
+    if min(rows, default=m) == m and min(cols, default=n) == n:  # no padding: all ones
+        history.data[0].fill_(1.0)  # (and the alignment gaps, which nothing reads)
+        if workspace is not None:
+            workspace["c0"] = None
+    else:  # the initial scalings: 1 on valid entries, 0 on padding
+        torch.gt(a, 0, out=history.r(0))
+        if workspace is None or workspace["c0"] is not b:
+            torch.gt(b, 0, out=history.c(0))
+            if workspace is not None:
+                workspace["c0"] = b
     kernel_t = kernel.transpose(1, 2)
     stops: list[int | None] = [None]
     if per_problem:
@@ -444,6 +470,12 @@ def sinkhorn_deferred(a: torch.Tensor, b: torch.Tensor, kernel: torch.Tensor, *,
     at = [min(s, done) for s in stops]
     if len(set(at)) == 1:
         r, c = history.r(at[0]), history.c(at[0])
+    elif batch * history.width <= _ONE_GATHER:
+        # Each problem's whole history row in one gather; its r and c blocks are then strided
+        # views: problem b's scalings start b * m (b * n) entries into its own row.
+        chosen = history.data[torch.tensor(at, device=kernel.device)]  # (B, width), fresh
+        r = chosen.as_strided((batch, m), (history.width + m, 1), 0)
+        c = chosen.as_strided((batch, n), (history.width + n, 1), history.c_start)
     else:
         index = torch.tensor(at, device=kernel.device)
         problems = _arange(batch, kernel.device)

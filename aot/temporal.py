@@ -17,8 +17,8 @@ import torch
 from .clips import Clip
 from .config import AOTConfig
 from .result import KIND_ANCHOR, KIND_FRAME, KIND_KEPT
-from .ops import first_in_order, pack_left, unit_rows
-from .sinkhorn import sinkhorn, uniform_marginals, working_dtype
+from .ops import constant, first_in_order, pack_left, unit_rows
+from .sinkhorn import _float32, sinkhorn, uniform_marginals, working_dtype
 
 
 @dataclass
@@ -78,6 +78,49 @@ def temporal_cost(similarity: torch.Tensor, valid: torch.Tensor, offset: int,
 #: |temporal cost| <= 2: a clamped cosine cost lies in [0, 2] after its shift, the decay in [0, 1].
 COST_BOUND = 2.0
 
+#: The released clamp of the cosine: [-1 + 1e-6, 1 - 1e-6].
+_COSINE_RANGE = (-1 + 1e-6, 1 - 1e-6)
+#: Added to a padding entry's cosine cost so that it lies above every clamped one (see
+#: :func:`_padded_cost`).
+_PADDING_BASE = 3.0
+
+
+@functools.lru_cache(maxsize=4)
+def _cost_range(dtype: torch.dtype) -> tuple[float, float]:
+    """``(1 - hi, 1 - lo)`` rounded to ``dtype``, with ``lo, hi`` the cosine clamp rounded to
+    ``dtype`` as ``clamp`` rounds it: ``clamp(1 - s, *this) == 1 - clamp(s, lo, hi)`` bit for
+    bit, since ``s -> fl(1 - s)`` is monotone (an input beyond a bound lands on that bound's
+    image either way). Both differences are exact in double, so one rounding gives the float32
+    result."""
+    rounded = float if dtype == torch.float64 else _float32
+    low, high = (rounded(bound) for bound in _COSINE_RANGE)
+    return rounded(1 - high), rounded(1 - low)
+
+
+def _padded_cost(similarity: torch.Tensor, base: torch.Tensor, offset: int,
+                 sigma: float) -> torch.Tensor:
+    """:func:`temporal_cost` on the valid entries, written over ``similarity``, in five
+    operations instead of seven.
+
+    Args:
+        similarity: (B, M, N) cosine similarity, float32 or float64 (overwritten).
+        base: (B, M, N) 1 on the valid entries, :data:`_PADDING_BASE` on padding.
+    Returns:
+        (B, M, N) cost: the released values on the valid entries; a padding entry holds
+        ``(hi' - lowest) * decay`` in [0, 2] (``hi'`` the cost's upper clamp) instead of 0.
+
+    Why the padding may differ: ``base - s`` clamped to :func:`_cost_range` is the released
+    ``1 - clamp(s)`` on valid entries and the upper bound, not below any valid entry, on
+    padding, so the minimum over the matrix is the valid entries' minimum (the upper bound for a
+    problem without valid entries, whose cost is then 0, as released). Sinkhorn gives padded
+    rows and columns a zero scaling (the deferred loop from their zero marginal, every other
+    path masks the padding first), so a padding entry's cost only has to keep the kernel entry
+    finite and positive, as any value in [0, 2] does: the plan is the same to the bit.
+    """
+    cost = torch.sub(base, similarity, out=similarity).clamp_(*_cost_range(similarity.dtype))
+    lowest = cost.amin(dim=(1, 2), keepdim=True)
+    return cost.sub_(lowest).mul_(1 - math.exp(-(offset ** 2) / (2 * sigma ** 2)))
+
 
 @dataclass
 class QuantilePositions:
@@ -113,6 +156,20 @@ def quantile_at(scores: torch.Tensor, invalid: torch.Tensor,
     """(B,) float64 quantiles of each row's valid scores; scores (B, M), invalid (B, M) bool."""
     values = scores.to(torch.float64, copy=True).masked_fill_(invalid, math.inf).sort(dim=1).values
     ends = values.gather(1, positions.index)
+    threshold = torch.lerp(ends[:, 0], ends[:, 1], positions.frac)
+    return threshold if positions.empty is None else threshold.masked_fill_(positions.empty,
+                                                                           math.nan)
+
+
+def _quantile_padding_first(scores: torch.Tensor,
+                            positions: QuantilePositions) -> torch.Tensor:
+    """:func:`quantile_at` for scores that are +0 on every invalid entry and >= +0 (not NaN)
+    on the valid ones, as the transport's are (a padded row of a plan is 0, and so is its
+    score), with ``positions`` shifted past the row's invalid entries: sorted, those come first
+    and hold the value 0, so slot ``S - count + k`` holds the k-th smallest valid score (a valid
+    0 ties with them in value), with no masked copy. Sorted in the scores' dtype; the two ends
+    are converted exactly."""
+    ends = scores.sort(dim=1).values.gather(1, positions.index).double()
     threshold = torch.lerp(ends[:, 0], ends[:, 1], positions.frac)
     return threshold if positions.empty is None else threshold.masked_fill_(positions.empty,
                                                                            math.nan)
@@ -234,12 +291,16 @@ def transport_scores(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
 
 
 def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor,
-            y_marginal: torch.Tensor, invalid: torch.Tensor, x_valid: torch.Tensor, offset: int,
-            config: AOTConfig, *, check_every: int | None,
-            valid_counts: tuple[list[int], list[int]] | None = None):
+            y_marginal: torch.Tensor, invalid: torch.Tensor | None, x_valid: torch.Tensor,
+            offset: int, config: AOTConfig, *, check_every: int | None,
+            valid_counts: tuple[list[int], list[int]] | None = None,
+            base: torch.Tensor | None = None, workspace: dict | None = None):
     """:func:`transport_scores` from unit rows (:func:`aot.ops.unit_rows`), uniform marginals
     and the (B, S, S') ``invalid`` entries, which a video computes once for all its steps;
-    ``valid_counts``: the valid rows and columns of each problem when known on the host."""
+    ``valid_counts``: the valid rows and columns of each problem when known on the host;
+    ``base``: (B, S, S') the padding base of :func:`_padded_cost`, used instead of
+    ``invalid`` by the transport (``"cosine"`` reads ``invalid``); ``workspace``: Sinkhorn's,
+    kept across the steps of a video (:func:`aot.sinkhorn.sinkhorn`)."""
     similarity = torch.bmm(x_unit, y_unit.transpose(1, 2))
     if config.inter_merge == "cosine":
         # Ablation: judged and merged by plain cosine similarity, no transport plan.
@@ -247,18 +308,24 @@ def _scores(x_unit: torch.Tensor, x_marginal: torch.Tensor, y_unit: torch.Tensor
         score = best.values.masked_fill_(~x_valid, 0.0)
         assign = torch.zeros_like(similarity).scatter_(2, best.indices[:, :, None], 1.0)
         return score, assign * ~invalid
-    nonempty = valid_counts is not None and min(valid_counts[0] + valid_counts[1]) > 0
-    cost = temporal_cost(similarity, None, offset, config.sigma, invalid=invalid,
-                         every_problem_valid=nonempty)
+    if base is not None:
+        cost = _padded_cost(similarity, base, offset, config.sigma)
+    else:
+        nonempty = valid_counts is not None and min(valid_counts[0] + valid_counts[1]) > 0
+        cost = temporal_cost(similarity, None, offset, config.sigma, invalid=invalid,
+                             every_problem_valid=nonempty)
     if check_every is None:
         check_every = config.sinkhorn_check_every
     plan = sinkhorn(x_marginal, y_marginal, cost, config.temporal_epsilon,
                     max_iter=config.sinkhorn_iterations, stop_threshold=config.sinkhorn_tolerance,
                     stopping="problem", log_domain=config.log_domain, check_every=check_every,
-                    overwrite_cost=True, cost_bound=COST_BOUND, valid_counts=valid_counts).plan
+                    overwrite_cost=True, cost_bound=COST_BOUND, valid_counts=valid_counts,
+                    workspace=workspace).plan
     row_mass = plan.sum(2, keepdim=True)
-    # Rows without mass: 0 / 0 is NaN, set to 0 (as are rows whose mass is NaN).
-    assign = plan.div_(row_mass).masked_fill_(~(row_mass > 0), 0.0)
+    # Rows without mass: 0 / 0 is NaN, set to 0 (as are rows whose mass is NaN); written over
+    # the plan.
+    assign = torch.where(row_mass > 0, plan.div_(row_mass), constant(0.0, plan.dtype, plan.device),
+                         out=plan)
     return assign.amax(2), assign
 
 
@@ -274,20 +341,23 @@ def select_kept(score: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tenso
     return _select(score, x_valid, ~x_valid, positions, y_valid.any(1), keep_counts)
 
 
-def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor,
+def _select(score: torch.Tensor, x_valid: torch.Tensor, x_invalid: torch.Tensor | None,
             positions: QuantilePositions | None, y_any: torch.Tensor | None,
             keep_counts: torch.Tensor | None) -> torch.Tensor:
     """:func:`select_kept` with the row-constant parts given (``y_any`` None: every keyframe
-    has a surviving token)."""
+    has a surviving token; ``x_invalid`` None: transport scores and positions shifted past the
+    invalid entries, :func:`_quantile_padding_first`)."""
     if keep_counts is not None:
         return lowest_k(score, x_valid, keep_counts)
-    threshold = quantile_at(score, x_invalid, positions)
+    threshold = quantile_at(score, x_invalid, positions) if x_invalid is not None else \
+        _quantile_padding_first(score, positions)
     keep = x_valid & (score < threshold[:, None])  # compared in float64 (type promotion)
     return keep if y_any is None else torch.where(y_any[:, None], keep, x_valid)
 
 
 def update_anchors(y: torch.Tensor, y_valid: torch.Tensor | None, x: torch.Tensor,
-                   assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig) -> torch.Tensor:
+                   assign: torch.Tensor, merge: torch.Tensor, config: AOTConfig, *,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Anchors after folding in the merged tokens of one later frame.
 
     ``"ot"``: ``y_j <- (y_j + s * sum_i P[i, j] x_i) / (1 + s * sum_i P[i, j])``;
@@ -296,12 +366,13 @@ def update_anchors(y: torch.Tensor, y_valid: torch.Tensor | None, x: torch.Tenso
     Args:
         y: (B, S', D); y_valid: (B, S'), or None when every anchor is valid; x: (B, S, D);
         assign: (B, S, S'); merge: (B, S) bool.
+        out: a (B, S', D) tensor of y's dtype, not overlapping y, to write the result into.
     Returns:
-        (B, S', D); padded anchors unchanged.
+        (B, S', D) (``out`` when given); padded anchors unchanged.
     """
     weights = assign * merge[:, :, None]
     scale = config.inter_scale
-    summed = torch.bmm(weights.transpose(1, 2), x)
+    summed = torch.bmm(weights.transpose(1, 2), x, out=out)
     load = weights.sum(1)[:, :, None]
     # In place on the new ``summed`` (sums commute exactly): one (B, S', D) tensor per step.
     # A scale of 1 is skipped: multiplying by 1.0 changes no bit.
@@ -341,46 +412,96 @@ def temporal_step(x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor, y_val
 @dataclass
 class _Video:
     """What every step reads about the video's frames, made once for all steps (F rows each):
-    unit rows of the similarity channels, uniform marginals, the (F, S, S) invalid entries
-    against the frame's keyframe, the quantile positions and the valid counts on the host."""
+    unit rows of the similarity channels, uniform marginals, the (F, S) invalid tokens (None
+    when the quantile positions are shifted past them, :func:`_quantile_padding_first`), the
+    (F, S, S) entries against the frame's keyframe (``base``: the padding base of
+    :func:`_padded_cost` for the transport; ``entries_invalid``: for ``"cosine"``; the other
+    one None), the quantile positions and the valid counts on the host."""
 
     tokens: torch.Tensor
     unit: torch.Tensor
     marginal: torch.Tensor
     valid: torch.Tensor
-    invalid: torch.Tensor
-    entries_invalid: torch.Tensor
+    invalid: torch.Tensor | None
+    base: torch.Tensor | None
+    entries_invalid: torch.Tensor | None
     positions: QuantilePositions
     counts: list[int] | None
 
 
 def _video_inputs(tokens: torch.Tensor, valid: torch.Tensor, clips: list[Clip],
-                  steps: ClipSteps, config: AOTConfig, counts: torch.Tensor,
+                  steps: ClipSteps, config: AOTConfig, counts: torch.Tensor | None,
                   host_counts: list[int] | None) -> _Video:
-    """tokens (F, S, D) in the working dtype, valid (F, S), counts (F,) long on the device."""
-    if steps.stride:
-        key_valid = valid[::steps.stride].repeat_interleave(steps.stride, 0)
+    """tokens (F, S, D) in the working dtype, valid (F, S) packed to the left; counts (F,) long
+    on the device (None when ``host_counts`` are given: the marginals and the quantile
+    positions are then made on the host, from the counts alone)."""
+    frames, width = valid.shape
+    if steps.stride:  # keyframe c * L of frames c * L ... c * L + L - 1: broadcast, not copied
+        length = steps.stride
+        entries = (valid.view(-1, length, width)[:, :, :, None]
+                   & valid[::length][:, None, None, :]).view(frames, width, width)
     else:
         keyframe_of = [start for start, stop in clips for _ in range(start, stop)]
         key_valid = valid[torch.tensor(keyframe_of, device=valid.device)]
-    marginal = valid.to(tokens.dtype) / counts.clamp(min=1)[:, None]  # as uniform_marginals
+        entries = valid[:, :, None] & key_valid[:, None, :]
+    base = entries_invalid = None
+    if config.inter_merge == "cosine":
+        entries_invalid = ~entries
+    else:
+        base = torch.where(entries, constant(1.0, tokens.dtype, tokens.device),
+                           constant(_PADDING_BASE, tokens.dtype, tokens.device))
+    # transport scores (not cosine ones) are >= 0 and 0 on padding: their quantile needs no mask
+    padding_first = host_counts is not None and config.inter_merge != "cosine"
+    if host_counts is None:
+        marginal = valid.to(tokens.dtype) / counts.clamp(min=1)[:, None]  # as uniform_marginals
+        positions = QuantilePositions.of(counts, config.keep_ratio)
+    else:
+        marginal, positions = _host_inputs(host_counts, width, config.keep_ratio, tokens.dtype,
+                                           tokens.device, padding_first)
     return _Video(tokens, unit_rows(tokens[..., :config.similarity_channels]), marginal, valid,
-                  ~valid, ~(valid[:, :, None] & key_valid[:, None, :]),
-                  _positions(counts, config.keep_ratio, host_counts), host_counts)
+                  None if padding_first else ~valid, base, entries_invalid, positions,
+                  host_counts)
 
 
-def _positions(counts: torch.Tensor, q: float, host_counts: list[int] | None) -> QuantilePositions:
-    positions = QuantilePositions.of(counts, q)
-    if host_counts is not None and min(host_counts) > 0:
-        positions.empty = None  # no empty row: no NaN to write
-    return positions
+def _host_inputs(counts: list[int], width: int, q: float, dtype: torch.dtype,
+                 device: torch.device,
+                 padding_first: bool) -> tuple[torch.Tensor, QuantilePositions]:
+    """The uniform marginals (F, S) of packed-left rows and the quantile positions of
+    :meth:`QuantilePositions.of` (``padding_first``: shifted past the row's S - count invalid
+    entries, for :func:`_quantile_padding_first`; an empty row's stay in range, its quantile is
+    NaN anyway), computed on the host from the valid counts, with the device's
+    numbers: ``1 / n`` rounded once to float32 is the float32 quotient (double holds more than
+    twice float32's precision), and the positions are float64 arithmetic in both places. They
+    reach the device in three copies instead of a dozen operations."""
+    rounded = float if dtype == torch.float64 else _float32
+    marginal = [[rounded(1.0 / n) if n else 0.0] * n + [0.0] * (width - n) for n in counts]
+    index, frac = [], []
+    for n in counts:
+        last = max(n - 1, 0)
+        pos = last * q
+        low = int(pos)  # pos >= 0: truncation is floor, and pos - low is exactly its fraction
+        index.append((low, min(low + 1, last)))
+        frac.append(pos - low)
+        if padding_first:
+            shift = width - n
+            index[-1] = tuple(min(i + shift, max(width - 1, 0)) for i in index[-1])
+    empty = None if min(counts, default=1) > 0 else \
+        torch.tensor([n == 0 for n in counts]).to(device, non_blocking=True)
+    return (torch.tensor(marginal, dtype=dtype).view(len(counts), width)
+            .to(device, non_blocking=True),
+            QuantilePositions(torch.tensor(index, dtype=torch.long).view(len(counts), 2)
+                              .to(device, non_blocking=True),
+                              torch.tensor(frac, dtype=torch.float64).to(device, non_blocking=True),
+                              empty))
 
 
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
                           pooled_count: int, clips: list[Clip], config: AOTConfig,
                           keep_counts: torch.Tensor | None = None, *,
                           check_every: int | None = None,
-                          counts: list[int] | None = None) -> TemporalOutput:
+                          counts: list[int] | None = None,
+                          survivors: torch.Tensor | None = None,
+                          token_rows: torch.Tensor | None = None) -> TemporalOutput:
     """The temporal phase on survivors already packed to the left (:func:`packed_survivors`).
 
     Step k of every clip (its k-th frame against the clip's current anchors) runs as one batch;
@@ -399,6 +520,11 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             mode); ``None`` = released rule ``q < quantile(q, keep_ratio)``.
         counts: the survivors per frame (``valid.sum(1)``) when the caller has them on the
             host (one sync less; with ``check_every=0`` they are not read).
+        survivors: (F, P) bool, the unpacked ``valid``, when the caller has it (two operations
+            less).
+        token_rows: an (F * S + C * S, D) buffer whose first F * S rows are ``tokens`` (C the
+            clips of two or more frames): the final anchors are written into the rest, so that
+            the output is one gather from it.
     Returns:
         :class:`TemporalOutput`. Per clip of two or more frames: the keyframe's surviving tokens
         as they are, then every later frame's kept tokens in frame order, then the clip's merged
@@ -406,70 +532,95 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
         emits its survivors once.
     """
     work = working_dtype(tokens.dtype)
-    kept = torch.zeros_like(valid)
     steps = ClipSteps.of(clips, tokens.shape[0], tokens.device)
-    device_counts = valid.sum(1)
     every = config.sinkhorn_check_every if check_every is None else check_every
-    host = counts if counts is not None or every == 0 else device_counts.tolist()
-    video = _video_inputs(tokens.to(work), valid, clips, steps, config, device_counts, host)
+    if counts is not None or every == 0:
+        host = counts if every != 0 else None
+    else:
+        host = valid.sum(1).tolist()
+    video = _video_inputs(tokens.to(work), valid, clips, steps, config,
+                          valid.sum(1) if host is None else None, host)
     keys = steps.keyframe_rows()
     anchors = video.tokens[keys]  # (C, S, D), updated step by step
     anchor_valid, anchor_unit = valid[keys], video.unit[keys]
     anchor_marginal = video.marginal[keys]
     key_counts = None if host is None else [host[i] for i in steps.keyframes.tolist()] \
         if steps.stride is None else host[::steps.stride]
-    width = valid.shape[1]
-    # Row-constant parts that only matter for some videos: a keyframe without survivors keeps
-    # its clip's later tokens; padded anchors are left as they are.
+    # A keyframe without survivors keeps its clip's later tokens (a row-constant part that only
+    # matters for some videos). Padded anchors are updated with the rest: their plan column is
+    # 0, so they stay finite, and nothing reads them (their cost is the padding's, they are
+    # never emitted).
     anchor_any = None if key_counts is not None and min(key_counts, default=1) > 0 \
         else anchor_valid.any(1)
-    anchor_pad = None if key_counts is not None and min(key_counts, default=width) == width \
-        else anchor_valid
-    for step in range(1, len(steps.frame_ids) + 1):
+    # What each frame's slots emit: the survivors of a keyframe, the kept tokens of a later
+    # frame (a keyframe's survivors are also where its clip's anchors are valid). Strided
+    # steps stack their keep masks at the end instead of writing each into a copy.
+    keeps = []
+    emit = None if steps.stride else valid.clone()
+    frames, width = valid.shape
+    # where the final anchors go: the rows after the tokens, when the caller made them
+    tail = None if token_rows is None else \
+        token_rows[frames * width:].view(len(steps.lengths), width, tokens.shape[2])
+    last = len(steps.frame_ids)
+    workspace = {}  # Sinkhorn's history, shared by the steps (they have one shape when strided)
+    for step in range(1, last + 1):
         rows, clip_ids = steps.step_rows(step), steps.clip_ids[step - 1]
         if step > 1:  # the anchors changed: their unit rows too
             anchor_unit = unit_rows(anchors[..., :config.similarity_channels])
-        y, y_valid, y_unit, y_marginal, y_any, y_pad, y_counts = (
-            anchors, anchor_valid, anchor_unit, anchor_marginal, anchor_any, anchor_pad,
-            key_counts)
+        y, y_valid, y_unit, y_marginal, y_any, y_counts = (
+            anchors, anchor_valid, anchor_unit, anchor_marginal, anchor_any, key_counts)
         if clip_ids is not None:  # not every clip has a frame at this step
             y, y_valid, y_unit, y_marginal = (t[clip_ids] for t in (y, y_valid, y_unit,
                                                                     y_marginal))
             y_any = None if y_any is None else y_any[clip_ids]
-            y_pad = None if y_pad is None else y_pad[clip_ids]
             y_counts = None if y_counts is None else [y_counts[i] for i in clip_ids.tolist()]
         x, x_valid = video.tokens[rows], video.valid[rows]
         x_counts = None if host is None else host[rows] if isinstance(rows, slice) else \
             [host[i] for i in rows.tolist()]
         score, assign = _scores(
             video.unit[rows], video.marginal[rows], y_unit, y_marginal,
-            video.entries_invalid[rows], x_valid, step, config, check_every=check_every,
-            valid_counts=None if host is None else (x_counts, y_counts))
+            None if video.entries_invalid is None else video.entries_invalid[rows], x_valid,
+            step, config, check_every=check_every,
+            valid_counts=None if host is None else (x_counts, y_counts),
+            base=None if video.base is None else video.base[rows], workspace=workspace)
         counts_k = keep_counts[rows] if keep_counts is not None else None
-        keep = _select(score, x_valid, video.invalid[rows],
+        keep = _select(score, x_valid, None if video.invalid is None else video.invalid[rows],
                        None if counts_k is not None else video.positions.rows(rows), y_any,
                        counts_k)
         if config.inter_merge != "prune":
             merge = x_valid > keep  # x_valid and not keep, in one op (False < True)
-            updated = update_anchors(y, y_pad, x, assign, merge, config)
+            # every clip's last update is written straight into the tail when it can be
+            into = tail if (step == last and clip_ids is None and tail is not None
+                            and tail.dtype == work) else None
+            updated = update_anchors(y, None, x, assign, merge, config, out=into)
             if clip_ids is None:
                 anchors = updated
             else:  # gathered keyframes (no stride): a tensor of their own
                 anchors[clip_ids] = updated
-        kept[rows] = keep
+        if emit is None:
+            keeps.append(keep)
+        else:
+            emit[rows] = keep
+    if emit is None:  # frame c * L + k is row k of clip c
+        emit = torch.stack([valid[keys], *keeps], 1).view(valid.shape)
+    rows = None
+    if tail is not None:
+        if anchors.data_ptr() != tail.data_ptr():
+            tail.copy_(anchors)  # (in the tokens' dtype)
+        rows = token_rows
+    return _emit(tokens, positions, valid, emit, steps.later[:, None], anchors, clips,
+                 pooled_count, survivors, rows)
 
-    # The survivors of later frames that were not kept (kept holds later frames only).
-    merged = (valid & steps.later[:, None]) > kept  # ... and not kept, in one op (False < True)
-    return _emit(tokens, positions, valid, kept, merged, anchors, clips, pooled_count)
 
-
-def _emit(tokens, positions, valid, kept, merged, anchors, clips,
-          pooled_count) -> TemporalOutput:
+def _emit(tokens, positions, valid, emit, later, anchors, clips, pooled_count, survivors,
+          rows) -> TemporalOutput:
     """Gather the output sequence (order: see :func:`temporal_merge_packed`) with one sync.
 
     Every candidate slot (each frame's packed slots, then each clip's anchor slots) has a place
     in the released order, known from the clips alone; one mask in that order and one
-    ``nonzero`` select the emitted ones.
+    ``nonzero`` select the emitted ones. ``emit`` (F, S): what each frame's slots emit;
+    ``later`` (F, 1): the frames that are not the first of their clip; ``rows``: the tokens'
+    rows followed by the anchors' (``token_rows`` of :func:`temporal_merge_packed`), or None.
     """
     frames, width, dim = tokens.shape
     device = tokens.device
@@ -479,63 +630,70 @@ def _emit(tokens, positions, valid, kept, merged, anchors, clips,
         frame_ids, token_position = index, index
         kinds = torch.zeros(0, dtype=torch.int8, device=device)
     else:
-        flags = torch.cat([valid.reshape(-1), kept.reshape(-1)])
-        chosen = torch.nonzero(flags[candidates.flag]).flatten()  # the one host sync of the phase
-        index = candidates.row[chosen]
-        frame_ids = candidates.frame[chosen]
+        chosen = torch.nonzero(emit.reshape(-1)[candidates.slot]).flatten()  # the one host sync
+        index, frame_ids, position_frame, column = candidates.table[:, chosen]
         kinds = candidates.kind[chosen]
-        token_position = positions[frame_ids, candidates.slot[chosen]]
+        token_position = positions[position_frame, column]
+    # kept: emitted by a later frame; merged: a later frame's survivor not emitted (a keyframe
+    # emits all its survivors)
+    if survivors is None:
+        kept = _unpack(emit & later, positions, pooled_count)
+        merged = _unpack(valid > emit, positions, pooled_count)
+    else:
+        emitted = _unpack(emit, positions, pooled_count)
+        kept, merged = emitted & later, survivors > emitted
     return TemporalOutput(
-        tokens=_rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim),
-                            index),
+        tokens=rows.index_select(0, index) if rows is not None else
+        _rows_of_two(tokens.reshape(-1, dim), anchors.to(tokens.dtype).reshape(-1, dim), index),
         token_frame=frame_ids,
         token_position=token_position,
         token_kind=kinds,
-        kept=_unpack(kept, positions, pooled_count),
-        merged=_unpack(merged, positions, pooled_count),
+        kept=kept,
+        merged=merged,
     )
 
 
 @dataclass
 class _Candidates:
     """Every candidate output slot in the released order (each frame's ``width`` packed slots,
-    then each clip's anchor slots): where its flag lies in cat(valid, kept) (a clip's first frame
-    emits its survivors, a later frame its kept tokens, the anchors the survivors of their
-    keyframe), where its row lies in cat(tokens, anchors), its frame, kind and slot. Each (C*W,)."""
+    then each clip's anchor slots). ``slot``: (C*W,) where its flag lies in the (F, S) emit mask
+    (a frame's own slot; an anchor's is its keyframe's slot, valid where the keyframe's survivor
+    is); ``table``: (4, C*W) long rows: row in cat(tokens, anchors), frame, and where its
+    position lies in the (F, S) positions (frame, column: the flag's slot); ``kind``: (C*W,)
+    int8."""
 
-    flag: torch.Tensor
-    row: torch.Tensor
-    frame: torch.Tensor
-    kind: torch.Tensor
     slot: torch.Tensor
+    table: torch.Tensor
+    kind: torch.Tensor
 
 
 @functools.lru_cache(maxsize=64)
 def _candidates(clips: tuple[Clip, ...], frames: int, width: int,
                 device: torch.device) -> _Candidates | None:
     """The candidates of a video's clips and packed width (known from them alone: made once)."""
-    flag_base, row_base, frame_of, kind_of = [], [], [], []
+    slot_base, row_base, frame_of, kind_of = [], [], [], []
     anchor_slot = 0
     for start, stop in clips:
         for f in range(start, stop):
-            flag_base.append((f if f == start else frames + f) * width)
+            slot_base.append(f * width)
             row_base.append(f * width)
             frame_of.append(f)
             kind_of.append(KIND_FRAME if f == start else KIND_KEPT)
         if stop - start >= 2:
-            flag_base.append(start * width)  # the anchors' slots are valid where their keyframe's
+            slot_base.append(start * width)
             row_base.append((frames + anchor_slot) * width)
             frame_of.append(start)
             kind_of.append(KIND_ANCHOR)
             anchor_slot += 1
     if not frame_of or width == 0:
         return None
-    slots = torch.arange(width)
-    table = torch.tensor([flag_base, row_base, frame_of, kind_of])[:, :, None]
-    flag, row, frame, kind = (t.expand(-1, width).reshape(-1) for t in table)
-    return _Candidates((flag + slots.repeat(len(frame_of))).to(device),
-                       (row + slots.repeat(len(frame_of))).to(device), frame.to(device),
-                       kind.to(torch.int8).to(device), slots.repeat(len(frame_of)).to(device))
+    slots = torch.arange(width).repeat(len(frame_of))
+    table = torch.tensor([slot_base, row_base, frame_of, kind_of])[:, :, None]
+    slot, row, frame, kind = (t.expand(-1, width).reshape(-1) for t in table)
+    slot, row = slot + slots, row + slots
+    return _Candidates(slot.to(device),
+                       torch.stack([row, frame, slot // width, slots]).to(device),
+                       kind.to(torch.int8).to(device))
 
 
 def _rows_of_two(first: torch.Tensor, second: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
