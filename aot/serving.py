@@ -5,8 +5,9 @@ reducer it serves must give a count that depends only on the video's grid and th
 AOT's exact mode and every registry reducer under ``exact_retention`` do
 (:func:`reduced_token_count`). An engine that also lays out each frame's tokens after its own
 timestamp (Qwen3-VL) needs each frame's count in advance (:func:`frame_token_counts`): only
-reducers whose split over the frames is fixed give one. :func:`kept_slots` says which placeholder of the unreduced run
-each kept token stands for, so the engine can give it that placeholder's M-RoPE position.
+reducers whose split over the frames is fixed give one. :func:`kept_slots` says which
+placeholder of the unreduced run each kept token stands for, so the engine can give it that
+placeholder's M-RoPE position.
 docs/serving.md.
 """
 
