@@ -37,6 +37,18 @@ def option_fields(options: Options, videos: int) -> dict[str, torch.Tensor]:
             REDUCER: torch.full((videos,), reducer_names().index(options.reducer))}
 
 
+def with_option_fields(fields: Mapping, field_config) -> dict:
+    """The stock processor's ``fields`` config plus the two per-video option fields, batched
+    over videos and kept on the CPU (the model reads them as Python numbers).
+
+    field_config: vLLM's ``MultiModalFieldConfig`` class (passed in: this module imports no
+    vLLM, so the option logic stays testable without it)."""
+    out = dict(fields)
+    out[RETENTION] = field_config.batched("video", keep_on_cpu=True)
+    out[REDUCER] = field_config.batched("video", keep_on_cpu=True)
+    return out
+
+
 def per_video(values, videos: int, default) -> list:
     """A batched per-video field as the model receives it (a tensor, a list of 0-d tensors, or
     None when no video of the batch had one) -> ``videos`` Python numbers."""

@@ -26,8 +26,8 @@ from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
-from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers,
-                     option_fields, per_video, server_overrides, without_options)
+from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, option_fields,
+                     per_video, server_overrides, with_option_fields, without_options)
 from .options import parse_options, reducer_names
 
 BACKBONE = "ov"
@@ -45,10 +45,8 @@ class AOTLlavaOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        fields[RETENTION] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        fields[REDUCER] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        return fields
+        return with_option_fields(
+            super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs), MultiModalFieldConfig)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         stock = without_options(hf_processor_mm_kwargs)

@@ -41,7 +41,7 @@ from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
 from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, option_fields,
-                     per_video, server_overrides, without_options)
+                     per_video, server_overrides, with_option_fields, without_options)
 from .options import Options, parse_options, reducer_names
 from .qwen import vision_received
 
@@ -187,10 +187,8 @@ class AOTQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        fields[RETENTION] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        fields[REDUCER] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        return fields
+        return with_option_fields(
+            super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs), MultiModalFieldConfig)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, without_options(hf_processor_mm_kwargs),
