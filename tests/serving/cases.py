@@ -28,6 +28,7 @@ QWEN3_CASES = {
     "q3-8x112x112-r0.3": (8, 112, 112, 0.3, "aot"),
     "q3-4x168x112-r0.3-uniform": (4, 168, 112, 0.3, "uniform"),
     "q3-6x112x112-r0.4-dycoke": (6, 112, 112, 0.4, "dycoke"),
+    "q3-8x112x112-r0.3-dycoke-ttm": (8, 112, 112, 0.3, "dycoke-ttm"),
     "q3-16x112x112-full": (16, 112, 112, None, "aot"),
 }
 #: LLaVA-OneVision cases (its tiny tower is built for 112 px square frames: 8x8 patches, 4x4
