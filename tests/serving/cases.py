@@ -74,6 +74,14 @@ IMAGE_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Wh
                 "picture?<|im_end|>\n<|im_start|>assistant\n")
 
 
+#: Qwen3-VL: an image (the first frame of case ``QWEN3_IMAGE_VIDEO``: square, where vLLM's and
+#: transformers' towers agree within 1e-4), then that case's video at its retention.
+QWEN3_IMAGE_VIDEO_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                            "<|vision_start|><|video_pad|><|vision_end|>What happens after the "
+                            "picture?<|im_end|>\n<|im_start|>assistant\n")
+QWEN3_IMAGE_VIDEO = "q3-20x112x112-r0.25"
+
+
 def image() -> np.ndarray:
     """(168, 112, 3) uint8: the first frame of a portrait case."""
     return frames("4x168x112-r0.2-uniform")[0]

@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import (CASES, IMAGE_PROMPT, NEW_TOKENS, OV_CASES, OV_FRAME, PROMPT,  # noqa: E402
-                   QWEN3_CASES, SERVER_AOT_CONFIG, frames, image, ov_frames)
+                   QWEN3_CASES, QWEN3_IMAGE_VIDEO, QWEN3_IMAGE_VIDEO_PROMPT, SERVER_AOT_CONFIG,
+                   frames, image, ov_frames)
 
 
 def main(folder: str, out_path: str) -> None:
@@ -79,11 +80,16 @@ def onevision_answers(checkpoint: str) -> dict:
 
 def qwen3_answers(checkpoint: str) -> dict:
     """Every Qwen3-VL case (per-frame timestamp pieces; aot_integrations.hf keeps each token in
-    its frame's piece)."""
+    its frame's piece), and an image before a reduced video (``image+video``)."""
     model, processor, prompt = _qwen_model(checkpoint)
-    return {name: answer(model, _qwen_video_inputs(processor, prompt, name, count),
-                         _reduction(model, retention, reducer))
-            for name, (count, _, _, retention, reducer) in QWEN3_CASES.items()}
+    results = {name: answer(model, _qwen_video_inputs(processor, prompt, name, count),
+                            _reduction(model, retention, reducer))
+               for name, (count, _, _, retention, reducer) in QWEN3_CASES.items()}
+    count, _, _, retention, reducer = QWEN3_CASES[QWEN3_IMAGE_VIDEO]
+    inputs = _qwen_video_inputs(processor, QWEN3_IMAGE_VIDEO_PROMPT, QWEN3_IMAGE_VIDEO, count,
+                                images=[frames(QWEN3_IMAGE_VIDEO)[0]])
+    results["q3-image+video"] = answer(model, inputs, _reduction(model, retention, reducer))
+    return results
 
 
 def _qwen_model(checkpoint: str):
@@ -98,13 +104,14 @@ def _qwen_model(checkpoint: str):
     return model, processor, prompt
 
 
-def _qwen_video_inputs(processor, prompt: str, name: str, count: int):
-    """The processor's inputs for case ``name`` (all ``count`` frames at 2 fps, none sampled)."""
+def _qwen_video_inputs(processor, prompt: str, name: str, count: int, images=None):
+    """The processor's inputs for case ``name`` (all ``count`` frames at 2 fps, none sampled;
+    ``images``: the prompt's images, if it has any)."""
     from transformers.video_utils import VideoMetadata
 
     metadata = VideoMetadata(total_num_frames=count, fps=2.0, frames_indices=list(range(count)))
     return processor(text=[prompt], videos=[frames(name)], video_metadata=[metadata],
-                     do_sample_frames=False, return_tensors="pt")
+                     images=images, do_sample_frames=False, return_tensors="pt")
 
 
 def _reduction(model, retention, reducer):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cases import NEW_TOKENS, PROMPT, QWEN3_CASES, frames, metadata  # noqa: E402
+from cases import (NEW_TOKENS, PROMPT, QWEN3_CASES, QWEN3_IMAGE_VIDEO,  # noqa: E402
+                   QWEN3_IMAGE_VIDEO_PROMPT, frames, metadata)
 
 #: Log-probabilities agree within this. vLLM's Qwen3-VL vision tower gives features within
 #: 1e-4 of transformers' on these landscape and square grids, but within 1.3e-3 on the portrait
@@ -26,7 +27,7 @@ DEFAULT_TOLERANCE = 3e-5
 def llm_q3(reference):
     from conftest import engine
 
-    return engine(reference[0] / "qwen3_vl", images=0)
+    return engine(reference[0] / "qwen3_vl", images=1)
 
 
 def _requests(llm, names, options=None):
@@ -79,6 +80,22 @@ def test_one_request_equals_its_place_in_the_batch(llm_q3, reference):
                                SamplingParams(temperature=0, max_tokens=NEW_TOKENS, logprobs=0))
         _check(name, out, expected[name])
     assert out.num_cached_tokens > 0
+
+
+def test_an_image_before_a_reduced_video(llm_q3, reference):
+    """The image is encoded as stock and placed before the video's pieces; the reduced video
+    and the text after it keep their unreduced positions, as in transformers."""
+    from vllm import SamplingParams
+
+    _, expected = reference
+    count, _, _, retention, reducer = QWEN3_CASES[QWEN3_IMAGE_VIDEO]
+    request = {"prompt": QWEN3_IMAGE_VIDEO_PROMPT,
+               "mm_processor_kwargs": {"aot_retention": retention, "aot_reducer": reducer},
+               "multi_modal_data": {"image": frames(QWEN3_IMAGE_VIDEO)[0],
+                                    "video": (frames(QWEN3_IMAGE_VIDEO), metadata(count))}}
+    out, = llm_q3.generate([request],
+                           SamplingParams(temperature=0, max_tokens=NEW_TOKENS, logprobs=0))
+    _check("q3-image+video", out, expected["q3-image+video"])
 
 
 def test_each_frame_holds_its_planned_count(llm_q3, reference):
