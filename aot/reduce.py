@@ -23,7 +23,7 @@ from .intra import aggregate_into_anchors, write_anchors
 from .ops import check_all_finite, check_finite, first_in_order, pack_left
 from .pooling import check_grid_tokens, pool_at, pool_grid, pooled_shape
 from .result import ReducedVideo
-from .temporal import temporal_merge_packed
+from .temporal import output_rows, temporal_merge_packed
 
 
 @dataclass
@@ -184,14 +184,10 @@ def inter_stage(intra: IntraOutput, config: AOTConfig, *,
     host_counts = counts.tolist()  # the one sync of the pooling: the packed width and the counts
     width = max(host_counts, default=0)
     positions, valid = pack_left(survivors, width, counts=counts)
-    rows = None
-    if clips:  # the survivors, then the final anchors of the clips of two or more frames
-        multi = sum(stop - start >= 2 for start, stop in clips)
-        rows = torch.empty((frames + multi) * width, features.shape[2], dtype=features.dtype,
-                           device=features.device)
+    # the survivors, then the final anchors of the clips of two or more frames, in one buffer
+    rows, head = output_rows(clips, frames, width, features) if clips else (None, None)
     tokens = pool_at(features, positions, grid, config.pooling, anchor_idx=intra.anchor_idx,
-                     merged=intra.merged,  # (F, S, D): the survivors, packed to the left
-                     out=None if rows is None else rows[:frames * width].view(frames, width, features.shape[2]))
+                     merged=intra.merged, out=head)  # (F, S, D): the survivors, packed left
     if clips:
         out = temporal_merge_packed(tokens, positions, valid, pooled_count, clips, config,
                                     keep_counts=plan.keep.to(features.device) if plan is not None

@@ -495,6 +495,24 @@ def _host_inputs(counts: list[int], width: int, q: float, dtype: torch.dtype,
                               empty))
 
 
+def output_rows(clips: list[Clip], frames: int, width: int, like: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``token_rows`` buffer of :func:`temporal_merge_packed` and its head.
+
+    Args:
+        clips: the video's clips; frames: F; width: S, the packed survivors per frame.
+        like: a tensor whose last dimension (D), dtype and device the rows take.
+    Returns:
+        (rows, head): rows (F * S + C * S, D) uninitialised, C the clips of two or more frames
+        (whose final anchors go after the survivors); head (F, S, D), a view of its first
+        F * S rows, where the survivors are to be written (:func:`aot.pooling.pool_at` ``out``).
+    """
+    multi = sum(stop - start >= 2 for start, stop in clips)
+    dim = like.shape[-1]
+    rows = torch.empty((frames + multi) * width, dim, dtype=like.dtype, device=like.device)
+    return rows, rows[:frames * width].view(frames, width, dim)
+
+
 def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
                           pooled_count: int, clips: list[Clip], config: AOTConfig,
                           keep_counts: torch.Tensor | None = None, *,
@@ -522,9 +540,8 @@ def temporal_merge_packed(tokens: torch.Tensor, positions: torch.Tensor, valid: 
             host (one sync less; with ``check_every=0`` they are not read).
         survivors: (F, P) bool, the unpacked ``valid``, when the caller has it (two operations
             less).
-        token_rows: an (F * S + C * S, D) buffer whose first F * S rows are ``tokens`` (C the
-            clips of two or more frames): the final anchors are written into the rest, so that
-            the output is one gather from it.
+        token_rows: the buffer of :func:`output_rows` whose head holds ``tokens``: the final
+            anchors are written into the rest, so that the output is one gather from it.
     Returns:
         :class:`TemporalOutput`. Per clip of two or more frames: the keyframe's surviving tokens
         as they are, then every later frame's kept tokens in frame order, then the clip's merged
