@@ -49,6 +49,27 @@ def with_option_fields(fields: Mapping, field_config) -> dict:
     return out
 
 
+def embed_media(model, kwargs: dict, embed_images, no_media=()) -> tuple | None:
+    """A family's ``embed_multimodal``: the request's two option fields taken out of
+    ``kwargs``, then, in the order vLLM gives the modalities, each batch of images through
+    ``embed_images(inputs)`` (the stock embeddings, an iterable of tensors) and each batch of
+    videos through ``model._embed_videos(inputs, retention, reducer)``.
+
+    no_media: what to return when the request has no media items (Qwen3-VL's stock class
+        returns None)."""
+    retention, reducer = kwargs.pop(RETENTION, None), kwargs.pop(REDUCER, None)
+    by_modality = model._parse_and_validate_multimodal_inputs(**kwargs)
+    if not by_modality:
+        return no_media
+    out = ()
+    for modality, inputs in by_modality.items():
+        if modality == "image":
+            out += tuple(embed_images(inputs))
+        elif modality == "video":
+            out += model._embed_videos(inputs, retention, reducer)
+    return out
+
+
 def per_video(values, videos: int, default) -> list:
     """A batched per-video field as the model receives it (a tensor, a list of 0-d tensors, or
     None when no video of the batch had one) -> ``videos`` Python numbers."""

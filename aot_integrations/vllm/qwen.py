@@ -27,7 +27,7 @@ from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
-from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, option_fields,
+from .common import (RETENTION, UNREDUCED, check_count, check_layers, embed_media, option_fields,
                      per_video, server_overrides, with_option_fields, without_options)
 from .options import parse_options, reducer_names
 
@@ -171,16 +171,8 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def embed_multimodal(self, **kwargs):
         """Image embeddings as stock; each video reduced (:meth:`_embed_videos`); every item
         with its four position channels."""
-        retention, reducer = kwargs.pop(RETENTION, None), kwargs.pop(REDUCER, None)
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        out: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in by_modality.items():
-            if modality == "image":
-                out += tuple(self._postprocess_image_embeds_evs(
-                    self._process_image_input(inputs), inputs))
-            elif modality == "video":
-                out += self._embed_videos(inputs, retention, reducer)
-        return out
+        return embed_media(self, kwargs, lambda inputs: self._postprocess_image_embeds_evs(
+            self._process_image_input(inputs), inputs))
 
     def _embed_videos(self, video_input, retention, reducer) -> tuple[torch.Tensor, ...]:
         """The tower on every video at once (received attention captured at the layers the

@@ -40,8 +40,9 @@ from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
-from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, option_fields,
-                     per_video, server_overrides, with_option_fields, without_options)
+from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, embed_media,
+                     option_fields, per_video, server_overrides, with_option_fields,
+                     without_options)
 from .options import Options, parse_options, reducer_names
 from .qwen import vision_received
 
@@ -361,18 +362,8 @@ class AOTQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
     def embed_multimodal(self, **kwargs):
         """Image embeddings as stock (with their position channels); each video reduced
         (:meth:`_embed_videos`)."""
-        retention, reducer = kwargs.pop(RETENTION, None), kwargs.pop(REDUCER, None)
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        if not by_modality:
-            return None
-        out: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in by_modality.items():
-            if modality == "image":
-                out += tuple(self._postprocess_image_embeds_evs(
-                    self._process_image_input(inputs), inputs))
-            elif modality == "video":
-                out += self._embed_videos(inputs, retention, reducer)
-        return out
+        return embed_media(self, kwargs, lambda inputs: self._postprocess_image_embeds_evs(
+            self._process_image_input(inputs), inputs), no_media=None)
 
     def _embed_videos(self, video_input, retention, reducer) -> tuple[torch.Tensor, ...]:
         """The tower on every video at once (received attention captured at the layers the
