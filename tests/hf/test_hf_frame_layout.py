@@ -5,6 +5,7 @@ content."""
 
 import pytest
 import torch
+from pieces import piece_lengths
 from reducer_checks import extra_inputs
 
 import aot
@@ -14,20 +15,6 @@ from aot.reducers import REDUCERS, get_reducer
 from aot.serving import frame_token_counts, reduced_token_count
 from aot.video_path import Reduction
 from aot_integrations import tiny
-
-
-def _pieces(ids: torch.Tensor) -> list[int]:
-    """(L,) ids -> video placeholders between each <vision_start> and <vision_end>."""
-    counts, inside = [], False
-    for token in ids.tolist():
-        if token == tiny.VISION_START:
-            inside = True
-            counts.append(0)
-        elif token == tiny.VISION_END:
-            inside = False
-        elif inside and token == tiny.VIDEO_TOKEN:
-            counts[-1] += 1
-    return counts
 
 
 def _written_pieces(model, grid, retention, reducer, seeds) -> tuple[list[list[int]], object]:
@@ -45,7 +32,8 @@ def _written_pieces(model, grid, retention, reducer, seeds) -> tuple[list[list[i
     finally:
         hook.remove()
         handle.remove()
-    return [_pieces(row) for row in seen[0]], config
+    return [piece_lengths(row, tiny.VISION_START, tiny.VISION_END, tiny.VIDEO_TOKEN)
+            for row in seen[0]], config
 
 
 @pytest.mark.parametrize("reducer, grid, retention", [

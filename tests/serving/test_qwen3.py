@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import (NEW_TOKENS, PROMPT, QWEN3_CASES, QWEN3_IMAGE_VIDEO,  # noqa: E402
                    QWEN3_IMAGE_VIDEO_PROMPT, frames, metadata)
+from pieces import piece_lengths  # noqa: E402
 
 #: Log-probabilities agree within this. vLLM's Qwen3-VL vision tower gives features within
 #: 1e-4 of transformers' on these landscape and square grids, but within 1.3e-3 on the portrait
@@ -110,15 +111,8 @@ def test_each_frame_holds_its_planned_count(llm_q3, reference):
     out, = llm_q3.generate(_requests(llm_q3, [name]),
                            SamplingParams(temperature=0, max_tokens=1))
     config = llm_q3.llm_engine.model_config.hf_config
-    pieces, inside = [], False
-    for token in out.prompt_token_ids:
-        if token == config.vision_start_token_id:
-            inside = True
-            pieces.append(0)
-        elif token == config.vision_end_token_id:
-            inside = False
-        elif inside and token == config.video_token_id:
-            pieces[-1] += 1
+    pieces = piece_lengths(out.prompt_token_ids, config.vision_start_token_id,
+                           config.vision_end_token_id, config.video_token_id)
     planned = frame_token_counts("qwen3_vl", (12, 8, 10),
                                  reduction_for(config, 0.1, "aot").config)
     assert pieces[1:] == planned             # pieces[0]: the prompt's own <|vision_start|>

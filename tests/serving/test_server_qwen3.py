@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import SERVER_AOT_CONFIG  # noqa: E402
+from pieces import piece_lengths  # noqa: E402
 from test_server import FRAMES, QUESTION, SERVER_RETENTION, serve, video_path  # noqa: E402
 
 from aot_bench.serving import chat, video_data_url, video_message  # noqa: E402
@@ -29,18 +30,10 @@ def server_q3(reference, tmp_path_factory):
 
 
 def _pieces(prompt_ids: list[int], config: dict) -> list[int]:
-    """Video tokens between each <|vision_start|> and its <|vision_end|> (the first piece: the
-    prompt's own marker before the timestamps, which holds none)."""
-    pieces, inside = [], False
-    for token in prompt_ids:
-        if token == config["vision_start_token_id"]:
-            inside = True
-            pieces.append(0)
-        elif token == config["vision_end_token_id"]:
-            inside = False
-        elif inside and token == config["video_token_id"]:
-            pieces[-1] += 1
-    return pieces
+    """Video tokens of each piece (the first: the prompt's own marker before the timestamps,
+    which holds none)."""
+    return piece_lengths(prompt_ids, config["vision_start_token_id"],
+                         config["vision_end_token_id"], config["video_token_id"])
 
 
 def _ask(url: str, retention) -> tuple[int, dict]:
