@@ -97,16 +97,16 @@ def frame_token_counts(backbone: Backbone | str, video_grid, settings: AOTConfig
     config = settings if isinstance(settings, AOTConfig) else settings_for(backbone, retention,
                                                                            exact=True)
     frames, rows, cols = _check_video_grid(backbone, video_grid)
-    rows, cols = rows // backbone.patch_merge, cols // backbone.patch_merge
+    per_frame = backbone.pooled_per_frame((rows // backbone.patch_merge,
+                                           cols // backbone.patch_merge))
     info = reducer_info(reducer)
     if info.frame_counts is None:
         fixed = [name for name, entry in REDUCERS.items() if entry.frame_counts is not None]
         raise ValueError(f"reducer={reducer!r} splits its tokens over the frames by the video's "
                          f"content, so no fixed per-frame layout exists before the encoder runs; "
                          f"expected one of {fixed}")
-    counts = [int(count) for count in
-              info.frame_counts(config, frames, backbone.pooled_per_frame((rows, cols)))]
-    budget = exact_budget(retention, frames, backbone.pooled_per_frame((rows, cols)))
+    counts = [int(count) for count in info.frame_counts(config, frames, per_frame)]
+    budget = exact_budget(retention, frames, per_frame)
     if len(counts) != frames or sum(counts) != budget or min(counts) < 0:
         raise RuntimeError(f"frame_token_counts: reducer {reducer!r} declared {counts} for "
                            f"{frames} frames but exact mode keeps {budget} tokens")
