@@ -70,6 +70,24 @@ def embed_media(model, kwargs: dict, embed_images, no_media=()) -> tuple | None:
     return out
 
 
+def video_reductions(retention, reducer, videos: int, make) -> list:
+    """Per video, ``make(retention, reducer name)`` of the request's two option fields, or None
+    for a video left unreduced (retention :data:`UNREDUCED`)."""
+    retention = per_video(retention, videos, UNREDUCED)
+    reducer = per_video(reducer, videos, 0)
+    return [None if r == UNREDUCED else make(r, reducer_names()[int(i)])
+            for r, i in zip(retention, reducer)]
+
+
+def check_pixel_videos(video_input, data_parallel: bool) -> None:
+    """Refuse what AOT cannot reduce in a Qwen family: videos given as embeddings, or a vision
+    tower split data-parallel (the attention it reads would be spread over processes)."""
+    if video_input["type"] != "pixel_values_videos" or data_parallel:
+        raise ValueError("aot_integrations.vllm: videos must come as pixels (not video_embeds) "
+                         "and the vision tower must not run data-parallel: AOT reads the "
+                         "tower's attention")
+
+
 def per_video(values, videos: int, default) -> list:
     """A batched per-video field as the model receives it (a tensor, a list of 0-d tensors, or
     None when no video of the batch had one) -> ``videos`` Python numbers."""

@@ -27,8 +27,8 @@ from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
 from .common import (RETENTION, UNREDUCED, check_count, check_layers, embed_media, option_fields,
-                     per_video, server_overrides, with_option_fields, without_options)
-from .options import parse_options, reducer_names
+                     server_overrides, video_reductions, with_option_fields, without_options)
+from .options import parse_options
 
 BACKBONE = "ov"
 
@@ -124,17 +124,15 @@ class AOTLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGene
         else the tower with attention capture, the projector, the reducer's tokens, the newline."""
         pixels = video_input["pixel_values_videos"]
         videos = list(pixels) if isinstance(pixels, (list, tuple)) else list(pixels.unbind(0))
-        retention = per_video(retention, len(videos), UNREDUCED)
-        reducer = per_video(reducer, len(videos), 0)
+        reductions = video_reductions(retention, reducer, len(videos), self._reduction)
         newline = self.image_newline[None]
         out = []
-        for index, (frames, r, i) in enumerate(zip(videos, retention, reducer)):
-            if r == UNREDUCED:
+        for index, (frames, reduction) in enumerate(zip(videos, reductions)):
+            if reduction is None:
                 pooled = self._video_pixels_to_features(self.vision_tower, frames)
                 out.append(torch.cat([pooled.reshape(-1, pooled.shape[-1]),
                                       newline.to(pooled.dtype)]))
                 continue
-            reduction = self._reduction(r, reducer_names()[int(i)])
             layers = self.vision_tower.vision_model.encoder.layers
             with torch.no_grad(), capturing({layer: layers[layer].self_attn
                                              for layer in reduction.layers},

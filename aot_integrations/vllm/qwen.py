@@ -27,9 +27,10 @@ from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
-from .common import (RETENTION, UNREDUCED, check_count, check_layers, embed_media, option_fields,
-                     per_video, server_overrides, with_option_fields, without_options)
-from .options import parse_options, reducer_names
+from .common import (RETENTION, UNREDUCED, check_count, check_layers, check_pixel_videos,
+                     embed_media, option_fields, server_overrides, video_reductions,
+                     with_option_fields, without_options)
+from .options import parse_options
 
 BACKBONE = "qwen2_5_vl"
 
@@ -178,16 +179,10 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """The tower on every video at once (received attention captured at the layers the
         reductions read), then per video: the reducer's kept tokens (t*h*w/4 when unreduced),
         each with its unreduced position channels (:func:`mrope_channels`)."""
-        if video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
-            raise ValueError("aot_integrations.vllm: videos must come as pixels (not video_embeds) and the "
-                             "vision tower must not run data-parallel: AOT reads the tower's "
-                             "attention")
+        check_pixel_videos(video_input, self.use_data_parallel)
         visual = self.visual
         grid = video_input["video_grid_thw"].tolist()
-        retention = per_video(retention, len(grid), UNREDUCED)
-        reducer = per_video(reducer, len(grid), 0)
-        reductions = [None if r == UNREDUCED else self._reduction(r, reducer_names()[int(i)])
-                      for r, i in zip(retention, reducer)]
+        reductions = video_reductions(retention, reducer, len(grid), self._reduction)
         layers = sorted({layer for reduction in reductions if reduction is not None
                          for layer in reduction.layers})
         metadata = visual.prepare_encoder_metadata(grid)

@@ -40,9 +40,9 @@ from aot.settings import settings_for
 from aot.video_path import Encoded, Reduction, reduce
 
 from ..capture import capturing
-from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, embed_media,
-                     option_fields, per_video, server_overrides, with_option_fields,
-                     without_options)
+from .common import (REDUCER, RETENTION, UNREDUCED, check_count, check_layers, check_pixel_videos,
+                     embed_media, option_fields, server_overrides, video_reductions,
+                     with_option_fields, without_options)
 from .options import Options, parse_options, reducer_names
 from .qwen import vision_received
 
@@ -369,17 +369,11 @@ class AOTQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         """The tower on every video at once (received attention captured at the layers the
         reductions read), then per video: the kept tokens (all t*h*w/4 when unreduced) in piece
         order, in the video's placeholder sequence (:meth:`_piece_embeddings`)."""
-        if video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
-            raise ValueError("aot_integrations.vllm: videos must come as pixels (not "
-                             "video_embeds) and the vision tower must not run data-parallel: "
-                             "AOT reads the tower's attention")
+        check_pixel_videos(video_input, self.use_data_parallel)
         visual = self.visual
         grid = video_input["video_grid_thw"].tolist()
-        retention = per_video(retention, len(grid), UNREDUCED)
-        reducer = per_video(reducer, len(grid), 0)
-        reductions = [None if r == UNREDUCED
-                      else reduction_for(self.config, r, reducer_names()[int(i)])
-                      for r, i in zip(retention, reducer)]
+        reductions = video_reductions(retention, reducer, len(grid),
+                                      lambda r, name: reduction_for(self.config, r, name))
         layers = sorted({layer for reduction in reductions if reduction is not None
                          for layer in reduction.layers})
         with torch.no_grad(), capturing({layer: visual.blocks[layer].attn for layer in layers},
